@@ -1,0 +1,160 @@
+//! Admin listener: a Pingora service of its own (so a `-u` upgrade hands its socket over with
+//! the public ones), never on the public port.
+//!
+//! `GET /health`, `GET /status` (config version/hash, routes, targets with health; no
+//! secrets), `POST /reload` (guarded by `admin.token` when set). Metrics and cache purge are
+//! added by later issues.
+
+use crate::runtime::Shared;
+use crate::upstream::health;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+
+pub struct AdminApp {
+    shared: Arc<Shared>,
+    started: std::time::Instant,
+}
+
+impl AdminApp {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        AdminApp {
+            shared,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    let body = v.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminApp {
+    fn authorized(&self, s: &ServerSession) -> bool {
+        let rt = self.shared.snapshot();
+        let Some(token) = &rt.admin.token else {
+            return true;
+        };
+        let got = s
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let expected = format!("Bearer {}", token.expose());
+        ct_eq(got, expected.as_bytes())
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let rt = self.shared.snapshot();
+        let routes: Vec<_> = rt
+            .routes
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "upstream": r.upstream.name,
+                    "strip_path": r.strip_path,
+                    "preserve_host": r.preserve_host,
+                    "plugins": r.plugins.names(),
+                })
+            })
+            .collect();
+        let upstreams: Vec<_> = rt
+            .upstreams
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "name": u.name,
+                    "balance": format!("{:?}", u.balance),
+                    "retries": u.retries,
+                    "health_check": u.health_check.as_ref().map(|h| match &h.path {
+                        Some(p) => format!("http {p}"),
+                        None => "tcp".to_string(),
+                    }),
+                    "targets": health::describe(u),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": rt.version,
+            "hash": rt.hash,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "routes": routes,
+            "upstreams": upstreams,
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        match (method, path.as_str()) {
+            (Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            (Method::GET, "/status") => json(StatusCode::OK, self.status()),
+            (Method::POST, "/reload") => {
+                if !self.authorized(s) {
+                    return json(
+                        StatusCode::UNAUTHORIZED,
+                        serde_json::json!({"error": "unauthorized", "message": "admin token required"}),
+                    );
+                }
+                let shared = self.shared.clone();
+                let res = tokio::task::spawn_blocking(move || shared.reload()).await;
+                match res {
+                    Ok(Ok(r)) => {
+                        tracing::info!(version = r.version, hash = %r.hash, "config reloaded via admin API");
+                        json(
+                            StatusCode::OK,
+                            serde_json::json!({
+                                "result": if r.unchanged { "unchanged" } else { "success" },
+                                "version": r.version,
+                                "hash": r.hash,
+                                "needs_upgrade": r.needs_upgrade,
+                            }),
+                        )
+                    }
+                    Ok(Err(errs)) => {
+                        tracing::error!("config reload rejected:\n{errs}");
+                        let list: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+                        json(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            serde_json::json!({"error": "invalid_config", "errors": list}),
+                        )
+                    }
+                    Err(_) => json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({"error": "internal_error"}),
+                    ),
+                }
+            }
+            (_, "/health" | "/status" | "/reload") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method_not_allowed"}),
+            ),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": "unknown admin endpoint"}),
+            ),
+        }
+    }
+}

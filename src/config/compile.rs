@@ -1,0 +1,559 @@
+//! Stage two: raw serde structs -> typed immutable runtime. Applies defaults and units,
+//! substitutes `${ENV}`, resolves paths against the config file's directory and checks
+//! cross references. Collects every error (with YAML path and line) instead of stopping at
+//! the first.
+
+use super::error::{ConfigError, ConfigErrors};
+use super::position::Positions;
+use super::raw::{self, RawConfig, RawPlugin};
+use crate::plugins::{self, Chain};
+use crate::router::{self, HostPattern, Matcher, Router};
+use crate::runtime::{AccessLog, AdminSettings, Consumer, Route, Runtime, Secret, ServerSettings, TlsSettings};
+use crate::upstream::{select::Selector, HealthCheck, Passive, StateRegistry, Target, Timeouts, Upstream};
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+/// Error sink and helpers shared by the compile steps and plugin constructors.
+pub struct Compiler<'a> {
+    pos: &'a Positions,
+    errors: Vec<ConfigError>,
+    /// Values that came from the environment: redacted from every error message.
+    secrets: Vec<String>,
+    base_dir: PathBuf,
+}
+
+impl Compiler<'_> {
+    pub fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            line: self.pos.line(path),
+            message: message.into(),
+        });
+    }
+
+    /// Substitutes `${ENV}` in a string value found at `path`.
+    pub fn env(&mut self, path: &str, s: &str) -> String {
+        match super::env::expand(s, |n| std::env::var(n).ok()) {
+            Ok((v, substituted)) => {
+                if substituted && !v.is_empty() && v != s {
+                    self.secrets.push(v.clone());
+                }
+                v
+            }
+            Err(msg) => {
+                self.error(path, msg);
+                String::new()
+            }
+        }
+    }
+
+    /// A file path relative to the config file's directory.
+    pub fn file(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Deserializes a plugin's `config` value into its typed struct, with the YAML path of
+    /// the offending key in the error.
+    pub fn plugin_config<T: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        path: &str,
+        value: Option<&serde_yaml::Value>,
+    ) -> Option<T> {
+        let Some(v) = value else {
+            return Some(T::default());
+        };
+        if v.is_null() {
+            return Some(T::default());
+        }
+        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." {
+                    format!("{path}.config")
+                } else {
+                    format!("{path}.config.{inner}")
+                };
+                self.error(&full, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("address {s:?} resolves to nothing")),
+        Err(e) => Err(format!("invalid address {s:?}: {e} (expected host:port)")),
+    }
+}
+
+fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("invalid listen address {s:?} (expected ip:port such as 0.0.0.0:8080)"))
+}
+
+pub fn compile(
+    raw: RawConfig,
+    pos: &Positions,
+    base_dir: &Path,
+    states: &StateRegistry,
+    version: u64,
+    text: &str,
+) -> Result<Runtime, ConfigErrors> {
+    let mut c = Compiler {
+        pos,
+        errors: Vec::new(),
+        secrets: Vec::new(),
+        base_dir: base_dir.to_path_buf(),
+    };
+    let server = compile_server(&mut c, &raw.server);
+    let admin = compile_admin(&mut c, &raw.admin);
+    let upstreams = compile_upstreams(&mut c, &raw.upstreams, states);
+    let consumers = compile_consumers(&mut c, &raw);
+    let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins);
+    let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals);
+
+    if !c.errors.is_empty() {
+        let mut errs = ConfigErrors(std::mem::take(&mut c.errors));
+        errs.redact(&c.secrets);
+        return Err(errs);
+    }
+    let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+    Ok(Runtime {
+        version,
+        hash,
+        server,
+        admin,
+        upstreams,
+        consumers,
+        routes,
+        router,
+    })
+}
+
+fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
+    let mut listen = Vec::new();
+    for (i, l) in s.listen.iter().enumerate() {
+        match listen_addr(l) {
+            Ok(a) => listen.push(a),
+            Err(e) => c.error(&format!("server.listen[{i}]"), e),
+        }
+    }
+    if s.listen.is_empty() && s.tls.is_none() {
+        c.error("server.listen", "at least one listen address is needed");
+    }
+    if s.threads == 0 {
+        c.error("server.threads", "must be at least 1");
+    }
+    let mut trusted = Vec::new();
+    for (i, t) in s.trusted_proxies.iter().enumerate() {
+        let parsed = t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => trusted.push(n),
+            Err(_) => c.error(
+                &format!("server.trusted_proxies[{i}]"),
+                format!("invalid CIDR {t:?} (expected e.g. 10.0.0.0/8 or 192.0.2.1)"),
+            ),
+        }
+    }
+    let tls = s.tls.as_ref().map(|t| {
+        let mut listen = Vec::new();
+        for (i, l) in t.listen.iter().enumerate() {
+            match listen_addr(l) {
+                Ok(a) => listen.push(a),
+                Err(e) => c.error(&format!("server.tls.listen[{i}]"), e),
+            }
+        }
+        let cert = c.file(&t.cert);
+        let key = c.file(&t.key);
+        if !cert.is_file() {
+            c.error("server.tls.cert", format!("certificate file {} not found", cert.display()));
+        }
+        if !key.is_file() {
+            c.error("server.tls.key", format!("key file {} not found", key.display()));
+        }
+        if !matches!(t.min_version.as_str(), "1.2" | "1.3") {
+            c.error("server.tls.min_version", "must be \"1.2\" or \"1.3\"");
+        }
+        TlsSettings {
+            listen,
+            cert,
+            key,
+            min_version: t.min_version.clone(),
+        }
+    });
+    for (name, v) in [
+        ("max_header_bytes", s.max_header_bytes.0),
+        ("max_uri_bytes", s.max_uri_bytes.0),
+    ] {
+        if v < 256 {
+            c.error(&format!("server.{name}"), "must be at least 256 bytes");
+        }
+    }
+    let access_log = match s.access_log.as_str() {
+        "stdout" => AccessLog::Stdout,
+        "off" => AccessLog::Off,
+        "" => {
+            c.error("server.access_log", "use stdout, off or a file path");
+            AccessLog::Off
+        }
+        p => AccessLog::File(c.file(p)),
+    };
+    let pid_file = c.env("server.pid_file", &s.pid_file);
+    let upgrade_sock = c.env("server.upgrade_sock", &s.upgrade_sock);
+    ServerSettings {
+        listen,
+        tls,
+        threads: s.threads.max(1),
+        max_body_bytes: s.max_body_bytes.0,
+        max_header_bytes: s.max_header_bytes.0 as usize,
+        max_uri_bytes: s.max_uri_bytes.0 as usize,
+        header_timeout: s.header_timeout.0,
+        keepalive_timeout: s.keepalive_timeout.0,
+        trusted_proxies: trusted,
+        grace_period: s.grace_period,
+        pid_file: c.file(&pid_file),
+        upgrade_sock: c.file(&upgrade_sock),
+        access_log,
+    }
+}
+
+fn compile_admin(c: &mut Compiler, a: &raw::RawAdmin) -> AdminSettings {
+    let listen = match listen_addr(&a.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            c.error("admin.listen", e);
+            SocketAddr::from(([127, 0, 0, 1], 9901))
+        }
+    };
+    let token = c.env("admin.token", &a.token);
+    AdminSettings {
+        listen,
+        token: (!token.is_empty()).then(|| Secret::new(token)),
+    }
+}
+
+fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &StateRegistry) -> Vec<Arc<Upstream>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, u) in raws.iter().enumerate() {
+        let p = format!("upstreams[{i}]");
+        if u.name.trim().is_empty() {
+            c.error(&format!("{p}.name"), "must not be empty");
+        }
+        if let Some(first) = seen.insert(&u.name, i) {
+            let line = c.pos.line(&format!("upstreams[{first}].name"));
+            c.error(
+                &format!("{p}.name"),
+                format!(
+                    "duplicate upstream name \"{}\" (first defined at line {})",
+                    u.name,
+                    line.unwrap_or(0)
+                ),
+            );
+        }
+        if u.targets.is_empty() {
+            c.error(&format!("{p}.targets"), "needs at least one target");
+        }
+        let mut primaries = Vec::new();
+        let mut backups = Vec::new();
+        let mut addrs: HashMap<SocketAddr, usize> = HashMap::new();
+        for (j, t) in u.targets.iter().enumerate() {
+            let tp = format!("{p}.targets[{j}]");
+            if t.weight == 0 {
+                c.error(&format!("{tp}.weight"), "must be at least 1 (remove the target or mark it backup)");
+            }
+            let addr = c.env(&format!("{tp}.addr"), &t.addr);
+            let sock = match socket_addr(&addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    c.error(&format!("{tp}.addr"), e);
+                    continue;
+                }
+            };
+            if let Some(first) = addrs.insert(sock, j) {
+                c.error(&format!("{tp}.addr"), format!("duplicate target {addr:?} (also targets[{first}])"));
+            }
+            let target = Target {
+                state: states.get_or_create(&u.name, &addr),
+                addr,
+                sock,
+                weight: t.weight.max(1),
+                backup: t.backup,
+            };
+            if t.backup {
+                backups.push(target);
+            } else {
+                primaries.push(target);
+            }
+        }
+        if !u.targets.is_empty() && primaries.is_empty() {
+            c.error(&format!("{p}.targets"), "needs at least one target that is not a backup");
+        }
+        if primaries.len() + backups.len() > 64 {
+            c.error(&format!("{p}.targets"), "at most 64 targets per upstream");
+        }
+        let timeouts = Timeouts {
+            connect: u.timeouts.connect.0,
+            read: u.timeouts.read.0,
+            write: u.timeouts.write.0,
+        };
+        for (k, d) in [("connect", timeouts.connect), ("read", timeouts.read), ("write", timeouts.write)] {
+            if d.is_zero() {
+                c.error(&format!("{p}.timeouts.{k}"), "must be greater than 0");
+            }
+        }
+        let health_check = u.health_check.as_ref().map(|h| {
+            let hp = format!("{p}.health_check");
+            if let Some(path) = &h.path {
+                if !path.starts_with('/') || path.contains([' ', '\r', '\n']) {
+                    c.error(&format!("{hp}.path"), "must be a path starting with \"/\"");
+                }
+            }
+            if h.interval.0.is_zero() {
+                c.error(&format!("{hp}.interval"), "must be greater than 0");
+            }
+            if h.timeout.0.is_zero() {
+                c.error(&format!("{hp}.timeout"), "must be greater than 0");
+            }
+            if h.unhealthy_threshold == 0 {
+                c.error(&format!("{hp}.unhealthy_threshold"), "must be at least 1");
+            }
+            if h.healthy_threshold == 0 {
+                c.error(&format!("{hp}.healthy_threshold"), "must be at least 1");
+            }
+            HealthCheck {
+                path: h.path.clone(),
+                interval: h.interval.0,
+                timeout: h.timeout.0,
+                unhealthy_threshold: h.unhealthy_threshold.max(1),
+                healthy_threshold: h.healthy_threshold.max(1),
+            }
+        });
+        let passive = u.passive.as_ref().map(|pv| {
+            if pv.max_fails == 0 {
+                c.error(&format!("{p}.passive.max_fails"), "must be at least 1");
+            }
+            if pv.fail_timeout.0.is_zero() {
+                c.error(&format!("{p}.passive.fail_timeout"), "must be greater than 0");
+            }
+            Passive {
+                max_fails: pv.max_fails.max(1),
+                fail_timeout: pv.fail_timeout.0,
+            }
+        });
+        let selector = Selector::build(u.balance, &primaries);
+        let n_primaries = primaries.len();
+        primaries.extend(backups);
+        out.push(Arc::new(Upstream {
+            name: u.name.clone(),
+            balance: u.balance,
+            targets: primaries,
+            primaries: n_primaries,
+            keepalive: u.keepalive,
+            timeouts,
+            retries: u.retries,
+            health_check,
+            passive,
+            selector,
+            cursor: AtomicUsize::new(0),
+        }));
+    }
+    out
+}
+
+fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
+    for (name, t) in &raw.tiers {
+        if t.second.is_none() && t.minute.is_none() && t.hour.is_none() && t.day.is_none() {
+            c.error(&format!("tiers.{name}"), "sets no limit (use second, minute, hour or day)");
+        }
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.consumers.iter().enumerate() {
+        let p = format!("consumers[{i}]");
+        if r.username.trim().is_empty() {
+            c.error(&format!("{p}.username"), "must not be empty");
+        }
+        if seen.insert(&r.username, i).is_some() {
+            c.error(&format!("{p}.username"), format!("duplicate consumer \"{}\"", r.username));
+        }
+        if let Some(t) = &r.tier {
+            if !raw.tiers.contains_key(t) {
+                c.error(&format!("{p}.tier"), format!("unknown tier \"{t}\""));
+            }
+        }
+        let mut api_keys = Vec::new();
+        for (j, k) in r.keyauth_credentials.iter().enumerate() {
+            let kp = format!("{p}.keyauth_credentials[{j}].key");
+            let key = c.env(&kp, &k.key);
+            if key.is_empty() {
+                c.error(&kp, "must not be empty");
+                continue;
+            }
+            if keys.insert(key.clone(), i).is_some() {
+                // Never print the key itself.
+                c.error(&kp, "this API key is already used by another credential");
+            }
+            api_keys.push(Secret::new(key));
+        }
+        for (j, s) in r.jwt_secrets.iter().enumerate() {
+            let sp = format!("{p}.jwt_secrets[{j}]");
+            let alg = s.algorithm.as_str();
+            let hs = alg.starts_with("HS");
+            if !matches!(alg, "HS256" | "HS384" | "HS512" | "RS256" | "RS384" | "RS512" | "ES256" | "ES384") {
+                c.error(&format!("{sp}.algorithm"), format!("unsupported algorithm {alg:?}"));
+            }
+            if let Some(sec) = &s.secret {
+                let _ = c.env(&format!("{sp}.secret"), sec);
+            }
+            match (hs, &s.secret, &s.rsa_public_key_file, &s.ecdsa_public_key_file) {
+                (true, None, ..) => c.error(&format!("{sp}.secret"), format!("{alg} needs a secret")),
+                (false, _, None, None) => c.error(
+                    &sp,
+                    format!("{alg} needs rsa_public_key_file or ecdsa_public_key_file"),
+                ),
+                _ => {}
+            }
+        }
+        out.push(Consumer {
+            username: r.username.clone(),
+            tier: r.tier.clone(),
+            roles: r.roles.clone(),
+            api_keys,
+        });
+    }
+    out
+}
+
+/// Builds one plugin list (global or a route's), rejecting duplicates.
+fn compile_plugin_list(c: &mut Compiler, path: &str, list: &[RawPlugin]) -> PluginList {
+    let mut out: PluginList = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        let pp = format!("{path}[{i}]");
+        if out.iter().any(|(n, ..)| *n == p.name) {
+            c.error(&format!("{pp}.name"), format!("plugin \"{}\" listed twice", p.name));
+            continue;
+        }
+        let built = plugins::build(c, &pp, &p.name, p.config.as_ref());
+        out.push((p.name.clone(), p.enabled, built.map(Arc::new)));
+    }
+    out
+}
+
+type PluginList = Vec<(String, bool, Option<Arc<plugins::Plugin>>)>;
+
+fn compile_routes(
+    c: &mut Compiler,
+    raws: &[raw::RawRoute],
+    upstreams: &[Arc<Upstream>],
+    globals: &PluginList,
+) -> (Vec<Route>, Router) {
+    let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (u.name.as_str(), u)).collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut routes = Vec::new();
+    let mut index: Vec<(usize, Vec<String>, Matcher)> = Vec::new();
+    for (i, r) in raws.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.trim().is_empty() {
+            c.error(&format!("{p}.name"), "must not be empty");
+        }
+        if let Some(first) = seen.insert(&r.name, i) {
+            let line = c.pos.line(&format!("routes[{first}].name")).unwrap_or(0);
+            c.error(
+                &format!("{p}.name"),
+                format!("duplicate route name \"{}\" (first defined at line {line})", r.name),
+            );
+        }
+        if r.paths.is_empty() {
+            c.error(&format!("{p}.paths"), "needs at least one path prefix");
+        }
+        let mut prefixes = Vec::new();
+        for (j, path) in r.paths.iter().enumerate() {
+            match router::normalize_prefix(path) {
+                Ok(n) => prefixes.push(n),
+                Err(e) => c.error(&format!("{p}.paths[{j}]"), e),
+            }
+        }
+        let mut matcher = Matcher::default();
+        for (j, m) in r.methods.iter().enumerate() {
+            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => matcher.methods.push(m),
+                Err(_) => c.error(&format!("{p}.methods[{j}]"), format!("invalid method {m:?}")),
+            }
+        }
+        for (j, h) in r.hosts.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(h) => matcher.hosts.push(h),
+                Err(e) => c.error(&format!("{p}.hosts[{j}]"), e),
+            }
+        }
+        for (name, value) in &r.headers {
+            let hp = format!("{p}.headers.{name}");
+            match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                (Ok(n), Ok(v)) => matcher.headers.push((n, v)),
+                _ => c.error(&hp, "invalid header name or value"),
+            }
+        }
+        let upstream = match by_name.get(r.upstream.as_str()) {
+            Some(u) => Some(Arc::clone(u)),
+            None => {
+                c.error(&format!("{p}.upstream"), format!("unknown upstream \"{}\"", r.upstream));
+                None
+            }
+        };
+        let own = compile_plugin_list(c, &format!("{p}.plugins"), &r.plugins);
+        let chain = merge_chain(globals, own);
+        if let Some(upstream) = upstream {
+            index.push((routes.len(), prefixes, matcher));
+            routes.push(Route {
+                name: r.name.clone(),
+                upstream,
+                strip_path: r.strip_path,
+                preserve_host: r.preserve_host,
+                plugins: chain,
+            });
+        }
+    }
+    let router = Router::build(index.iter().map(|(i, p, m)| (*i, p.as_slice(), m)));
+    (routes, router)
+}
+
+/// Route entries replace global entries of the same name (`enabled: false` switches a global
+/// plugin off for that route); the result runs in the contract's order.
+fn merge_chain(globals: &PluginList, own: PluginList) -> Chain {
+    let mut merged: Vec<(String, Arc<plugins::Plugin>)> = globals
+        .iter()
+        .filter(|(n, enabled, _)| *enabled && !own.iter().any(|(o, ..)| o == n))
+        .filter_map(|(n, _, p)| p.clone().map(|p| (n.clone(), p)))
+        .collect();
+    merged.extend(
+        own.into_iter()
+            .filter(|(_, enabled, _)| *enabled)
+            .filter_map(|(n, _, p)| p.map(|p| (n, p))),
+    );
+    merged.sort_by_key(|(n, _)| plugins::ORDER.iter().position(|o| o == n).unwrap_or(usize::MAX));
+    Chain {
+        plugins: merged.into_iter().map(|(_, p)| p).collect(),
+    }
+}

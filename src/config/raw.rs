@@ -1,0 +1,274 @@
+//! Serde mirror of the YAML contract (`../shared/spec/config.md`).
+//!
+//! No logic lives here: every struct rejects unknown keys, carries the contract's defaults and
+//! is turned into the typed runtime by [`super::compile`]. Durations and sizes are parsed by
+//! their own types so that serde_yaml reports the line of a bad value.
+
+use super::units::{ByteSize, Dur};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub admin: RawAdmin,
+    pub upstreams: Vec<RawUpstream>,
+    pub consumers: Vec<RawConsumer>,
+    pub tiers: BTreeMap<String, RawTier>,
+    pub routes: Vec<RawRoute>,
+    pub plugins: Vec<RawPlugin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: Vec<String>,
+    pub tls: Option<RawTls>,
+    pub threads: usize,
+    pub max_body_bytes: ByteSize,
+    pub max_header_bytes: ByteSize,
+    pub max_uri_bytes: ByteSize,
+    pub header_timeout: Dur,
+    pub keepalive_timeout: Dur,
+    pub trusted_proxies: Vec<String>,
+    pub grace_period: u64,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub access_log: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: vec!["0.0.0.0:8080".into()],
+            tls: None,
+            threads: 2,
+            max_body_bytes: ByteSize(10 * 1024 * 1024),
+            max_header_bytes: ByteSize(32 * 1024),
+            max_uri_bytes: ByteSize(8 * 1024),
+            header_timeout: Dur::secs(10),
+            keepalive_timeout: Dur::secs(60),
+            trusted_proxies: vec![],
+            grace_period: 30,
+            pid_file: "/run/gatehouse/gatehouse.pid".into(),
+            upgrade_sock: "/run/gatehouse/upgrade.sock".into(),
+            access_log: "stdout".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Vec<String>,
+    pub cert: String,
+    pub key: String,
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+}
+
+fn default_tls_min() -> String {
+    "1.2".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub token: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:9901".into(),
+            token: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    IpHash,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    #[serde(default)]
+    pub balance: Balance,
+    pub targets: Vec<RawTarget>,
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+}
+
+fn default_keepalive() -> usize {
+    32
+}
+fn default_retries() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub addr: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    pub connect: Dur,
+    pub read: Dur,
+    pub write: Dur,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            connect: Dur::secs(5),
+            read: Dur::secs(60),
+            write: Dur::secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        RawHealthCheck {
+            path: None,
+            interval: Dur::secs(2),
+            timeout: Dur::secs(1),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPassive {
+    pub max_fails: u32,
+    pub fail_timeout: Dur,
+}
+
+impl Default for RawPassive {
+    fn default() -> Self {
+        RawPassive {
+            max_fails: 3,
+            fail_timeout: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub username: String,
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub keyauth_credentials: Vec<RawKeyCredential>,
+    #[serde(default)]
+    pub jwt_secrets: Vec<RawJwtSecret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyCredential {
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtSecret {
+    pub key: String,
+    #[serde(default = "default_jwt_alg")]
+    pub algorithm: String,
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_is_base64: bool,
+    pub rsa_public_key_file: Option<String>,
+    pub ecdsa_public_key_file: Option<String>,
+}
+
+fn default_jwt_alg() -> String {
+    "HS256".into()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub second: Option<u64>,
+    pub minute: Option<u64>,
+    pub hour: Option<u64>,
+    pub day: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub strip_path: bool,
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
+    pub upstream: String,
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A plugin entry. `config` stays an untyped YAML value here: the plugin registry
+/// deserializes it into the plugin's own typed config struct (with path-aware errors).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub name: String,
+    #[serde(default)]
+    pub config: Option<serde_yaml::Value>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}

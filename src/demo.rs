@@ -1,0 +1,143 @@
+//! `gatehouse demo`: built-in demo upstreams (users, orders, products: two instances each
+//! plus a backup) answering JSON, and the gateway on `conf/demo.yaml` (compiled into the
+//! binary), so a newcomer can try every feature with curl.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+
+pub const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
+
+/// (service, instance name, port)
+pub const DEMO_BACKENDS: &[(&str, &str, u16)] = &[
+    ("users", "users-1", 19001),
+    ("users", "users-2", 19002),
+    ("users", "users-backup", 19003),
+    ("orders", "orders-1", 19011),
+    ("orders", "orders-2", 19012),
+    ("orders", "orders-backup", 19013),
+    ("products", "products-1", 19021),
+    ("products", "products-2", 19022),
+    ("products", "products-backup", 19023),
+];
+
+fn sample(service: &str) -> serde_json::Value {
+    match service {
+        "users" => serde_json::json!([
+            {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com"},
+            {"id": 2, "name": "Alan Turing", "email": "alan@example.com"}
+        ]),
+        "orders" => serde_json::json!([
+            {"id": 1001, "user_id": 1, "total": 42.5, "status": "shipped"},
+            {"id": 1002, "user_id": 2, "total": 9.99, "status": "pending"}
+        ]),
+        _ => serde_json::json!([
+            {"sku": "KB-001", "name": "Keyboard", "price": 49.0},
+            {"sku": "MS-002", "name": "Mouse", "price": 19.0}
+        ]),
+    }
+}
+
+async fn handle(service: &'static str, instance: &'static str, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = if req.uri().path() == "/health" {
+        serde_json::json!({"status": "ok", "instance": instance})
+    } else {
+        serde_json::json!({
+            "service": service,
+            "instance": instance,
+            "method": req.method().as_str(),
+            "path": req.uri().path(),
+            "query": req.uri().query(),
+            "forwarded_for": req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            "data": sample(service),
+        })
+    };
+    let body = Bytes::from(body.to_string());
+    let resp = Response::builder()
+        .header("content-type", "application/json")
+        .header("server", "demo-upstream")
+        .body(Full::new(body))
+        .unwrap_or_default();
+    Ok(resp)
+}
+
+/// Serves one demo backend until the process exits.
+pub async fn serve_backend(service: &'static str, instance: &'static str, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(service, instance, req));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Starts every demo backend on a runtime thread of its own; returns once they listen.
+pub fn start_backends() -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("demo-upstreams".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut ok = true;
+                for (service, instance, port) in DEMO_BACKENDS {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+                    // Bind first so a busy port is reported before the gateway starts.
+                    match TcpListener::bind(addr).await {
+                        Ok(l) => drop(l),
+                        Err(e) => {
+                            let _ = tx.send(Err(std::io::Error::new(e.kind(), format!("demo upstream {instance} on {addr}: {e}"))));
+                            ok = false;
+                            break;
+                        }
+                    }
+                    tokio::spawn(serve_backend(service, instance, addr));
+                }
+                if ok {
+                    let _ = tx.send(Ok(()));
+                }
+                std::future::pending::<()>().await;
+            })
+        })?;
+    rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("demo upstreams failed to start")))
+}
+
+/// The text printed when the demo starts.
+pub fn banner(listen: &str, admin: &str) -> String {
+    format!(
+        r#"gatehouse demo is running.
+
+  gateway   http://{listen}
+  admin     http://{admin}   (/health, /status)
+  upstreams users 127.0.0.1:19001-19003, orders :19011-19013, products :19021-19023 (third of each is a backup)
+
+Try:
+  curl -s http://{listen}/api/v1/users
+  curl -s http://{listen}/api/v1/orders/1001
+  curl -s http://{listen}/api/v1/products            # weighted 3:1 between products-1 and products-2
+  curl -s http://{listen}/products/KB-001            # strip_path: upstream sees /KB-001
+  curl -s -X POST http://{listen}/api/v1/products    # methods: [GET, HEAD] -> 404 not_found
+  curl -s http://{listen}/nope                       # 404 with request_id
+  curl -s http://{admin}/status                      # routes, targets, health
+  kill -HUP $(pgrep -f 'gatehouse demo')             # reload: the gateway keeps running
+
+Ctrl-C stops it.
+"#
+    )
+}

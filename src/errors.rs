@@ -1,0 +1,80 @@
+//! The gateway's own responses: the contract's JSON error
+//! `{"error": code, "message": text, "request_id": id}` with the right status, one
+//! constructor per code. Upstream addresses and upstream error text never appear here.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+/// The contract's code and default message for a status the gateway answers itself.
+pub fn code_for(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => ("bad_request", "The request is malformed"),
+        401 => ("unauthorized", "Authentication is required"),
+        403 => ("forbidden", "Access is not allowed"),
+        404 => ("not_found", "No route matches this request"),
+        405 => ("method_not_allowed", "Method not allowed"),
+        408 => ("request_timeout", "The request took too long to arrive"),
+        413 => ("payload_too_large", "The request body is too large"),
+        414 => ("uri_too_long", "The request target is too long"),
+        429 => ("too_many_requests", "Too many requests"),
+        431 => (
+            "request_header_fields_too_large",
+            "The request headers are too large",
+        ),
+        502 => ("bad_gateway", "The upstream service failed to answer"),
+        503 => ("service_unavailable", "No healthy upstream target is available"),
+        504 => ("gateway_timeout", "The upstream service did not answer in time"),
+        _ => ("internal_error", "The gateway failed to process the request"),
+    }
+}
+
+/// The JSON body. Codes and messages are ours; the request id is escaped anyway.
+pub fn body(code: &str, message: &str, request_id: &str) -> Bytes {
+    let v = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
+    Bytes::from(v.to_string())
+}
+
+/// Writes a complete JSON error response. `close`: ask the client to close the connection
+/// (framing or size refusals, where the rest of the bytes cannot be trusted).
+pub async fn respond(
+    session: &mut Session,
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: &str,
+    close: bool,
+) -> Result<()> {
+    let body = body(code, message, request_id);
+    let mut h = ResponseHeader::build(status, Some(5))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if close {
+        h.insert_header(http::header::CONNECTION, "close")?;
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// An error that makes Pingora answer with `status` through `fail_to_proxy`.
+pub fn status_error(status: u16, context: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(status), context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_contract_json() {
+        let b = body("not_found", "No route", "abc");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error"], "not_found");
+        assert_eq!(v["message"], "No route");
+        assert_eq!(v["request_id"], "abc");
+    }
+}

@@ -1,0 +1,185 @@
+//! Upstream side of a request: `upstream_peer` (target selection), `upstream_request_filter`
+//! (path, Host and X-Forwarded-* headers), the retry policy (`fail_to_connect`,
+//! `error_while_proxy`, upstream 502/503/504 turned into retryable errors in
+//! `upstream_response_filter`) and passive circuit breaking.
+
+use crate::ctx::RequestCtx;
+use crate::errors;
+use crate::router;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::time::Duration;
+
+/// How long an idle pooled upstream connection is kept.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// Picks the target for this attempt and describes the connection to it.
+pub fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    ctx.inflight = None;
+    let Some(up) = ctx.upstream().cloned() else {
+        return Err(errors::status_error(404, "no route"));
+    };
+    let Some(sel) = up.select(ctx.client_ip, ctx.tried) else {
+        return Err(errors::status_error(503, "no healthy target"));
+    };
+    ctx.attempts += 1;
+    if sel.index < 64 {
+        ctx.tried |= 1 << sel.index;
+    }
+    ctx.target = Some(sel.index);
+    ctx.inflight = Some(up.track(sel));
+    let t = &up.targets[sel.index];
+    let mut peer = HttpPeer::new(t.sock, false, String::new());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(up.timeouts.connect);
+    o.read_timeout = Some(up.timeouts.read);
+    o.write_timeout = Some(up.timeouts.write);
+    o.idle_timeout = Some(if up.keepalive == 0 {
+        Duration::ZERO
+    } else {
+        UPSTREAM_IDLE
+    });
+    Ok(Box::new(peer))
+}
+
+/// Path rewrite, Host and forwarding headers for the upstream request.
+pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    if route.strip_path && ctx.prefix_len > 0 {
+        let pq = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let new = router::strip_prefix(pq, ctx.prefix_len);
+        let uri = http::Uri::builder()
+            .path_and_query(new)
+            .build()
+            .map_err(|_| errors::status_error(400, "bad path after strip_path"))?;
+        req.set_uri(uri);
+    }
+    if !route.preserve_host {
+        if let Some(t) = ctx.target.and_then(|i| route.upstream.targets.get(i)) {
+            req.insert_header(http::header::HOST, t.addr.as_str())?;
+        }
+    }
+    let peer_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    if let Some(peer_ip) = peer_ip {
+        // Behind a trusted proxy the chain is extended; otherwise whatever the client sent
+        // is dropped, so an upstream can never be fooled by a spoofed chain.
+        let xff = match (ctx.peer_trusted, req.headers.get("x-forwarded-for")) {
+            (true, Some(prev)) => {
+                let mut v = Vec::with_capacity(prev.len() + 48);
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer_ip.to_string().as_bytes());
+                http::HeaderValue::from_bytes(&v)
+                    .map_err(|_| errors::status_error(400, "bad x-forwarded-for"))?
+            }
+            _ => http::HeaderValue::from_str(&peer_ip.to_string())
+                .map_err(|_| errors::status_error(400, "bad address"))?,
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    if let Some(ip) = ctx.client_ip {
+        req.insert_header("x-real-ip", ip.to_string())?;
+    }
+    let proto_from_proxy = ctx.peer_trusted && req.headers.contains_key("x-forwarded-proto");
+    if !proto_from_proxy {
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    }
+    Ok(())
+}
+
+fn record_failure(ctx: &RequestCtx) {
+    let (Some(up), Some(i)) = (ctx.upstream(), ctx.target) else {
+        return;
+    };
+    if let (Some(p), Some(t)) = (&up.passive, up.targets.get(i)) {
+        if t.state.record_failure(p) {
+            tracing::warn!(upstream = %up.name, target = %t.addr, "target ejected by passive circuit breaker");
+        }
+    }
+}
+
+/// More attempts allowed for this request (`retries` extra attempts after the first).
+fn attempts_left(ctx: &RequestCtx) -> bool {
+    ctx.upstream()
+        .is_some_and(|u| ctx.attempts <= u.retries)
+}
+
+fn retryable_method(session: &Session) -> bool {
+    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+}
+
+/// Upstream answered 502/503/504 before anything went downstream: count it against the
+/// target and, while attempts are left for an idempotent request, turn it into a retryable
+/// error so Pingora asks `upstream_peer` for another target. The last attempt's answer goes
+/// to the client as it is.
+pub fn check_response(session: &Session, resp: &ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    let status = resp.status.as_u16();
+    if !matches!(status, 502..=504) {
+        return Ok(());
+    }
+    record_failure(ctx);
+    if retryable_method(session) && attempts_left(ctx) {
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), "upstream answered with a retryable status");
+        e.set_retry(true);
+        return Err(e.into_up());
+    }
+    Ok(())
+}
+
+/// Connecting failed: nothing reached the upstream, so every method may retry.
+pub fn on_connect_failure(ctx: &RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    record_failure(ctx);
+    e.set_retry(attempts_left(ctx));
+    e
+}
+
+/// An error after the connection was made.
+pub fn on_proxy_error(session: &Session, ctx: &RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    if matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry() {
+        // Our own retryable-status error: already counted and decided.
+        return e;
+    }
+    if e.esource() == &ErrorSource::Upstream {
+        record_failure(ctx);
+    }
+    let can = e.esource() == &ErrorSource::Upstream
+        && retryable_method(session)
+        && session.response_written().is_none()
+        && attempts_left(ctx);
+    e.set_retry(can);
+    e
+}
+
+/// Status and contract code for a request that failed (0: the client is gone, nothing to
+/// write).
+pub fn failure_status(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(s) => *s,
+        ConnectTimedout => 504,
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
+        ReadTimedout => 408,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}

@@ -1,0 +1,149 @@
+//! The one `ProxyHttp` implementation. Each hook is a few lines delegating to a module:
+//!
+//! | Pingora hook              | module                                   |
+//! |---------------------------|------------------------------------------|
+//! | `new_ctx`                 | [`crate::ctx`] (one config snapshot load) |
+//! | `early_request_filter`    | [`crate::request`]: id, client IP, limits |
+//! | `request_filter`          | [`crate::request::route`], plugins        |
+//! | `request_body_filter`     | body size cap (`server.max_body_bytes`)   |
+//! | `upstream_peer`           | [`crate::forward::peer`] -> [`crate::upstream::select`] |
+//! | `upstream_request_filter` | [`crate::forward::rewrite_request`]       |
+//! | `upstream_response_filter`| [`crate::forward::check_response`] (retry on 502/503/504) |
+//! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
+//! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
+//! | `logging`                 | releases the least_conn guard; metrics and access log later |
+
+use crate::ctx::RequestCtx;
+use crate::errors;
+use crate::forward;
+use crate::request;
+use crate::runtime::Shared;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Gateway { shared }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.shared.snapshot())
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        request::begin(session, ctx);
+        match request::check_limits(session, ctx) {
+            Some(status) => Err(errors::status_error(status, "request refused by limits")),
+            None => Ok(()),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if !request::route(session, ctx) {
+            let (code, msg) = errors::code_for(404);
+            errors::respond(session, 404, code, msg, &ctx.request_id, false).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > ctx.rt.server.max_body_bytes {
+                // Cut off as it crosses the limit: nothing past it is forwarded.
+                *body = None;
+                return Err(errors::status_error(413, "request body over max_body_bytes"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        forward::peer(ctx)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::rewrite_request(session, upstream_request, ctx)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::check_response(session, upstream_response, ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        forward::on_connect_failure(ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        forward::on_proxy_error(session, ctx, e)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let status = forward::failure_status(e);
+        if status > 0 && session.response_written().is_none() {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = request::new_request_id();
+            }
+            let (code, msg) = errors::code_for(status);
+            if let Err(we) = errors::respond(session, status, code, msg, &ctx.request_id, true).await {
+                tracing::debug!("could not write error response: {we}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // Refusals the gateway decided itself are answers, not errors.
+        matches!(e.etype(), ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 431))
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.inflight = None;
+    }
+}

@@ -1,0 +1,112 @@
+//! Command line: `gatehouse -c FILE` runs, `-t` validates, `-d` daemonizes, `-u` takes over
+//! the sockets of a running instance, `gatehouse demo` runs the built-in demo.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use gatehouse::server::{self, RunOptions};
+use gatehouse::{demo, Shared};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse", version, about = "Edge API gateway on Pingora")]
+struct Cli {
+    /// Config file
+    #[arg(short = 'c', long = "conf", default_value = "conf/gatehouse.yaml", global = true)]
+    conf: PathBuf,
+    /// Validate the config, print every error and exit (0 valid, 1 invalid)
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background (writes server.pid_file)
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listening sockets of a running instance (graceful binary upgrade)
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an example config against built-in demo upstreams
+    Demo,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let conf_given = std::env::args().any(|a| a == "-c" || a.starts_with("--conf"));
+    let mut conf = cli.conf.clone();
+    let is_demo = matches!(cli.command, Some(Command::Demo));
+    if is_demo && !conf_given {
+        // The demo config is compiled in; write it out so SIGHUP / POST /reload work.
+        let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(dir.join("demo.yaml"), demo::DEMO_CONFIG))
+        {
+            eprintln!("cannot write the demo config: {e}");
+            return ExitCode::FAILURE;
+        }
+        conf = dir.join("demo.yaml");
+    }
+
+    let shared = match Shared::load(conf.clone()) {
+        Ok(s) => s,
+        Err(errs) => {
+            eprintln!("{}: invalid configuration", conf.display());
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        let rt = shared.snapshot();
+        println!(
+            "{}: configuration is valid ({} routes, {} upstreams, hash {})",
+            conf.display(),
+            rt.routes.len(),
+            rt.upstreams.len(),
+            rt.hash
+        );
+        return ExitCode::SUCCESS;
+    }
+    if is_demo {
+        if let Err(e) = demo::start_backends() {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+        let rt = shared.snapshot();
+        let listen = rt
+            .server
+            .listen
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        println!("{}", demo::banner(&listen, &rt.admin.listen.to_string()));
+    }
+    let opts = RunOptions {
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
+    match server::build(shared, opts) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Assembles the Pingora server: our `server:` section translated into Pingora's
+//! `ServerConf` (given to `Server::new_with_opt_and_conf`, the only place an `upgrade_sock`
+//! is honoured), the public proxy service, the admin service, and our background services
+//! (health-check scheduler, SIGHUP reload).
+
+use crate::admin::AdminApp;
+use crate::gateway::Gateway;
+use crate::runtime::Shared;
+use crate::upstream::health::HealthScheduler;
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::*;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOptions {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Pingora's `ServerConf` from our config.
+pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
+    let rt = shared.snapshot();
+    let s = &rt.server;
+    // Pingora keeps one LRU pool for all upstream connections: size it for every
+    // upstream's `keepalive` per target.
+    let pool: usize = rt
+        .upstreams
+        .iter()
+        .map(|u| u.keepalive * u.targets.len())
+        .sum();
+    let max_retries = rt.upstreams.iter().map(|u| u.retries as usize).max().unwrap_or(0) + 1;
+    ServerConf {
+        threads: s.threads,
+        pid_file: s.pid_file.to_string_lossy().into_owned(),
+        upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
+        grace_period_seconds: Some(s.grace_period),
+        graceful_shutdown_timeout_seconds: Some(5),
+        daemon: opts.daemon,
+        upstream_keepalive_pool_size: pool.max(128),
+        max_retries: max_retries.min(16),
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the whole server; the caller runs it.
+pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
+    crate::signals::ignore_sighup_until_running();
+    let conf = server_conf(&shared, opts);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let rt = shared.snapshot();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "gatehouse proxy",
+    );
+    for addr in &rt.server.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    if let Some(tls) = &rt.server.tls {
+        for addr in &tls.listen {
+            let mut settings = TlsSettings::intermediate(
+                &tls.cert.to_string_lossy(),
+                &tls.key.to_string_lossy(),
+            )?;
+            settings.enable_h2();
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new("gatehouse admin".to_string(), AdminApp::new(shared.clone()));
+    admin.add_tcp(&rt.admin.listen.to_string());
+    // One thread is plenty for the admin API and keeps it off the proxy's runtime.
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "health checks",
+        HealthScheduler::new(shared.clone()),
+    ));
+    server.add_service(background_service("config reload signal", ReloadOnSighup { shared }));
+    Ok(server)
+}
+
+/// Reloads the config on SIGHUP (`systemctl reload`). Pingora has no SIGHUP handler and the
+/// default action would kill the process.
+struct ReloadOnSighup {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnSighup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP: {e}; reload with POST /reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    let shared = self.shared.clone();
+                    match tokio::task::spawn_blocking(move || shared.reload()).await {
+                        Ok(Ok(r)) if r.unchanged => tracing::info!(version = r.version, "SIGHUP: config unchanged"),
+                        Ok(Ok(r)) => {
+                            tracing::info!(version = r.version, hash = %r.hash, needs_upgrade = r.needs_upgrade, "SIGHUP: config reloaded");
+                        }
+                        Ok(Err(errs)) => tracing::error!("SIGHUP: config rejected, still serving the previous one:\n{errs}"),
+                        Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}

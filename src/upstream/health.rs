@@ -1,0 +1,136 @@
+//! Active health checks, run by our own scheduler (a Pingora background service) over the
+//! *live* config snapshot: Pingora's own health-check services are fixed at startup and could
+//! not follow a reload. Each tick looks at the current runtime, starts the checks that are
+//! due, and applies the healthy/unhealthy thresholds to the target's shared state.
+
+use super::{now_ms, HealthCheck, TargetState, Upstream};
+use crate::runtime::Shared;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How often the scheduler looks for due checks (the finest useful interval).
+const TICK: Duration = Duration::from_millis(50);
+
+pub struct HealthScheduler {
+    shared: Arc<Shared>,
+}
+
+impl HealthScheduler {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        HealthScheduler { shared }
+    }
+
+    fn run_due(&self) {
+        let rt = self.shared.snapshot();
+        let now = now_ms();
+        for up in &rt.upstreams {
+            let Some(hc) = &up.health_check else {
+                // Checks removed by a reload: the targets count as healthy again.
+                for t in &up.targets {
+                    t.state.healthy.store(true, Ordering::Relaxed);
+                }
+                continue;
+            };
+            for t in &up.targets {
+                let st = &t.state;
+                if st.next_check_ms.load(Ordering::Relaxed) > now || st.checking.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                st.next_check_ms
+                    .store(now + hc.interval.as_millis() as u64, Ordering::Relaxed);
+                let (st, hc, sock, host) = (st.clone(), hc.clone(), t.sock, t.addr.clone());
+                let upstream = up.name.clone();
+                tokio::spawn(async move {
+                    let ok = probe(sock, &host, &hc).await;
+                    apply(&st, &hc, ok, &upstream, &host);
+                    st.checking.store(false, Ordering::Release);
+                });
+            }
+        }
+    }
+}
+
+/// Applies one probe result to the target's counters and thresholds.
+pub fn apply(st: &TargetState, hc: &HealthCheck, ok: bool, upstream: &str, addr: &str) {
+    if ok {
+        st.consecutive_fail.store(0, Ordering::Relaxed);
+        let n = st.consecutive_ok.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= hc.healthy_threshold && !st.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!(upstream, target = addr, "target is healthy again");
+        }
+    } else {
+        st.consecutive_ok.store(0, Ordering::Relaxed);
+        let n = st.consecutive_fail.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= hc.unhealthy_threshold && st.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(upstream, target = addr, "target marked unhealthy by health checks");
+        }
+    }
+}
+
+/// One probe: TCP connect, or `GET path` expecting a 2xx/3xx status line.
+pub async fn probe(sock: SocketAddr, host: &str, hc: &HealthCheck) -> bool {
+    let fut = async {
+        let mut s = TcpStream::connect(sock).await.ok()?;
+        let Some(path) = &hc.path else {
+            return Some(true);
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        // Only the status line matters: read at most 64 bytes of it.
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while n < 12 {
+            let r = s.read(&mut buf[n..]).await.ok()?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        let line = std::str::from_utf8(&buf[..n]).ok()?;
+        let code: u16 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+        Some((200..400).contains(&code))
+    };
+    matches!(tokio::time::timeout(hc.timeout, fut).await, Ok(Some(true)))
+}
+
+#[async_trait]
+impl BackgroundService for HealthScheduler {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.run_due(),
+            }
+        }
+    }
+}
+
+/// Targets of an upstream with their health, for /status.
+pub fn describe(up: &Upstream) -> Vec<serde_json::Value> {
+    let now = now_ms();
+    up.targets
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "addr": t.addr,
+                "weight": t.weight,
+                "backup": t.backup,
+                "healthy": t.state.healthy.load(Ordering::Relaxed),
+                "ejected": t.state.ejected_until_ms.load(Ordering::Relaxed) > now,
+                "available": t.state.available(now),
+                "inflight": t.state.inflight.load(Ordering::Relaxed),
+            })
+        })
+        .collect()
+}
