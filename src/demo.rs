@@ -44,7 +44,11 @@ fn sample(service: &str) -> serde_json::Value {
     }
 }
 
-async fn handle(service: &'static str, instance: &'static str, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    service: &'static str,
+    instance: &'static str,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = if req.uri().path() == "/health" {
         serde_json::json!({"status": "ok", "instance": instance})
     } else {
@@ -68,7 +72,11 @@ async fn handle(service: &'static str, instance: &'static str, req: Request<hype
 }
 
 /// Serves one demo backend until the process exits.
-pub async fn serve_backend(service: &'static str, instance: &'static str, addr: SocketAddr) -> std::io::Result<()> {
+pub async fn serve_backend(
+    service: &'static str,
+    instance: &'static str,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = match listener.accept().await {
@@ -102,7 +110,10 @@ pub fn start_backends() -> std::io::Result<()> {
                     match TcpListener::bind(addr).await {
                         Ok(l) => drop(l),
                         Err(e) => {
-                            let _ = tx.send(Err(std::io::Error::new(e.kind(), format!("demo upstream {instance} on {addr}: {e}"))));
+                            let _ = tx.send(Err(std::io::Error::new(
+                                e.kind(),
+                                format!("demo upstream {instance} on {addr}: {e}"),
+                            )));
                             ok = false;
                             break;
                         }
@@ -115,7 +126,8 @@ pub fn start_backends() -> std::io::Result<()> {
                 std::future::pending::<()>().await;
             })
         })?;
-    rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("demo upstreams failed to start")))
+    rx.recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("demo upstreams failed to start")))
 }
 
 /// The text printed when the demo starts.

@@ -24,9 +24,18 @@ pub fn code_for(status: u16) -> (&'static str, &'static str) {
             "The request headers are too large",
         ),
         502 => ("bad_gateway", "The upstream service failed to answer"),
-        503 => ("service_unavailable", "No healthy upstream target is available"),
-        504 => ("gateway_timeout", "The upstream service did not answer in time"),
-        _ => ("internal_error", "The gateway failed to process the request"),
+        503 => (
+            "service_unavailable",
+            "No healthy upstream target is available",
+        ),
+        504 => (
+            "gateway_timeout",
+            "The upstream service did not answer in time",
+        ),
+        _ => (
+            "internal_error",
+            "The gateway failed to process the request",
+        ),
     }
 }
 

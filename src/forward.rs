@@ -49,11 +49,7 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
         return Ok(());
     };
     if route.strip_path && ctx.prefix_len > 0 {
-        let pq = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let new = router::strip_prefix(pq, ctx.prefix_len);
         let uri = http::Uri::builder()
             .path_and_query(new)
@@ -114,8 +110,7 @@ fn record_failure(ctx: &RequestCtx) {
 
 /// More attempts allowed for this request (`retries` extra attempts after the first).
 fn attempts_left(ctx: &RequestCtx) -> bool {
-    ctx.upstream()
-        .is_some_and(|u| ctx.attempts <= u.retries)
+    ctx.upstream().is_some_and(|u| ctx.attempts <= u.retries)
 }
 
 fn retryable_method(session: &Session) -> bool {
@@ -133,7 +128,10 @@ pub fn check_response(session: &Session, resp: &ResponseHeader, ctx: &RequestCtx
     }
     record_failure(ctx);
     if retryable_method(session) && attempts_left(ctx) {
-        let mut e = Error::explain(ErrorType::HTTPStatus(status), "upstream answered with a retryable status");
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            "upstream answered with a retryable status",
+        );
         e.set_retry(true);
         return Err(e.into_up());
     }

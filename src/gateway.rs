@@ -43,7 +43,11 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.shared.snapshot())
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         request::begin(session, ctx);
         match request::check_limits(session, ctx) {
             Some(status) => Err(errors::status_error(status, "request refused by limits")),
@@ -72,13 +76,20 @@ impl ProxyHttp for Gateway {
             if ctx.body_bytes > ctx.rt.server.max_body_bytes {
                 // Cut off as it crosses the limit: nothing past it is forwarded.
                 *body = None;
-                return Err(errors::status_error(413, "request body over max_body_bytes"));
+                return Err(errors::status_error(
+                    413,
+                    "request body over max_body_bytes",
+                ));
             }
         }
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         forward::peer(ctx)
     }
 
@@ -121,14 +132,21 @@ impl ProxyHttp for Gateway {
         forward::on_proxy_error(session, ctx, e)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let status = forward::failure_status(e);
         if status > 0 && session.response_written().is_none() {
             if ctx.request_id.is_empty() {
                 ctx.request_id = request::new_request_id();
             }
             let (code, msg) = errors::code_for(status);
-            if let Err(we) = errors::respond(session, status, code, msg, &ctx.request_id, true).await {
+            if let Err(we) =
+                errors::respond(session, status, code, msg, &ctx.request_id, true).await
+            {
                 tracing::debug!("could not write error response: {we}");
             }
         }
@@ -140,7 +158,10 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
         // Refusals the gateway decided itself are answers, not errors.
-        matches!(e.etype(), ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 431))
+        matches!(
+            e.etype(),
+            ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 431)
+        )
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -15,7 +15,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "gatehouse", version, about = "Edge API gateway on Pingora")]
 struct Cli {
     /// Config file
-    #[arg(short = 'c', long = "conf", default_value = "conf/gatehouse.yaml", global = true)]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        default_value = "conf/gatehouse.yaml",
+        global = true
+    )]
     conf: PathBuf,
     /// Validate the config, print every error and exit (0 valid, 1 invalid)
     #[arg(short = 't', long = "test")]
@@ -42,6 +47,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

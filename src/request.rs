@@ -14,8 +14,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v
-            .iter()
+        && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
@@ -33,7 +32,11 @@ fn trusted(nets: &[IpNet], ip: IpAddr) -> bool {
 
 /// Client IP: the TCP peer, or, when the peer is a trusted proxy, the right-most address of
 /// `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(peer: Option<IpAddr>, xff: Option<&[u8]>, nets: &[IpNet]) -> (Option<IpAddr>, bool) {
+pub fn client_ip(
+    peer: Option<IpAddr>,
+    xff: Option<&[u8]>,
+    nets: &[IpNet],
+) -> (Option<IpAddr>, bool) {
     let Some(peer) = peer else {
         return (None, false);
     };
@@ -106,7 +109,13 @@ pub fn check_limits(session: &Session, ctx: &RequestCtx) -> Option<u16> {
             return Some(413);
         }
     }
-    if req.headers.get_all(http::header::CONTENT_LENGTH).iter().count() > 1 {
+    if req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .count()
+        > 1
+    {
         return Some(400);
     }
     if router::is_ambiguous_path(req.uri.path()) {
@@ -121,7 +130,11 @@ pub fn route(session: &Session, ctx: &mut RequestCtx) -> bool {
     let host = req
         .uri
         .host()
-        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .map(router::host_without_port);
     match ctx
         .rt

@@ -161,7 +161,8 @@ fn is_dot_segment(seg: &str) -> bool {
     let dot = |i: usize| -> Option<usize> {
         if b.get(i) == Some(&b'.') {
             Some(i + 1)
-        } else if b.len() >= i + 3 && b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e' {
+        } else if b.len() >= i + 3 && b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e'
+        {
             Some(i + 3)
         } else {
             None
@@ -176,7 +177,9 @@ fn is_dot_segment(seg: &str) -> bool {
 
 impl Router {
     /// `routes`: for each route in file order, its normalized prefixes and matcher.
-    pub fn build<'a>(routes: impl IntoIterator<Item = (usize, &'a [String], &'a Matcher)>) -> Router {
+    pub fn build<'a>(
+        routes: impl IntoIterator<Item = (usize, &'a [String], &'a Matcher)>,
+    ) -> Router {
         let mut nodes = vec![Node::default()];
         for (route, prefixes, matcher) in routes {
             for prefix in prefixes {
@@ -291,8 +294,13 @@ mod tests {
     }
 
     fn get(r: &Router, path: &str) -> Option<usize> {
-        r.find(&Method::GET, Some("api.example.com"), &HeaderMap::new(), path)
-            .map(|m| m.route)
+        r.find(
+            &Method::GET,
+            Some("api.example.com"),
+            &HeaderMap::new(),
+            path,
+        )
+        .map(|m| m.route)
     }
 
     #[test]

@@ -33,7 +33,13 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
         .iter()
         .map(|u| u.keepalive * u.targets.len())
         .sum();
-    let max_retries = rt.upstreams.iter().map(|u| u.retries as usize).max().unwrap_or(0) + 1;
+    let max_retries = rt
+        .upstreams
+        .iter()
+        .map(|u| u.retries as usize)
+        .max()
+        .unwrap_or(0)
+        + 1;
     ServerConf {
         threads: s.threads,
         pid_file: s.pid_file.to_string_lossy().into_owned(),
@@ -70,10 +76,8 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     }
     if let Some(tls) = &rt.server.tls {
         for addr in &tls.listen {
-            let mut settings = TlsSettings::intermediate(
-                &tls.cert.to_string_lossy(),
-                &tls.key.to_string_lossy(),
-            )?;
+            let mut settings =
+                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())?;
             settings.enable_h2();
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
         }
@@ -90,7 +94,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         "health checks",
         HealthScheduler::new(shared.clone()),
     ));
-    server.add_service(background_service("config reload signal", ReloadOnSighup { shared }));
+    server.add_service(background_service(
+        "config reload signal",
+        ReloadOnSighup { shared },
+    ));
     Ok(server)
 }
 

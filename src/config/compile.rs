@@ -8,8 +8,12 @@ use super::position::Positions;
 use super::raw::{self, RawConfig, RawPlugin};
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
-use crate::runtime::{AccessLog, AdminSettings, Consumer, Route, Runtime, Secret, ServerSettings, TlsSettings};
-use crate::upstream::{select::Selector, HealthCheck, Passive, StateRegistry, Target, Timeouts, Upstream};
+use crate::runtime::{
+    AccessLog, AdminSettings, Consumer, Route, Runtime, Secret, ServerSettings, TlsSettings,
+};
+use crate::upstream::{
+    select::Selector, HealthCheck, Passive, StateRegistry, Target, Timeouts, Upstream,
+};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -105,8 +109,9 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn listen_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("invalid listen address {s:?} (expected ip:port such as 0.0.0.0:8080)"))
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("invalid listen address {s:?} (expected ip:port such as 0.0.0.0:8080)")
+    })
 }
 
 pub fn compile(
@@ -186,10 +191,16 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         let cert = c.file(&t.cert);
         let key = c.file(&t.key);
         if !cert.is_file() {
-            c.error("server.tls.cert", format!("certificate file {} not found", cert.display()));
+            c.error(
+                "server.tls.cert",
+                format!("certificate file {} not found", cert.display()),
+            );
         }
         if !key.is_file() {
-            c.error("server.tls.key", format!("key file {} not found", key.display()));
+            c.error(
+                "server.tls.key",
+                format!("key file {} not found", key.display()),
+            );
         }
         if !matches!(t.min_version.as_str(), "1.2" | "1.3") {
             c.error("server.tls.min_version", "must be \"1.2\" or \"1.3\"");
@@ -252,7 +263,11 @@ fn compile_admin(c: &mut Compiler, a: &raw::RawAdmin) -> AdminSettings {
     }
 }
 
-fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &StateRegistry) -> Vec<Arc<Upstream>> {
+fn compile_upstreams(
+    c: &mut Compiler,
+    raws: &[raw::RawUpstream],
+    states: &StateRegistry,
+) -> Vec<Arc<Upstream>> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut out = Vec::new();
     for (i, u) in raws.iter().enumerate() {
@@ -280,7 +295,10 @@ fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &State
         for (j, t) in u.targets.iter().enumerate() {
             let tp = format!("{p}.targets[{j}]");
             if t.weight == 0 {
-                c.error(&format!("{tp}.weight"), "must be at least 1 (remove the target or mark it backup)");
+                c.error(
+                    &format!("{tp}.weight"),
+                    "must be at least 1 (remove the target or mark it backup)",
+                );
             }
             let addr = c.env(&format!("{tp}.addr"), &t.addr);
             let sock = match socket_addr(&addr) {
@@ -291,7 +309,10 @@ fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &State
                 }
             };
             if let Some(first) = addrs.insert(sock, j) {
-                c.error(&format!("{tp}.addr"), format!("duplicate target {addr:?} (also targets[{first}])"));
+                c.error(
+                    &format!("{tp}.addr"),
+                    format!("duplicate target {addr:?} (also targets[{first}])"),
+                );
             }
             let target = Target {
                 state: states.get_or_create(&u.name, &addr),
@@ -307,7 +328,10 @@ fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &State
             }
         }
         if !u.targets.is_empty() && primaries.is_empty() {
-            c.error(&format!("{p}.targets"), "needs at least one target that is not a backup");
+            c.error(
+                &format!("{p}.targets"),
+                "needs at least one target that is not a backup",
+            );
         }
         if primaries.len() + backups.len() > 64 {
             c.error(&format!("{p}.targets"), "at most 64 targets per upstream");
@@ -317,7 +341,11 @@ fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &State
             read: u.timeouts.read.0,
             write: u.timeouts.write.0,
         };
-        for (k, d) in [("connect", timeouts.connect), ("read", timeouts.read), ("write", timeouts.write)] {
+        for (k, d) in [
+            ("connect", timeouts.connect),
+            ("read", timeouts.read),
+            ("write", timeouts.write),
+        ] {
             if d.is_zero() {
                 c.error(&format!("{p}.timeouts.{k}"), "must be greater than 0");
             }
@@ -354,7 +382,10 @@ fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &State
                 c.error(&format!("{p}.passive.max_fails"), "must be at least 1");
             }
             if pv.fail_timeout.0.is_zero() {
-                c.error(&format!("{p}.passive.fail_timeout"), "must be greater than 0");
+                c.error(
+                    &format!("{p}.passive.fail_timeout"),
+                    "must be greater than 0",
+                );
             }
             Passive {
                 max_fails: pv.max_fails.max(1),
@@ -384,7 +415,10 @@ fn compile_upstreams(c: &mut Compiler, raws: &[raw::RawUpstream], states: &State
 fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
     for (name, t) in &raw.tiers {
         if t.second.is_none() && t.minute.is_none() && t.hour.is_none() && t.day.is_none() {
-            c.error(&format!("tiers.{name}"), "sets no limit (use second, minute, hour or day)");
+            c.error(
+                &format!("tiers.{name}"),
+                "sets no limit (use second, minute, hour or day)",
+            );
         }
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -396,7 +430,10 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             c.error(&format!("{p}.username"), "must not be empty");
         }
         if seen.insert(&r.username, i).is_some() {
-            c.error(&format!("{p}.username"), format!("duplicate consumer \"{}\"", r.username));
+            c.error(
+                &format!("{p}.username"),
+                format!("duplicate consumer \"{}\"", r.username),
+            );
         }
         if let Some(t) = &r.tier {
             if !raw.tiers.contains_key(t) {
@@ -421,14 +458,27 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             let sp = format!("{p}.jwt_secrets[{j}]");
             let alg = s.algorithm.as_str();
             let hs = alg.starts_with("HS");
-            if !matches!(alg, "HS256" | "HS384" | "HS512" | "RS256" | "RS384" | "RS512" | "ES256" | "ES384") {
-                c.error(&format!("{sp}.algorithm"), format!("unsupported algorithm {alg:?}"));
+            if !matches!(
+                alg,
+                "HS256" | "HS384" | "HS512" | "RS256" | "RS384" | "RS512" | "ES256" | "ES384"
+            ) {
+                c.error(
+                    &format!("{sp}.algorithm"),
+                    format!("unsupported algorithm {alg:?}"),
+                );
             }
             if let Some(sec) = &s.secret {
                 let _ = c.env(&format!("{sp}.secret"), sec);
             }
-            match (hs, &s.secret, &s.rsa_public_key_file, &s.ecdsa_public_key_file) {
-                (true, None, ..) => c.error(&format!("{sp}.secret"), format!("{alg} needs a secret")),
+            match (
+                hs,
+                &s.secret,
+                &s.rsa_public_key_file,
+                &s.ecdsa_public_key_file,
+            ) {
+                (true, None, ..) => {
+                    c.error(&format!("{sp}.secret"), format!("{alg} needs a secret"))
+                }
                 (false, _, None, None) => c.error(
                     &sp,
                     format!("{alg} needs rsa_public_key_file or ecdsa_public_key_file"),
@@ -452,7 +502,10 @@ fn compile_plugin_list(c: &mut Compiler, path: &str, list: &[RawPlugin]) -> Plug
     for (i, p) in list.iter().enumerate() {
         let pp = format!("{path}[{i}]");
         if out.iter().any(|(n, ..)| *n == p.name) {
-            c.error(&format!("{pp}.name"), format!("plugin \"{}\" listed twice", p.name));
+            c.error(
+                &format!("{pp}.name"),
+                format!("plugin \"{}\" listed twice", p.name),
+            );
             continue;
         }
         let built = plugins::build(c, &pp, &p.name, p.config.as_ref());
@@ -469,7 +522,8 @@ fn compile_routes(
     upstreams: &[Arc<Upstream>],
     globals: &PluginList,
 ) -> (Vec<Route>, Router) {
-    let by_name: HashMap<&str, &Arc<Upstream>> = upstreams.iter().map(|u| (u.name.as_str(), u)).collect();
+    let by_name: HashMap<&str, &Arc<Upstream>> =
+        upstreams.iter().map(|u| (u.name.as_str(), u)).collect();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut routes = Vec::new();
     let mut index: Vec<(usize, Vec<String>, Matcher)> = Vec::new();
@@ -482,7 +536,10 @@ fn compile_routes(
             let line = c.pos.line(&format!("routes[{first}].name")).unwrap_or(0);
             c.error(
                 &format!("{p}.name"),
-                format!("duplicate route name \"{}\" (first defined at line {line})", r.name),
+                format!(
+                    "duplicate route name \"{}\" (first defined at line {line})",
+                    r.name
+                ),
             );
         }
         if r.paths.is_empty() {
@@ -499,7 +556,10 @@ fn compile_routes(
         for (j, m) in r.methods.iter().enumerate() {
             match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => matcher.methods.push(m),
-                Err(_) => c.error(&format!("{p}.methods[{j}]"), format!("invalid method {m:?}")),
+                Err(_) => c.error(
+                    &format!("{p}.methods[{j}]"),
+                    format!("invalid method {m:?}"),
+                ),
             }
         }
         for (j, h) in r.hosts.iter().enumerate() {
@@ -510,7 +570,10 @@ fn compile_routes(
         }
         for (name, value) in &r.headers {
             let hp = format!("{p}.headers.{name}");
-            match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
                 (Ok(n), Ok(v)) => matcher.headers.push((n, v)),
                 _ => c.error(&hp, "invalid header name or value"),
             }
@@ -518,7 +581,10 @@ fn compile_routes(
         let upstream = match by_name.get(r.upstream.as_str()) {
             Some(u) => Some(Arc::clone(u)),
             None => {
-                c.error(&format!("{p}.upstream"), format!("unknown upstream \"{}\"", r.upstream));
+                c.error(
+                    &format!("{p}.upstream"),
+                    format!("unknown upstream \"{}\"", r.upstream),
+                );
                 None
             }
         };
@@ -552,7 +618,12 @@ fn merge_chain(globals: &PluginList, own: PluginList) -> Chain {
             .filter(|(_, enabled, _)| *enabled)
             .filter_map(|(n, _, p)| p.map(|p| (n, p))),
     );
-    merged.sort_by_key(|(n, _)| plugins::ORDER.iter().position(|o| o == n).unwrap_or(usize::MAX));
+    merged.sort_by_key(|(n, _)| {
+        plugins::ORDER
+            .iter()
+            .position(|o| o == n)
+            .unwrap_or(usize::MAX)
+    });
     Chain {
         plugins: merged.into_iter().map(|(_, p)| p).collect(),
     }

@@ -28,7 +28,11 @@ impl fmt::Display for ConfigError {
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
-    pub fn single(path: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> Self {
+    pub fn single(
+        path: impl Into<String>,
+        line: Option<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigErrors(vec![ConfigError {
             path: path.into(),
             line,

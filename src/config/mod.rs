@@ -16,7 +16,11 @@ use std::path::Path;
 
 /// Reads, parses and compiles a config file. Relative paths in it resolve against its
 /// directory.
-pub fn load_file(path: &Path, states: &StateRegistry, version: u64) -> Result<Runtime, ConfigErrors> {
+pub fn load_file(
+    path: &Path,
+    states: &StateRegistry,
+    version: u64,
+) -> Result<Runtime, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::single("", None, format!("cannot read {}: {e}", path.display()))
     })?;
@@ -28,7 +32,12 @@ pub fn load_file(path: &Path, states: &StateRegistry, version: u64) -> Result<Ru
 }
 
 /// Parses and compiles YAML text.
-pub fn load_str(text: &str, base_dir: &Path, states: &StateRegistry, version: u64) -> Result<Runtime, ConfigErrors> {
+pub fn load_str(
+    text: &str,
+    base_dir: &Path,
+    states: &StateRegistry,
+    version: u64,
+) -> Result<Runtime, ConfigErrors> {
     let raw = parse(text)?;
     let positions = position::Positions::build(text);
     compile::compile(raw, &positions, base_dir, states, version, text)
@@ -50,8 +59,11 @@ pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);
         }
-        if let Some(stripped) = msg.strip_prefix(&format!("{path}: ")) {
-            msg = stripped.to_string();
+        // serde_yaml may prefix its own (shorter) path: `routes[0]: unknown field ...`.
+        if let Some((head, rest)) = msg.split_once(": ") {
+            if !head.is_empty() && path.starts_with(head) {
+                msg = rest.to_string();
+            }
         }
         let path = if path == "." { String::new() } else { path };
         ConfigErrors::single(path, line, msg)

@@ -14,8 +14,14 @@ pub struct Positions {
 
 enum Frame {
     /// A mapping: `key` is Some while its value is being read.
-    Map { path: String, key: Option<String> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
 }
 
 struct Recorder {

@@ -28,7 +28,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h, d)"))?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid duration {s:?}: expected a number and a unit like 5s"));
+        return Err(format!(
+            "invalid duration {s:?}: expected a number and a unit like 5s"
+        ));
     }
     let n: u64 = num
         .parse()
@@ -92,7 +94,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid size {s:?}: expected a number like 512kb or 1mb"));
+        return Err(format!(
+            "invalid size {s:?}: expected a number like 512kb or 1mb"
+        ));
     }
     let n: u64 = num
         .parse()

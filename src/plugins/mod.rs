@@ -78,10 +78,7 @@ pub fn build(
     } else {
         c.error(
             &format!("{path}.name"),
-            format!(
-                "unknown plugin \"{name}\" (known: {})",
-                ORDER.join(", ")
-            ),
+            format!("unknown plugin \"{name}\" (known: {})", ORDER.join(", ")),
         );
     }
     None

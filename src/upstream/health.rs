@@ -40,7 +40,9 @@ impl HealthScheduler {
             };
             for t in &up.targets {
                 let st = &t.state;
-                if st.next_check_ms.load(Ordering::Relaxed) > now || st.checking.swap(true, Ordering::AcqRel) {
+                if st.next_check_ms.load(Ordering::Relaxed) > now
+                    || st.checking.swap(true, Ordering::AcqRel)
+                {
                     continue;
                 }
                 st.next_check_ms
@@ -69,7 +71,11 @@ pub fn apply(st: &TargetState, hc: &HealthCheck, ok: bool, upstream: &str, addr:
         st.consecutive_ok.store(0, Ordering::Relaxed);
         let n = st.consecutive_fail.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= hc.unhealthy_threshold && st.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(upstream, target = addr, "target marked unhealthy by health checks");
+            tracing::warn!(
+                upstream,
+                target = addr,
+                "target marked unhealthy by health checks"
+            );
         }
     }
 }

@@ -88,7 +88,8 @@ impl TargetState {
     /// Usable for new requests: active checks pass and the circuit is closed.
     #[inline]
     pub fn available(&self, now_ms: u64) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     /// Records a failed live request; returns true when this failure ejected the target.

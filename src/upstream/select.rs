@@ -178,7 +178,8 @@ impl Upstream {
                         continue;
                     }
                     // Compare inflight/weight without division.
-                    let load = (prim[i].state.inflight.load(Ordering::Relaxed) as u64 + 1) * 1_000_000
+                    let load = (prim[i].state.inflight.load(Ordering::Relaxed) as u64 + 1)
+                        * 1_000_000
                         / prim[i].weight.max(1) as u64;
                     if best.is_none_or(|(_, b)| load < b) {
                         best = Some((i, load));
