@@ -83,7 +83,7 @@ impl AdminApp {
             .map(|u| {
                 serde_json::json!({
                     "name": u.name,
-                    "balance": format!("{:?}", u.balance),
+                    "balance": u.balance.as_str(),
                     "retries": u.retries,
                     "health_check": u.health_check.as_ref().map(|h| match &h.path {
                         Some(p) => format!("http {p}"),

@@ -98,6 +98,18 @@ pub enum Balance {
     IpHash,
 }
 
+impl Balance {
+    /// The name as written in the YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Weighted => "weighted",
+            Balance::LeastConn => "least_conn",
+            Balance::IpHash => "ip_hash",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
