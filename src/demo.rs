@@ -10,6 +10,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
 pub const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
@@ -44,13 +45,37 @@ fn sample(service: &str) -> serde_json::Value {
     }
 }
 
+/// Per-instance health switch, flipped with `POST /__demo/down` and `POST /__demo/up` on the
+/// instance's own port, so the demo can show health checks and backup targets at work.
+static DOWN: [AtomicBool; DEMO_BACKENDS.len()] =
+    [const { AtomicBool::new(false) }; DEMO_BACKENDS.len()];
+
+fn slot(instance: &str) -> usize {
+    DEMO_BACKENDS
+        .iter()
+        .position(|(_, i, _)| *i == instance)
+        .unwrap_or(0)
+}
+
 async fn handle(
     service: &'static str,
     instance: &'static str,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = if req.uri().path() == "/health" {
-        serde_json::json!({"status": "ok", "instance": instance})
+    let down = &DOWN[slot(instance)];
+    let mut status = 200;
+    let path = req.uri().path();
+    let body = if path == "/health" {
+        if down.load(Ordering::Relaxed) {
+            status = 503;
+            serde_json::json!({"status": "down", "instance": instance})
+        } else {
+            serde_json::json!({"status": "ok", "instance": instance})
+        }
+    } else if path == "/__demo/down" || path == "/__demo/up" {
+        let is_down = path == "/__demo/down";
+        down.store(is_down, Ordering::Relaxed);
+        serde_json::json!({"instance": instance, "health": if is_down { "failing" } else { "ok" }})
     } else {
         serde_json::json!({
             "service": service,
@@ -64,6 +89,7 @@ async fn handle(
     };
     let body = Bytes::from(body.to_string());
     let resp = Response::builder()
+        .status(status)
         .header("content-type", "application/json")
         .header("server", "demo-upstream")
         .body(Full::new(body))
@@ -147,6 +173,10 @@ Try:
   curl -s -X POST http://{listen}/api/v1/products    # methods: [GET, HEAD] -> 404 not_found
   curl -s http://{listen}/nope                       # 404 with request_id
   curl -s http://{admin}/status                      # routes, targets, health
+  curl -s -X POST http://127.0.0.1:19001/__demo/down # fail users-1's health check ...
+  curl -s -X POST http://127.0.0.1:19002/__demo/down # ... and users-2's: within ~6 s the backup serves
+  curl -s http://{listen}/api/v1/users               # "instance":"users-backup"
+  curl -s -X POST http://127.0.0.1:19001/__demo/up   # users-1 recovers and takes over again
   kill -HUP $(pgrep -f 'gatehouse demo')             # reload: the gateway keeps running
 
 Ctrl-C stops it.
