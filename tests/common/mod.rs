@@ -1,0 +1,973 @@
+//! Shared harness for gatehouse integration tests: scriptable HTTP backends, a gateway
+//! process wrapper, a raw-TCP client and helpers to build YAML configs.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// Path of the gateway binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// Active HTTP health check used by most tests (fast, bounded).
+pub const HC_HTTP: &str = "health_check: { path: /health, interval: 200ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 1 }";
+/// Active TCP-connect health check (no path).
+pub const HC_TCP: &str =
+    "health_check: { interval: 200ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 1 }";
+
+/// A free TCP port on 127.0.0.1 (bound to :0, read, released).
+pub fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// An address on which nothing listens (connections are refused).
+pub fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Tokio runtime shared by every backend of a test binary (independent of the test's runtime).
+fn backend_rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-backend")
+            .enable_all()
+            .build()
+            .expect("backend runtime")
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend
+// ---------------------------------------------------------------------------------------------
+
+/// One request as seen by a backend.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// path and query as received ("/a/b?x=1")
+    pub uri: String,
+    /// header names lowercase, in arrival order, repeated names kept
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// First value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` joined with ", ".
+    pub fn header_joined(&self, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        let vals: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if vals.is_empty() {
+            None
+        } else {
+            Some(vals.join(", "))
+        }
+    }
+}
+
+const MAX_RECORDED: usize = 2000;
+
+struct BackendState {
+    name: String,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    body: Mutex<Option<String>>,
+    hangup: std::sync::atomic::AtomicBool,
+    health_status: AtomicU16,
+    hits: AtomicUsize,
+    health_hits: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    requests: Mutex<VecDeque<Recorded>>,
+    conns: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+/// A scriptable HTTP/1.1 server on 127.0.0.1.
+///
+/// Every request except `GET /health` counts as a hit and is recorded; by default it answers
+/// 200 with `{"backend","method","path","query","headers"}`. `GET /health` answers
+/// `health_status` and counts in `health_hits` only.
+pub struct Backend {
+    port: u16,
+    state: Arc<BackendState>,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct InFlight(Arc<BackendState>);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Backend {
+    /// Start a backend named `name` on a fresh port.
+    pub fn start(name: &str) -> Backend {
+        let listener = StdListener::bind("127.0.0.1:0").expect("backend bind");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(BackendState {
+            name: name.to_string(),
+            status: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            body: Mutex::new(None),
+            hangup: std::sync::atomic::AtomicBool::new(false),
+            health_status: AtomicU16::new(200),
+            hits: AtomicUsize::new(0),
+            health_hits: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            requests: Mutex::new(VecDeque::new()),
+            conns: Mutex::new(Vec::new()),
+        });
+        let b = Backend {
+            port,
+            state,
+            accept: Mutex::new(None),
+        };
+        b.serve(listener);
+        b
+    }
+
+    fn serve(&self, listener: StdListener) {
+        listener.set_nonblocking(true).unwrap();
+        let state = self.state.clone();
+        let handle = backend_rt().spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("from_std");
+            loop {
+                let (stream, _) = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let st = state.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(st.clone(), req));
+                    let _ = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                let mut conns = state.conns.lock().unwrap();
+                conns.retain(|c| !c.is_finished());
+                conns.push(conn.abort_handle());
+            }
+        });
+        *self.accept.lock().unwrap() = Some(handle);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// "127.0.0.1:PORT"
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Status for every non-health request (default 200).
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+    /// Delay before answering every non-health request.
+    pub fn set_delay(&self, d: Duration) {
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Replace the default JSON body (None restores it).
+    pub fn set_body(&self, body: Option<&str>) {
+        *self.state.body.lock().unwrap() = body.map(str::to_string);
+    }
+    /// When true, non-health requests are read and the connection is closed unanswered.
+    pub fn set_hangup(&self, on: bool) {
+        self.state.hangup.store(on, Ordering::SeqCst);
+    }
+    /// Status answered to `GET /health` (default 200).
+    pub fn set_health(&self, status: u16) {
+        self.state.health_status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+    pub fn health_hits(&self) -> usize {
+        self.state.health_hits.load(Ordering::SeqCst)
+    }
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+    /// Reset hit counters and the request log (health counter too).
+    pub fn reset(&self) {
+        self.state.hits.store(0, Ordering::SeqCst);
+        self.state.health_hits.store(0, Ordering::SeqCst);
+        self.state.max_in_flight.store(0, Ordering::SeqCst);
+        self.state.requests.lock().unwrap().clear();
+    }
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect()
+    }
+    pub fn last_request(&self) -> Option<Recorded> {
+        self.state.requests.lock().unwrap().back().cloned()
+    }
+
+    /// Close the listener and every open connection; new connections are refused.
+    pub fn stop(&self) {
+        if let Some(h) = self.accept.lock().unwrap().take() {
+            h.abort();
+        }
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+        // Wait until the port really refuses connections.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let addr: SocketAddr = self.addr().parse().unwrap();
+        while Instant::now() < deadline {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Err(_) => return,
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        panic!("backend {} still accepts after stop()", self.name());
+    }
+
+    /// Listen again on the same port after `stop()`.
+    pub fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match StdListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => return self.serve(l),
+                Err(e) if Instant::now() > deadline => {
+                    panic!(
+                        "backend {} cannot re-bind port {}: {e}",
+                        self.name(),
+                        self.port
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(h) = self.accept.lock().unwrap().take() {
+            h.abort();
+        }
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+async fn handle(
+    st: Arc<BackendState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    if method == "GET" && path == "/health" {
+        st.health_hits.fetch_add(1, Ordering::SeqCst);
+        let status = st.health_status.load(Ordering::SeqCst);
+        return Ok(Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"status\":\"health\"}")))
+            .unwrap());
+    }
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _guard = InFlight(st.clone());
+
+    let query = req.uri().query().map(str::to_string);
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| path.clone());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => Vec::new(),
+    };
+    let mut hmap = serde_json::Map::new();
+    for (k, v) in &headers {
+        match hmap.get_mut(k) {
+            Some(Value::String(s)) => {
+                s.push_str(", ");
+                s.push_str(v);
+            }
+            _ => {
+                hmap.insert(k.clone(), Value::String(v.clone()));
+            }
+        }
+    }
+    {
+        let mut log = st.requests.lock().unwrap();
+        if log.len() >= MAX_RECORDED {
+            log.pop_front();
+        }
+        log.push_back(Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            uri,
+            headers,
+            body: body.clone(),
+        });
+    }
+
+    if st.hangup.load(Ordering::SeqCst) {
+        // An error from the service makes hyper close the connection without a response.
+        return Err("backend hangs up".into());
+    }
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = st.status.load(Ordering::SeqCst);
+    let override_body = st.body.lock().unwrap().clone();
+    let body = match override_body {
+        Some(b) => b,
+        None => json!({
+            "backend": st.name,
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": Value::Object(hmap),
+            "body_len": body.len(),
+        })
+        .to_string(),
+    };
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-backend", st.name.as_str())
+        .body(Full::new(Bytes::from(body)))
+        .unwrap())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway process
+// ---------------------------------------------------------------------------------------------
+
+/// A running gateway process, killed on drop.
+pub struct Gateway {
+    pub port: u16,
+    pub admin_port: u16,
+    pub pid: u32,
+    pub client: reqwest::Client,
+    child: Mutex<Child>,
+    dir: TempDir,
+}
+
+/// A reqwest client: no redirects, no proxies, bounded time.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("reqwest client")
+}
+
+fn port_of(v: &Value) -> Option<u16> {
+    let s = v.as_str()?;
+    s.rsplit(':').next()?.parse().ok()
+}
+
+impl Gateway {
+    /// Write `yaml` to a temp dir, spawn the gateway and wait until it serves.
+    pub fn start(yaml: &str) -> Gateway {
+        Gateway::start_in(yaml, TempDir::new().expect("tempdir"))
+    }
+
+    /// Like `start`, keeping `dir` (which may hold pid_file/upgrade_sock) alive with the process.
+    pub fn start_in(yaml: &str, dir: TempDir) -> Gateway {
+        let doc: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test YAML must parse");
+        let doc: Value = serde_json::to_value(doc).expect("yaml to json");
+        let port = port_of(&doc["server"]["listen"][0]).expect("server.listen[0] with a port");
+        let admin_port = port_of(&doc["admin"]["listen"]).expect("admin.listen with a port");
+
+        let cfg = dir.path().join("gatehouse.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
+        let err = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&cfg)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn gatehouse");
+        let mut gw = Gateway {
+            port,
+            admin_port,
+            pid: child.id(),
+            client: client(),
+            child: Mutex::new(child),
+            dir,
+        };
+        gw.wait_ready(Duration::from_secs(10));
+        gw
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!(
+                    "gatehouse exited early ({status}).\n--- stderr ---\n{}\n--- stdout ---\n{}",
+                    self.stderr(),
+                    self.stdout()
+                );
+            }
+            let public_up = TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], self.port)),
+                Duration::from_millis(200),
+            )
+            .is_ok();
+            if public_up {
+                let (resp, _) = raw_request(
+                    self.admin_port,
+                    b"GET /health HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+                    Duration::from_secs(2),
+                );
+                if resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200") {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "gatehouse not ready within {limit:?} (public :{} admin :{}).\n--- stderr ---\n{}\n--- stdout ---\n{}",
+                    self.port,
+                    self.admin_port,
+                    self.stderr(),
+                    self.stdout()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `-t -c FILE` on `yaml`: (exit code, stderr).
+    pub fn validate(yaml: &str) -> (i32, String) {
+        let dir = TempDir::new().unwrap();
+        let p = dir.path().join("check.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        validate_file(&p, &[], &[])
+    }
+
+    /// Exit status if the gateway process has exited.
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap().try_wait().ok().flatten()
+    }
+
+    /// Diagnostics for a failed request: process state and captured stderr.
+    pub fn diagnostics(&self) -> String {
+        let state = match self.exited() {
+            Some(st) => format!("gateway EXITED: {st}"),
+            None => "gateway still running".to_string(),
+        };
+        format!("{state}\n--- stderr ---\n{}", self.stderr())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// GET `path` on the public port.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}\n{}", self.diagnostics()))
+    }
+
+    /// GET `path` and return (status, JSON body or Null).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.get(path).await;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Send `req` and return (status, body text).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (u16, String) {
+        let r = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request failed: {e:?}\n{}", self.diagnostics()));
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// Admin `GET /status` as JSON.
+    pub async fn status_json(&self) -> Value {
+        let r = self
+            .client
+            .get(self.admin_url("/status"))
+            .send()
+            .await
+            .expect("admin /status");
+        r.json().await.expect("/status JSON")
+    }
+
+    /// `healthy` of target `addr` of upstream `upstream` in `/status`.
+    pub async fn target_healthy(&self, upstream: &str, addr: &str) -> Option<bool> {
+        let st = self.status_json().await;
+        st["upstreams"]
+            .as_array()?
+            .iter()
+            .find(|u| u["name"] == upstream)?["targets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["addr"] == addr)?["healthy"]
+            .as_bool()
+    }
+
+    /// Poll `/status` until the target reports `healthy == want` (false on timeout).
+    pub async fn wait_target_health(
+        &self,
+        upstream: &str,
+        addr: &str,
+        want: bool,
+        limit: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.target_healthy(upstream, addr).await == Some(want) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Run `gatehouse -t -c path` with extra env vars set / removed: (exit code, stderr).
+pub fn validate_file(path: &Path, set_env: &[(&str, &str)], remove_env: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-t").arg("-c").arg(path).stdin(Stdio::null());
+    for (k, v) in set_env {
+        cmd.env(k, v);
+    }
+    for k in remove_env {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gatehouse -t");
+    // Bounded wait: -t must not start serving.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gatehouse -t -c {} did not exit within 20s", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TCP
+// ---------------------------------------------------------------------------------------------
+
+/// Send `bytes` to 127.0.0.1:`port`, read until the peer closes or `limit` passes.
+/// Returns (bytes read, closed_by_peer). Write errors are ignored (the peer may answer and
+/// close before reading everything); a reset after data was read counts as closed.
+pub fn raw_request(port: u16, bytes: &[u8], limit: Duration) -> (Vec<u8>, bool) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(_) => return (Vec::new(), true),
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_write_timeout(Some(limit));
+    let _ = s.write_all(bytes);
+    read_until_close(&mut s, limit)
+}
+
+/// Read from `s` until EOF/reset or until `limit` passes.
+pub fn read_until_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (out, false);
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (out, false)
+            }
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// A parsed raw HTTP/1.x response.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Parse the first response in `raw` (Content-Length, chunked or read-to-close bodies).
+pub fn parse_response(raw: &[u8]) -> Option<RawResponse> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let rest = &raw[head_end + 4..];
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let body = if get("transfer-encoding")
+        .map(|v| v.to_ascii_lowercase().contains("chunked"))
+        .unwrap_or(false)
+    {
+        decode_chunked(rest)
+    } else if let Some(cl) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        rest[..cl.min(rest.len())].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_str = String::from_utf8_lossy(&data[..eol]);
+        let size_str = size_str.split(';').next().unwrap_or("").trim().to_string();
+        let Ok(size) = usize::from_str_radix(&size_str, 16) else {
+            return out;
+        };
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            out.extend_from_slice(&data[..size.min(data.len())]);
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size..];
+        if data.starts_with(b"\r\n") {
+            data = &data[2..];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assertions
+// ---------------------------------------------------------------------------------------------
+
+/// Assert `body` is a gateway error `{"error": code, "message": .., "request_id": ..}`
+/// that leaks no upstream address. Returns the parsed JSON.
+pub fn assert_error_body(body: &str, code: &str) -> Value {
+    let v: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body:?}"));
+    assert_eq!(v["error"], code, "error code in {body}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message must be a non-empty string: {body}"
+    );
+    assert!(
+        v["request_id"].as_str().is_some_and(|m| !m.is_empty()),
+        "request_id must be a non-empty string: {body}"
+    );
+    assert!(
+        !body.contains("127.0.0.1"),
+        "error body leaks an upstream address: {body}"
+    );
+    v
+}
+
+/// `backend` field of a default backend JSON body.
+pub fn backend_of(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v["backend"].as_str().unwrap_or("").to_string()
+}
+
+/// Poll `cond` every 25 ms until true or `limit` passes; returns the last result.
+pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, mut cond: F) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// YAML config builder
+// ---------------------------------------------------------------------------------------------
+
+/// `{ addr: "..." }` target entry.
+pub fn target(b: &Backend) -> String {
+    target_addr(&b.addr())
+}
+pub fn target_addr(addr: &str) -> String {
+    format!("{{ addr: \"{addr}\" }}")
+}
+/// `{ addr: "...", weight: w }`
+pub fn target_w(b: &Backend, weight: u32) -> String {
+    format!("{{ addr: \"{}\", weight: {weight} }}", b.addr())
+}
+/// `{ addr: "...", backup: true }`
+pub fn target_backup(b: &Backend) -> String {
+    format!("{{ addr: \"{}\", backup: true }}", b.addr())
+}
+
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{pad}{l}\n"))
+        .collect()
+}
+
+/// Builder for a test config: public and admin ports, a temp dir for pid file / upgrade
+/// socket, `server:` extras, upstreams and routes.
+pub struct Cfg {
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: TempDir,
+    server: Vec<String>,
+    upstreams: Vec<String>,
+    routes: Vec<String>,
+    extra: Vec<String>,
+}
+
+impl Default for Cfg {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cfg {
+    pub fn new() -> Cfg {
+        Cfg {
+            port: free_port(),
+            admin_port: free_port(),
+            dir: TempDir::new().unwrap(),
+            server: Vec::new(),
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Extra lines under `server:` (e.g. `max_body_bytes: 1024`).
+    pub fn server(mut self, lines: &str) -> Cfg {
+        self.server.push(lines.to_string());
+        self
+    }
+
+    /// An upstream; `extra` lines go at the upstream's level (`balance: weighted`, ...).
+    pub fn upstream(mut self, name: &str, targets: &[String], extra: &str) -> Cfg {
+        let mut s = format!("  - name: {name}\n    targets:\n");
+        for t in targets {
+            s.push_str(&format!("      - {t}\n"));
+        }
+        s.push_str(&indent(extra, 4));
+        self.upstreams.push(s);
+        self
+    }
+
+    /// A route; `extra` lines go at the route's level (`strip_path: true`, `hosts: [..]`, ...).
+    pub fn route(mut self, name: &str, paths: &[&str], upstream: &str, extra: &str) -> Cfg {
+        let paths: Vec<String> = paths.iter().map(|p| format!("\"{p}\"")).collect();
+        let mut s = format!(
+            "  - name: {name}\n    paths: [{}]\n    upstream: {upstream}\n",
+            paths.join(", ")
+        );
+        s.push_str(&indent(extra, 4));
+        self.routes.push(s);
+        self
+    }
+
+    /// Raw top-level YAML appended at the end.
+    pub fn top(mut self, yaml: &str) -> Cfg {
+        self.extra.push(yaml.to_string());
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        let d = self.dir.path().display();
+        let mut y = format!(
+            "server:\n  listen: [\"127.0.0.1:{}\"]\n  threads: 1\n  grace_period: 1\n  pid_file: {d}/gatehouse.pid\n  upgrade_sock: {d}/upgrade.sock\n  access_log: off\n",
+            self.port
+        );
+        for s in &self.server {
+            y.push_str(&indent(s, 2));
+        }
+        y.push_str(&format!(
+            "admin:\n  listen: \"127.0.0.1:{}\"\n",
+            self.admin_port
+        ));
+        if !self.upstreams.is_empty() {
+            y.push_str("upstreams:\n");
+            for u in &self.upstreams {
+                y.push_str(u);
+            }
+        }
+        if !self.routes.is_empty() {
+            y.push_str("routes:\n");
+            for r in &self.routes {
+                y.push_str(r);
+            }
+        }
+        for e in &self.extra {
+            y.push_str(e);
+            if !e.ends_with('\n') {
+                y.push('\n');
+            }
+        }
+        y
+    }
+
+    /// Start a gateway on this config.
+    pub fn start(self) -> Gateway {
+        let yaml = self.yaml();
+        Gateway::start_in(&yaml, self.dir)
+    }
+}
+
+/// Path of a file under tests/fixtures.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}

@@ -1,0 +1,214 @@
+//! `gatehouse -t`: broken configs exit 1 naming the YAML path and line of every error.
+mod common;
+
+use common::*;
+
+/// 1-based number of the first line of fixture `file` containing `needle`.
+fn line_of(file: &str, needle: &str) -> usize {
+    line_of_nth(file, needle, 1)
+}
+
+/// 1-based number of the `nth` (1-based) line of fixture `file` containing `needle`.
+fn line_of_nth(file: &str, needle: &str, nth: usize) -> usize {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth - 1)
+        .unwrap_or_else(|| panic!("{needle:?} #{nth} not in {file}"))
+        .0
+        + 1
+}
+
+/// Validate a bad fixture: exit 1 and a stderr line `PATH: ... (line N)` where N is the line
+/// holding `needle`. Returns the stderr.
+fn check(file: &str, path: &str, needle: &str) -> String {
+    check_nth(file, path, needle, 1)
+}
+
+/// Like `check`, the line being the `nth` one containing `needle`.
+fn check_nth(file: &str, path: &str, needle: &str, nth: usize) -> String {
+    let f = format!("bad/{file}");
+    let line = line_of_nth(&f, needle, nth);
+    let (code, stderr) = validate_file(&fixture(&f), &[], &[]);
+    assert_eq!(code, 1, "{f} must be rejected; stderr:\n{stderr}");
+    assert_reported(&stderr, path, line);
+    stderr
+}
+
+fn assert_reported(stderr: &str, path: &str, line: usize) {
+    let want_path = format!("{path}:");
+    let want_line = format!("(line {line})");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(&want_path) && l.contains(&want_line)),
+        "expected an error line with `{want_path}` and `{want_line}`; stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn valid_fixture_passes() {
+    let (code, stderr) = validate_file(&fixture("good/valid.yaml"), &[], &[]);
+    assert_eq!(code, 0, "valid config rejected:\n{stderr}");
+}
+
+#[test]
+fn minimal_generated_config_passes() {
+    let yaml = "upstreams:\n  - name: u\n    targets:\n      - { addr: \"127.0.0.1:9001\" }\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n";
+    let (code, stderr) = Gateway::validate(yaml);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn unknown_upstream_in_route() {
+    let err = check(
+        "unknown_upstream.yaml",
+        "routes[1].upstream",
+        "upstream: productz",
+    );
+    assert!(err.contains("productz"), "{err}");
+}
+
+#[test]
+fn duplicate_upstream_name() {
+    // second `- name: users` is upstreams[1]
+    let err = check_nth(
+        "duplicate_upstream.yaml",
+        "upstreams[1].name",
+        "- name: users",
+        2,
+    );
+    assert!(err.contains("users"), "{err}");
+}
+
+#[test]
+fn duplicate_route_name() {
+    // `- name: users` lines: upstreams[0], routes[0], routes[1]
+    check_nth("duplicate_route.yaml", "routes[1].name", "- name: users", 3);
+}
+
+#[test]
+fn empty_targets() {
+    check("empty_targets.yaml", "upstreams[0].targets", "targets: []");
+}
+
+#[test]
+fn weight_zero() {
+    check(
+        "weight_zero.yaml",
+        "upstreams[0].targets[1].weight",
+        "weight: 0",
+    );
+}
+
+#[test]
+fn unknown_plugin_name() {
+    let err = check(
+        "unknown_plugin.yaml",
+        "routes[0].plugins[0].name",
+        "key-auth-typo",
+    );
+    assert!(err.contains("key-auth-typo"), "{err}");
+}
+
+#[test]
+fn unknown_key() {
+    check("unknown_key.yaml", "routes[0].pathz", "pathz:");
+}
+
+#[test]
+fn wrong_type() {
+    check("wrong_type.yaml", "server.threads", "threads: many");
+}
+
+#[test]
+fn bad_duration() {
+    check(
+        "bad_duration.yaml",
+        "upstreams[0].health_check.interval",
+        "5 parsecs",
+    );
+}
+
+#[test]
+fn bad_cidr() {
+    check("bad_cidr.yaml", "server.trusted_proxies[1]", "300.1.2.0/33");
+}
+
+#[test]
+fn unset_env_without_default() {
+    let f = fixture("bad/unset_env.yaml");
+    let line = line_of("bad/unset_env.yaml", "GATEHOUSE_IT_UNSET_VAR");
+    let (code, stderr) = validate_file(&f, &[], &["GATEHOUSE_IT_UNSET_VAR"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_reported(&stderr, "admin.token", line);
+    assert!(
+        stderr.contains("GATEHOUSE_IT_UNSET_VAR"),
+        "the message must name the variable: {stderr}"
+    );
+
+    // the same file is valid once the variable is set
+    let (code, stderr) = validate_file(&f, &[("GATEHOUSE_IT_UNSET_VAR", "tok")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn env_default_is_used() {
+    let yaml = "admin:\n  listen: 127.0.0.1:19901\n  token: ${GATEHOUSE_IT_SURELY_UNSET:-fallback}\nupstreams:\n  - name: u\n    targets:\n      - { addr: \"${GATEHOUSE_IT_ADDR_UNSET:-127.0.0.1:9001}\" }\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n";
+    let (code, stderr) = Gateway::validate(yaml);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn secret_never_in_errors() {
+    const SECRET: &str = "s3cr3t-VALUE-d0-not-print-8d1f";
+    let f = "bad/secret_with_error.yaml";
+    let line = line_of(f, "upstream: userz");
+    let (code, stderr) = validate_file(&fixture(f), &[("SECRET_FOR_TEST", SECRET)], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_reported(&stderr, "routes[0].upstream", line);
+    assert!(
+        !stderr.contains(SECRET),
+        "secret leaked to stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cr3t"),
+        "secret leaked to stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn every_error_is_reported() {
+    let f = "bad/two_errors.yaml";
+    let (code, stderr) = validate_file(&fixture(f), &[], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_reported(&stderr, "routes[0].upstream", line_of(f, "upstream: userz"));
+    assert_reported(
+        &stderr,
+        "routes[1].upstream",
+        line_of(f, "upstream: orderz"),
+    );
+}
+
+#[test]
+fn every_bad_fixture_is_rejected() {
+    let dir = fixture("bad");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("yaml") {
+            continue;
+        }
+        n += 1;
+        let (code, stderr) =
+            validate_file(&p, &[("SECRET_FOR_TEST", "x")], &["GATEHOUSE_IT_UNSET_VAR"]);
+        assert_eq!(code, 1, "{} accepted:\n{stderr}", p.display());
+        assert!(
+            stderr.contains("(line "),
+            "{}: errors must carry a line: {stderr}",
+            p.display()
+        );
+    }
+    assert!(n >= 12, "fixtures missing: {n}");
+}
