@@ -49,7 +49,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         request::begin(session, ctx);
-        match request::check_limits(session, ctx) {
+        match request::check_limits(session, ctx).or_else(|| request::normalize_path(session)) {
             Some(status) => Err(errors::status_error(status, "request refused by limits")),
             None => Ok(()),
         }

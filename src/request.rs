@@ -82,6 +82,30 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) {
     session.set_keepalive(if ka == 0 { None } else { Some(ka) });
 }
 
+/// Rewrites a path whose percent-encoding hides unreserved characters to its normal form,
+/// so the router and the upstream see the same path. Refuses malformed encoding.
+pub fn normalize_path(session: &mut Session) -> Option<u16> {
+    let req = session.req_header();
+    let path = req.uri.path();
+    let normal = match router::normalize_percent(path) {
+        None => return Some(400),
+        Some(std::borrow::Cow::Borrowed(_)) => return None,
+        Some(std::borrow::Cow::Owned(p)) => p,
+    };
+    let pq = match req.uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    // Keep scheme and authority of an absolute-form target.
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = pq.parse().ok();
+    let Ok(uri) = http::Uri::from_parts(parts) else {
+        return Some(400);
+    };
+    session.req_header_mut().set_uri(uri);
+    None
+}
+
 /// Limits checked before anything else reads the request: the status to refuse with.
 pub fn check_limits(session: &Session, ctx: &RequestCtx) -> Option<u16> {
     let s = &ctx.rt.server;

@@ -156,6 +156,41 @@ pub fn is_ambiguous_path(path: &str) -> bool {
     false
 }
 
+/// Decodes percent-encoded unreserved characters (`%61` -> `a`, RFC 3986 §6.2.2.2) and
+/// upper-cases the hex of the others, so `/%61dmin` routes like `/admin` and the upstream
+/// sees the same path the router matched. `None`: malformed percent-encoding.
+pub fn normalize_percent(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !path.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(b[i] as char);
+            i += 1;
+            continue;
+        }
+        let hex = |c: u8| (c as char).to_digit(16);
+        let (Some(h), Some(l)) = (
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) else {
+            return None;
+        };
+        let v = (h * 16 + l) as u8;
+        if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+            out.push(v as char);
+        } else {
+            out.push('%');
+            out.push_str(&format!("{v:02X}"));
+        }
+        i += 3;
+    }
+    Some(std::borrow::Cow::Owned(out))
+}
+
 fn is_dot_segment(seg: &str) -> bool {
     let b = seg.as_bytes();
     let dot = |i: usize| -> Option<usize> {
@@ -368,6 +403,16 @@ mod tests {
         assert!(!is_ambiguous_path("/a/.well-known/b"));
         assert!(!is_ambiguous_path("/"));
         assert!(!is_ambiguous_path("/a/..b"));
+    }
+
+    #[test]
+    fn percent_normalization() {
+        assert_eq!(normalize_percent("/a/b").unwrap(), "/a/b");
+        assert_eq!(normalize_percent("/%61dmin").unwrap(), "/admin");
+        assert_eq!(normalize_percent("/a%2fb").unwrap(), "/a%2Fb");
+        assert_eq!(normalize_percent("/%2e%2E/x").unwrap(), "/../x");
+        assert!(normalize_percent("/a%zz").is_none());
+        assert!(normalize_percent("/a%2").is_none());
     }
 
     #[test]

@@ -33,13 +33,6 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
         .iter()
         .map(|u| u.keepalive * u.targets.len())
         .sum();
-    let max_retries = rt
-        .upstreams
-        .iter()
-        .map(|u| u.retries as usize)
-        .max()
-        .unwrap_or(0)
-        + 1;
     ServerConf {
         threads: s.threads,
         pid_file: s.pid_file.to_string_lossy().into_owned(),
@@ -48,7 +41,9 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(5),
         daemon: opts.daemon,
         upstream_keepalive_pool_size: pool.max(128),
-        max_retries: max_retries.min(16),
+        // Pingora's cap on attempts; our own policy (`retries` per upstream, which a reload
+        // may raise) decides below it.
+        max_retries: 16,
         ..ServerConf::default()
     }
 }

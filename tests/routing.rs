@@ -454,3 +454,38 @@ routes:
     assert_eq!(s, 404);
     assert_eq!(a.hits(), 2);
 }
+
+/// A percent-encoded path must route like its decoded form, and the upstream must see the
+/// path the router matched: `/%61dmin` cannot slip past the `/admin` route onto `/`.
+#[tokio::test]
+async fn percent_encoding_cannot_bypass_a_route() {
+    let admin = Backend::start("admin");
+    let public = Backend::start("public");
+    let gw = Cfg::new()
+        .upstream("ua", &[target(&admin)], "")
+        .upstream("up", &[target(&public)], "")
+        .route("admin", &["/admin"], "ua", "")
+        .route("public", &["/"], "up", "")
+        .start();
+
+    let (s, _) = gw.get_json("/%61dmin/users?x=%61").await;
+    assert_eq!(s, 200);
+    assert_eq!(public.hits(), 0, "encoded path reached the catch-all route");
+    let r = admin.last_request().unwrap();
+    assert_eq!(r.path, "/admin/users");
+    assert_eq!(r.query.as_deref(), Some("x=%61"), "query left as sent");
+
+    // Reserved characters stay encoded; malformed encoding is refused.
+    let (s, _) = gw.get_json("/admin/a%2fb").await;
+    assert_eq!(s, 200);
+    assert_eq!(admin.last_request().unwrap().path, "/admin/a%2Fb");
+    let (raw, _) = raw_request(
+        gw.port,
+        b"GET /admin/%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+        std::time::Duration::from_secs(2),
+    );
+    let resp = parse_response(&raw).expect("a response");
+    assert_eq!(resp.status, 400);
+    assert_error_body(&resp.text(), "bad_request");
+    assert_eq!(admin.hits(), 2);
+}

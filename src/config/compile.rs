@@ -41,22 +41,6 @@ impl Compiler<'_> {
         });
     }
 
-    /// Substitutes `${ENV}` in a string value found at `path`.
-    pub fn env(&mut self, path: &str, s: &str) -> String {
-        match super::env::expand(s, |n| std::env::var(n).ok()) {
-            Ok((v, substituted)) => {
-                if substituted && !v.is_empty() && v != s {
-                    self.secrets.push(v.clone());
-                }
-                v
-            }
-            Err(msg) => {
-                self.error(path, msg);
-                String::new()
-            }
-        }
-    }
-
     /// A file path relative to the config file's directory.
     pub fn file(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
@@ -115,17 +99,18 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn compile(
-    raw: RawConfig,
+    parsed: super::Parsed,
     pos: &Positions,
     base_dir: &Path,
     states: &StateRegistry,
     version: u64,
     text: &str,
 ) -> Result<Runtime, ConfigErrors> {
+    let raw: RawConfig = parsed.raw;
     let mut c = Compiler {
         pos,
         errors: Vec::new(),
-        secrets: Vec::new(),
+        secrets: parsed.secrets,
         base_dir: base_dir.to_path_buf(),
     };
     let server = compile_server(&mut c, &raw.server);
@@ -229,8 +214,8 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         }
         p => AccessLog::File(c.file(p)),
     };
-    let pid_file = c.env("server.pid_file", &s.pid_file);
-    let upgrade_sock = c.env("server.upgrade_sock", &s.upgrade_sock);
+    let pid_file = s.pid_file.clone();
+    let upgrade_sock = s.upgrade_sock.clone();
     ServerSettings {
         listen,
         tls,
@@ -256,7 +241,7 @@ fn compile_admin(c: &mut Compiler, a: &raw::RawAdmin) -> AdminSettings {
             SocketAddr::from(([127, 0, 0, 1], 9901))
         }
     };
-    let token = c.env("admin.token", &a.token);
+    let token = a.token.clone();
     AdminSettings {
         listen,
         token: (!token.is_empty()).then(|| Secret::new(token)),
@@ -295,12 +280,9 @@ fn compile_upstreams(
         for (j, t) in u.targets.iter().enumerate() {
             let tp = format!("{p}.targets[{j}]");
             if t.weight == 0 {
-                c.error(
-                    &format!("{tp}.weight"),
-                    "must be at least 1 (remove the target or mark it backup)",
-                );
+                c.error(&format!("{tp}.weight"), "must be at least 1");
             }
-            let addr = c.env(&format!("{tp}.addr"), &t.addr);
+            let addr = t.addr.clone();
             let sock = match socket_addr(&addr) {
                 Ok(s) => s,
                 Err(e) => {
@@ -443,7 +425,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
         let mut api_keys = Vec::new();
         for (j, k) in r.keyauth_credentials.iter().enumerate() {
             let kp = format!("{p}.keyauth_credentials[{j}].key");
-            let key = c.env(&kp, &k.key);
+            let key = k.key.clone();
             if key.is_empty() {
                 c.error(&kp, "must not be empty");
                 continue;
@@ -466,9 +448,6 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
                     &format!("{sp}.algorithm"),
                     format!("unsupported algorithm {alg:?}"),
                 );
-            }
-            if let Some(sec) = &s.secret {
-                let _ = c.env(&format!("{sp}.secret"), sec);
             }
             match (
                 hs,
