@@ -25,12 +25,18 @@ pub struct RequestCtx {
     pub target: Option<usize>,
     pub inflight: Option<InflightGuard>,
     pub body_bytes: u64,
+    /// Request body cap for this request: `server.max_body_bytes`, lowered by
+    /// `request-size-limiting`.
+    pub body_limit: u64,
+    /// Index into `rt.consumers` once authenticated.
+    pub consumer: Option<usize>,
     pub started: Instant,
 }
 
 impl RequestCtx {
     pub fn new(rt: Arc<Runtime>) -> Self {
         RequestCtx {
+            body_limit: rt.server.max_body_bytes,
             rt,
             request_id: String::new(),
             client_ip: None,
@@ -42,6 +48,7 @@ impl RequestCtx {
             target: None,
             inflight: None,
             body_bytes: 0,
+            consumer: None,
             started: Instant::now(),
         }
     }
@@ -49,6 +56,16 @@ impl RequestCtx {
     #[inline]
     pub fn route(&self) -> Option<&Route> {
         self.route.and_then(|i| self.rt.routes.get(i))
+    }
+
+    /// The plugin chain for this request: the route's, or the global one when no route
+    /// matched.
+    #[inline]
+    pub fn chain(&self) -> &crate::plugins::Chain {
+        match self.route() {
+            Some(r) => &r.plugins,
+            None => &self.rt.global_plugins,
+        }
     }
 
     #[inline]

@@ -2,6 +2,8 @@
 //! `{"error": code, "message": text, "request_id": id}` with the right status, one
 //! constructor per code. Upstream addresses and upstream error text never appear here.
 
+use crate::ctx::RequestCtx;
+use crate::plugins::Reply;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -45,27 +47,46 @@ pub fn body(code: &str, message: &str, request_id: &str) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-/// Writes a complete JSON error response. `close`: ask the client to close the connection
-/// (framing or size refusals, where the rest of the bytes cannot be trusted).
+/// Writes a gateway-made answer: the contract's JSON error (or an empty body for a
+/// non-error reply such as a CORS preflight), decorated by the request's plugin chain
+/// (security headers, CORS, correlation id). `close`: ask the client to close the
+/// connection (framing or size refusals, where the rest of the bytes cannot be trusted).
 pub async fn respond(
     session: &mut Session,
-    status: u16,
-    code: &str,
-    message: &str,
-    request_id: &str,
+    ctx: &mut RequestCtx,
+    reply: &Reply,
     close: bool,
 ) -> Result<()> {
-    let body = body(code, message, request_id);
-    let mut h = ResponseHeader::build(status, Some(5))?;
-    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    let body = reply
+        .code
+        .map(|code| body(code, &reply.message, &ctx.request_id));
+    let mut h = ResponseHeader::build(reply.status, Some(6 + reply.headers.len()))?;
+    if body.is_some() {
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    }
+    h.insert_header(
+        http::header::CONTENT_LENGTH,
+        body.as_ref().map_or(0, |b| b.len()),
+    )?;
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    for (n, v) in &reply.headers {
+        h.append_header(n.clone(), v.clone())?;
+    }
+    let rt = ctx.rt.clone();
+    let chain = match ctx.route {
+        Some(i) => rt.routes.get(i).map_or(&rt.global_plugins, |r| &r.plugins),
+        None => &rt.global_plugins,
+    };
+    chain.response(&mut h, ctx, true)?;
     if close {
         h.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    let end = body.is_none();
+    session.write_response_header(Box::new(h), end).await?;
+    if let Some(b) = body {
+        session.write_response_body(Some(b), true).await?;
+    }
     Ok(())
 }
 

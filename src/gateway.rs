@@ -16,6 +16,7 @@
 use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::forward;
+use crate::plugins::Reply;
 use crate::request;
 use crate::runtime::Shared;
 use async_trait::async_trait;
@@ -56,12 +57,25 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if !request::route(session, ctx) {
-            let (code, msg) = errors::code_for(404);
-            errors::respond(session, 404, code, msg, &ctx.request_id, false).await?;
-            return Ok(true);
+        let reply = if request::route(session, ctx) {
+            // The snapshot is held by ctx; a clone of the Arc lets the chain borrow it while
+            // the hooks mutate ctx.
+            let rt = ctx.rt.clone();
+            let chain = ctx.route.and_then(|i| rt.routes.get(i)).map(|r| &r.plugins);
+            match chain {
+                Some(chain) => chain.request(session, ctx).await,
+                None => None,
+            }
+        } else {
+            Some(Reply::error(404))
+        };
+        match reply {
+            Some(r) => {
+                errors::respond(session, ctx, &r, false).await?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -73,7 +87,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > ctx.rt.server.max_body_bytes {
+            if ctx.body_bytes > ctx.body_limit {
                 // Cut off as it crosses the limit: nothing past it is forwarded.
                 *body = None;
                 return Err(errors::status_error(
@@ -99,7 +113,36 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::rewrite_request(session, upstream_request, ctx)
+        forward::rewrite_request(session, upstream_request, ctx)?;
+        ctx.chain().upstream_request(session, upstream_request, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let rt = ctx.rt.clone();
+        let chain = ctx.route.and_then(|i| rt.routes.get(i)).map(|r| &r.plugins);
+        match chain {
+            Some(chain) => chain.response(upstream_response, ctx, false),
+            None => Ok(()),
+        }
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let rt = ctx.rt.clone();
+        if let Some(r) = ctx.route.and_then(|i| rt.routes.get(i)) {
+            r.plugins.response_body(body, end_of_stream, ctx)?;
+        }
+        Ok(None)
     }
 
     async fn upstream_response_filter(
@@ -143,10 +186,7 @@ impl ProxyHttp for Gateway {
             if ctx.request_id.is_empty() {
                 ctx.request_id = request::new_request_id();
             }
-            let (code, msg) = errors::code_for(status);
-            if let Err(we) =
-                errors::respond(session, status, code, msg, &ctx.request_id, true).await
-            {
+            if let Err(we) = errors::respond(session, ctx, &Reply::error(status), true).await {
                 tracing::debug!("could not write error response: {we}");
             }
         }

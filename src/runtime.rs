@@ -81,9 +81,32 @@ pub struct AdminSettings {
 #[derive(Debug)]
 pub struct Consumer {
     pub username: String,
+    /// Name of an entry of `Runtime::tiers` (checked at load).
     pub tier: Option<String>,
     pub roles: Vec<String>,
     pub api_keys: Vec<Secret>,
+    pub jwt_secrets: Vec<JwtSecretSpec>,
+}
+
+/// One `jwt_secrets` entry as configured; the jwt plugin turns it into a verifying key.
+#[derive(Debug, Clone)]
+pub struct JwtSecretSpec {
+    /// Matched against the token's `key_claim_name` claim.
+    pub key: String,
+    pub algorithm: String,
+    pub secret: Option<Secret>,
+    pub secret_is_base64: bool,
+    /// `rsa_public_key_file` or `ecdsa_public_key_file`, resolved against the config dir.
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// Request limits of a consumer tier (`tiers:`), per window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tier {
+    pub second: Option<u64>,
+    pub minute: Option<u64>,
+    pub hour: Option<u64>,
+    pub day: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -106,8 +129,12 @@ pub struct Runtime {
     pub admin: AdminSettings,
     pub upstreams: Vec<Arc<Upstream>>,
     pub consumers: Vec<Consumer>,
+    pub tiers: std::collections::BTreeMap<String, Tier>,
     pub routes: Vec<Route>,
     pub router: Router,
+    /// The global plugins alone: what runs for requests that match no route (404) and
+    /// decorates the gateway's own answers to them.
+    pub global_plugins: Chain,
 }
 
 impl Runtime {

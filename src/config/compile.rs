@@ -9,7 +9,8 @@ use super::raw::{self, RawConfig, RawPlugin};
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
 use crate::runtime::{
-    AccessLog, AdminSettings, Consumer, Route, Runtime, Secret, ServerSettings, TlsSettings,
+    AccessLog, AdminSettings, Consumer, JwtSecretSpec, Route, Runtime, Secret, ServerSettings,
+    Tier, TlsSettings,
 };
 use crate::upstream::{
     select::Selector, HealthCheck, Passive, StateRegistry, Target, Timeouts, Upstream,
@@ -17,7 +18,7 @@ use crate::upstream::{
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -117,8 +118,26 @@ pub fn compile(
     let admin = compile_admin(&mut c, &raw.admin);
     let upstreams = compile_upstreams(&mut c, &raw.upstreams, states);
     let consumers = compile_consumers(&mut c, &raw);
-    let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins);
-    let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals);
+    let tiers: BTreeMap<String, Tier> = raw
+        .tiers
+        .iter()
+        .map(|(n, t)| {
+            let tier = Tier {
+                second: t.second,
+                minute: t.minute,
+                hour: t.hour,
+                day: t.day,
+            };
+            (n.clone(), tier)
+        })
+        .collect();
+    let env = plugins::BuildEnv {
+        consumers: &consumers,
+        tiers: &tiers,
+    };
+    let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
+    let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env);
+    let global_plugins = merge_chain(&globals, Vec::new());
 
     if !c.errors.is_empty() {
         let mut errs = ConfigErrors(std::mem::take(&mut c.errors));
@@ -133,8 +152,10 @@ pub fn compile(
         admin,
         upstreams,
         consumers,
+        tiers,
         routes,
         router,
+        global_plugins,
     })
 }
 
@@ -436,6 +457,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             }
             api_keys.push(Secret::new(key));
         }
+        let mut jwt_secrets = Vec::new();
         for (j, s) in r.jwt_secrets.iter().enumerate() {
             let sp = format!("{p}.jwt_secrets[{j}]");
             let alg = s.algorithm.as_str();
@@ -449,6 +471,23 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
                     format!("unsupported algorithm {alg:?}"),
                 );
             }
+            let key_file = s
+                .rsa_public_key_file
+                .as_deref()
+                .or(s.ecdsa_public_key_file.as_deref())
+                .map(|f| c.file(f));
+            if let Some(f) = &key_file {
+                if !f.is_file() {
+                    c.error(&sp, format!("public key file {} not found", f.display()));
+                }
+            }
+            jwt_secrets.push(JwtSecretSpec {
+                key: s.key.clone(),
+                algorithm: alg.to_string(),
+                secret: s.secret.clone().map(Secret::new),
+                secret_is_base64: s.secret_is_base64,
+                public_key_file: key_file,
+            });
             match (
                 hs,
                 &s.secret,
@@ -470,13 +509,19 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             tier: r.tier.clone(),
             roles: r.roles.clone(),
             api_keys,
+            jwt_secrets,
         });
     }
     out
 }
 
 /// Builds one plugin list (global or a route's), rejecting duplicates.
-fn compile_plugin_list(c: &mut Compiler, path: &str, list: &[RawPlugin]) -> PluginList {
+fn compile_plugin_list(
+    c: &mut Compiler,
+    path: &str,
+    list: &[RawPlugin],
+    env: &plugins::BuildEnv,
+) -> PluginList {
     let mut out: PluginList = Vec::new();
     for (i, p) in list.iter().enumerate() {
         let pp = format!("{path}[{i}]");
@@ -487,7 +532,7 @@ fn compile_plugin_list(c: &mut Compiler, path: &str, list: &[RawPlugin]) -> Plug
             );
             continue;
         }
-        let built = plugins::build(c, &pp, &p.name, p.config.as_ref());
+        let built = plugins::build(c, &pp, &p.name, p.config.as_ref(), env);
         out.push((p.name.clone(), p.enabled, built.map(Arc::new)));
     }
     out
@@ -500,6 +545,7 @@ fn compile_routes(
     raws: &[raw::RawRoute],
     upstreams: &[Arc<Upstream>],
     globals: &PluginList,
+    env: &plugins::BuildEnv,
 ) -> (Vec<Route>, Router) {
     let by_name: HashMap<&str, &Arc<Upstream>> =
         upstreams.iter().map(|u| (u.name.as_str(), u)).collect();
@@ -567,7 +613,7 @@ fn compile_routes(
                 None
             }
         };
-        let own = compile_plugin_list(c, &format!("{p}.plugins"), &r.plugins);
+        let own = compile_plugin_list(c, &format!("{p}.plugins"), &r.plugins, env);
         let chain = merge_chain(globals, own);
         if let Some(upstream) = upstream {
             index.push((routes.len(), prefixes, matcher));

@@ -1,13 +1,38 @@
-//! Plugin registry: typed plugins built once at config load, run in the contract's fixed
-//! order (`ORDER`) whatever their order in the file. A route entry replaces a global entry of
-//! the same name.
+//! Plugin registry and dispatch: typed plugins built once at config load, run in the
+//! contract's fixed order (`ORDER`) whatever their order in the file. A route entry replaces
+//! a global entry of the same name; `enabled: false` on a route switches a global one off.
 //!
-//! Each plugin gets its own module with a typed config (deserialized from the YAML `config`
-//! value with path-aware errors) and per-phase hooks returning an explicit [`Outcome`].
-//! Names the contract defines but this build does not implement yet are refused at load
-//! with "not implemented yet": never silently ignored.
+//! Each plugin has its own module with a typed config (deserialized from the YAML `config`
+//! value by [`Compiler::plugin_config`], with path-aware errors) and hooks per Pingora phase:
+//!
+//! | hook              | Pingora phase            | returns |
+//! |-------------------|--------------------------|---------|
+//! | `request`         | `request_filter`         | [`Outcome`]: `Continue` or `Respond(Reply)` |
+//! | `request_body`    | `request_body_filter`    | `Err(Reply)` cuts the body off |
+//! | `upstream_request`| `upstream_request_filter`| header edits |
+//! | `response`        | `response_filter`, and every gateway-made answer | header edits |
+//! | `response_body`   | `response_body_filter`   | body edits (synchronous) |
+//!
+//! Dispatch is a `match` over the [`Plugin`] enum: no boxed futures, no dynamic lookup on
+//! the hot path. Names the contract defines but this build does not implement yet are
+//! refused at load with "not implemented yet": never silently ignored.
+
+pub mod correlation_id;
+pub mod ip_restriction;
+pub mod security_headers;
+pub mod size_limit;
 
 use crate::config::compile::Compiler;
+use crate::ctx::RequestCtx;
+use crate::runtime::{Consumer, Tier};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The contract's fixed execution order.
 pub const ORDER: &[&str] = &[
@@ -26,22 +51,120 @@ pub const ORDER: &[&str] = &[
     "security-headers",
 ];
 
+/// An answer the gateway gives itself instead of proxying.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// Contract error code; `None` for a non-error answer without body (CORS preflight).
+    pub code: Option<&'static str>,
+    pub message: Cow<'static, str>,
+    /// Extra headers (`WWW-Authenticate`, `Retry-After`, CORS preflight headers...).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    /// The contract's JSON error with its default message for `status`.
+    pub fn error(status: u16) -> Reply {
+        let (code, message) = crate::errors::code_for(status);
+        Reply::error_with(status, code, message)
+    }
+
+    pub fn error_with(
+        status: u16,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Reply {
+        Reply {
+            status,
+            code: Some(code),
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
 /// What a request-phase hook decided.
 #[derive(Debug)]
 pub enum Outcome {
     Continue,
-    /// Answer with the gateway's JSON error: (status, code, message).
-    Respond(u16, &'static str, &'static str),
+    Respond(Reply),
 }
 
-/// One configured plugin instance. A variant per implemented plugin; dispatch by `match`
-/// keeps the hot path free of boxed futures.
+/// What plugin constructors may look at besides their own config.
+pub struct BuildEnv<'a> {
+    pub consumers: &'a [Consumer],
+    pub tiers: &'a BTreeMap<String, Tier>,
+}
+
+/// One configured plugin instance.
 #[derive(Debug)]
-pub enum Plugin {}
+pub enum Plugin {
+    CorrelationId(correlation_id::CorrelationId),
+    IpRestriction(ip_restriction::IpRestriction),
+    RequestSizeLimiting(size_limit::SizeLimit),
+    SecurityHeaders(security_headers::SecurityHeaders),
+}
 
 impl Plugin {
     pub fn name(&self) -> &'static str {
-        match *self {}
+        match self {
+            Plugin::CorrelationId(_) => "correlation-id",
+            Plugin::IpRestriction(_) => "ip-restriction",
+            Plugin::RequestSizeLimiting(_) => "request-size-limiting",
+            Plugin::SecurityHeaders(_) => "security-headers",
+        }
+    }
+
+    /// `request_filter`.
+    pub async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
+        match self {
+            Plugin::CorrelationId(p) => p.request(session, ctx),
+            Plugin::IpRestriction(p) => p.request(ctx),
+            Plugin::RequestSizeLimiting(p) => p.request(session, ctx),
+            Plugin::SecurityHeaders(_) => Outcome::Continue,
+        }
+    }
+
+    /// `upstream_request_filter`.
+    pub fn upstream_request(
+        &self,
+        _session: &Session,
+        req: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        match self {
+            Plugin::CorrelationId(p) => p.upstream_request(req, ctx),
+            _ => Ok(()),
+        }
+    }
+
+    /// `response_filter`, and the gateway's own answers (`gateway_made`).
+    pub fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
+        match self {
+            Plugin::CorrelationId(p) => p.response(resp, ctx),
+            Plugin::SecurityHeaders(p) => p.response(resp),
+            _ => Ok(()),
+        }
+    }
+
+    /// `response_body_filter` (synchronous in Pingora).
+    pub fn response_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -49,7 +172,7 @@ impl Plugin {
 #[derive(Debug, Default)]
 pub struct Chain {
     /// Shared with other routes when it comes from the global list.
-    pub plugins: Vec<std::sync::Arc<Plugin>>,
+    pub plugins: Vec<Arc<Plugin>>,
 }
 
 impl Chain {
@@ -60,6 +183,52 @@ impl Chain {
     pub fn names(&self) -> Vec<&'static str> {
         self.plugins.iter().map(|p| p.name()).collect()
     }
+
+    /// Runs the request hooks in order until one answers.
+    pub async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Option<Reply> {
+        for p in &self.plugins {
+            if let Outcome::Respond(r) = p.request(session, ctx).await {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    pub fn upstream_request(
+        &self,
+        session: &Session,
+        req: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        for p in &self.plugins {
+            p.upstream_request(session, req, ctx)?;
+        }
+        Ok(())
+    }
+
+    pub fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        gateway_made: bool,
+    ) -> Result<()> {
+        for p in &self.plugins {
+            p.response(resp, ctx, gateway_made)?;
+        }
+        Ok(())
+    }
+
+    pub fn response_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for p in &self.plugins {
+            p.response_body(body, end_of_stream, ctx)?;
+        }
+        Ok(())
+    }
 }
 
 /// Builds one plugin from its YAML entry. `path` is the YAML path of the entry
@@ -68,18 +237,36 @@ pub fn build(
     c: &mut Compiler,
     path: &str,
     name: &str,
-    _config: Option<&serde_yaml::Value>,
+    config: Option<&serde_yaml::Value>,
+    env: &BuildEnv,
 ) -> Option<Plugin> {
-    if ORDER.contains(&name) {
-        c.error(
-            &format!("{path}.name"),
-            format!("plugin \"{name}\" is not implemented yet in this build"),
-        );
-    } else {
-        c.error(
-            &format!("{path}.name"),
-            format!("unknown plugin \"{name}\" (known: {})", ORDER.join(", ")),
-        );
+    let _ = env;
+    match name {
+        "correlation-id" => {
+            correlation_id::CorrelationId::build(c, path, config).map(Plugin::CorrelationId)
+        }
+        "ip-restriction" => {
+            ip_restriction::IpRestriction::build(c, path, config).map(Plugin::IpRestriction)
+        }
+        "request-size-limiting" => {
+            size_limit::SizeLimit::build(c, path, config).map(Plugin::RequestSizeLimiting)
+        }
+        "security-headers" => {
+            security_headers::SecurityHeaders::build(c, path, config).map(Plugin::SecurityHeaders)
+        }
+        _ if ORDER.contains(&name) => {
+            c.error(
+                &format!("{path}.name"),
+                format!("plugin \"{name}\" is not implemented yet in this build"),
+            );
+            None
+        }
+        _ => {
+            c.error(
+                &format!("{path}.name"),
+                format!("unknown plugin \"{name}\" (known: {})", ORDER.join(", ")),
+            );
+            None
+        }
     }
-    None
 }

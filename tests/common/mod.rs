@@ -113,6 +113,7 @@ struct BackendState {
     max_in_flight: AtomicUsize,
     requests: Mutex<VecDeque<Recorded>>,
     conns: Mutex<Vec<tokio::task::AbortHandle>>,
+    extra_headers: Mutex<Vec<(String, String)>>,
 }
 
 /// A scriptable HTTP/1.1 server on 127.0.0.1.
@@ -151,6 +152,7 @@ impl Backend {
             max_in_flight: AtomicUsize::new(0),
             requests: Mutex::new(VecDeque::new()),
             conns: Mutex::new(Vec::new()),
+            extra_headers: Mutex::new(Vec::new()),
         });
         let b = Backend {
             port,
@@ -189,6 +191,14 @@ impl Backend {
             }
         });
         *self.accept.lock().unwrap() = Some(handle);
+    }
+
+    /// Headers added to every (non-health) response from now on.
+    pub fn set_extra_headers(&self, headers: &[(&str, &str)]) {
+        *self.state.extra_headers.lock().unwrap() = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
     }
 
     pub fn name(&self) -> &str {
@@ -396,12 +406,14 @@ async fn handle(
         })
         .to_string(),
     };
-    Ok(Response::builder()
+    let mut resp = Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .header("x-backend", st.name.as_str())
-        .body(Full::new(Bytes::from(body)))
-        .unwrap())
+        .header("x-backend", st.name.as_str());
+    for (n, v) in st.extra_headers.lock().unwrap().iter() {
+        resp = resp.header(n.as_str(), v.as_str());
+    }
+    Ok(resp.body(Full::new(Bytes::from(body))).unwrap())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,53 @@
+//! `request-size-limiting` (request_filter + request_body_filter): 413 `payload_too_large`
+//! before connecting upstream when Content-Length says so; a chunked body is cut off as it
+//! crosses the limit (the gateway's body filter enforces `ctx.body_limit`).
+
+use super::{Outcome, Reply};
+use crate::config::compile::Compiler;
+use crate::config::units::ByteSize;
+use crate::ctx::RequestCtx;
+use pingora::proxy::Session;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    allowed_payload_size: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            allowed_payload_size: ByteSize(1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SizeLimit {
+    pub limit: u64,
+}
+
+impl SizeLimit {
+    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+        let cfg: Config = c.plugin_config(path, config)?;
+        Some(SizeLimit {
+            limit: cfg.allowed_payload_size.0,
+        })
+    }
+
+    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+        ctx.body_limit = ctx.body_limit.min(self.limit);
+        // Content-Length was checked to be plain digits in early_request_filter.
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(n) if n > self.limit => Outcome::Respond(Reply::error(413)),
+            _ => Outcome::Continue,
+        }
+    }
+}
