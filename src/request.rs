@@ -142,10 +142,40 @@ pub fn check_limits(session: &Session, ctx: &RequestCtx) -> Option<u16> {
     {
         return Some(400);
     }
+    if !transfer_encoding_ok(&req.headers) {
+        return Some(400);
+    }
     if router::is_ambiguous_path(req.uri.path()) {
         return Some(400);
     }
     None
+}
+
+/// Transfer-Encoding, when present, must be exactly one `chunked` coding (RFC 9112 §6.1):
+/// any other coding is refused rather than passed on, since a proxy and its upstream that
+/// disagree about framing are request-smuggling material.
+pub fn transfer_encoding_ok(headers: &http::HeaderMap) -> bool {
+    let mut codings = 0;
+    for v in headers.get_all(http::header::TRANSFER_ENCODING) {
+        for token in v.as_bytes().split(|b| *b == b',') {
+            let t = token.trim_ascii();
+            if !t.eq_ignore_ascii_case(b"chunked") {
+                return false;
+            }
+            codings += 1;
+        }
+    }
+    codings <= 1
+}
+
+/// Content-Length together with Transfer-Encoding: Pingora frames by Transfer-Encoding
+/// alone (RFC 9112 §6.3); the connection is closed after the response so nothing the two
+/// framings disagree about can be read as a next request.
+pub fn close_if_dual_framing(session: &mut Session) {
+    let h = &session.req_header().headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
+        session.set_keepalive(None);
+    }
 }
 
 /// Looks the route up; false when none matches.
@@ -185,6 +215,25 @@ mod tests {
         assert!(!valid_request_id(b"a b"));
         assert!(!valid_request_id(&[b'a'; 129]));
         assert_eq!(new_request_id().len(), 36);
+    }
+
+    #[test]
+    fn transfer_encodings() {
+        let te = |vals: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in vals {
+                h.append(http::header::TRANSFER_ENCODING, v.parse().unwrap());
+            }
+            transfer_encoding_ok(&h)
+        };
+        assert!(te(&[]));
+        assert!(te(&["chunked"]));
+        assert!(te(&["Chunked"]));
+        assert!(!te(&["gzip, chunked"]));
+        assert!(!te(&["chunked, chunked"]));
+        assert!(!te(&["chunked", "chunked"]));
+        assert!(!te(&["identity"]));
+        assert!(!te(&["chunked, gzip"]));
     }
 
     #[test]
