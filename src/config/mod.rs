@@ -16,6 +16,7 @@ pub mod units;
 pub use error::{ConfigError, ConfigErrors};
 
 use crate::runtime::Runtime;
+use crate::limits::LimiterRegistry;
 use crate::upstream::StateRegistry;
 use position::Positions;
 use serde_yaml::Value;
@@ -26,6 +27,7 @@ use std::path::Path;
 pub fn load_file(
     path: &Path,
     states: &StateRegistry,
+    limiters: &LimiterRegistry,
     version: u64,
 ) -> Result<Runtime, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -35,7 +37,7 @@ pub fn load_file(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    load_str(&text, base, states, version)
+    load_str(&text, base, states, limiters, version)
 }
 
 /// Parses and compiles YAML text.
@@ -43,11 +45,12 @@ pub fn load_str(
     text: &str,
     base_dir: &Path,
     states: &StateRegistry,
+    limiters: &LimiterRegistry,
     version: u64,
 ) -> Result<Runtime, ConfigErrors> {
     let positions = Positions::build(text);
     let parsed = parse_with(text, &positions, &|n| std::env::var(n).ok())?;
-    compile::compile(parsed, &positions, base_dir, states, version, text)
+    compile::compile(parsed, &positions, base_dir, states, limiters, version, text)
 }
 
 /// Stage one's result: the raw structs and the values that came from the environment
@@ -76,7 +79,10 @@ pub fn parse_with(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Parsed, ConfigErrors> {
     let mut tree: Value = serde_yaml::from_str(text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
+        let line = e
+            .location()
+            .map(|l| l.line())
+            .or_else(|| position::problem_line(text));
         let mut msg = e.to_string();
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);

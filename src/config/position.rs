@@ -68,6 +68,8 @@ impl Recorder {
             }
         }
         if self.stack.is_empty() {
+            // The document's root: the line an error about the whole file points at.
+            self.lines.entry(String::new()).or_insert(line);
             return Some(String::new());
         }
         self.child_path(line)
@@ -118,10 +120,34 @@ impl Positions {
             if let Some(l) = self.lines.get(p) {
                 return Some(*l);
             }
-            let cut = p.rfind(['.', '['])?;
-            p = &p[..cut];
+            match p.rfind(['.', '[']) {
+                Some(cut) => p = &p[..cut],
+                None if !p.is_empty() => p = "",
+                None => return None,
+            }
         }
     }
+}
+
+/// A line for a YAML error that serde_yaml reported without one: the scanner's error
+/// position, else the start of a second document, else line 1.
+pub fn problem_line(text: &str) -> Option<usize> {
+    struct Docs {
+        starts: Vec<usize>,
+    }
+    impl MarkedEventReceiver for Docs {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if matches!(ev, Event::DocumentStart) {
+                self.starts.push(mark.line());
+            }
+        }
+    }
+    let mut docs = Docs { starts: Vec::new() };
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut docs, true) {
+        return Some(e.marker().line().max(1));
+    }
+    Some(docs.starts.get(1).copied().unwrap_or(1).max(1))
 }
 
 #[cfg(test)]
