@@ -28,7 +28,14 @@ fn runtime(routes: usize) -> Runtime {
             i % 3
         );
     }
-    config::load_str(&y, Path::new("."), &StateRegistry::default(), 1).expect("bench config")
+    config::load_str(
+        &y,
+        Path::new("."),
+        &StateRegistry::default(),
+        &Default::default(),
+        1,
+    )
+    .expect("bench config")
 }
 
 fn routing(c: &mut Criterion) {

@@ -2,8 +2,9 @@
 //! the public ones), never on the public port.
 //!
 //! `GET /health`, `GET /status` (config version/hash, routes, targets with health; no
-//! secrets), `POST /reload` (guarded by `admin.token` when set). Metrics and cache purge are
-//! added by later issues.
+//! secrets), `GET /metrics` (Prometheus text, see [`crate::observe::metrics`]), `POST /reload`
+//! (guarded by `admin.token` when set; answers the new version and a summary of what
+//! changed), `POST /cache/purge` (same guard; see [`crate::cache::purge_endpoint`]).
 
 use crate::runtime::Shared;
 use crate::upstream::health;
@@ -99,6 +100,7 @@ impl AdminApp {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
+            "cache": crate::cache::status(),
         })
     }
 }
@@ -111,6 +113,26 @@ impl ServeHttp for AdminApp {
         match (method, path.as_str()) {
             (Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             (Method::GET, "/status") => json(StatusCode::OK, self.status()),
+            (Method::GET, "/metrics") => {
+                let body = crate::observe::metrics::render(&self.shared.snapshot()).into_bytes();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", crate::observe::metrics::CONTENT_TYPE)
+                    .header("content-length", body.len())
+                    .header("cache-control", "no-store")
+                    .body(body)
+                    .unwrap_or_default()
+            }
+            (Method::POST, "/cache/purge") => {
+                if !self.authorized(s) {
+                    return json(
+                        StatusCode::UNAUTHORIZED,
+                        serde_json::json!({"error": "unauthorized", "message": "admin token required"}),
+                    );
+                }
+                let (status, body) = crate::cache::purge_endpoint(s, &self.shared.snapshot()).await;
+                json(status, body)
+            }
             (Method::POST, "/reload") => {
                 if !self.authorized(s) {
                     return json(
@@ -122,7 +144,7 @@ impl ServeHttp for AdminApp {
                 let res = tokio::task::spawn_blocking(move || shared.reload()).await;
                 match res {
                     Ok(Ok(r)) => {
-                        tracing::info!(version = r.version, hash = %r.hash, "config reloaded via admin API");
+                        tracing::info!(version = r.version, hash = %r.hash, needs_upgrade = r.needs_upgrade, changes = %r.changes, "config reloaded via admin API");
                         json(
                             StatusCode::OK,
                             serde_json::json!({
@@ -130,6 +152,7 @@ impl ServeHttp for AdminApp {
                                 "version": r.version,
                                 "hash": r.hash,
                                 "needs_upgrade": r.needs_upgrade,
+                                "changes": r.changes,
                             }),
                         )
                     }
@@ -147,7 +170,7 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
-            (_, "/health" | "/status" | "/reload") => json(
+            (_, "/health" | "/status" | "/metrics" | "/reload" | "/cache/purge") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({"error": "method_not_allowed"}),
             ),

@@ -30,7 +30,31 @@ pub struct RequestCtx {
     pub body_limit: u64,
     /// Index into `rt.consumers` once authenticated.
     pub consumer: Option<usize>,
+    /// The verified JWT (claims, roles) when `jwt` authenticated the request.
+    pub jwt: Option<std::sync::Arc<crate::plugins::jwt::TokenInfo>>,
+    /// rate-limiting: the tightest window's numbers for the `X-RateLimit-*` headers.
+    pub rate_limit: Option<crate::limits::RateLimitStatus>,
+    /// concurrency-limiting: this request's in-flight slot, freed when dropped.
+    pub concurrency: Option<crate::limits::ConcurrencyGuard>,
     pub started: Instant,
+    /// Start of the current upstream attempt (`upstream_peer`), for `upstream_ms`.
+    pub upstream_started: Option<Instant>,
+    /// Status of the last upstream response head, when one arrived.
+    pub upstream_status: Option<u16>,
+    /// Time from the last attempt's start to its response head.
+    pub upstream_time: Option<std::time::Duration>,
+    /// `X-Cache-Status` value set by proxy-cache (`HIT`, `MISS`, ...), for the access log.
+    pub cache_status: Option<&'static str>,
+    /// Contract code of a gateway-made error answer (e.g. `missing_api_key`), for the access
+    /// log; when unset it is derived from the status.
+    pub error_code: Option<&'static str>,
+    /// The request's `Origin` header, captured in `early_request_filter` so `cors` can
+    /// decorate every answer, including errors made before a route matched.
+    pub origin: Option<http::HeaderValue>,
+    /// `response-transformer`: what the body filter does with this response.
+    pub resp_body: crate::plugins::response_transformer::BodyState,
+    /// proxy-cache state of this request (the status itself is `cache_status`).
+    pub cache: crate::plugins::proxy_cache::CacheState,
 }
 
 impl RequestCtx {
@@ -49,7 +73,18 @@ impl RequestCtx {
             inflight: None,
             body_bytes: 0,
             consumer: None,
+            jwt: None,
+            rate_limit: None,
+            concurrency: None,
             started: Instant::now(),
+            upstream_started: None,
+            upstream_status: None,
+            upstream_time: None,
+            cache_status: None,
+            error_code: None,
+            origin: None,
+            resp_body: Default::default(),
+            cache: Default::default(),
         }
     }
 

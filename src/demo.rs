@@ -15,6 +15,30 @@ use tokio::net::TcpListener;
 
 pub const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
 
+/// HS256 secret of the demo consumer's `jwt_secrets` entry in `conf/demo.yaml`.
+pub const DEMO_JWT_SECRET: &str = "gatehouse-demo-secret-not-for-production";
+
+/// A token the demo config accepts: consumer `demo-app` (`iss: gatehouse-demo`), roles
+/// `[reader]`, valid for 24 hours from now. Printed by the demo banner.
+pub fn sample_jwt() -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 24 * 3600;
+    let claims = serde_json::json!({
+        "iss": "gatehouse-demo", "sub": "demo-user", "roles": ["reader"], "exp": exp
+    });
+    jsonwebtoken::EncodingKey::from_secret(DEMO_JWT_SECRET.as_bytes())
+        .and_then(|key| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &key,
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// (service, instance name, port)
 pub const DEMO_BACKENDS: &[(&str, &str, u16)] = &[
     ("users", "users-1", 19001),
@@ -87,6 +111,19 @@ async fn handle(
             "data": sample(service),
         })
     };
+    // Show what the auth plugins sent upstream (only on routes that authenticate).
+    let mut body = body;
+    for (field, header) in [
+        ("consumer", "x-consumer-username"),
+        ("roles", "x-authenticated-roles"),
+    ] {
+        if let (Some(v), Some(obj)) = (
+            req.headers().get(header).and_then(|v| v.to_str().ok()),
+            body.as_object_mut(),
+        ) {
+            obj.insert(field.into(), v.into());
+        }
+    }
     let body = Bytes::from(body.to_string());
     let resp = Response::builder()
         .status(status)
@@ -158,19 +195,35 @@ pub fn start_backends() -> std::io::Result<()> {
 
 /// The text printed when the demo starts.
 pub fn banner(listen: &str, admin: &str) -> String {
+    let token = sample_jwt();
     format!(
         r#"gatehouse demo is running.
 
   gateway   http://{listen}
-  admin     http://{admin}   (/health, /status)
+  admin     http://{admin}   (/health, /status, /cache/purge)
   upstreams users 127.0.0.1:19001-19003, orders :19011-19013, products :19021-19023 (third of each is a backup)
 
 Try:
-  curl -s http://{listen}/api/v1/users
+  curl -s http://{listen}/api/v1/users               # no "email"; wrapped as {{success, data, meta}}
+  curl -si -X OPTIONS http://{listen}/api/v1/users -H 'Origin: http://localhost:3000' \
+       -H 'Access-Control-Request-Method: POST'      # CORS preflight: 204 from the gateway itself
+  curl -si http://{listen}/api/v1/users -H 'Origin: http://localhost:3000'  # Access-Control-Allow-Origin
+  curl -si http://{listen}/api/v1/users -H 'Origin: https://evil.example'   # not allowed: no CORS headers
   curl -s http://{listen}/api/v1/orders/1001
-  curl -s http://{listen}/api/v1/products            # weighted 3:1 between products-1 and products-2
-  curl -s http://{listen}/products/KB-001            # strip_path: upstream sees /KB-001
+  for i in $(seq 12); do curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/api/v1/orders/1001; done; echo
+                                                     # rate-limiting, 10 a minute per IP: ... 200 429 429
+  curl -si http://{listen}/api/v1/orders/1001 | grep -i ratelimit   # X-RateLimit-*, RateLimit-Policy: 10;w=60
+  curl -si http://{listen}/api/v1/products | grep -i -e x-cache -e '^age'   # proxy-cache: MISS, then HIT with Age
+  curl -s -X POST http://{admin}/cache/purge -d '{{"route":"products"}}'      # {{"purged":1,...}}: next GET is a MISS
+  curl -s http://{listen}/products/KB-001            # strip_path: upstream sees /KB-001; weighted 3:1 products-1/-2
   curl -s -X POST http://{listen}/api/v1/products    # methods: [GET, HEAD] -> 404 not_found
+  curl -s http://{listen}/api/v1/account -H 'X-API-Key: demo-api-key'   # key-auth: 200, "consumer":"demo-app"
+  curl -s http://{listen}/api/v1/account             # 401 missing_api_key
+  TOKEN={token}
+                                                     # sample JWT: demo-app, roles [reader], valid 24 h
+  curl -s http://{listen}/api/v1/reports -H "Authorization: Bearer $TOKEN"   # jwt + acl [reader, admin]: 200
+  curl -s http://{listen}/api/v1/admin -H "Authorization: Bearer $TOKEN"     # acl [admin]: 403 forbidden
+  curl -s http://{listen}/api/v1/reports             # 401 missing_token
   curl -s http://{listen}/nope                       # 404 with request_id
   curl -s http://{admin}/status                      # routes, targets, health
   curl -s -X POST http://127.0.0.1:19001/__demo/down # fail users-1's health check ...

@@ -57,6 +57,8 @@ pub async fn respond(
     reply: &Reply,
     close: bool,
 ) -> Result<()> {
+    // The access log names the contract code of the refusal (`missing_api_key`, ...).
+    ctx.error_code = reply.code.or(ctx.error_code);
     let body = reply
         .code
         .map(|code| body(code, &reply.message, &ctx.request_id));

@@ -45,6 +45,14 @@ pub fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
 
 /// Path rewrite, Host and forwarding headers for the upstream request.
 pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    // Re-framed by the gateway: a chunked body never goes upstream with a Content-Length too.
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        req.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    // Identity headers are the gateway's to set (key-auth, jwt): a client's own copies never
+    // reach an upstream, on any route.
+    req.remove_header(&crate::plugins::key_auth::CONSUMER_HEADER);
+    req.remove_header(&crate::plugins::jwt::ROLES_HEADER);
     let Some(route) = ctx.route() else {
         return Ok(());
     };
@@ -103,6 +111,7 @@ fn record_failure(ctx: &RequestCtx) {
     };
     if let (Some(p), Some(t)) = (&up.passive, up.targets.get(i)) {
         if t.state.record_failure(p) {
+            crate::observe::metrics::circuit_ejection(&up.name, &t.addr);
             tracing::warn!(upstream = %up.name, target = %t.addr, "target ejected by passive circuit breaker");
         }
     }

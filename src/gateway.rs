@@ -6,21 +6,26 @@
 //! | `early_request_filter`    | [`crate::request`]: id, client IP, limits |
 //! | `request_filter`          | [`crate::request::route`], plugins        |
 //! | `request_body_filter`     | body size cap (`server.max_body_bytes`)   |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | [`crate::plugins::proxy_cache`] (Pingora's cache phases, run after `request_filter`) |
 //! | `upstream_peer`           | [`crate::forward::peer`] -> [`crate::upstream::select`] |
 //! | `upstream_request_filter` | [`crate::forward::rewrite_request`]       |
+//! | `response_filter`         | `X-Cache-Status` ([`crate::plugins::proxy_cache::settle_status`]), plugins |
 //! | `upstream_response_filter`| [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
-//! | `logging`                 | releases the least_conn guard; metrics and access log later |
+//! | `logging`                 | releases the least_conn guard; [`crate::observe`]: metrics, access log |
+//! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::observe`] upstream time |
 
 use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::forward;
-use crate::plugins::Reply;
+use crate::plugins::{proxy_cache, Reply};
 use crate::request;
 use crate::runtime::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -50,6 +55,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         request::begin(session, ctx);
+        // For `cors`: every answer, even one made before routing, may need CORS headers.
+        ctx.origin = session
+            .req_header()
+            .headers
+            .get(http::header::ORIGIN)
+            .cloned();
+        request::close_if_dual_framing(session);
         match request::check_limits(session, ctx).or_else(|| request::normalize_path(session)) {
             Some(status) => Err(errors::status_error(status, "request refused by limits")),
             None => Ok(()),
@@ -99,11 +111,66 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    // Pingora's cache phases (between request_filter and upstream_peer): proxy-cache.
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        proxy_cache::request_cache_filter(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        proxy_cache::cache_key(session, ctx)
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        proxy_cache::cache_miss(session, ctx);
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        proxy_cache::hit_filter(is_fresh, ctx);
+        Ok(None)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        proxy_cache::response_cacheable(session, resp, ctx)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        proxy_cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        proxy_cache::should_serve_stale(error)
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        crate::observe::upstream_attempt(ctx);
         forward::peer(ctx)
     }
 
@@ -119,10 +186,11 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        proxy_cache::settle_status(session, ctx);
         let rt = ctx.rt.clone();
         let chain = ctx.route.and_then(|i| rt.routes.get(i)).map(|r| &r.plugins);
         match chain {
@@ -151,6 +219,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::observe::upstream_response(ctx, upstream_response.status.as_u16());
         forward::check_response(session, upstream_response, ctx)
     }
 
@@ -197,14 +266,17 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        // Refusals the gateway decided itself are answers, not errors.
+        // Refusals the gateway decided itself are answers, not errors; neither is a client
+        // that went away (logged as 499 in the access log).
         matches!(
             e.etype(),
             ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 431)
-        )
+        ) || crate::observe::client_gone(e)
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.inflight = None;
+        ctx.concurrency = None;
+        crate::observe::on_logging(session, e, ctx);
     }
 }

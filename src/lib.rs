@@ -3,20 +3,27 @@
 //! The library builds the whole gateway so the binary, the integration tests and the
 //! benchmarks share one code path. See `gateway.rs` for the map of Pingora phases to modules.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod ctx;
 pub mod demo;
+pub mod edge;
 pub mod errors;
 pub mod forward;
 pub mod gateway;
+pub mod limits;
+pub mod observe;
 pub mod plugins;
 pub mod request;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 pub use runtime::Shared;

@@ -69,6 +69,11 @@ fn main() -> ExitCode {
         conf = dir.join("demo.yaml");
     }
 
+    // Absolute, because `-d` changes the working directory to `/` and reloads and upgrades
+    // re-read this path later.
+    if let Ok(abs) = std::path::absolute(&conf) {
+        conf = abs;
+    }
     let shared = match Shared::load(conf.clone()) {
         Ok(s) => s,
         Err(errs) => {

@@ -173,7 +173,9 @@ pub fn transfer_encoding_ok(headers: &http::HeaderMap) -> bool {
 /// framings disagree about can be read as a next request.
 pub fn close_if_dual_framing(session: &mut Session) {
     let h = &session.req_header().headers;
-    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.contains_key(http::header::CONTENT_LENGTH)
+    {
         session.set_keepalive(None);
     }
 }

@@ -64,6 +64,8 @@ pub struct ServerSettings {
     pub max_uri_bytes: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    pub max_requests_per_connection: u32,
     pub trusted_proxies: Vec<IpNet>,
     pub grace_period: u64,
     pub pid_file: PathBuf,
@@ -162,32 +164,51 @@ pub struct Reloaded {
     /// Listener changes were found: they wait for a binary upgrade.
     pub needs_upgrade: bool,
     pub unchanged: bool,
+    /// Routes, upstreams, plugins, consumers and settings that differ from the previous file.
+    pub changes: crate::observe::changes::Changes,
 }
 
 /// Process-wide gateway state: the current runtime and what survives reloads.
 pub struct Shared {
     current: ArcSwap<Runtime>,
     pub states: StateRegistry,
+    /// Rate-limit and concurrency counters, kept across reloads by limit identity.
+    pub limiters: crate::limits::LimiterRegistry,
     pub config_path: PathBuf,
     versions: AtomicU64,
-    reload_lock: Mutex<()>,
+    /// Held during a reload; also keeps the fingerprint of the file in use (what the reload
+    /// summary compares against).
+    reload_lock: Mutex<crate::observe::changes::Fingerprint>,
 }
 
 impl Shared {
     /// Loads the config file for the first time.
     pub fn load(config_path: PathBuf) -> Result<Arc<Shared>, ConfigErrors> {
         let states = StateRegistry::default();
-        let rt = config::load_file(&config_path, &states, 1)?;
-        Ok(Self::from_runtime(rt, states, config_path))
+        let limiters = crate::limits::LimiterRegistry::default();
+        let rt = config::load_file(&config_path, &states, &limiters, 1)?;
+        Ok(Self::from_runtime(rt, states, limiters, config_path))
     }
 
-    pub fn from_runtime(rt: Runtime, states: StateRegistry, config_path: PathBuf) -> Arc<Shared> {
+    pub fn from_runtime(
+        rt: Runtime,
+        states: StateRegistry,
+        limiters: crate::limits::LimiterRegistry,
+        config_path: PathBuf,
+    ) -> Arc<Shared> {
+        let fingerprint = std::fs::read_to_string(&config_path)
+            .map(|t| crate::observe::changes::fingerprint(&t))
+            .unwrap_or_default();
+        let rt = Arc::new(rt);
+        crate::observe::metrics::install(&rt);
+        crate::plugins::proxy_cache::install(&rt);
         Arc::new(Shared {
             versions: AtomicU64::new(rt.version),
-            current: ArcSwap::from_pointee(rt),
+            current: ArcSwap::new(rt),
             states,
+            limiters,
             config_path,
-            reload_lock: Mutex::new(()),
+            reload_lock: Mutex::new(fingerprint),
         })
     }
 
@@ -199,30 +220,59 @@ impl Shared {
 
     /// Re-reads the file, compiles it off the request path and swaps it in. An invalid file
     /// changes nothing.
+    /// Counted in `config_reloads_total{result}`; `config_info` and the per-route metric
+    /// handles follow the new runtime.
     pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
-        let _one_at_a_time = self.reload_lock.lock();
+        let res = self.reload_inner();
+        crate::observe::metrics::config_reload(res.is_ok());
+        res
+    }
+
+    fn reload_inner(&self) -> Result<Reloaded, ConfigErrors> {
+        let mut fingerprint = self.reload_lock.lock();
         let old = self.snapshot();
         let version = self.versions.load(Ordering::Relaxed) + 1;
-        let new = config::load_file(&self.config_path, &self.states, version)?;
+        // Read once: the same text is compiled and fingerprinted for the change summary.
+        let text = std::fs::read_to_string(&self.config_path).map_err(|e| {
+            ConfigErrors::single(
+                "",
+                None,
+                format!("cannot read {}: {e}", self.config_path.display()),
+            )
+        })?;
+        let base = self
+            .config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let new = config::load_str(&text, base, &self.states, &self.limiters, version)?;
         if new.hash == old.hash {
             return Ok(Reloaded {
                 version: old.version,
                 hash: old.hash.clone(),
                 needs_upgrade: false,
                 unchanged: true,
+                changes: Default::default(),
             });
         }
+        let new_fingerprint = crate::observe::changes::fingerprint(&text);
+        let changes = crate::observe::changes::diff(&fingerprint, &new_fingerprint);
+        *fingerprint = new_fingerprint;
         self.versions.store(version, Ordering::Relaxed);
         let needs_upgrade = new.listeners_differ(&old);
         let keep = new.target_keys();
         let hash = new.hash.clone();
-        self.current.store(Arc::new(new));
+        let new = Arc::new(new);
+        self.current.store(new.clone());
         self.states.retain(&keep);
+        crate::observe::metrics::install(&new);
+        crate::plugins::proxy_cache::install(&new);
         Ok(Reloaded {
             version,
             hash,
             needs_upgrade,
             unchanged: false,
+            changes,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Assembles the Pingora server: our `server:` section translated into Pingora's
 //! `ServerConf` (given to `Server::new_with_opt_and_conf`, the only place an `upgrade_sock`
 //! is honoured), the public proxy service, the admin service, and our background services
-//! (health-check scheduler, SIGHUP reload).
+//! (health-check scheduler, SIGHUP reload, access-log writer, SIGUSR2 binary upgrade).
 
 use crate::admin::AdminApp;
 use crate::gateway::Gateway;
@@ -51,6 +51,8 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
 /// Builds the whole server; the caller runs it.
 pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     crate::signals::ignore_sighup_until_running();
+    crate::observe::access_log::install_reopen_signal();
+    crate::upgrade::ignore_sigusr2_until_running();
     let conf = server_conf(&shared, opts);
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -61,10 +63,19 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     server.bootstrap();
     let rt = shared.snapshot();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "gatehouse proxy",
+    // The proxy app wrapped to count open connections (`http_active_connections`).
+    let mut app = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let limit = rt.server.max_requests_per_connection;
+    let mut options = pingora::apps::HttpServerOptions::default();
+    // Pingora counts reuses: N requests per connection are N - 1 reuses.
+    options.keepalive_request_limit = (limit > 0).then(|| limit - 1);
+    app.server_options = Some(options);
+    let mut proxy = Service::new(
+        "gatehouse proxy".to_string(),
+        crate::observe::metrics::CountConnections::new(crate::edge::EdgeGuard::new(
+            app,
+            shared.clone(),
+        )),
     );
     for addr in &rt.server.listen {
         proxy.add_tcp(&addr.to_string());
@@ -75,6 +86,15 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
                 TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())?;
             settings.enable_h2();
             proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        if tls.min_version == "1.3" {
+            // Pingora's rustls settings always allow 1.2: refuse such hellos before the
+            // handshake (see crate::tls). Pre-TLS callbacks run on TLS endpoints only.
+            proxy
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(crate::tls::RequireTls13 {
+                    timeout: rt.server.header_timeout,
+                }));
         }
     }
     server.add_service(proxy);
@@ -88,6 +108,14 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     server.add_service(background_service(
         "health checks",
         HealthScheduler::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "access log",
+        crate::observe::access_log::Writer::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "binary upgrade signal",
+        crate::upgrade::UpgradeOnSigusr2::new(rt.server.upgrade_sock.clone()),
     ));
     server.add_service(background_service(
         "config reload signal",
@@ -123,7 +151,7 @@ impl BackgroundService for ReloadOnSighup {
                     match tokio::task::spawn_blocking(move || shared.reload()).await {
                         Ok(Ok(r)) if r.unchanged => tracing::info!(version = r.version, "SIGHUP: config unchanged"),
                         Ok(Ok(r)) => {
-                            tracing::info!(version = r.version, hash = %r.hash, needs_upgrade = r.needs_upgrade, "SIGHUP: config reloaded");
+                            tracing::info!(version = r.version, hash = %r.hash, needs_upgrade = r.needs_upgrade, changes = %r.changes, "SIGHUP: config reloaded");
                         }
                         Ok(Err(errs)) => tracing::error!("SIGHUP: config rejected, still serving the previous one:\n{errs}"),
                         Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),

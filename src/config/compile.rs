@@ -42,6 +42,20 @@ impl Compiler<'_> {
         });
     }
 
+    /// Like [`Compiler::error`], but an error identical to one already reported (same path,
+    /// same message) is dropped: for problems in a shared section (`consumers`) found by every
+    /// plugin instance that reads it.
+    pub fn error_once(&mut self, path: &str, message: impl Into<String>) {
+        let message = message.into();
+        if !self
+            .errors
+            .iter()
+            .any(|e| e.path == path && e.message == message)
+        {
+            self.error(path, message);
+        }
+    }
+
     /// A file path relative to the config file's directory.
     pub fn file(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
@@ -104,6 +118,7 @@ pub fn compile(
     pos: &Positions,
     base_dir: &Path,
     states: &StateRegistry,
+    limiters: &crate::limits::LimiterRegistry,
     version: u64,
     text: &str,
 ) -> Result<Runtime, ConfigErrors> {
@@ -134,6 +149,8 @@ pub fn compile(
     let env = plugins::BuildEnv {
         consumers: &consumers,
         tiers: &tiers,
+        limiters,
+        route: None,
     };
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
     let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env);
@@ -246,6 +263,8 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         max_uri_bytes: s.max_uri_bytes.0 as usize,
         header_timeout: s.header_timeout.0,
         keepalive_timeout: s.keepalive_timeout.0,
+        max_connections: s.max_connections,
+        max_requests_per_connection: s.max_requests_per_connection,
         trusted_proxies: trusted,
         grace_period: s.grace_period,
         pid_file: c.file(&pid_file),
@@ -613,7 +632,11 @@ fn compile_routes(
                 None
             }
         };
-        let own = compile_plugin_list(c, &format!("{p}.plugins"), &r.plugins, env);
+        let route_env = plugins::BuildEnv {
+            route: Some(&r.name),
+            ..env.clone()
+        };
+        let own = compile_plugin_list(c, &format!("{p}.plugins"), &r.plugins, &route_env);
         let chain = merge_chain(globals, own);
         if let Some(upstream) = upstream {
             index.push((routes.len(), prefixes, matcher));

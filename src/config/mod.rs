@@ -15,8 +15,8 @@ pub mod units;
 
 pub use error::{ConfigError, ConfigErrors};
 
-use crate::runtime::Runtime;
 use crate::limits::LimiterRegistry;
+use crate::runtime::Runtime;
 use crate::upstream::StateRegistry;
 use position::Positions;
 use serde_yaml::Value;
@@ -50,7 +50,9 @@ pub fn load_str(
 ) -> Result<Runtime, ConfigErrors> {
     let positions = Positions::build(text);
     let parsed = parse_with(text, &positions, &|n| std::env::var(n).ok())?;
-    compile::compile(parsed, &positions, base_dir, states, limiters, version, text)
+    compile::compile(
+        parsed, &positions, base_dir, states, limiters, version, text,
+    )
 }
 
 /// Stage one's result: the raw structs and the values that came from the environment

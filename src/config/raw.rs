@@ -31,6 +31,10 @@ pub struct RawServer {
     pub max_uri_bytes: ByteSize,
     pub header_timeout: Dur,
     pub keepalive_timeout: Dur,
+    /// Open downstream connections beyond this are closed at once (0: no cap).
+    pub max_connections: usize,
+    /// Requests served on one keep-alive connection before it is closed (0: no cap).
+    pub max_requests_per_connection: u32,
     pub trusted_proxies: Vec<String>,
     pub grace_period: u64,
     pub pid_file: String,
@@ -49,6 +53,8 @@ impl Default for RawServer {
             max_uri_bytes: ByteSize(8 * 1024),
             header_timeout: Dur::secs(10),
             keepalive_timeout: Dur::secs(60),
+            max_connections: 10_000,
+            max_requests_per_connection: 1000,
             trusted_proxies: vec![],
             grace_period: 30,
             pid_file: "/run/gatehouse/gatehouse.pid".into(),

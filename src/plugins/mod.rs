@@ -17,8 +17,18 @@
 //! the hot path. Names the contract defines but this build does not implement yet are
 //! refused at load with "not implemented yet": never silently ignored.
 
+pub mod acl;
+pub mod concurrency;
 pub mod correlation_id;
+pub mod cors;
 pub mod ip_restriction;
+pub mod json_rewrite;
+pub mod jwt;
+pub mod key_auth;
+pub mod proxy_cache;
+pub mod rate_limit;
+pub mod request_transformer;
+pub mod response_transformer;
 pub mod security_headers;
 pub mod size_limit;
 
@@ -96,17 +106,31 @@ pub enum Outcome {
 }
 
 /// What plugin constructors may look at besides their own config.
+#[derive(Clone)]
 pub struct BuildEnv<'a> {
     pub consumers: &'a [Consumer],
     pub tiers: &'a BTreeMap<String, Tier>,
+    /// Limiter state that survives reloads (rate-limiting, concurrency-limiting).
+    pub limiters: &'a crate::limits::LimiterRegistry,
+    /// Name of the route whose plugin list is being built; `None` for the global list.
+    pub route: Option<&'a str>,
 }
 
 /// One configured plugin instance.
 #[derive(Debug)]
 pub enum Plugin {
     CorrelationId(correlation_id::CorrelationId),
+    Cors(cors::Cors),
+    RequestTransformer(request_transformer::RequestTransformer),
+    ResponseTransformer(response_transformer::ResponseTransformer),
     IpRestriction(ip_restriction::IpRestriction),
     RequestSizeLimiting(size_limit::SizeLimit),
+    KeyAuth(key_auth::KeyAuth),
+    Jwt(jwt::Jwt),
+    Acl(acl::Acl),
+    RateLimiting(rate_limit::RateLimit),
+    ConcurrencyLimiting(concurrency::Concurrency),
+    ProxyCache(proxy_cache::ProxyCache),
     SecurityHeaders(security_headers::SecurityHeaders),
 }
 
@@ -114,8 +138,17 @@ impl Plugin {
     pub fn name(&self) -> &'static str {
         match self {
             Plugin::CorrelationId(_) => "correlation-id",
+            Plugin::Cors(_) => "cors",
+            Plugin::RequestTransformer(_) => "request-transformer",
+            Plugin::ResponseTransformer(_) => "response-transformer",
             Plugin::IpRestriction(_) => "ip-restriction",
             Plugin::RequestSizeLimiting(_) => "request-size-limiting",
+            Plugin::KeyAuth(_) => "key-auth",
+            Plugin::Jwt(_) => "jwt",
+            Plugin::Acl(_) => "acl",
+            Plugin::RateLimiting(_) => "rate-limiting",
+            Plugin::ConcurrencyLimiting(_) => "concurrency-limiting",
+            Plugin::ProxyCache(_) => "proxy-cache",
             Plugin::SecurityHeaders(_) => "security-headers",
         }
     }
@@ -124,8 +157,20 @@ impl Plugin {
     pub async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         match self {
             Plugin::CorrelationId(p) => p.request(session, ctx),
+            Plugin::Cors(p) => p.request(session, ctx),
+            Plugin::RequestTransformer(_) => Outcome::Continue,
+            Plugin::ResponseTransformer(p) => {
+                p.request(session, ctx);
+                Outcome::Continue
+            }
             Plugin::IpRestriction(p) => p.request(ctx),
             Plugin::RequestSizeLimiting(p) => p.request(session, ctx),
+            Plugin::KeyAuth(p) => p.request(session, ctx),
+            Plugin::Jwt(p) => p.request(session, ctx),
+            Plugin::Acl(p) => p.request(ctx),
+            Plugin::RateLimiting(p) => p.request(session, ctx).await,
+            Plugin::ConcurrencyLimiting(p) => p.request(ctx),
+            Plugin::ProxyCache(_) => Outcome::Continue,
             Plugin::SecurityHeaders(_) => Outcome::Continue,
         }
     }
@@ -139,6 +184,9 @@ impl Plugin {
     ) -> Result<()> {
         match self {
             Plugin::CorrelationId(p) => p.upstream_request(req, ctx),
+            Plugin::RequestTransformer(p) => p.upstream_request(req, ctx),
+            Plugin::KeyAuth(p) => p.upstream_request(req, ctx),
+            Plugin::Jwt(p) => p.upstream_request(req, ctx),
             _ => Ok(()),
         }
     }
@@ -148,11 +196,15 @@ impl Plugin {
         &self,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
-        _gateway_made: bool,
+        gateway_made: bool,
     ) -> Result<()> {
         match self {
             Plugin::CorrelationId(p) => p.response(resp, ctx),
+            Plugin::Cors(p) => p.response(resp, ctx, gateway_made),
+            Plugin::ResponseTransformer(p) => p.response(resp, ctx, gateway_made),
+            Plugin::ProxyCache(p) => p.response(resp, ctx),
             Plugin::SecurityHeaders(p) => p.response(resp),
+            Plugin::RateLimiting(p) => p.response(resp, ctx),
             _ => Ok(()),
         }
     }
@@ -160,11 +212,14 @@ impl Plugin {
     /// `response_body_filter` (synchronous in Pingora).
     pub fn response_body(
         &self,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        _ctx: &mut RequestCtx,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        Ok(())
+        match self {
+            Plugin::ResponseTransformer(p) => p.response_body(body, end_of_stream, ctx),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -212,7 +267,17 @@ impl Chain {
         ctx: &mut RequestCtx,
         gateway_made: bool,
     ) -> Result<()> {
+        // The way back ends with the cors headers (contract order: response-transformer,
+        // security-headers, cors), although cors runs second on the way in.
+        let mut cors = None;
         for p in &self.plugins {
+            if matches!(**p, Plugin::Cors(_)) {
+                cors = Some(p);
+                continue;
+            }
+            p.response(resp, ctx, gateway_made)?;
+        }
+        if let Some(p) = cors {
             p.response(resp, ctx, gateway_made)?;
         }
         Ok(())
@@ -245,12 +310,27 @@ pub fn build(
         "correlation-id" => {
             correlation_id::CorrelationId::build(c, path, config).map(Plugin::CorrelationId)
         }
+        "cors" => cors::Cors::build(c, path, config).map(Plugin::Cors),
+        "request-transformer" => request_transformer::RequestTransformer::build(c, path, config)
+            .map(Plugin::RequestTransformer),
+        "response-transformer" => response_transformer::ResponseTransformer::build(c, path, config)
+            .map(Plugin::ResponseTransformer),
         "ip-restriction" => {
             ip_restriction::IpRestriction::build(c, path, config).map(Plugin::IpRestriction)
         }
         "request-size-limiting" => {
             size_limit::SizeLimit::build(c, path, config).map(Plugin::RequestSizeLimiting)
         }
+        "key-auth" => key_auth::KeyAuth::build(c, path, config, env).map(Plugin::KeyAuth),
+        "jwt" => jwt::Jwt::build(c, path, config, env).map(Plugin::Jwt),
+        "acl" => acl::Acl::build(c, path, config).map(Plugin::Acl),
+        "rate-limiting" => {
+            rate_limit::RateLimit::build(c, path, config, env).map(Plugin::RateLimiting)
+        }
+        "concurrency-limiting" => {
+            concurrency::Concurrency::build(c, path, config, env).map(Plugin::ConcurrencyLimiting)
+        }
+        "proxy-cache" => proxy_cache::ProxyCache::build(c, path, config).map(Plugin::ProxyCache),
         "security-headers" => {
             security_headers::SecurityHeaders::build(c, path, config).map(Plugin::SecurityHeaders)
         }

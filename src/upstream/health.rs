@@ -61,6 +61,7 @@ impl HealthScheduler {
 
 /// Applies one probe result to the target's counters and thresholds.
 pub fn apply(st: &TargetState, hc: &HealthCheck, ok: bool, upstream: &str, addr: &str) {
+    crate::observe::metrics::health_check_result(upstream, addr, ok);
     if ok {
         st.consecutive_fail.store(0, Ordering::Relaxed);
         let n = st.consecutive_ok.fetch_add(1, Ordering::Relaxed) + 1;

@@ -983,3 +983,249 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join("tests/fixtures")
         .join(rel)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Observability helpers: metrics text, signals, config rewrites, access log files
+// ---------------------------------------------------------------------------------------------
+
+/// Send signal `sig` (`HUP`, `QUIT`, `USR1`, ...) to `pid` with kill(1).
+pub fn send_signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg("-s")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -s {sig} {pid} failed");
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parse the Prometheus text exposition format (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, rest) = match line.find('{') {
+            Some(i) => (&line[..i], &line[i..]),
+            None => match line.split_once(' ') {
+                Some((n, r)) => (n, r),
+                None => continue,
+            },
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        let value_part = if let Some(body) = rest.strip_prefix('{') {
+            // label="value" pairs; values may contain escaped quotes
+            let mut chars = body.char_indices().peekable();
+            let mut end = body.len();
+            let mut key = String::new();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '}' => {
+                        end = i + 1;
+                        break;
+                    }
+                    ',' | ' ' => {}
+                    '=' => {
+                        let mut val = String::new();
+                        let _ = chars.next(); // opening quote
+                        while let Some((_, c)) = chars.next() {
+                            match c {
+                                '\\' => {
+                                    if let Some((_, n)) = chars.next() {
+                                        val.push(match n {
+                                            'n' => '\n',
+                                            o => o,
+                                        });
+                                    }
+                                }
+                                '"' => break,
+                                o => val.push(o),
+                            }
+                        }
+                        labels.insert(std::mem::take(&mut key), val);
+                    }
+                    o => key.push(o),
+                }
+            }
+            &body[end..]
+        } else {
+            rest
+        };
+        let value = value_part
+            .split_whitespace()
+            .next()
+            .and_then(|v| match v {
+                "+Inf" => Some(f64::INFINITY),
+                "-Inf" => Some(f64::NEG_INFINITY),
+                v => v.parse().ok(),
+            })
+            .unwrap_or(f64::NAN);
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// Samples named `name` whose labels include every `(key, value)` of `labels`.
+pub fn samples<'a>(all: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    all.iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+/// The value of the one sample `name{labels...}` (labels must match exactly), if present.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let all = parse_metrics(text);
+    let found: Vec<&Sample> = samples(&all, name, labels)
+        .into_iter()
+        .filter(|s| s.labels.len() == labels.len())
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{name} {labels:?} matches several series: {found:?}"
+    );
+    found.first().map(|s| s.value)
+}
+
+/// Run `promtool check metrics` on `text` when promtool is installed; without it, print a
+/// notice and skip, except under `CI=true`, where its absence fails the test.
+pub fn promtool_check(text: &str) {
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("promtool is required under CI=true (Debian package prometheus): {e}");
+            }
+            eprintln!("NOTICE: promtool not installed ({e}); skipping `promtool check metrics`");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Gateway {
+    /// The config file this gateway runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("gatehouse.yaml")
+    }
+
+    /// Write `yaml` as this gateway's config file (for a reload).
+    pub fn write_config_yaml(&self, yaml: &str) {
+        std::fs::write(self.config_path(), yaml).expect("write config");
+    }
+
+    /// Write `cfg` as this gateway's config file, keeping this gateway's ports and dir.
+    pub fn write_config(&self, mut cfg: Cfg) {
+        cfg.port = self.port;
+        cfg.admin_port = self.admin_port;
+        let yaml = cfg.yaml().replace(
+            &cfg.dir.path().display().to_string(),
+            &self.dir().display().to_string(),
+        );
+        self.write_config_yaml(&yaml);
+    }
+
+    pub fn signal(&self, sig: &str) {
+        send_signal(self.pid, sig);
+    }
+
+    /// Admin `GET /metrics` as text (asserts 200 and the Prometheus content type).
+    pub async fn metrics_text(&self) -> String {
+        let r = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e:?}\n{}", self.diagnostics()));
+        assert_eq!(r.status().as_u16(), 200, "GET /metrics");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(ct.starts_with("text/plain"), "content-type {ct}");
+        r.text().await.expect("metrics body")
+    }
+
+    /// Admin `POST /reload`: (status, JSON body).
+    pub async fn admin_reload(&self) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /reload: {e:?}\n{}", self.diagnostics()));
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Poll `/status` until its `version` is `v` (false on timeout).
+    pub async fn wait_version(&self, v: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.status_json().await["version"].as_u64() == Some(v) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Start a gateway on `cfg` with `server.access_log` set to `value` (the builder writes
+/// `access_log: off`).
+pub fn start_with_access_log(cfg: Cfg, value: &str) -> Gateway {
+    let yaml = cfg
+        .yaml()
+        .replace("  access_log: off\n", &format!("  access_log: {value}\n"));
+    Gateway::start_in(&yaml, cfg.dir)
+}
+
+/// Non-empty lines of a file (empty when it does not exist).
+pub fn file_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,202 @@
+//! Cache key builder for `proxy-cache`.
+//!
+//! The primary key is a 128-bit BLAKE2b hash (Pingora's `hash_key`) over, in order and each
+//! framed with its length so no two different tuples can produce the same bytes:
+//!
+//! 1. the route name (the namespace: two routes never share an object),
+//! 2. the method class (`GET`: HEAD requests are answered from GET objects, Pingora turns a
+//!    cacheable HEAD into a GET upstream),
+//! 3. the host (`Host` header or the authority of an absolute-form target), lowercased,
+//! 4. the path (after the gateway's percent-encoding normalization),
+//! 5. the query with its parameters in normalized order (see [`normalize_query`]),
+//! 6. the value of every configured `vary_headers` entry (an absent header differs from an
+//!    empty one).
+//!
+//! The upstream's own `Vary` is handled by Pingora's variance slots on top of this key
+//! (`cache_vary_filter`), not here. A crypto hash keeps crafted requests from colliding with
+//! another object's key (cache poisoning).
+
+use http::{HeaderMap, HeaderName};
+use pingora::cache::key::{hash_key, HashBinary};
+use std::borrow::Cow;
+
+/// Method class of every cacheable request (GET and HEAD share objects).
+pub const METHOD_CLASS: &str = "GET";
+
+/// The request parts a key is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    pub route: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+/// Host of a request: the authority of an absolute-form target, else the `Host` header.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> &'a str {
+    uri.host()
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
+/// The primary key hash of a request.
+pub fn primary_hash(parts: &KeyParts, headers: &HeaderMap, vary: &[HeaderName]) -> HashBinary {
+    let mut buf = Vec::with_capacity(
+        64 + parts.route.len()
+            + parts.host.len()
+            + parts.path.len()
+            + parts.query.map_or(0, str::len),
+    );
+    frame(&mut buf, parts.route.as_bytes());
+    frame(&mut buf, METHOD_CLASS.as_bytes());
+    // Lowercased while copying: no allocation for the common already-lowercase host.
+    buf.extend_from_slice(&(parts.host.len() as u32).to_le_bytes());
+    buf.extend(parts.host.bytes().map(|b| b.to_ascii_lowercase()));
+    frame(&mut buf, parts.path.as_bytes());
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; 4]);
+    if let Some(q) = parts.query {
+        write_normalized_query(&mut buf, q);
+    }
+    let qlen = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&qlen.to_le_bytes());
+    for name in vary {
+        frame(&mut buf, name.as_str().as_bytes());
+        let mut values = headers.get_all(name).iter();
+        match values.next() {
+            None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
+            Some(first) => {
+                let start = buf.len();
+                buf.extend_from_slice(&[0u8; 4]);
+                buf.extend_from_slice(first.as_bytes());
+                for v in values {
+                    buf.extend_from_slice(b", ");
+                    buf.extend_from_slice(v.as_bytes());
+                }
+                let len = (buf.len() - start - 4) as u32;
+                buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+            }
+        }
+    }
+    hash_key(&buf)
+}
+
+fn frame(buf: &mut Vec<u8>, part: &[u8]) {
+    buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
+    buf.extend_from_slice(part);
+}
+
+/// The name part of a `name=value` query parameter.
+fn param_name(p: &str) -> &str {
+    p.split_once('=').map_or(p, |(n, _)| n)
+}
+
+/// Query parameters sorted by name (a stable sort: repeated names keep their relative order,
+/// since `?id=2&id=1` may mean something else than `?id=1&id=2` to the upstream); empty
+/// parameters (`a=1&&b=2`) are dropped. Values are kept byte for byte (no decoding).
+pub fn normalize_query(q: &str) -> Cow<'_, str> {
+    if q.is_empty() {
+        return Cow::Borrowed(q);
+    }
+    let mut prev = "";
+    let mut sorted = true;
+    for p in q.split('&') {
+        let name = param_name(p);
+        if p.is_empty() || name < prev {
+            sorted = false;
+            break;
+        }
+        prev = name;
+    }
+    if sorted {
+        return Cow::Borrowed(q);
+    }
+    let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+    params.sort_by(|a, b| param_name(a).cmp(param_name(b)));
+    Cow::Owned(params.join("&"))
+}
+
+fn write_normalized_query(buf: &mut Vec<u8>, q: &str) {
+    match normalize_query(q) {
+        Cow::Borrowed(s) => buf.extend_from_slice(s.as_bytes()),
+        Cow::Owned(s) => buf.extend_from_slice(s.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(route: &str, host: &str, path: &str, query: Option<&str>) -> HashBinary {
+        primary_hash(
+            &KeyParts {
+                route,
+                host,
+                path,
+                query,
+            },
+            &HeaderMap::new(),
+            &[],
+        )
+    }
+
+    #[test]
+    fn query_order_is_normalized() {
+        assert_eq!(normalize_query("a=1&b=2"), "a=1&b=2");
+        assert!(matches!(normalize_query("a=1&b=2"), Cow::Borrowed(_)));
+        assert_eq!(normalize_query("b=2&a=1"), "a=1&b=2");
+        assert_eq!(normalize_query("b=2&&a=1&"), "a=1&b=2");
+        assert_eq!(normalize_query("id=2&x&id=1"), "id=2&id=1&x");
+        assert_eq!(normalize_query(""), "");
+        assert_eq!(
+            key("r", "h", "/p", Some("a=1&b=2")),
+            key("r", "h", "/p", Some("b=2&a=1"))
+        );
+        assert_ne!(
+            key("r", "h", "/p", Some("a=1&b=2")),
+            key("r", "h", "/p", Some("a=1&b=3"))
+        );
+        assert_eq!(key("r", "h", "/p", Some("")), key("r", "h", "/p", None));
+    }
+
+    #[test]
+    fn components_are_framed() {
+        // Moving bytes between components changes the key.
+        assert_ne!(key("ab", "c", "/p", None), key("a", "bc", "/p", None));
+        assert_ne!(key("r", "h", "/p?x", None), key("r", "h", "/p", Some("x")));
+        assert_ne!(key("r1", "h", "/p", None), key("r2", "h", "/p", None));
+        assert_eq!(
+            key("r", "Example.COM", "/p", None),
+            key("r", "example.com", "/p", None)
+        );
+        assert_ne!(key("r", "h", "/P", None), key("r", "h", "/p", None));
+    }
+
+    #[test]
+    fn vary_headers_split_objects() {
+        let parts = KeyParts {
+            route: "r",
+            host: "h",
+            path: "/p",
+            query: None,
+        };
+        let vary = [HeaderName::from_static("x-tenant")];
+        let mut a = HeaderMap::new();
+        a.insert("x-tenant", "a".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.insert("x-tenant", "b".parse().unwrap());
+        let mut empty = HeaderMap::new();
+        empty.insert("x-tenant", "".parse().unwrap());
+        let none = HeaderMap::new();
+        let k = |h: &HeaderMap| primary_hash(&parts, h, &vary);
+        assert_ne!(k(&a), k(&b));
+        assert_ne!(k(&empty), k(&none));
+        assert_eq!(k(&a), k(&a.clone()));
+        // Without vary_headers the header is ignored.
+        assert_eq!(primary_hash(&parts, &a, &[]), primary_hash(&parts, &b, &[]));
+    }
+}

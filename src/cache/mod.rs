@@ -1,0 +1,248 @@
+//! Response cache machinery behind the `proxy-cache` plugin: the bounded object store
+//! ([`store`]), the key builder ([`key`]) and the process-wide registries that outlive config
+//! reloads.
+//!
+//! Pingora's `HttpCache::enable` takes `'static` references, so stores and cache locks are
+//! created once and leaked: one [`Store`] per proxy-cache entry, named by what is stable
+//! across reloads ([`StoreId`]: the route name for a route's entry, `Global` for the global
+//! entry), and one `CacheLock` per distinct `lock_timeout`. Both sets are bounded by the
+//! configs ever loaded; a store no route uses any more is emptied, not freed.
+
+pub mod key;
+pub mod store;
+
+pub use store::{EntryTag, Stats, Store};
+
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// Which store a proxy-cache entry uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StoreId {
+    /// The global `plugins:` entry (shared by every route that uses it).
+    Global,
+    /// A route's own entry.
+    Route(String),
+}
+
+impl StoreId {
+    pub fn label(&self) -> &str {
+        match self {
+            StoreId::Global => "*global*",
+            StoreId::Route(r) => r,
+        }
+    }
+}
+
+struct Registered {
+    id: StoreId,
+    store: &'static Store,
+    /// Routes using it in the current config.
+    routes: Vec<String>,
+}
+
+static STORES: Lazy<Mutex<Vec<Registered>>> = Lazy::new(|| Mutex::new(Vec::new()));
+static LOCKS: Lazy<Mutex<HashMap<Duration, &'static CacheLock>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
+/// Bytes held by all stores (the `cache_size_bytes` gauge).
+static TOTAL_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// The store for `id`, created with `capacity` bytes the first time.
+pub fn store(id: &StoreId, capacity: usize) -> &'static Store {
+    let mut stores = STORES.lock();
+    if let Some(r) = stores.iter().find(|r| r.id == *id) {
+        return r.store;
+    }
+    let store: &'static Store = Box::leak(Box::new(Store::new(id.label(), capacity)));
+    stores.push(Registered {
+        id: id.clone(),
+        store,
+        routes: Vec::new(),
+    });
+    store
+}
+
+/// The cache lock whose writers may hold a key for `timeout` (readers wait at most as long).
+pub fn lock(timeout: Duration) -> &'static CacheKeyLockImpl {
+    let mut locks = LOCKS.lock();
+    *locks
+        .entry(timeout)
+        .or_insert_with(|| Box::leak(CacheLock::new_boxed(timeout)))
+}
+
+/// What the current config wants of one store.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    pub capacity: usize,
+    pub routes: Vec<String>,
+}
+
+/// Applies a newly installed config: capacities, which routes use which store. Objects of
+/// routes that no longer use a store are dropped; a store nobody uses is emptied.
+pub fn apply(wanted: &HashMap<StoreId, Wanted>) {
+    let mut stores = STORES.lock();
+    for (id, w) in wanted {
+        if !stores.iter().any(|r| r.id == *id) {
+            let store: &'static Store = Box::leak(Box::new(Store::new(id.label(), w.capacity)));
+            stores.push(Registered {
+                id: id.clone(),
+                store,
+                routes: Vec::new(),
+            });
+        }
+    }
+    for r in stores.iter_mut() {
+        match wanted.get(&r.id) {
+            Some(w) => {
+                r.store.set_capacity(w.capacity);
+                let mut routes = w.routes.clone();
+                routes.sort();
+                routes.dedup();
+                if routes != r.routes && !r.store.is_empty() {
+                    r.store.retain_routes(&routes);
+                }
+                r.routes = routes;
+            }
+            None => {
+                if !r.store.is_empty() {
+                    r.store.clear();
+                }
+                r.routes.clear();
+            }
+        }
+    }
+}
+
+/// Purges `route`'s objects from every store: all of them, or every variant of `path`
+/// (only those with the normalized `query` when given). Returns how many were removed.
+pub fn purge(route: &str, path: Option<&str>, query: Option<&str>) -> usize {
+    let stores: Vec<&'static Store> = STORES.lock().iter().map(|r| r.store).collect();
+    stores
+        .iter()
+        .map(|s| match path {
+            Some(p) => s.purge_path(route, p, query),
+            None => s.purge_route(route),
+        })
+        .sum()
+}
+
+/// One line per store for admin `/status`.
+pub fn status() -> serde_json::Value {
+    let stores = STORES.lock();
+    let list: Vec<serde_json::Value> = stores
+        .iter()
+        .map(|r| {
+            let st = r.store.stats();
+            serde_json::json!({
+                "store": r.id.label(),
+                "routes": r.routes,
+                "capacity_bytes": st.capacity,
+                "used_bytes": st.used,
+                "objects": st.objects,
+                "evictions": st.evictions,
+                "evicted_bytes": st.evicted_bytes,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
+
+/// Stats of the store registered under `id`.
+pub fn stats(id: &StoreId) -> Option<Stats> {
+    STORES
+        .lock()
+        .iter()
+        .find(|r| r.id == *id)
+        .map(|r| r.store.stats())
+}
+
+/// Size and eviction bookkeeping of every store change (the `cache_size_bytes` gauge and
+/// `cache_evictions_total` counter).
+pub(crate) fn note_usage(delta_bytes: isize, evicted: u64) {
+    let total = TOTAL_BYTES.fetch_add(delta_bytes as i64, Ordering::Relaxed) + delta_bytes as i64;
+    crate::observe::metrics::set_cache_size_bytes(total.max(0) as u64);
+    if evicted > 0 {
+        crate::observe::metrics::cache_evicted(evicted);
+    }
+}
+
+/// Body of admin `POST /cache/purge`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    route: String,
+    path: Option<String>,
+}
+
+/// Largest accepted `POST /cache/purge` body.
+const PURGE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Admin `POST /cache/purge` (the caller checked the admin token): reads the JSON body
+/// `{"route": "products"}` or `{"route": "products", "path": "/api/v1/products/1"}` and
+/// answers the status and JSON body. A path purges every variant of it (hosts, query strings,
+/// `Vary` variants); a path with `?query` only that (normalized) query.
+pub async fn purge_endpoint(
+    s: &mut pingora::protocols::http::ServerSession,
+    rt: &crate::runtime::Runtime,
+) -> (http::StatusCode, serde_json::Value) {
+    use http::StatusCode;
+    let bad = |msg: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "bad_request", "message": msg}),
+        )
+    };
+    let mut body = Vec::new();
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > PURGE_BODY_LIMIT {
+                    return bad(format!("body over {PURGE_BODY_LIMIT} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return bad("could not read the request body".into()),
+        }
+    }
+    let req: PurgeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"route\": \"name\", \"path\": \"/optional/path\"}}: {e}"
+            ))
+        }
+    };
+    if !rt.routes.iter().any(|r| r.name == req.route) {
+        return (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not_found", "message": format!("no route named {:?}", req.route)}),
+        );
+    }
+    let purged = match &req.path {
+        None => purge(&req.route, None, None),
+        Some(p) => {
+            let (path, query) = match p.split_once('?') {
+                Some((path, q)) => (path, Some(q)),
+                None => (p.as_str(), None),
+            };
+            if !path.starts_with('/') {
+                return bad("path must start with /".into());
+            }
+            let Some(path) = crate::router::normalize_percent(path) else {
+                return bad("path has an invalid percent-encoding".into());
+            };
+            let query = query.map(key::normalize_query);
+            purge(&req.route, Some(&path), query.as_deref())
+        }
+    };
+    tracing::info!(route = %req.route, path = ?req.path, purged, "cache purge via admin API");
+    (
+        StatusCode::OK,
+        serde_json::json!({"purged": purged, "route": req.route, "path": req.path}),
+    )
+}

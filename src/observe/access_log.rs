@@ -1,0 +1,441 @@
+//! The JSON access log: one object a line per request, built in Pingora's `logging` phase and
+//! written by a thread of its own, so a slow disk or a blocked stdout never stalls a worker.
+//!
+//! Workers hand finished lines to a bounded channel with `try_send`; when it is full the line
+//! is dropped and counted in `access_log_dropped_total`. The writer drains the channel in
+//! batches and flushes after each batch (and at least every 250 ms when idle), so a line is
+//! on its way to the file or stdout well within a second. `SIGUSR1` makes the writer reopen a
+//! file (logrotate's `postrotate`); a reload that changes `server.access_log` is followed too.
+//!
+//! Secrets are never written: request headers are not logged at all, and the values of query
+//! parameters that look like credentials (`api_key`, `token`, `password`, ... see
+//! [`is_secret_param`]) are replaced by `REDACTED` with the name kept.
+
+use crate::ctx::RequestCtx;
+use crate::runtime::{AccessLog, Shared};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Lines that may wait for the writer (about 6 MB at 400 bytes a line).
+const QUEUE_LINES: usize = 16 * 1024;
+/// Longest the writer sleeps before looking at reopen requests and config changes.
+const IDLE_TICK: Duration = Duration::from_millis(250);
+/// Lines written between two flushes at most, under sustained load.
+const BATCH: usize = 4096;
+/// Value written in place of a secret query parameter's value.
+pub const REDACTED: &str = "REDACTED";
+
+struct Queue {
+    tx: SyncSender<Vec<u8>>,
+    rx: Mutex<Option<Receiver<Vec<u8>>>>,
+}
+
+static QUEUE: Lazy<Queue> = Lazy::new(|| {
+    let (tx, rx) = sync_channel(QUEUE_LINES);
+    Queue {
+        tx,
+        rx: Mutex::new(Some(rx)),
+    }
+});
+
+/// Set by SIGUSR1: the writer reopens its file.
+static REOPEN: Lazy<Arc<AtomicBool>> = Lazy::new(|| Arc::new(AtomicBool::new(false)));
+
+/// Query parameter names registered by plugins (e.g. key-auth's `query_param`) whose values
+/// are secret whatever they are called.
+static EXTRA_SECRET_PARAMS: Lazy<ArcSwap<Vec<String>>> =
+    Lazy::new(|| ArcSwap::from_pointee(Vec::new()));
+
+/// Makes SIGUSR1 request a reopen instead of killing the process (its default action).
+/// Called before the server starts; the handler is a process-wide sigaction, so it survives
+/// the `-d` fork.
+pub fn install_reopen_signal() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, REOPEN.clone()) {
+            tracing::warn!("cannot install SIGUSR1 handler (access log reopen): {e}");
+        }
+    });
+}
+
+/// Treats query parameter `name` as secret in the access log (case-insensitive).
+pub fn register_secret_param(name: &str) {
+    let name = name.to_ascii_lowercase();
+    EXTRA_SECRET_PARAMS.rcu(|cur| {
+        let mut next = (**cur).clone();
+        if !next.contains(&name) {
+            next.push(name.clone());
+        }
+        next
+    });
+}
+
+/// Whether a query parameter's value must not be logged. Deliberately broad: a redacted
+/// harmless value costs little, a logged credential is an incident.
+pub fn is_secret_param(raw_name: &str) -> bool {
+    let name = percent_decode(raw_name)
+        .to_ascii_lowercase()
+        .replace('-', "_");
+    const CONTAINS: &[&str] = &[
+        "key",
+        "token",
+        "secret",
+        "passw",
+        "signature",
+        "credential",
+        "session",
+        "auth",
+    ];
+    const EXACT: &[&str] = &["sig", "jwt", "code", "pwd", "pass"];
+    CONTAINS.iter().any(|w| name.contains(w))
+        || EXACT.contains(&name.as_str())
+        || EXTRA_SECRET_PARAMS.load().contains(&name)
+}
+
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') && !s.contains('+') {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `path?query` with the values of secret parameters replaced by [`REDACTED`].
+pub fn redact_path(path_and_query: &str) -> Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return Cow::Borrowed(path_and_query);
+    };
+    let name_of = |kv: &str| kv.split_once('=').map_or(kv, |(k, _)| k).to_string();
+    if !query.split('&').any(|kv| is_secret_param(&name_of(kv))) {
+        return Cow::Borrowed(path_and_query);
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, kv) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match kv.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => {
+                out.push_str(k);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(kv),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// RFC 3339 UTC time with milliseconds: `2024-05-01T12:00:00.123Z`.
+pub fn format_ts(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// One access log line (field order is the contract's).
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    request_id: &'a str,
+    client_ip: Option<std::net::IpAddr>,
+    method: &'a str,
+    path: Cow<'a, str>,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+    target: Option<&'a str>,
+    status: u16,
+    bytes_sent: usize,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    consumer: Option<&'a str>,
+    cache: Option<&'a str>,
+    error: Option<&'a str>,
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// The JSON line (with its newline) for a finished request. `error`: the contract code of a
+/// gateway-made error answer, if any.
+pub fn format_line(
+    session: &Session,
+    ctx: &RequestCtx,
+    status: u16,
+    elapsed: Duration,
+    error: Option<&str>,
+) -> Vec<u8> {
+    let req = session.req_header();
+    let path = req
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| req.uri.path());
+    let route = ctx.route();
+    let upstream = route.map(|r| &r.upstream);
+    let line = Line {
+        ts: format_ts(SystemTime::now()),
+        request_id: &ctx.request_id,
+        client_ip: ctx.client_ip,
+        method: req.method.as_str(),
+        path: redact_path(path),
+        route: route.map(|r| r.name.as_str()),
+        upstream: upstream.map(|u| u.name.as_str()),
+        target: upstream
+            .zip(ctx.target)
+            .and_then(|(u, i)| u.targets.get(i))
+            .map(|t| t.addr.as_str()),
+        status,
+        bytes_sent: session.as_downstream().body_bytes_sent(),
+        duration_ms: millis(elapsed),
+        upstream_ms: ctx.upstream_time.map(millis),
+        consumer: ctx
+            .consumer
+            .and_then(|i| ctx.rt.consumers.get(i))
+            .map(|c| c.username.as_str()),
+        cache: ctx.cache_status,
+        error,
+    };
+    let mut out = Vec::with_capacity(384);
+    if serde_json::to_writer(&mut out, &line).is_err() {
+        out.clear();
+    }
+    out.push(b'\n');
+    out
+}
+
+/// Hands a line to the writer without ever blocking: dropped (and counted) when the writer
+/// is behind.
+pub fn submit(line: Vec<u8>) {
+    match QUEUE.tx.try_send(line) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            super::metrics::metrics().access_log_dropped.inc();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+// ---------------------------------------------------------------------------------------------
+
+enum Sink {
+    Off,
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(std::io::BufWriter<std::fs::File>),
+    /// The file could not be opened or written: lines are dropped until the next reopen.
+    Broken,
+}
+
+impl Sink {
+    fn open(dest: &AccessLog) -> Sink {
+        match dest {
+            AccessLog::Off => Sink::Off,
+            AccessLog::Stdout => Sink::Stdout(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            )),
+            AccessLog::File(p) => {
+                let mut o = std::fs::OpenOptions::new();
+                o.create(true).append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
+                match o.open(p) {
+                    Ok(f) => Sink::File(std::io::BufWriter::with_capacity(64 * 1024, f)),
+                    Err(e) => {
+                        tracing::error!("cannot open access log {}: {e}", p.display());
+                        Sink::Broken
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        let res = match self {
+            Sink::Off => return,
+            Sink::Broken => Err(std::io::Error::other("access log not open")),
+            Sink::Stdout(w) => w.write_all(line),
+            Sink::File(w) => w.write_all(line),
+        };
+        if res.is_err() {
+            super::metrics::metrics().access_log_dropped.inc();
+            if !matches!(self, Sink::Broken) {
+                if let Err(e) = res {
+                    tracing::error!("cannot write the access log: {e}");
+                }
+                *self = Sink::Broken;
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let res = match self {
+            Sink::Stdout(w) => w.flush(),
+            Sink::File(w) => w.flush(),
+            Sink::Off | Sink::Broken => Ok(()),
+        };
+        if let Err(e) = res {
+            tracing::error!("cannot flush the access log: {e}");
+            *self = Sink::Broken;
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Vec<u8>>, shared: Arc<Shared>) {
+    let mut dest = shared.snapshot().server.access_log.clone();
+    let mut sink = Sink::open(&dest);
+    let mut opened = Instant::now();
+    loop {
+        match rx.recv_timeout(IDLE_TICK) {
+            Ok(first) => {
+                sink.write(&first);
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(line) => sink.write(&line),
+                        Err(_) => break,
+                    }
+                }
+                sink.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let rt = shared.snapshot();
+        let retry_broken =
+            matches!(sink, Sink::Broken) && opened.elapsed() > Duration::from_secs(5);
+        if REOPEN.swap(false, Ordering::AcqRel) || rt.server.access_log != dest || retry_broken {
+            sink.flush();
+            dest = rt.server.access_log.clone();
+            sink = Sink::open(&dest);
+            opened = Instant::now();
+            if matches!(dest, AccessLog::File(_)) && !matches!(sink, Sink::Broken) {
+                tracing::info!("access log (re)opened");
+            }
+        }
+    }
+}
+
+/// The access-log writer as a Pingora background service, so it starts after a `-d` fork.
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Writer { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Writer {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(rx) = QUEUE.rx.lock().take() else {
+            tracing::warn!("access log writer already running");
+            return;
+        };
+        let shared = self.shared.clone();
+        // A plain thread, not a runtime task: it keeps writing while requests drain after
+        // the shutdown signal, and file I/O never blocks an async worker.
+        if let Err(e) = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(rx, shared))
+        {
+            tracing::error!("cannot start the access log writer: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_query_values_are_redacted() {
+        assert_eq!(redact_path("/a/b"), "/a/b");
+        assert_eq!(redact_path("/a?x=1&y=2"), "/a?x=1&y=2");
+        assert_eq!(
+            redact_path("/a?api_key=s3cr3t&x=1"),
+            "/a?api_key=REDACTED&x=1"
+        );
+        assert_eq!(
+            redact_path("/a?x=1&access_token=abc&API-KEY=z&pass=p"),
+            "/a?x=1&access_token=REDACTED&API-KEY=REDACTED&pass=REDACTED"
+        );
+        assert_eq!(redact_path("/a?api%5Fkey=s3"), "/a?api%5Fkey=REDACTED");
+        assert_eq!(redact_path("/a?token"), "/a?token");
+        register_secret_param("k");
+        assert_eq!(redact_path("/a?k=v&kk=w"), "/a?k=REDACTED&kk=w");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_564_800_123);
+        assert_eq!(format_ts(t), "2024-05-01T12:00:00.123Z");
+        assert_eq!(
+            format_ts(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(format_ts(t), "2000-02-29T00:00:00.000Z");
+    }
+}

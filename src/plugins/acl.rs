@@ -1,0 +1,105 @@
+//! `acl` (request_filter, after key-auth and jwt): the authenticated request's roles must
+//! include one of `allow_roles`. Roles come from the JWT's `roles_claim` claim when the
+//! request was authenticated by `jwt` (an array of strings, or one string of names separated
+//! by spaces or commas), otherwise from the consumer's `roles` (key-auth). No role matching:
+//! 403 `forbidden`; no authenticated consumer at all: 401 `unauthorized`.
+
+use super::{Outcome, Reply};
+use crate::config::compile::Compiler;
+use crate::ctx::RequestCtx;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    allow_roles: Option<Vec<String>>,
+    roles_claim: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            allow_roles: None,
+            roles_claim: "roles".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Acl {
+    allow: Vec<String>,
+    roles_claim: String,
+}
+
+/// What the acl decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Forbidden,
+    Unauthenticated,
+}
+
+impl Acl {
+    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+        let cfg: Config = c.plugin_config(path, config)?;
+        let Some(allow) = cfg.allow_roles else {
+            c.error(
+                &format!("{path}.config.allow_roles"),
+                "is required (the roles allowed on this route)",
+            );
+            return None;
+        };
+        if allow.is_empty() || allow.iter().any(|r| r.trim().is_empty()) {
+            c.error(
+                &format!("{path}.config.allow_roles"),
+                "needs at least one role, none of them empty",
+            );
+            return None;
+        }
+        if cfg.roles_claim.is_empty() {
+            c.error(&format!("{path}.config.roles_claim"), "must not be empty");
+            return None;
+        }
+        Some(Acl {
+            allow,
+            roles_claim: cfg.roles_claim,
+        })
+    }
+
+    fn allowed(&self, role: &str) -> bool {
+        self.allow.iter().any(|a| a == role)
+    }
+
+    pub fn decide(&self, ctx: &RequestCtx) -> Decision {
+        let ok = if let Some(token) = &ctx.jwt {
+            token
+                .claims
+                .get(&self.roles_claim)
+                .is_some_and(|v| super::jwt::roles_in(v).into_iter().any(|r| self.allowed(r)))
+        } else if let Some(consumer) = ctx.consumer.and_then(|i| ctx.rt.consumers.get(i)) {
+            consumer.roles.iter().any(|r| self.allowed(r))
+        } else {
+            return Decision::Unauthenticated;
+        };
+        if ok {
+            Decision::Allow
+        } else {
+            Decision::Forbidden
+        }
+    }
+
+    pub fn request(&self, ctx: &mut RequestCtx) -> Outcome {
+        let reply = match self.decide(ctx) {
+            Decision::Allow => return Outcome::Continue,
+            Decision::Forbidden => {
+                Reply::error_with(403, "forbidden", "Your roles do not allow this request")
+            }
+            Decision::Unauthenticated => {
+                Reply::error_with(401, "unauthorized", "Authentication is required")
+            }
+        };
+        // For the access log's `error` field.
+        ctx.error_code = reply.code;
+        Outcome::Respond(reply)
+    }
+}

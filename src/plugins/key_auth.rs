@@ -1,0 +1,424 @@
+//! `key-auth` (request_filter, upstream_request_filter): an API key from a header
+//! (`key_names`, first one present wins) or the query (`query_param`) identifies a consumer.
+//! No key: 401 `missing_api_key`; unknown key: 401 `invalid_api_key`.
+//!
+//! Lookup never scans: the SHA-256 of the presented key indexes a map built at load, then the
+//! stored key is compared with the presented one in constant time (`subtle`), so neither the
+//! map nor the comparison tells an attacker how much of a guess was right. The consumer goes
+//! into `ctx.consumer` and upstream as `X-Consumer-Username` (the client's own copies are
+//! removed for every route in `forward::rewrite_request`); with `hide_credentials` the key
+//! header and query parameter are stripped before proxying.
+
+use super::{BuildEnv, Outcome, Reply};
+use crate::config::compile::Compiler;
+use crate::ctx::RequestCtx;
+use crate::runtime::Consumer;
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use subtle::ConstantTimeEq;
+
+/// Header carrying the authenticated consumer's username upstream.
+pub const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-username");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    key_names: Vec<String>,
+    /// `null` or `""` switches the query parameter off.
+    query_param: Option<String>,
+    hide_credentials: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            key_names: vec!["X-API-Key".into()],
+            query_param: Some("api_key".into()),
+            hide_credentials: true,
+        }
+    }
+}
+
+struct StoredKey {
+    consumer: usize,
+    key: Box<[u8]>,
+}
+
+pub struct KeyAuth {
+    key_names: Vec<HeaderName>,
+    query_param: Option<String>,
+    hide_credentials: bool,
+    /// SHA-256 of the key -> its consumer and the key itself (for the constant-time check).
+    keys: HashMap<[u8; 32], StoredKey>,
+    /// `X-Consumer-Username` value per consumer index (`None`: not representable).
+    usernames: Vec<Option<HeaderValue>>,
+}
+
+impl std::fmt::Debug for KeyAuth {
+    // Never print keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAuth")
+            .field("key_names", &self.key_names)
+            .field("query_param", &self.query_param)
+            .field("hide_credentials", &self.hide_credentials)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFailure {
+    Missing,
+    Invalid,
+}
+
+impl KeyFailure {
+    pub fn reply(self) -> Reply {
+        let r = match self {
+            KeyFailure::Missing => {
+                Reply::error_with(401, "missing_api_key", "An API key is required")
+            }
+            KeyFailure::Invalid => {
+                Reply::error_with(401, "invalid_api_key", "The API key is not valid")
+            }
+        };
+        r.header(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Key realm=\"gatehouse\""),
+        )
+    }
+}
+
+fn digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+/// `X-Consumer-Username` values for every consumer, built once at load. A username that
+/// cannot be a header value is a config error (reported once however many plugins use it).
+pub(crate) fn username_headers(
+    c: &mut Compiler,
+    consumers: &[Consumer],
+) -> Vec<Option<HeaderValue>> {
+    consumers
+        .iter()
+        .enumerate()
+        .map(
+            |(i, cons)| match HeaderValue::from_bytes(cons.username.as_bytes()) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    c.error_once(
+                        &format!("consumers[{i}].username"),
+                        "cannot be sent as a header value (control characters)",
+                    );
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte; a `%` not
+/// followed by two hex digits stays as it is).
+pub(crate) fn form_decode(s: &str) -> Cow<'_, [u8]> {
+    let b = s.as_bytes();
+    if !b.iter().any(|&c| c == b'%' || c == b'+') {
+        return Cow::Borrowed(b);
+    }
+    fn hex(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let pair = b
+                    .get(i + 1)
+                    .copied()
+                    .and_then(hex)
+                    .zip(b.get(i + 2).copied().and_then(hex));
+                if let Some((h, l)) = pair {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// What the request carries.
+enum Presented<'a> {
+    None,
+    Key(Cow<'a, [u8]>),
+    /// The same credential more than once: ambiguous, refused.
+    Ambiguous,
+}
+
+impl KeyAuth {
+    pub fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        env: &BuildEnv,
+    ) -> Option<Self> {
+        let cfg: Config = c.plugin_config(path, config)?;
+        let mut key_names = Vec::new();
+        for (i, n) in cfg.key_names.iter().enumerate() {
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(h) => key_names.push(h),
+                Err(_) => c.error(
+                    &format!("{path}.config.key_names[{i}]"),
+                    format!("invalid header name {n:?}"),
+                ),
+            }
+        }
+        let query_param = cfg.query_param.filter(|q| !q.is_empty());
+        if cfg.key_names.is_empty() && query_param.is_none() {
+            c.error(
+                &format!("{path}.config"),
+                "needs key_names or a query_param to read the key from",
+            );
+        }
+        let mut keys = HashMap::new();
+        for (ci, cons) in env.consumers.iter().enumerate() {
+            for k in &cons.api_keys {
+                let bytes = k.expose().as_bytes();
+                // Duplicates and empty keys are reported by the consumers section.
+                keys.insert(
+                    digest(bytes),
+                    StoredKey {
+                        consumer: ci,
+                        key: bytes.into(),
+                    },
+                );
+            }
+        }
+        Some(KeyAuth {
+            key_names,
+            query_param,
+            hide_credentials: cfg.hide_credentials,
+            keys,
+            usernames: username_headers(c, env.consumers),
+        })
+    }
+
+    /// The consumer owning `key`, if any. Constant time in the key's content.
+    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
+        let stored = self.keys.get(&digest(key))?;
+        bool::from(stored.key.as_ref().ct_eq(key)).then_some(stored.consumer)
+    }
+
+    fn presented<'a>(&self, req: &'a RequestHeader) -> Presented<'a> {
+        for name in &self.key_names {
+            let mut values = req.headers.get_all(name).iter();
+            if let Some(v) = values.next() {
+                if values.next().is_some() {
+                    return Presented::Ambiguous;
+                }
+                if v.is_empty() {
+                    return Presented::None;
+                }
+                return Presented::Key(Cow::Borrowed(v.as_bytes()));
+            }
+        }
+        let (Some(param), Some(query)) = (&self.query_param, req.uri.query()) else {
+            return Presented::None;
+        };
+        let mut found = None;
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if form_decode(k).as_ref() == param.as_bytes() {
+                if found.is_some() {
+                    return Presented::Ambiguous;
+                }
+                found = Some(form_decode(v));
+            }
+        }
+        match found {
+            Some(v) if !v.is_empty() => Presented::Key(v),
+            _ => Presented::None,
+        }
+    }
+
+    /// Authenticates the request head: the consumer index or why not.
+    pub fn check(&self, req: &RequestHeader) -> Result<usize, KeyFailure> {
+        match self.presented(req) {
+            Presented::None => Err(KeyFailure::Missing),
+            Presented::Ambiguous => Err(KeyFailure::Invalid),
+            Presented::Key(k) => self.lookup(&k).ok_or(KeyFailure::Invalid),
+        }
+    }
+
+    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+        match self.check(session.req_header()) {
+            Ok(consumer) => {
+                ctx.consumer = Some(consumer);
+                Outcome::Continue
+            }
+            Err(f) => {
+                tracing::debug!(request_id = %ctx.request_id, reason = ?f, "key-auth refused");
+                let reply = f.reply();
+                ctx.error_code = reply.code;
+                Outcome::Respond(reply)
+            }
+        }
+    }
+
+    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+        if let Some(v) = ctx
+            .consumer
+            .and_then(|i| self.usernames.get(i))
+            .and_then(|v| v.clone())
+        {
+            req.insert_header(CONSUMER_HEADER, v)?;
+        }
+        if self.hide_credentials {
+            for name in &self.key_names {
+                req.remove_header(name);
+            }
+            if let Some(param) = &self.query_param {
+                strip_query_param(req, param)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes every `param=...` pair from the request target's query.
+fn strip_query_param(req: &mut RequestHeader, param: &str) -> Result<()> {
+    let Some(query) = req.uri.query() else {
+        return Ok(());
+    };
+    let keep: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            form_decode(k).as_ref() != param.as_bytes()
+        })
+        .collect();
+    if keep.len() == query.split('&').count() {
+        return Ok(());
+    }
+    let path = req.uri.path();
+    let pq = if keep.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", keep.join("&"))
+    };
+    let uri = http::Uri::builder()
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| {
+            crate::errors::status_error(400, "bad request target after hide_credentials")
+        })?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(keys: &[(&str, usize)]) -> KeyAuth {
+        KeyAuth {
+            key_names: vec![HeaderName::from_static("x-api-key")],
+            query_param: Some("api_key".into()),
+            hide_credentials: true,
+            keys: keys
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        digest(k.as_bytes()),
+                        StoredKey {
+                            consumer: *c,
+                            key: k.as_bytes().into(),
+                        },
+                    )
+                })
+                .collect(),
+            usernames: Vec::new(),
+        }
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn lookup_header_query_and_failures() {
+        let p = plugin(&[("alpha-key", 0), ("beta+key/=", 1)]);
+        assert_eq!(p.lookup(b"alpha-key"), Some(0));
+        assert_eq!(p.lookup(b"alpha-kez"), None);
+        assert_eq!(p.lookup(b""), None);
+        assert_eq!(p.check(&req("/", &[("x-api-key", "alpha-key")])), Ok(0));
+        assert_eq!(p.check(&req("/?api_key=alpha-key", &[])), Ok(0));
+        assert_eq!(
+            p.check(&req("/?x=1&api%5Fkey=beta%2Bkey%2F%3D", &[])),
+            Ok(1)
+        );
+        assert_eq!(p.check(&req("/", &[])), Err(KeyFailure::Missing));
+        assert_eq!(p.check(&req("/?api_key=", &[])), Err(KeyFailure::Missing));
+        assert_eq!(
+            p.check(&req("/", &[("x-api-key", "nope")])),
+            Err(KeyFailure::Invalid)
+        );
+        // The header wins over the query.
+        assert_eq!(
+            p.check(&req("/?api_key=alpha-key", &[("x-api-key", "nope")])),
+            Err(KeyFailure::Invalid)
+        );
+        // Two copies are ambiguous.
+        assert_eq!(
+            p.check(&req(
+                "/",
+                &[("x-api-key", "alpha-key"), ("x-api-key", "alpha-key")]
+            )),
+            Err(KeyFailure::Invalid)
+        );
+        assert_eq!(
+            p.check(&req("/?api_key=alpha-key&api_key=alpha-key", &[])),
+            Err(KeyFailure::Invalid)
+        );
+    }
+
+    #[test]
+    fn strips_only_the_key_param() {
+        let mut r = req("/a/b?x=1&api_key=secret&y=2", &[]);
+        strip_query_param(&mut r, "api_key").unwrap();
+        assert_eq!(r.uri.to_string(), "/a/b?x=1&y=2");
+        let mut r = req("/a?api%5fkey=secret", &[]);
+        strip_query_param(&mut r, "api_key").unwrap();
+        assert_eq!(r.uri.to_string(), "/a");
+        let mut r = req("/a?apikey=1", &[]);
+        strip_query_param(&mut r, "api_key").unwrap();
+        assert_eq!(r.uri.to_string(), "/a?apikey=1");
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form_decode("a+b%20c%zz%4").as_ref(), b"a b c%zz%4");
+        assert!(matches!(form_decode("plain"), Cow::Borrowed(_)));
+    }
+}

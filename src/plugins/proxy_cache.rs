@@ -1,0 +1,614 @@
+//! `proxy-cache`: Pingora's HTTP cache in front of a route, backed by the bounded LRU store
+//! of [`crate::cache`].
+//!
+//! Pingora runs its cache phases between `request_filter` and `upstream_peer`, so every
+//! request plugin (auth, ACL, rate limits) has already passed when a cached answer is
+//! served. The gateway's cache hooks delegate here:
+//!
+//! | Pingora hook             | here                         |
+//! |--------------------------|------------------------------|
+//! | `request_cache_filter`   | [`request_cache_filter`]: enable, or `BYPASS` (method, `Authorization`) |
+//! | `cache_key_callback`     | [`cache_key`] ([`crate::cache::key`]) |
+//! | `cache_miss`             | [`cache_miss`]               |
+//! | `cache_hit_filter`       | [`hit_filter`]               |
+//! | `response_cache_filter`  | [`response_cacheable`]: `Cache-Control`, `Set-Cookie`, `Vary: *`, `status`, `ttl` |
+//! | `cache_vary_filter`      | [`variance`]: the upstream's `Vary` |
+//! | `should_serve_stale`     | [`should_serve_stale`]       |
+//! | `response_filter`        | [`settle_status`], then the plugin's `response` hook adds `X-Cache-Status` |
+//!
+//! Stores outlive reloads (see [`crate::cache`]); [`install`] applies a new config to them.
+
+use crate::cache::{self, key, EntryTag, StoreId};
+use crate::config::compile::Compiler;
+use crate::config::units::{ByteSize, Dur};
+use crate::ctx::RequestCtx;
+use crate::plugins::Plugin;
+use crate::runtime::Runtime;
+use http::header::{AUTHORIZATION, SET_COOKIE, VARY};
+use http::{HeaderName, Method};
+use once_cell::sync::OnceCell;
+use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{
+    filters, CacheKey, CacheMeta, CacheMetaDefaults, CacheOptionOverrides, CachePhase,
+    NoCacheReason, RespCacheable, VarianceBuilder,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use pingora::ErrorSource;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub const X_CACHE_STATUS: &str = "x-cache-status";
+pub const HIT: &str = "HIT";
+pub const MISS: &str = "MISS";
+pub const STALE: &str = "STALE";
+pub const EXPIRED: &str = "EXPIRED";
+pub const BYPASS: &str = "BYPASS";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    ttl: Dur,
+    methods: Vec<String>,
+    status: Vec<u16>,
+    stale_while_revalidate: Dur,
+    stale_if_error: Dur,
+    vary_headers: Vec<String>,
+    max_body_bytes: ByteSize,
+    memory: ByteSize,
+    lock_timeout: Dur,
+    cache_authorized: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Dur::secs(300),
+            methods: vec!["GET".into(), "HEAD".into()],
+            status: vec![200, 301, 404],
+            stale_while_revalidate: Dur::secs(0),
+            stale_if_error: Dur::secs(0),
+            vary_headers: Vec::new(),
+            max_body_bytes: ByteSize(1024 * 1024),
+            memory: ByteSize(256 * 1024 * 1024),
+            lock_timeout: Dur::secs(10),
+            cache_authorized: false,
+        }
+    }
+}
+
+/// Per-request cache state (in [`RequestCtx`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CacheState {
+    /// Pingora's cache was enabled for this request.
+    pub enabled: bool,
+    /// The background refresh of stale-while-revalidate (a Pingora subrequest): no header,
+    /// not counted.
+    pub background: bool,
+    /// `cache_requests_total` was incremented.
+    pub counted: bool,
+}
+
+pub struct ProxyCache {
+    /// The global `plugins:` entry (one store shared by its routes).
+    global: bool,
+    ttl: Duration,
+    get: bool,
+    head: bool,
+    status: Vec<u16>,
+    swr: u32,
+    sie: u32,
+    vary: Vec<HeaderName>,
+    max_body: usize,
+    memory: usize,
+    lock: Option<&'static CacheKeyLockImpl>,
+    lock_timeout: Duration,
+    cache_authorized: bool,
+    store: OnceCell<&'static cache::Store>,
+}
+
+impl std::fmt::Debug for ProxyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyCache")
+            .field("global", &self.global)
+            .field("ttl", &self.ttl)
+            .field("get", &self.get)
+            .field("head", &self.head)
+            .field("status", &self.status)
+            .field("stale_while_revalidate", &self.swr)
+            .field("stale_if_error", &self.sie)
+            .field("vary_headers", &self.vary)
+            .field("max_body_bytes", &self.max_body)
+            .field("memory", &self.memory)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("cache_authorized", &self.cache_authorized)
+            .finish()
+    }
+}
+
+/// Whole seconds, rounded up (Pingora keeps stale windows in seconds).
+fn secs_ceil(d: Duration) -> u32 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
+
+impl ProxyCache {
+    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+        let cfg: Config = c.plugin_config(path, config)?;
+        let mut ok = true;
+        let (mut get, mut head) = (false, false);
+        for (i, m) in cfg.methods.iter().enumerate() {
+            match m.to_ascii_uppercase().as_str() {
+                "GET" => get = true,
+                "HEAD" => head = true,
+                _ => {
+                    c.error(
+                        &format!("{path}.config.methods[{i}]"),
+                        format!("only GET and HEAD responses can be cached, not {m:?}"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        for (i, s) in cfg.status.iter().enumerate() {
+            if !(200..=599).contains(s) || matches!(s, 206 | 304) {
+                c.error(
+                    &format!("{path}.config.status[{i}]"),
+                    format!("status {s} cannot be cached (200-599 except 206 and 304)"),
+                );
+                ok = false;
+            }
+        }
+        let mut vary = Vec::new();
+        for (i, h) in cfg.vary_headers.iter().enumerate() {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => vary.push(n),
+                Err(_) => {
+                    c.error(
+                        &format!("{path}.config.vary_headers[{i}]"),
+                        format!("invalid header name {h:?}"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        vary.dedup();
+        if cfg.memory.0 == 0 {
+            c.error(&format!("{path}.config.memory"), "must be greater than 0");
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        let lock_timeout = cfg.lock_timeout.0;
+        Some(ProxyCache {
+            global: !path.starts_with("routes["),
+            ttl: cfg.ttl.0,
+            get,
+            head,
+            status: cfg.status,
+            swr: secs_ceil(cfg.stale_while_revalidate.0),
+            sie: secs_ceil(cfg.stale_if_error.0),
+            vary,
+            max_body: usize::try_from(cfg.max_body_bytes.0).unwrap_or(usize::MAX),
+            memory: usize::try_from(cfg.memory.0).unwrap_or(usize::MAX),
+            lock: (!lock_timeout.is_zero()).then(|| cache::lock(lock_timeout)),
+            lock_timeout,
+            cache_authorized: cfg.cache_authorized,
+            store: OnceCell::new(),
+        })
+    }
+
+    fn store_id(&self, route: &str) -> StoreId {
+        if self.global {
+            StoreId::Global
+        } else {
+            StoreId::Route(route.to_string())
+        }
+    }
+
+    /// This entry's store (bound by [`install`], or on first use).
+    fn store_for(&self, route: &str) -> &'static cache::Store {
+        self.store
+            .get_or_init(|| cache::store(&self.store_id(route), self.memory))
+    }
+
+    fn method_cached(&self, m: &Method) -> bool {
+        (*m == Method::GET && self.get) || (*m == Method::HEAD && self.head)
+    }
+
+    /// `response_filter` (and gateway-made answers): `X-Cache-Status` and
+    /// `cache_requests_total{route,status}`.
+    pub fn response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(status) = ctx.cache_status else {
+            return Ok(());
+        };
+        if ctx.cache.background {
+            return Ok(());
+        }
+        resp.insert_header(X_CACHE_STATUS, status)?;
+        if !ctx.cache.counted {
+            ctx.cache.counted = true;
+            if let Some(r) = ctx.route() {
+                crate::observe::metrics::cache_request(&r.name, status);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides whether and for how long a response is stored.
+    fn cacheable(&self, req: &RequestHeader, resp: &ResponseHeader, route: &str) -> RespCacheable {
+        use RespCacheable::Uncacheable;
+        if !self.status.contains(&resp.status.as_u16()) {
+            return Uncacheable(NoCacheReason::Custom("status not cached"));
+        }
+        if resp.headers.contains_key(SET_COOKIE) {
+            return Uncacheable(NoCacheReason::Custom("set-cookie"));
+        }
+        if vary_names(resp).any(|n| n == "*") {
+            return Uncacheable(NoCacheReason::Custom("vary *"));
+        }
+        let cc = CacheControl::from_resp_headers(resp);
+        if cc
+            .as_ref()
+            .is_some_and(|cc| cc.no_store() || cc.private() || cc.no_cache())
+        {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        let now = SystemTime::now();
+        // s-maxage, then max-age, then Expires, then the configured ttl.
+        let fresh_until = cc
+            .as_ref()
+            .and_then(|cc| cc.fresh_duration())
+            .and_then(|d| now.checked_add(d))
+            .or_else(|| filters::calculate_expires_header_time(resp))
+            .or_else(|| {
+                (!self.ttl.is_zero())
+                    .then(|| now.checked_add(self.ttl))
+                    .flatten()
+            });
+        let Some(fresh_until) = fresh_until.filter(|t| *t > now) else {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        };
+        // Upstream stale-while-revalidate / stale-if-error win over the configured defaults;
+        // must-revalidate, proxy-revalidate and s-maxage forbid serving stale.
+        let defaults = CacheMetaDefaults::new(|_| None, self.swr, self.sie);
+        let (swr, sie) = filters::calculate_serve_stale_durations(cc.as_ref(), &defaults);
+        let mut header = resp.clone();
+        if let Some(cc) = &cc {
+            cc.strip_private_headers(&mut header);
+        }
+        let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
+        meta.extensions_mut().insert(EntryTag {
+            route: Arc::from(route),
+            path: req.uri.path().into(),
+            query: key::normalize_query(req.uri.query().unwrap_or("")).into(),
+        });
+        RespCacheable::Cacheable(meta)
+    }
+}
+
+fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = &str> {
+    resp.headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
+/// The proxy-cache entry of the request's route, if any.
+fn plugin(ctx: &RequestCtx) -> Option<&ProxyCache> {
+    ctx.route()?
+        .plugins
+        .plugins
+        .iter()
+        .find_map(|p| match &**p {
+            Plugin::ProxyCache(c) => Some(c),
+            _ => None,
+        })
+}
+
+/// `request_cache_filter`: enables Pingora's cache for a cacheable request of a cached route;
+/// a request with a method not cached, or with `Authorization` (unless `cache_authorized`),
+/// bypasses it entirely: not served from the cache, not stored.
+pub fn request_cache_filter(session: &mut Session, ctx: &mut RequestCtx) {
+    let Some(route) = ctx.route() else {
+        return;
+    };
+    let Some(pc) = plugin(ctx) else {
+        return;
+    };
+    let req = session.req_header();
+    if !pc.method_cached(&req.method)
+        || (!pc.cache_authorized && req.headers.contains_key(AUTHORIZATION))
+    {
+        ctx.cache_status = Some(BYPASS);
+        return;
+    }
+    let store = pc.store_for(&route.name);
+    let mut overrides = CacheOptionOverrides::default();
+    overrides.wait_timeout = pc.lock.map(|_| pc.lock_timeout);
+    let max_body = pc.max_body;
+    session
+        .cache
+        .enable(store, None, None, pc.lock, Some(overrides));
+    session.cache.set_max_file_size_bytes(max_body);
+    ctx.cache.enabled = true;
+    ctx.cache_status = Some(MISS);
+}
+
+/// `cache_key_callback`.
+pub fn cache_key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
+    let (Some(route), Some(pc)) = (ctx.route(), plugin(ctx)) else {
+        return Error::e_explain(ErrorType::InternalError, "cache key without proxy-cache");
+    };
+    let req = session.req_header();
+    let parts = key::KeyParts {
+        route: &route.name,
+        host: key::request_host(&req.uri, &req.headers),
+        path: req.uri.path(),
+        query: req.uri.query(),
+    };
+    let hash = key::primary_hash(&parts, &req.headers, &pc.vary);
+    let mut k = CacheKey::new(Vec::new(), String::new());
+    k.set_primary_bin_override(hash);
+    Ok(k)
+}
+
+/// `cache_miss`: the object was not found (or not usable); this request fetches it.
+pub fn cache_miss(session: &mut Session, ctx: &mut RequestCtx) {
+    session.cache.cache_miss();
+    ctx.cache_status = Some(MISS);
+}
+
+/// `cache_hit_filter`: remembers whether the object found was fresh.
+pub fn hit_filter(is_fresh: bool, ctx: &mut RequestCtx) {
+    ctx.cache_status = Some(if is_fresh { HIT } else { EXPIRED });
+}
+
+/// `response_cache_filter`.
+pub fn response_cacheable(
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &RequestCtx,
+) -> Result<RespCacheable> {
+    match (ctx.route(), plugin(ctx)) {
+        (Some(route), Some(pc)) => Ok(pc.cacheable(session.req_header(), resp, &route.name)),
+        _ => Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+            "no proxy-cache",
+        ))),
+    }
+}
+
+/// `cache_vary_filter`: the variance of a stored response for this request, from the
+/// response's `Vary` header names and the request's values of them.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut names: Vec<String> = vary_names(meta.response_header())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    names.dedup();
+    let mut vb = VarianceBuilder::new();
+    for name in names {
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        vb.add_owned_name_value(name, value);
+    }
+    vb.finalize()
+}
+
+/// `should_serve_stale`: during stale-while-revalidate (`error` is `None`) always within the
+/// object's window (Pingora checks the window first); on an error, for any failure that is
+/// not the client's (upstream down, timeout, 5xx, no healthy target).
+pub fn should_serve_stale(error: Option<&Error>) -> bool {
+    match error {
+        None => true,
+        Some(e) => e.esource() != &ErrorSource::Downstream,
+    }
+}
+
+/// `response_filter`: the final `X-Cache-Status` from Pingora's cache phase.
+pub fn settle_status(session: &mut Session, ctx: &mut RequestCtx) {
+    if !ctx.cache.enabled {
+        return;
+    }
+    if session.subrequest_ctx.is_some() {
+        ctx.cache.background = true;
+    }
+    let status = match session.cache.phase() {
+        CachePhase::Hit => HIT,
+        CachePhase::StaleUpdating => STALE,
+        CachePhase::Stale => {
+            // Served because the upstream failed: Pingora does not reuse the client
+            // connection after a failed attempt, so say so instead of closing silently.
+            session.set_keepalive(None);
+            STALE
+        }
+        CachePhase::Miss => MISS,
+        CachePhase::Expired | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+            EXPIRED
+        }
+        CachePhase::Bypass => BYPASS,
+        // Disabled on the way (uncacheable response, lock timeout, too large): what the
+        // lookup found.
+        _ => ctx.cache_status.unwrap_or(MISS),
+    };
+    ctx.cache_status = Some(status);
+}
+
+/// Applies a newly installed config to the stores: capacities, which routes use which store
+/// (objects of routes that left a store are dropped). Called at startup and after every
+/// successful reload.
+pub fn install(rt: &Runtime) {
+    let mut wanted: HashMap<StoreId, cache::Wanted> = HashMap::new();
+    let mut entries = Vec::new();
+    for r in &rt.routes {
+        for p in &r.plugins.plugins {
+            if let Plugin::ProxyCache(pc) = &**p {
+                let id = pc.store_id(&r.name);
+                let w = wanted.entry(id).or_default();
+                w.capacity = pc.memory;
+                w.routes.push(r.name.clone());
+                entries.push((pc, r.name.as_str()));
+            }
+        }
+    }
+    cache::apply(&wanted);
+    for (pc, route) in entries {
+        pc.store_for(route);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pc() -> ProxyCache {
+        ProxyCache {
+            global: false,
+            ttl: Duration::from_secs(300),
+            get: true,
+            head: true,
+            status: vec![200, 301, 404],
+            swr: 0,
+            sie: 7,
+            vary: Vec::new(),
+            max_body: 1 << 20,
+            memory: 1 << 20,
+            lock: None,
+            lock_timeout: Duration::ZERO,
+            cache_authorized: false,
+            store: OnceCell::new(),
+        }
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn ttl_of(r: &ResponseHeader) -> Option<u64> {
+        let req = RequestHeader::build("GET", b"/a?b=2&a=1", None).unwrap();
+        match pc().cacheable(&req, r, "route") {
+            RespCacheable::Cacheable(m) => {
+                let tag = m.extensions().get::<EntryTag>().unwrap();
+                assert_eq!(&*tag.route, "route");
+                assert_eq!(&*tag.path, "/a");
+                assert_eq!(&*tag.query, "a=1&b=2");
+                Some(m.fresh_sec())
+            }
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn cache_control_and_defaults() {
+        assert_eq!(ttl_of(&resp(200, &[])), Some(300), "default ttl");
+        assert_eq!(
+            ttl_of(&resp(200, &[("cache-control", "max-age=60")])),
+            Some(60)
+        );
+        assert_eq!(
+            ttl_of(&resp(200, &[("cache-control", "max-age=60, s-maxage=30")])),
+            Some(30),
+            "s-maxage wins for a shared cache"
+        );
+        for cc in [
+            "no-store",
+            "private",
+            "no-cache",
+            "max-age=0",
+            "private, max-age=60",
+        ] {
+            assert_eq!(ttl_of(&resp(200, &[("cache-control", cc)])), None, "{cc}");
+        }
+        assert_eq!(ttl_of(&resp(200, &[("set-cookie", "a=b")])), None);
+        assert_eq!(ttl_of(&resp(200, &[("vary", "Accept, *")])), None);
+        assert_eq!(ttl_of(&resp(500, &[("cache-control", "max-age=60")])), None);
+        assert_eq!(ttl_of(&resp(404, &[])), Some(300));
+        assert_eq!(
+            ttl_of(&resp(200, &[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")])),
+            None
+        );
+    }
+
+    #[test]
+    fn stale_windows_from_config_and_upstream() {
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let windows = |r: &ResponseHeader| match pc().cacheable(&req, r, "r") {
+            RespCacheable::Cacheable(m) => (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            RespCacheable::Uncacheable(_) => panic!("uncacheable"),
+        };
+        assert_eq!(windows(&resp(200, &[])), (0, 7));
+        assert_eq!(
+            windows(&resp(
+                200,
+                &[("cache-control", "max-age=5, stale-while-revalidate=9")]
+            )),
+            (9, 7)
+        );
+        assert_eq!(
+            windows(&resp(
+                200,
+                &[("cache-control", "max-age=5, must-revalidate")]
+            )),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn vary_variance() {
+        let meta = |vary: &str| {
+            let now = SystemTime::now();
+            CacheMeta::new(now, now, 0, 0, resp(200, &[("vary", vary)]))
+        };
+        let req = |ae: Option<&str>| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            if let Some(v) = ae {
+                r.insert_header("accept-encoding", v).unwrap();
+            }
+            r
+        };
+        let m = meta("Accept-Encoding");
+        assert_ne!(
+            variance(&m, &req(Some("gzip"))),
+            variance(&m, &req(Some("br")))
+        );
+        assert_eq!(
+            variance(&m, &req(Some("gzip"))),
+            variance(&m, &req(Some("gzip")))
+        );
+        assert!(variance(&m, &req(None)).is_some());
+        let now = SystemTime::now();
+        let plain = CacheMeta::new(now, now, 0, 0, resp(200, &[]));
+        assert_eq!(variance(&plain, &req(Some("gzip"))), None);
+    }
+
+    #[test]
+    fn stale_on_upstream_errors_only() {
+        assert!(should_serve_stale(None));
+        let up = Error::new(ErrorType::ConnectRefused).into_up();
+        assert!(should_serve_stale(Some(&up)));
+        let down = Error::new(ErrorType::ReadError).into_down();
+        assert!(!should_serve_stale(Some(&down)));
+    }
+}

@@ -1,0 +1,508 @@
+//! `response-transformer` (response_filter + response_body_filter): edits upstream answers.
+//!
+//! Headers: `remove`, `rename`, `replace` (an extension, Kong's), `add`, in that order, with
+//! the request-transformer's semantics and variables. Never applied to the gateway's own
+//! answers (errors, preflights).
+//!
+//! Body: `remove.json`, `rename.json` (through every object and array, see
+//! [`super::json_rewrite`]) and `envelope`. Pingora writes the response head before any
+//! body filter runs, so the decision is made in `response_filter` from the head alone. The
+//! body is rewritten only when all of these hold:
+//! - a JSON rule or the envelope is configured;
+//! - the request is not `HEAD`, the status is 2xx-5xx and not 204, 206 or 304;
+//! - `Content-Type` is `application/json` or `application/*+json`;
+//! - there is no `Content-Encoding` (other than `identity`): compressed bodies pass as they
+//!   are (counted, reason `compressed`);
+//! - `Content-Length`, when present, is not 0 and not over `max_body_bytes` (counted, reason
+//!   `too_large`).
+//!
+//! Then `Content-Length` is removed and `Transfer-Encoding: chunked` set (Pingora only adds
+//! it itself before `response_filter`; HTTP/2 drops it), `Accept-Ranges` is removed and a
+//! strong `ETag` is made weak. Chunks are collected in [`RequestCtx::resp_body`] and the
+//! new body leaves at end of stream. A chunked body that grows past `max_body_bytes` is
+//! emitted as it came (what was held back, then the rest streamed) and counted
+//! (`too_large`); a body that is not valid JSON leaves as it came (`invalid_json`). Nothing
+//! is ever truncated.
+
+use super::json_rewrite::{self, Envelope, JsonRules};
+use super::request_transformer::{
+    header_names, header_pairs, header_renames, split_entry, HeaderOps,
+};
+use crate::config::compile::Compiler;
+use crate::config::units::ByteSize;
+use crate::ctx::RequestCtx;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+// ---------------------------------------------------------------------------------------------
+// Skips: bodies that could not be rewritten
+// ---------------------------------------------------------------------------------------------
+
+/// Why a JSON body passed through unmodified although rules apply to its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Over `max_body_bytes` (by Content-Length, or while buffering a chunked body).
+    TooLarge,
+    /// `Content-Encoding` set.
+    Compressed,
+    /// Declared JSON but not valid JSON (or nested deeper than the rewriter's limit).
+    InvalidJson,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 3] = [
+        SkipReason::TooLarge,
+        SkipReason::Compressed,
+        SkipReason::InvalidJson,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::TooLarge => "too_large",
+            SkipReason::Compressed => "compressed",
+            SkipReason::InvalidJson => "invalid_json",
+        }
+    }
+}
+
+static SKIPPED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// Counts a body passed through untouched: `response_transform_skipped_total{route,reason}`.
+pub fn record_skip(route: &str, reason: SkipReason) {
+    SKIPPED[reason as usize].fetch_add(1, Ordering::Relaxed);
+    crate::observe::metrics::transform_skipped(route, reason.as_str());
+    tracing::debug!(
+        route,
+        reason = reason.as_str(),
+        "response-transformer: body passed through unmodified"
+    );
+}
+
+/// Process-wide count of skips for `reason` (all routes).
+pub fn skipped(reason: SkipReason) -> u64 {
+    SKIPPED[reason as usize].load(Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-response state (lives in RequestCtx)
+// ---------------------------------------------------------------------------------------------
+
+/// What the body filter does with this response.
+#[derive(Debug, Default)]
+pub enum BodyState {
+    /// Not rewritten: chunks pass as they come.
+    #[default]
+    Stream,
+    /// A `HEAD` request: the answer has no body, its head stays as it is.
+    Head,
+    /// Collecting the body to rewrite it at end of stream.
+    Buffering(Box<Buffer>),
+    /// Gave up buffering (over the cap): the rest passes as it comes.
+    Passthrough,
+}
+
+/// The body held back so far.
+#[derive(Debug)]
+pub struct Buffer {
+    status: u16,
+    /// Bytes to reserve once a second chunk arrives (the declared length when known).
+    hint: usize,
+    chunks: Chunks,
+}
+
+#[derive(Debug, Default)]
+enum Chunks {
+    #[default]
+    Empty,
+    /// One chunk: kept as it is (no copy), the common case for small bodies.
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        match self {
+            Chunks::Empty => 0,
+            Chunks::One(b) => b.len(),
+            Chunks::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, b: Bytes, capacity_hint: usize) {
+        *self = match std::mem::take(self) {
+            Chunks::Empty => Chunks::One(b),
+            Chunks::One(first) => {
+                let mut m = BytesMut::with_capacity(capacity_hint.max(first.len() + b.len()));
+                m.extend_from_slice(&first);
+                m.extend_from_slice(&b);
+                Chunks::Many(m)
+            }
+            Chunks::Many(mut m) => {
+                m.extend_from_slice(&b);
+                Chunks::Many(m)
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Chunks::Empty => Bytes::new(),
+            Chunks::One(b) => b,
+            Chunks::Many(m) => m.freeze(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HeadersOnly {
+    headers: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HeadersAndJson {
+    headers: Vec<String>,
+    json: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct EnvelopeCfg {
+    enabled: bool,
+    version: String,
+}
+
+impl Default for EnvelopeCfg {
+    fn default() -> Self {
+        EnvelopeCfg {
+            enabled: false,
+            version: "v1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    add: HeadersOnly,
+    remove: HeadersAndJson,
+    rename: HeadersAndJson,
+    replace: HeadersOnly,
+    envelope: EnvelopeCfg,
+    max_body_bytes: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            add: HeadersOnly::default(),
+            remove: HeadersAndJson::default(),
+            rename: HeadersAndJson::default(),
+            replace: HeadersOnly::default(),
+            envelope: EnvelopeCfg::default(),
+            max_body_bytes: ByteSize(1024 * 1024),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plugin
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct ResponseTransformer {
+    headers: HeaderOps,
+    json: JsonRules,
+    /// The envelope's `version` as a JSON string literal, when the envelope is on.
+    envelope: Option<Box<[u8]>>,
+    max_body: usize,
+    /// A JSON rule or the envelope is configured.
+    body: bool,
+}
+
+/// `application/json` or `application/<anything>+json`, parameters ignored.
+pub fn is_json(content_type: &[u8]) -> bool {
+    let end = content_type
+        .iter()
+        .position(|&b| b == b';')
+        .unwrap_or(content_type.len());
+    let t = content_type[..end].trim_ascii();
+    const APP: &[u8] = b"application/";
+    if t.len() < APP.len() || !t[..APP.len()].eq_ignore_ascii_case(APP) {
+        return false;
+    }
+    let sub = &t[APP.len()..];
+    sub.eq_ignore_ascii_case(b"json")
+        || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json"))
+}
+
+fn content_length(resp: &ResponseHeader) -> Option<u64> {
+    let v = resp.headers.get(header::CONTENT_LENGTH)?;
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
+}
+
+impl ResponseTransformer {
+    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+        let cfg: Config = c.plugin_config(path, config)?;
+        let p = |op: &str, kind: &str| format!("{path}.config.{op}.{kind}");
+        let headers = HeaderOps {
+            remove: header_names(c, &p("remove", "headers"), &cfg.remove.headers),
+            rename: header_renames(c, &p("rename", "headers"), &cfg.rename.headers),
+            replace: header_pairs(c, &p("replace", "headers"), &cfg.replace.headers),
+            add: header_pairs(c, &p("add", "headers"), &cfg.add.headers),
+        };
+        let mut renames = Vec::new();
+        let mut entry_ok = true;
+        for (i, e) in cfg.rename.json.iter().enumerate() {
+            match split_entry(e).filter(|(_, to)| !to.is_empty()) {
+                Some((from, to)) => renames.push((from.to_string(), to.to_string())),
+                None => {
+                    c.error(
+                        &format!("{}[{i}]", p("rename", "json")),
+                        format!("expected \"from:to\", got {e:?}"),
+                    );
+                    entry_ok = false;
+                }
+            }
+        }
+        let json = match JsonRules::new(&cfg.remove.json, &renames) {
+            Ok(j) => j,
+            Err((list, i, msg)) => {
+                c.error(&format!("{}[{i}]", p(list, "json")), msg);
+                return None;
+            }
+        };
+        if !entry_ok {
+            return None;
+        }
+        let envelope = if cfg.envelope.enabled {
+            let mut v = Vec::new();
+            json_rewrite::push_json_str(&mut v, &cfg.envelope.version);
+            Some(v.into_boxed_slice())
+        } else {
+            None
+        };
+        let max_body = match usize::try_from(cfg.max_body_bytes.0) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                c.error(
+                    &format!("{path}.config.max_body_bytes"),
+                    "must be between 1 byte and the address space",
+                );
+                return None;
+            }
+        };
+        Some(ResponseTransformer {
+            body: !json.is_empty() || envelope.is_some(),
+            headers,
+            json,
+            envelope,
+            max_body,
+        })
+    }
+
+    /// `request_filter`: remember a `HEAD` request (its answer has no body).
+    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) {
+        if self.body && session.req_header().method == http::Method::HEAD {
+            ctx.resp_body = BodyState::Head;
+        }
+    }
+
+    /// `response_filter`: header rules, and the decision to rewrite the body.
+    pub fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        gateway_made: bool,
+    ) -> Result<()> {
+        if gateway_made {
+            return Ok(());
+        }
+        self.headers.apply(resp, ctx)?;
+        if !self.body || matches!(ctx.resp_body, BodyState::Head) {
+            return Ok(());
+        }
+        let status = resp.status.as_u16();
+        if !(200..600).contains(&status) || matches!(status, 204 | 206 | 304) {
+            return Ok(());
+        }
+        let json = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| is_json(v.as_bytes()));
+        if !json {
+            return Ok(());
+        }
+        let route = || ctx.route().map_or("", |r| r.name.as_str());
+        if resp
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+        {
+            record_skip(route(), SkipReason::Compressed);
+            return Ok(());
+        }
+        let declared = content_length(resp);
+        match declared {
+            Some(0) => return Ok(()),
+            Some(n) if n > self.max_body as u64 => {
+                record_skip(route(), SkipReason::TooLarge);
+                return Ok(());
+            }
+            _ => {}
+        }
+        // Headers leave before the body: from here the length is unknown.
+        resp.remove_header(&header::CONTENT_LENGTH);
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        resp.remove_header(&header::ACCEPT_RANGES);
+        if let Some(etag) = resp.headers.get(header::ETAG) {
+            if etag.as_bytes().starts_with(b"\"") {
+                let mut weak = Vec::with_capacity(etag.len() + 2);
+                weak.extend_from_slice(b"W/");
+                weak.extend_from_slice(etag.as_bytes());
+                resp.insert_header(header::ETAG, weak)?;
+            }
+        }
+        let hint = declared
+            .map_or(64 * 1024, |n| n as usize)
+            .min(self.max_body);
+        ctx.resp_body = BodyState::Buffering(Box::new(Buffer {
+            status,
+            hint,
+            chunks: Chunks::Empty,
+        }));
+        Ok(())
+    }
+
+    /// `response_body_filter`: collect, then emit the rewritten body at end of stream.
+    pub fn response_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let BodyState::Buffering(buf) = &mut ctx.resp_body else {
+            return Ok(());
+        };
+        if let Some(b) = body.take() {
+            let held = buf.chunks.len();
+            if held + b.len() > self.max_body {
+                // Give up: what was held back goes out now, as it came, then the rest.
+                let out = match std::mem::take(&mut buf.chunks) {
+                    Chunks::Empty => b,
+                    held_back => {
+                        let mut m = BytesMut::with_capacity(held + b.len());
+                        m.extend_from_slice(&held_back.into_bytes());
+                        m.extend_from_slice(&b);
+                        m.freeze()
+                    }
+                };
+                *body = Some(out);
+                ctx.resp_body = BodyState::Passthrough;
+                let route = ctx.route().map_or("", |r| r.name.as_str());
+                record_skip(route, SkipReason::TooLarge);
+                return Ok(());
+            }
+            buf.chunks.push(b, buf.hint);
+        }
+        if !end_of_stream {
+            return Ok(());
+        }
+        let BodyState::Buffering(buf) = std::mem::take(&mut ctx.resp_body) else {
+            return Ok(());
+        };
+        let input = buf.chunks.into_bytes();
+        let out = self.rewrite(input, buf.status, ctx);
+        // An empty chunk would end a chunked body early: send none instead.
+        *body = if out.is_empty() { None } else { Some(out) };
+        Ok(())
+    }
+
+    /// The new body for `input` (or `input` itself when it is not JSON or nothing changes).
+    pub fn rewrite(&self, input: Bytes, status: u16, ctx: &RequestCtx) -> Bytes {
+        if input.is_empty() {
+            return input;
+        }
+        let extra = if self.envelope.is_some() { 160 } else { 0 };
+        let mut out = Vec::with_capacity(input.len() + extra);
+        let result = match &self.envelope {
+            Some(version_json) => {
+                let ts = json_rewrite::rfc3339_millis(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default(),
+                );
+                let env = Envelope {
+                    success: status < 400,
+                    request_id: &ctx.request_id,
+                    timestamp: &ts,
+                    version_json,
+                };
+                env.open(&mut out);
+                let r = self.json.rewrite(&input, &mut out);
+                env.close(&mut out);
+                r.map(|_| true)
+            }
+            None => self.json.rewrite(&input, &mut out),
+        };
+        match result {
+            Ok(true) => Bytes::from(out),
+            Ok(false) => input,
+            Err(_) => {
+                let route = ctx.route().map_or("", |r| r.name.as_str());
+                record_skip(route, SkipReason::InvalidJson);
+                input
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            &b"application/json"[..],
+            b"application/json; charset=utf-8",
+            b"Application/JSON",
+            b"application/problem+json",
+            b"application/vnd.api+json;v=1",
+        ] {
+            assert!(is_json(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for no in [
+            &b"text/plain"[..],
+            b"text/json",
+            b"application/jsonp",
+            b"application/+json",
+            b"application/x-ndjson",
+            b"",
+        ] {
+            assert!(!is_json(no), "{}", String::from_utf8_lossy(no));
+        }
+    }
+
+    #[test]
+    fn chunks_join_without_copy_for_one() {
+        let mut c = Chunks::default();
+        let one = Bytes::from_static(b"{\"a\":");
+        c.push(one.clone(), 16);
+        assert!(matches!(&c, Chunks::One(b) if b.as_ptr() == one.as_ptr()));
+        c.push(Bytes::from_static(b"1}"), 16);
+        assert_eq!(c.len(), 7);
+        assert_eq!(&c.into_bytes()[..], b"{\"a\":1}");
+    }
+}
