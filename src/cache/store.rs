@@ -120,7 +120,8 @@ impl StoredMeta {
                 header,
                 ..
             } => {
-                let mut m = CacheMeta::new(*fresh_until, *created, *swr, *sie, header.as_ref().clone());
+                let mut m =
+                    CacheMeta::new(*fresh_until, *created, *swr, *sie, header.as_ref().clone());
                 if let Some(e) = epoch {
                     m.set_epoch_override(*e);
                 }
