@@ -43,7 +43,15 @@ async fn sighup_and_post_reload_change_routes_and_upstreams() {
     );
     assert_eq!(served_by(&gw, "/x").await, (200, "b".into()));
     assert_eq!(served_by(&gw, "/y").await, (200, "a".into()));
-    let log = gw.stderr();
+    // The log line is written right after the swap that /status already shows: wait for it.
+    let mut log = gw.stderr();
+    for _ in 0..50 {
+        if log.contains("SIGHUP: config reloaded") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        log = gw.stderr();
+    }
     let line = log
         .lines()
         .find(|l| l.contains("SIGHUP: config reloaded"))
@@ -199,7 +207,15 @@ async fn invalid_file_is_rejected_and_old_config_keeps_serving() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(counted, "rejected reloads not counted\n{}", gw.stderr());
-    assert!(gw.stderr().contains("config rejected"), "{}", gw.stderr());
+    let mut log = gw.stderr();
+    for _ in 0..50 {
+        if log.contains("config rejected") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = gw.stderr();
+    }
+    assert!(log.contains("config rejected"), "{log}");
     assert_eq!(served_by(&gw, "/x").await, (200, "a".into()));
     assert!(gw.exited().is_none());
 
