@@ -170,7 +170,12 @@ async fn payload_too_large_chunked() {
     let (raw, _) = raw_request(gw.port, small.as_bytes(), Duration::from_secs(5));
     let r = parse_response(&raw).expect("response");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(a.last_request().unwrap().body, b"0123456789abcdef");
+    // The cut-off request above may be recorded by the backend after this one (its body
+    // ended with the aborted connection), so look for the small body among all requests.
+    assert!(
+        a.requests().iter().any(|q| q.body == b"0123456789abcdef"),
+        "small chunked body did not reach the upstream intact"
+    );
 }
 
 #[tokio::test]
