@@ -106,7 +106,7 @@ fn store_paths(c: &mut Criterion) {
     let keys: Vec<CacheKey> = (0..N).map(key).collect();
     let mut i = 0usize;
     c.bench_function(
-        "store hit: lookup + LRU touch + meta deserialize (10k objects)",
+        "store hit: lookup + LRU touch + meta rebuild (10k objects)",
         |b| {
             b.iter(|| {
                 i = (i + 7919) % keys.len();

@@ -124,11 +124,8 @@ async fn valid_tokens_of_every_family_are_accepted() {
                 Some("admin,reader"),
                 "{name}"
             );
-            // The token goes upstream (jwt keeps credentials unless hide_credentials).
-            assert_eq!(
-                up.header("authorization").map(str::to_string),
-                Some(format!("Bearer {token}"))
-            );
+            // hide_credentials defaults to true: the token never reaches the upstream.
+            assert_eq!(up.header("authorization"), None, "{name}: token forwarded");
         }
     }
     assert_eq!(a.hits(), tokens.len() * 2);
@@ -451,7 +448,7 @@ async fn custom_header_hide_credentials_and_size_cap() {
         "j",
         &["/j"],
         "u",
-        "plugins:\n  - name: jwt\n    config: { header_names: [X-Token], hide_credentials: true, max_token_bytes: 300, claims_to_verify: [] }",
+        "plugins:\n  - name: jwt\n    config: { header_names: [X-Token], max_token_bytes: 300, claims_to_verify: [] }",
     );
     let gw = cfg
         .top(&format!(
@@ -655,4 +652,37 @@ fn demo_sample_token_matches_the_demo_config() {
         assert_eq!(acl.decide(&ctx), want, "{name}");
         assert_eq!(rt.consumers[ctx.consumer.unwrap()].username, "demo-app");
     }
+}
+
+#[tokio::test]
+async fn hide_credentials_false_forwards_the_token() {
+    let a = Backend::start("a");
+    let gw = Cfg::new()
+        .upstream("u", &[target(&a)], "")
+        .route(
+            "j",
+            &["/j"],
+            "u",
+            "plugins:\n  - name: jwt\n    config: { hide_credentials: false, claims_to_verify: [] }",
+        )
+        .top(&format!(
+            "consumers:\n  - username: erin\n    jwt_secrets: [{{ key: e, secret: \"{HS_SECRET}\" }}]\n"
+        ))
+        .start();
+    let t = sign_hs(Algorithm::HS256, HS_SECRET.as_bytes(), &json!({"iss": "e"}));
+    let (s, _) = gw
+        .send(
+            gw.client
+                .get(gw.url("/j"))
+                .header("Authorization", format!("Bearer {t}")),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        a.last_request()
+            .unwrap()
+            .header("authorization")
+            .map(str::to_string),
+        Some(format!("Bearer {t}"))
+    );
 }

@@ -215,7 +215,8 @@ impl RedisBackend {
         limits: &Limits,
     ) -> Result<Decision, BackendError> {
         let mut inv = WINDOWS_SCRIPT.prepare_invoke();
-        inv.key(full_key(prefix, key)).arg(limits.windows.len());
+        inv.key(full_key(prefix, b'w', key))
+            .arg(limits.windows.len());
         for w in &limits.windows {
             inv.arg(w.window_ms).arg(w.limit);
         }
@@ -255,7 +256,7 @@ impl RedisBackend {
         tb: &TokenBucket,
     ) -> Result<Decision, BackendError> {
         let mut inv = TOKEN_SCRIPT.prepare_invoke();
-        inv.key(full_key(prefix, key))
+        inv.key(full_key(prefix, b't', key))
             .arg(tb.interval_us)
             .arg(tb.burst);
         let v = self.call(&inv).await?;
@@ -268,9 +269,12 @@ impl RedisBackend {
     }
 }
 
-fn full_key(prefix: &str, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + key.len());
+/// `<prefix><algorithm>:<key>`: window counters and token-bucket times never share a name.
+fn full_key(prefix: &str, algorithm: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 2 + key.len());
     k.extend_from_slice(prefix.as_bytes());
+    k.push(algorithm);
+    k.push(b':');
     k.extend_from_slice(key);
     k
 }

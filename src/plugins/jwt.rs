@@ -102,7 +102,7 @@ impl Default for Config {
             leeway: Dur::secs(0),
             max_token_bytes: ByteSize(8 * 1024),
             roles_claim: "roles".into(),
-            hide_credentials: false,
+            hide_credentials: true,
             cache_entries: 10_000,
         }
     }
@@ -164,7 +164,7 @@ impl VerifyKey {
         };
         if secret.len() < min {
             return Err(format!(
-                "a {alg_name} secret must be at least {min} bytes (RFC 7518 3.2), this one has {}",
+                "{alg_name} secrets must be at least {min} bytes (RFC 7518 3.2), this one has {}",
                 secret.len()
             ));
         }

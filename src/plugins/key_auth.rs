@@ -191,6 +191,10 @@ impl KeyAuth {
             }
         }
         let query_param = cfg.query_param.filter(|q| !q.is_empty());
+        if let Some(q) = &query_param {
+            // Whatever its name, the key's query parameter never reaches the access log.
+            crate::observe::access_log::register_secret_param(q);
+        }
         if cfg.key_names.is_empty() && query_param.is_none() {
             c.error(
                 &format!("{path}.config"),

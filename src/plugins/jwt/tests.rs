@@ -508,7 +508,7 @@ fn bad_keys_are_config_errors_reported_once() {
     );
     assert!(lines[1].contains("not a PEM P-256 public key"), "{e}");
     assert!(
-        lines[2].contains("jwt_secrets[2].secret: a HS256 secret must be at least 32 bytes"),
+        lines[2].contains("jwt_secrets[2].secret: HS256 secrets must be at least 32 bytes"),
         "{e}"
     );
     assert!(!e.contains("short"), "secrets never in errors: {e}");
