@@ -37,6 +37,8 @@ fn key_build(c: &mut Criterion) {
         host: "api.example.com",
         path: "/api/v1/products/KB-001",
         query,
+        consumer: None,
+        roles: None,
     };
     let none = parts(None);
     let sorted = parts(Some("category=keyboards&page=2&sort=price"));
@@ -59,6 +61,8 @@ fn key(n: u64) -> CacheKey {
         host: "api.example.com",
         path: &format!("/api/v1/products/{n}"),
         query: None,
+        consumer: None,
+        roles: None,
     };
     k.set_primary_bin_override(primary_hash(&parts, &HeaderMap::new(), &[]));
     k

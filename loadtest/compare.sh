@@ -44,6 +44,8 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$WORK/cache" "$WORK/tmp"
+# nginx workers run as an unprivileged user: let them write their cache and temp files.
+chmod 755 "$WORK"; chmod 777 "$WORK/cache" "$WORK/tmp"
 cat > "$WORK/origin.conf" <<NGX
 worker_processes 1;
 pid $WORK/origin.pid;
@@ -87,6 +89,12 @@ http {
     location /api/v1/orders {
       if (\$consumer = "") { return 401 '{"error":"invalid_api_key"}'; }
       limit_req zone=perkey burst=1000000 nodelay;
+      # proxy_set_header at this level replaces the server-level list: repeat it, or the
+      # upstream keep-alive (Connection "") is lost.
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
       proxy_set_header X-Consumer-Username \$consumer;
       proxy_set_header X-Request-ID \$request_id;
       proxy_set_header X-API-Key "";

@@ -66,6 +66,7 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub max_requests_per_connection: u32,
+    pub work_stealing: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub grace_period: u64,
     pub pid_file: PathBuf,
@@ -146,6 +147,7 @@ impl Runtime {
             || self.server.tls != other.server.tls
             || self.admin.listen != other.admin.listen
             || self.server.threads != other.server.threads
+            || self.server.work_stealing != other.server.work_stealing
     }
 
     fn target_keys(&self) -> Vec<(String, String)> {

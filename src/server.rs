@@ -35,6 +35,7 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
         .sum();
     ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
         pid_file: s.pid_file.to_string_lossy().into_owned(),
         upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
         grace_period_seconds: Some(s.grace_period),

@@ -584,3 +584,50 @@ async fn global_entry_and_invalid_config() {
     let (code, err) = Gateway::validate(&conf("ttl: 10m, memory: 64mb, stale_if_error: 1h"));
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test]
+async fn authenticated_routes_cache_per_consumer_after_auth() {
+    let b = Backend::start("b");
+    let gw = Cfg::new()
+        .upstream("u", &[target(&b)], "retries: 0")
+        .route(
+            "k",
+            &["/k"],
+            "u",
+            "plugins:\n  - name: key-auth\n  - name: proxy-cache",
+        )
+        .top(
+            "consumers:\n  - username: alice\n    keyauth_credentials: [{ key: alice-key-0001 }]\n  - username: bob\n    keyauth_credentials: [{ key: bob-key-0002 }]\n",
+        )
+        .start();
+    let alice = [("x-api-key", "alice-key-0001")];
+    let bob = [("x-api-key", "bob-key-0002")];
+    let g = get_h(&gw, "/k/me", &alice).await;
+    assert_eq!((g.status, g.cache.as_str()), (200, "MISS"));
+    assert!(
+        g.body.contains("\"x-consumer-username\":\"alice\""),
+        "{}",
+        g.body
+    );
+    assert_eq!(get_h(&gw, "/k/me", &alice).await.cache, "HIT");
+    // Another consumer never gets alice's object.
+    let g = get_h(&gw, "/k/me", &bob).await;
+    assert_eq!(g.cache, "MISS");
+    assert!(
+        g.body.contains("\"x-consumer-username\":\"bob\""),
+        "{}",
+        g.body
+    );
+    let g = get_h(&gw, "/k/me", &bob).await;
+    assert_eq!(g.cache, "HIT");
+    assert!(
+        g.body.contains("\"x-consumer-username\":\"bob\""),
+        "{}",
+        g.body
+    );
+    // Auth runs before the cache: no key, no cached answer.
+    let g = get(&gw, "/k/me").await;
+    assert_eq!(g.status, 401);
+    assert_eq!(g.cache, "", "refused before the cache phase");
+    assert_eq!(b.hits(), 2);
+}

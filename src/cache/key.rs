@@ -10,7 +10,10 @@
 //! 4. the path (after the gateway's percent-encoding normalization),
 //! 5. the query with its parameters in normalized order (see [`normalize_query`]),
 //! 6. the value of every configured `vary_headers` entry (an absent header differs from an
-//!    empty one).
+//!    empty one),
+//! 7. the consumer an auth plugin identified and the JWT roles, when there are any: the
+//!    upstream receives them (`X-Consumer-Username`, `X-Authenticated-Roles`) and may answer
+//!    each consumer differently, so one consumer's object never reaches another.
 //!
 //! The upstream's own `Vary` is handled by Pingora's variance slots on top of this key
 //! (`cache_vary_filter`), not here. A crypto hash keeps crafted requests from colliding with
@@ -30,6 +33,10 @@ pub struct KeyParts<'a> {
     pub host: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// Username of the consumer an auth plugin identified.
+    pub consumer: Option<&'a str>,
+    /// `X-Authenticated-Roles` sent upstream (jwt).
+    pub roles: Option<&'a [u8]>,
 }
 
 /// Host of a request: the authority of an absolute-form target, else the `Host` header.
@@ -64,6 +71,12 @@ pub fn primary_hash(parts: &KeyParts, headers: &HeaderMap, vary: &[HeaderName]) 
     }
     let qlen = (buf.len() - start - 4) as u32;
     buf[start..start + 4].copy_from_slice(&qlen.to_le_bytes());
+    for part in [parts.consumer.map(str::as_bytes), parts.roles] {
+        match part {
+            Some(p) => frame(&mut buf, p),
+            None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
+        }
+    }
     for name in vary {
         frame(&mut buf, name.as_str().as_bytes());
         let mut values = headers.get_all(name).iter();
@@ -138,6 +151,8 @@ mod tests {
                 host,
                 path,
                 query,
+                consumer: None,
+                roles: None,
             },
             &HeaderMap::new(),
             &[],
@@ -177,12 +192,40 @@ mod tests {
     }
 
     #[test]
+    fn consumers_and_roles_split_objects() {
+        let k = |consumer, roles| {
+            primary_hash(
+                &KeyParts {
+                    route: "r",
+                    host: "h",
+                    path: "/p",
+                    query: None,
+                    consumer,
+                    roles,
+                },
+                &HeaderMap::new(),
+                &[],
+            )
+        };
+        assert_ne!(k(Some("alice"), None), k(Some("bob"), None));
+        assert_ne!(k(Some("alice"), None), k(None, None));
+        assert_ne!(k(Some(""), None), k(None, None));
+        assert_ne!(
+            k(Some("alice"), Some(b"reader")),
+            k(Some("alice"), Some(b"admin"))
+        );
+        assert_eq!(k(Some("alice"), Some(b"r")), k(Some("alice"), Some(b"r")));
+    }
+
+    #[test]
     fn vary_headers_split_objects() {
         let parts = KeyParts {
             route: "r",
             host: "h",
             path: "/p",
             query: None,
+            consumer: None,
+            roles: None,
         };
         let vary = [HeaderName::from_static("x-tenant")];
         let mut a = HeaderMap::new();

@@ -265,6 +265,7 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         keepalive_timeout: s.keepalive_timeout.0,
         max_connections: s.max_connections,
         max_requests_per_connection: s.max_requests_per_connection,
+        work_stealing: s.work_stealing,
         trusted_proxies: trusted,
         grace_period: s.grace_period,
         pid_file: c.file(&pid_file),

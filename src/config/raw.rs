@@ -35,6 +35,9 @@ pub struct RawServer {
     pub max_connections: usize,
     /// Requests served on one keep-alive connection before it is closed (0: no cap).
     pub max_requests_per_connection: u32,
+    /// Pingora's runtime flavour: work-stealing threads, or one single-threaded runtime
+    /// per thread (see loadtest/RESULTS.md for the measured difference).
+    pub work_stealing: bool,
     pub trusted_proxies: Vec<String>,
     pub grace_period: u64,
     pub pid_file: String,
@@ -55,6 +58,7 @@ impl Default for RawServer {
             keepalive_timeout: Dur::secs(60),
             max_connections: 10_000,
             max_requests_per_connection: 1000,
+            work_stealing: true,
             trusted_proxies: vec![],
             grace_period: 30,
             pid_file: "/run/gatehouse/gatehouse.pid".into(),

@@ -24,7 +24,7 @@ use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::plugins::Plugin;
 use crate::runtime::Runtime;
-use http::header::{AUTHORIZATION, SET_COOKIE, VARY};
+use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE, VARY};
 use http::{HeaderName, Method};
 use once_cell::sync::OnceCell;
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
@@ -317,8 +317,9 @@ fn plugin(ctx: &RequestCtx) -> Option<&ProxyCache> {
 }
 
 /// `request_cache_filter`: enables Pingora's cache for a cacheable request of a cached route;
-/// a request with a method not cached, or with `Authorization` (unless `cache_authorized`),
-/// bypasses it entirely: not served from the cache, not stored.
+/// a request with a method not cached, with `Authorization` (unless `cache_authorized`) or
+/// asking for a protocol upgrade (WebSocket) bypasses it entirely: not served from the cache,
+/// not stored.
 pub fn request_cache_filter(session: &mut Session, ctx: &mut RequestCtx) {
     let Some(route) = ctx.route() else {
         return;
@@ -329,6 +330,7 @@ pub fn request_cache_filter(session: &mut Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
     if !pc.method_cached(&req.method)
         || (!pc.cache_authorized && req.headers.contains_key(AUTHORIZATION))
+        || req.headers.contains_key(UPGRADE)
     {
         ctx.cache_status = Some(BYPASS);
         return;
@@ -356,6 +358,15 @@ pub fn cache_key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
         host: key::request_host(&req.uri, &req.headers),
         path: req.uri.path(),
         query: req.uri.query(),
+        consumer: ctx
+            .consumer
+            .and_then(|i| ctx.rt.consumers.get(i))
+            .map(|c| c.username.as_str()),
+        roles: ctx
+            .jwt
+            .as_ref()
+            .and_then(|t| t.roles.as_ref())
+            .map(|r| r.as_bytes()),
     };
     let hash = key::primary_hash(&parts, &req.headers, &pc.vary);
     let mut k = CacheKey::new(Vec::new(), String::new());
