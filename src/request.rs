@@ -78,6 +78,10 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) {
     let (ip, peer_trusted) = client_ip(peer, xff, &ctx.rt.server.trusted_proxies);
     ctx.client_ip = ip;
     ctx.peer_trusted = peer_trusted;
+    // The head is in (EdgeGuard enforced header_timeout); from here on each read of the body
+    // may wait at most body_timeout, so a body that stops mid-way frees its connection.
+    let bt = ctx.rt.server.body_timeout;
+    session.set_read_timeout((!bt.is_zero()).then_some(bt));
     let ka = ctx.rt.server.keepalive_timeout.as_secs();
     session.set_keepalive(if ka == 0 { None } else { Some(ka) });
 }

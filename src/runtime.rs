@@ -63,6 +63,7 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub max_requests_per_connection: u32,

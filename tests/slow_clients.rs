@@ -228,3 +228,34 @@ async fn client_that_never_reads_or_stops_sending() {
     let (s, _) = gw.get_json("/still").await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn body_that_stops_midway_times_out() {
+    let b = Backend::start("b");
+    let gw = Cfg::new()
+        .server("body_timeout: 500ms")
+        .upstream("u", &[target(&b)], "")
+        .route("r", &["/"], "u", "")
+        .start();
+    let port = gw.port;
+    let started = Instant::now();
+    let (raw, closed) = tokio::task::spawn_blocking(move || {
+        let mut s = connect(port);
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .unwrap();
+        read_until_close(&mut s, Duration::from_secs(4))
+    })
+    .await
+    .unwrap();
+    assert!(closed, "stalled body must free the connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&raw);
+    if !text.is_empty() {
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
+    }
+}

@@ -262,6 +262,7 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         max_header_bytes: s.max_header_bytes.0 as usize,
         max_uri_bytes: s.max_uri_bytes.0 as usize,
         header_timeout: s.header_timeout.0,
+        body_timeout: s.body_timeout.0,
         keepalive_timeout: s.keepalive_timeout.0,
         max_connections: s.max_connections,
         max_requests_per_connection: s.max_requests_per_connection,

@@ -30,6 +30,8 @@ pub struct RawServer {
     pub max_header_bytes: ByteSize,
     pub max_uri_bytes: ByteSize,
     pub header_timeout: Dur,
+    /// Longest wait for the next bytes of a request body (extension).
+    pub body_timeout: Dur,
     pub keepalive_timeout: Dur,
     /// Open downstream connections beyond this are closed at once (0: no cap).
     pub max_connections: usize,
@@ -55,6 +57,7 @@ impl Default for RawServer {
             max_header_bytes: ByteSize(32 * 1024),
             max_uri_bytes: ByteSize(8 * 1024),
             header_timeout: Dur::secs(10),
+            body_timeout: Dur::secs(60),
             keepalive_timeout: Dur::secs(60),
             max_connections: 10_000,
             max_requests_per_connection: 1000,
