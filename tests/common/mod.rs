@@ -30,10 +30,29 @@ pub const HC_HTTP: &str = "health_check: { path: /health, interval: 200ms, timeo
 pub const HC_TCP: &str =
     "health_check: { interval: 200ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 1 }";
 
-/// A free TCP port on 127.0.0.1 (bound to :0, read, released).
+/// A free TCP port on 127.0.0.1 for a gateway to listen on later.
+///
+/// Not taken from the kernel's ephemeral range (32768-60999 here): a port released by
+/// `bind(":0")` could be handed to a backend's `bind(":0")` or to the next `free_port` of a
+/// parallel test before the gateway binds it (seen in CI: a test's requests reached another
+/// test's admin listener). Ports come from 20000-31999 instead, from a per-process counter,
+/// so no two calls in one test binary return the same port and the kernel never assigns
+/// them to anyone else.
 pub fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Test binaries run one after another; a per-process start spreads them anyway.
+    let start = (std::process::id() % 120) * 100;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (BASE + (start + n) % SPAN) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {BASE}-{}", BASE + SPAN - 1);
 }
 
 /// An address on which nothing listens (connections are refused).
