@@ -86,8 +86,14 @@ where
             }
             return None;
         }
-        let guarded: Stream = Box::new(HeadDeadline::new(stream, header_timeout));
-        self.inner.process_new(guarded, shutdown).await;
+        // HTTP/2 (ALPN h2) frames are binary and multiplexed: there is no HTTP/1 head to
+        // scan for, so the deadline wrapper applies to HTTP/1 connections only.
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            Box::new(HeadDeadline::new(stream, header_timeout))
+        };
+        self.inner.process_new(stream, shutdown).await;
         // The guarded stream is never handed back for reuse outside this app.
         None
     }
@@ -105,6 +111,20 @@ enum Phase {
     Body,
     /// Response written; the next byte read starts a new head.
     Idle,
+    /// After `101 Switching Protocols` (WebSocket): opaque bytes, never a head again.
+    Tunnel,
+}
+
+/// The phase after writing `data` in `phase`: a response going out means the next bytes
+/// read begin a new request, unless it switched protocols.
+fn after_write(phase: Phase, data: &[u8]) -> Phase {
+    match phase {
+        Phase::Body if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") => {
+            Phase::Tunnel
+        }
+        Phase::Body => Phase::Idle,
+        p => p,
+    }
 }
 
 /// A stream whose reads fail once a request head takes longer than `timeout`.
@@ -215,10 +235,7 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.phase == Phase::Body {
-            // A response is going out: the next bytes read begin a new request.
-            self.phase = Phase::Idle;
-        }
+        self.phase = after_write(self.phase, data);
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -235,9 +252,11 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if self.phase == Phase::Body {
-            self.phase = Phase::Idle;
-        }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        self.phase = after_write(self.phase, first);
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

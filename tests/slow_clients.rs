@@ -259,3 +259,83 @@ async fn body_that_stops_midway_times_out() {
         assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
     }
 }
+
+/// A raw upstream that switches protocols and then echoes bytes (a WebSocket stand-in).
+fn echo_upgrade_upstream() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(4) {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let _ = c.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                );
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn upgraded_connection_outlives_header_timeout() {
+    let up = echo_upgrade_upstream();
+    let gw = Cfg::new()
+        .server("header_timeout: 500ms")
+        .upstream("u", &[target_addr(&format!("127.0.0.1:{up}"))], "")
+        .route("ws", &["/ws"], "u", "")
+        .start();
+    let port = gw.port;
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut s = connect(port);
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return Err(format!(
+                    "closed before 101: {:?}",
+                    String::from_utf8_lossy(&head)
+                ));
+            }
+            head.push(b[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return Err(format!("no 101: {:?}", String::from_utf8_lossy(&head)));
+        }
+        // Binary frames (never a blank line) for longer than header_timeout.
+        let mut got = 0;
+        for i in 0..8u8 {
+            std::thread::sleep(Duration::from_millis(200));
+            let frame = [0x82, 0x03, i, i, i];
+            s.write_all(&frame).map_err(|e| format!("write {i}: {e}"))?;
+            let mut back = [0u8; 5];
+            s.read_exact(&mut back)
+                .map_err(|e| format!("read {i}: {e}"))?;
+            if back == frame {
+                got += 1;
+            }
+        }
+        Ok(got)
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, Ok(8), "tunnel cut by the head deadline");
+}
