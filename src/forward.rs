@@ -74,25 +74,38 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    let mut peer_value = None;
     if let Some(peer_ip) = peer_ip {
+        let mut buf = IpText::default();
+        let peer_text = buf.format(peer_ip);
         // Behind a trusted proxy the chain is extended; otherwise whatever the client sent
         // is dropped, so an upstream can never be fooled by a spoofed chain.
         let xff = match (ctx.peer_trusted, req.headers.get("x-forwarded-for")) {
             (true, Some(prev)) => {
-                let mut v = Vec::with_capacity(prev.len() + 48);
+                let mut v = Vec::with_capacity(prev.len() + 2 + peer_text.len());
                 v.extend_from_slice(prev.as_bytes());
                 v.extend_from_slice(b", ");
-                v.extend_from_slice(peer_ip.to_string().as_bytes());
+                v.extend_from_slice(peer_text);
                 http::HeaderValue::from_bytes(&v)
                     .map_err(|_| errors::status_error(400, "bad x-forwarded-for"))?
             }
-            _ => http::HeaderValue::from_str(&peer_ip.to_string())
-                .map_err(|_| errors::status_error(400, "bad address"))?,
+            _ => {
+                let v = http::HeaderValue::from_bytes(peer_text)
+                    .map_err(|_| errors::status_error(400, "bad address"))?;
+                peer_value = Some(v.clone());
+                v
+            }
         };
         req.insert_header("x-forwarded-for", xff)?;
     }
     if let Some(ip) = ctx.client_ip {
-        req.insert_header("x-real-ip", ip.to_string())?;
+        // The usual case (no trusted proxy): the client is the peer, whose text is made.
+        let v = match peer_value {
+            Some(v) if Some(ip) == peer_ip => v,
+            _ => http::HeaderValue::from_bytes(IpText::default().format(ip))
+                .map_err(|_| errors::status_error(400, "bad address"))?,
+        };
+        req.insert_header("x-real-ip", v)?;
     }
     let proto_from_proxy = ctx.peer_trusted && req.headers.contains_key("x-forwarded-proto");
     if !proto_from_proxy {
@@ -188,5 +201,43 @@ pub fn failure_status(e: &Error) -> u16 {
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
         },
+    }
+}
+
+/// An IP address formatted on the stack (at most 45 bytes for IPv6), so the forwarding
+/// headers cost no temporary `String` per request.
+struct IpText {
+    buf: [u8; 48],
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText { buf: [0; 48] }
+    }
+}
+
+impl IpText {
+    fn format(&mut self, ip: std::net::IpAddr) -> &[u8] {
+        use std::io::Write;
+        let mut cur = std::io::Cursor::new(&mut self.buf[..]);
+        // 48 bytes always hold an address: the write cannot fail.
+        let _ = write!(cur, "{ip}");
+        let n = cur.position() as usize;
+        &self.buf[..n]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IpText;
+
+    #[test]
+    fn ip_text() {
+        let v6: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        assert_eq!(IpText::default().format(v6), v6.to_string().as_bytes());
+        let v4: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(IpText::default().format(v4), b"203.0.113.9");
     }
 }

@@ -85,6 +85,8 @@ pub struct AdminSettings {
 #[derive(Debug)]
 pub struct Consumer {
     pub username: String,
+    /// `username` as the `X-Consumer-Username` value, validated once at load.
+    pub header: http::HeaderValue,
     /// Name of an entry of `Runtime::tiers` (checked at load).
     pub tier: Option<String>,
     pub roles: Vec<String>,

@@ -453,6 +453,13 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
         if r.username.trim().is_empty() {
             c.error(&format!("{p}.username"), "must not be empty");
         }
+        let header = http::HeaderValue::from_str(&r.username).unwrap_or_else(|_| {
+            c.error(
+                &format!("{p}.username"),
+                "cannot be sent as a header value (control characters)",
+            );
+            http::HeaderValue::from_static("")
+        });
         if seen.insert(&r.username, i).is_some() {
             c.error(
                 &format!("{p}.username"),
@@ -527,6 +534,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
         }
         out.push(Consumer {
             username: r.username.clone(),
+            header,
             tier: r.tier.clone(),
             roles: r.roles.clone(),
             api_keys,

@@ -255,6 +255,23 @@ mod tests {
     }
 
     #[test]
+    fn consumer_username_must_be_a_header_value() {
+        let text = "consumers:\n  - username: \"bad\\u0001name\"\n";
+        let e = load_str(
+            text,
+            Path::new("."),
+            &StateRegistry::default(),
+            &crate::limits::LimiterRegistry::default(),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "consumers[0].username: cannot be sent as a header value (control characters) (line 2)"
+        );
+    }
+
+    #[test]
     fn merge_keys() {
         let p = parse_env(
             "upstreams:\n  - &base\n    name: a\n    targets: [{addr: \"127.0.0.1:1\"}]\n    retries: 3\n  - <<: *base\n    name: b\n",

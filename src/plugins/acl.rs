@@ -98,8 +98,6 @@ impl Acl {
                 Reply::error_with(401, "unauthorized", "Authentication is required")
             }
         };
-        // For the access log's `error` field.
-        ctx.error_code = reply.code;
         Outcome::Respond(reply)
     }
 }

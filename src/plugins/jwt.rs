@@ -20,7 +20,6 @@
 //! 3.1: no error code when no credentials were sent), `invalid_token` or `token_expired`
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
 
-use super::key_auth::{username_headers, CONSUMER_HEADER};
 use super::{BuildEnv, Outcome, Reply};
 use crate::config::compile::Compiler;
 use crate::config::units::{ByteSize, Dur};
@@ -436,7 +435,6 @@ pub struct Jwt {
     /// `key_claim_name` value -> credential.
     credentials: HashMap<String, Credential>,
     cache: Option<VerifyCache>,
-    usernames: Vec<Option<HeaderValue>>,
 }
 
 impl fmt::Debug for Jwt {
@@ -609,7 +607,6 @@ impl Jwt {
             hide_credentials: cfg.hide_credentials,
             credentials,
             cache: VerifyCache::new(cfg.cache_entries),
-            usernames: username_headers(c, env.consumers),
         })
     }
 
@@ -737,20 +734,13 @@ impl Jwt {
             Err(f) => {
                 tracing::debug!(request_id = %ctx.request_id, reason = ?f, "jwt refused");
                 let reply = f.reply();
-                ctx.error_code = reply.code;
                 Outcome::Respond(reply)
             }
         }
     }
 
     pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-        if let Some(v) = ctx
-            .consumer
-            .and_then(|i| self.usernames.get(i))
-            .and_then(|v| v.clone())
-        {
-            req.insert_header(CONSUMER_HEADER, v)?;
-        }
+        super::send_consumer(req, ctx)?;
         if let Some(roles) = ctx.jwt.as_ref().and_then(|t| t.roles.clone()) {
             req.insert_header(ROLES_HEADER, roles)?;
         }

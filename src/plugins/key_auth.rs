@@ -12,7 +12,6 @@
 use super::{BuildEnv, Outcome, Reply};
 use crate::config::compile::Compiler;
 use crate::ctx::RequestCtx;
-use crate::runtime::Consumer;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -56,8 +55,6 @@ pub struct KeyAuth {
     hide_credentials: bool,
     /// SHA-256 of the key -> its consumer and the key itself (for the constant-time check).
     keys: HashMap<[u8; 32], StoredKey>,
-    /// `X-Consumer-Username` value per consumer index (`None`: not representable).
-    usernames: Vec<Option<HeaderValue>>,
 }
 
 impl std::fmt::Debug for KeyAuth {
@@ -98,30 +95,6 @@ impl KeyFailure {
 
 fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
-}
-
-/// `X-Consumer-Username` values for every consumer, built once at load. A username that
-/// cannot be a header value is a config error (reported once however many plugins use it).
-pub(crate) fn username_headers(
-    c: &mut Compiler,
-    consumers: &[Consumer],
-) -> Vec<Option<HeaderValue>> {
-    consumers
-        .iter()
-        .enumerate()
-        .map(
-            |(i, cons)| match HeaderValue::from_bytes(cons.username.as_bytes()) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    c.error_once(
-                        &format!("consumers[{i}].username"),
-                        "cannot be sent as a header value (control characters)",
-                    );
-                    None
-                }
-            },
-        )
-        .collect()
 }
 
 /// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte; a `%` not
@@ -220,7 +193,6 @@ impl KeyAuth {
             query_param,
             hide_credentials: cfg.hide_credentials,
             keys,
-            usernames: username_headers(c, env.consumers),
         })
     }
 
@@ -280,20 +252,13 @@ impl KeyAuth {
             Err(f) => {
                 tracing::debug!(request_id = %ctx.request_id, reason = ?f, "key-auth refused");
                 let reply = f.reply();
-                ctx.error_code = reply.code;
                 Outcome::Respond(reply)
             }
         }
     }
 
     pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-        if let Some(v) = ctx
-            .consumer
-            .and_then(|i| self.usernames.get(i))
-            .and_then(|v| v.clone())
-        {
-            req.insert_header(CONSUMER_HEADER, v)?;
-        }
+        super::send_consumer(req, ctx)?;
         if self.hide_credentials {
             for name in &self.key_names {
                 req.remove_header(name);
@@ -358,7 +323,6 @@ mod tests {
                     )
                 })
                 .collect(),
-            usernames: Vec::new(),
         }
     }
 

@@ -350,3 +350,12 @@ pub fn build(
         }
     }
 }
+
+/// Sends the authenticated consumer upstream as `X-Consumer-Username` (key-auth and jwt both
+/// call this; client-sent copies were already removed in `forward::rewrite_request`).
+pub(crate) fn send_consumer(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    if let Some(c) = ctx.consumer.and_then(|i| ctx.rt.consumers.get(i)) {
+        req.insert_header(key_auth::CONSUMER_HEADER, c.header.clone())?;
+    }
+    Ok(())
+}
