@@ -8,6 +8,9 @@
 //!   with the first byte of the next request (idle time is `keepalive_timeout`'s business).
 //! - `server.max_connections`: connections beyond it are closed at once (logged, counted).
 //! - `server.max_requests_per_connection`: Pingora's `keepalive_request_limit`.
+//! - Chunk extensions (`5;name=value`) are refused: Pingora's parser accepts and drops them,
+//!   so the wrapper tracks chunked framing and overwrites the `;` with a byte that makes
+//!   Pingora's own chunk parser fail (JSON 400, connection closed). See [`ChunkScan`].
 
 use crate::runtime::Shared;
 use async_trait::async_trait;
@@ -30,6 +33,8 @@ use tokio::time::{Instant, Sleep};
 pub static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
 /// Connections closed because a request head missed `server.header_timeout`.
 pub static HEADER_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+/// Requests refused because a chunk-size line carried an extension (`5;name=value`).
+pub static CHUNK_EXTENSIONS: AtomicU64 = AtomicU64::new(0);
 
 pub struct EdgeGuard<A> {
     inner: Arc<A>,
@@ -122,12 +127,18 @@ fn after_write(phase: Phase, data: &[u8]) -> Phase {
         Phase::Body if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") => {
             Phase::Tunnel
         }
+        // `100 Continue` (and other interim answers) come before the request body: the
+        // body still follows and must not be scanned as a new head.
+        Phase::Body if data.starts_with(b"HTTP/1.1 1") || data.starts_with(b"HTTP/1.0 1") => {
+            Phase::Body
+        }
         Phase::Body => Phase::Idle,
         p => p,
     }
 }
 
-/// A stream whose reads fail once a request head takes longer than `timeout`.
+/// A stream whose reads fail once a request head takes longer than `timeout`, and which
+/// poisons chunk extensions (see [`ChunkScan`]).
 pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
@@ -135,6 +146,141 @@ pub struct HeadDeadline {
     sleep: Option<Pin<Box<Sleep>>>,
     /// Newlines seen in a row (CR ignored) while scanning for the end of the head.
     newlines: u8,
+    /// Matching `transfer-encoding:` at the start of a head line: bytes matched so far.
+    te_match: Option<u8>,
+    /// The current head carries a Transfer-Encoding header (only `chunked` survives the
+    /// strict framing check, so its body is chunked).
+    te_seen: bool,
+    /// Chunk framing of the current body, when it is chunked.
+    chunks: Option<ChunkScan>,
+}
+
+const TE_NAME: &[u8] = b"transfer-encoding:";
+
+/// Byte written over the `;` that starts a chunk extension: not a hex digit, whitespace,
+/// `;`, CR or LF, so Pingora's chunk-size parser (httparse) fails with INVALID_CHUNK and the
+/// request gets the JSON 400 and a closed connection, like any malformed chunk size.
+const POISON: u8 = b'!';
+
+/// Tracks RFC 9112 chunked framing over the raw body bytes, exactly enough to know which
+/// bytes are chunk-size lines. Pingora's parser accepts and discards chunk extensions
+/// (`5;name=value`); the issue asks for them to be refused like other ambiguous framing
+/// (parsers disagree on them: a classic smuggling vector). The scanner never changes a
+/// valid body: it only touches a `;` in a chunk-size line. On anything it does not expect
+/// it stops scanning, since Pingora refuses such a body by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkScan {
+    /// In a chunk-size line: the size so far, whether a hex digit was seen.
+    Size(u64, bool),
+    /// Whitespace after the size (BWS before a `;` or the line end).
+    SizeWs(u64),
+    /// After the size line's CR.
+    SizeLf(u64),
+    /// Inside chunk data: bytes left.
+    Data(u64),
+    /// After chunk data: expecting CR LF.
+    DataCr,
+    DataLf,
+    /// After the last chunk: trailer lines until an empty line. `true` at a line start.
+    Trailer(bool),
+    TrailerLf(bool),
+    /// Body complete, or scanning abandoned.
+    Done,
+}
+
+impl ChunkScan {
+    fn start() -> Self {
+        ChunkScan::Size(0, false)
+    }
+
+    /// Advance over `bytes`, poisoning any chunk extension in place. Returns how many
+    /// extensions were poisoned.
+    fn scan(&mut self, bytes: &mut [u8]) -> usize {
+        let mut poisoned = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            *self = match *self {
+                ChunkScan::Size(n, digits) => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                        match n.checked_mul(16).and_then(|v| v.checked_add(d)) {
+                            Some(v) => ChunkScan::Size(v, true),
+                            // Overlong: Pingora refuses it.
+                            None => ChunkScan::Done,
+                        }
+                    }
+                    b';' if digits => {
+                        bytes[i] = POISON;
+                        poisoned += 1;
+                        ChunkScan::Done
+                    }
+                    b' ' | b'\t' if digits => ChunkScan::SizeWs(n),
+                    b'\r' if digits => ChunkScan::SizeLf(n),
+                    b'\n' if digits => Self::after_size(n),
+                    _ => ChunkScan::Done,
+                },
+                ChunkScan::SizeWs(n) => match b {
+                    b' ' | b'\t' => ChunkScan::SizeWs(n),
+                    b';' => {
+                        bytes[i] = POISON;
+                        poisoned += 1;
+                        ChunkScan::Done
+                    }
+                    b'\r' => ChunkScan::SizeLf(n),
+                    b'\n' => Self::after_size(n),
+                    _ => ChunkScan::Done,
+                },
+                ChunkScan::SizeLf(n) => match b {
+                    b'\n' => Self::after_size(n),
+                    _ => ChunkScan::Done,
+                },
+                ChunkScan::Data(left) => {
+                    // Skip the data in one step: it is never inspected.
+                    let avail = (bytes.len() - i) as u64;
+                    if avail >= left {
+                        i += left as usize;
+                        *self = ChunkScan::DataCr;
+                        continue;
+                    }
+                    i = bytes.len();
+                    *self = ChunkScan::Data(left - avail);
+                    continue;
+                }
+                ChunkScan::DataCr => match b {
+                    b'\r' => ChunkScan::DataLf,
+                    b'\n' => ChunkScan::start(),
+                    _ => ChunkScan::Done,
+                },
+                ChunkScan::DataLf => match b {
+                    b'\n' => ChunkScan::start(),
+                    _ => ChunkScan::Done,
+                },
+                ChunkScan::Trailer(line_start) => match b {
+                    b'\r' => ChunkScan::TrailerLf(line_start),
+                    b'\n' if line_start => ChunkScan::Done,
+                    b'\n' => ChunkScan::Trailer(true),
+                    _ => ChunkScan::Trailer(false),
+                },
+                ChunkScan::TrailerLf(line_start) => match b {
+                    b'\n' if line_start => ChunkScan::Done,
+                    b'\n' => ChunkScan::Trailer(true),
+                    _ => ChunkScan::Done,
+                },
+                ChunkScan::Done => return poisoned,
+            };
+            i += 1;
+        }
+        poisoned
+    }
+
+    fn after_size(n: u64) -> Self {
+        if n == 0 {
+            ChunkScan::Trailer(true)
+        } else {
+            ChunkScan::Data(n)
+        }
+    }
 }
 
 impl std::fmt::Debug for HeadDeadline {
@@ -154,6 +300,9 @@ impl HeadDeadline {
             phase: Phase::Idle,
             sleep: None,
             newlines: 0,
+            te_match: None,
+            te_seen: false,
+            chunks: None,
         };
         // A new connection owes its first head from the moment it is accepted.
         s.arm();
@@ -163,6 +312,10 @@ impl HeadDeadline {
     fn arm(&mut self) {
         self.phase = Phase::Head;
         self.newlines = 0;
+        // The request line is not a header line; matching starts after its LF.
+        self.te_match = None;
+        self.te_seen = false;
+        self.chunks = None;
         if !self.timeout.is_zero() {
             self.sleep = Some(Box::pin(tokio::time::sleep_until(
                 Instant::now() + self.timeout,
@@ -197,30 +350,63 @@ impl AsyncRead for HeadDeadline {
                 if this.phase == Phase::Idle {
                     this.arm();
                 }
+                let mut body_from = before;
                 if this.phase == Phase::Head {
-                    // Copy out the new bytes' view before scanning (borrow of buf).
                     let new = &buf.filled()[before..filled];
                     let mut nl = this.newlines;
-                    let mut done = false;
-                    for b in new {
+                    let mut te = this.te_match;
+                    let mut done = None;
+                    for (i, &b) in new.iter().enumerate() {
                         match b {
                             b'\n' => {
                                 nl += 1;
+                                te = Some(0);
                                 if nl == 2 {
-                                    done = true;
+                                    done = Some(i + 1);
                                     break;
                                 }
                             }
                             b'\r' => {}
-                            _ => nl = 0,
+                            _ => {
+                                nl = 0;
+                                te = match te {
+                                    Some(k) if usize::from(k) < TE_NAME.len() => {
+                                        if b.to_ascii_lowercase() == TE_NAME[usize::from(k)] {
+                                            if usize::from(k) + 1 == TE_NAME.len() {
+                                                this.te_seen = true;
+                                                None
+                                            } else {
+                                                Some(k + 1)
+                                            }
+                                        } else {
+                                            None
+                                        }
+                                    }
+                                    _ => None,
+                                };
+                            }
                         }
                     }
-                    if done {
+                    if let Some(end) = done {
                         this.phase = Phase::Body;
                         this.sleep = None;
                         this.newlines = 0;
+                        this.te_match = None;
+                        if this.te_seen {
+                            this.chunks = Some(ChunkScan::start());
+                        }
+                        body_from = before + end;
                     } else {
                         this.newlines = nl;
+                        this.te_match = te;
+                        body_from = filled;
+                    }
+                }
+                if this.phase == Phase::Body && body_from < filled {
+                    if let Some(scan) = this.chunks.as_mut() {
+                        if scan.scan(&mut buf.filled_mut()[body_from..filled]) > 0 {
+                            CHUNK_EXTENSIONS.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -324,5 +510,90 @@ impl GetSocketDigest for HeadDeadline {
 impl Peek for HeadDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scan `input` split into pieces of `step` bytes; return the bytes as Pingora sees them.
+    fn scan(input: &[u8], step: usize) -> (Vec<u8>, usize, ChunkScan) {
+        let mut s = ChunkScan::start();
+        let mut out = input.to_vec();
+        let mut n = 0;
+        for piece in out.chunks_mut(step) {
+            n += s.scan(piece);
+        }
+        (out, n, s)
+    }
+
+    #[test]
+    fn valid_bodies_pass_unchanged_in_any_split() {
+        let bodies: [&[u8]; 4] = [
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"4\r\na;b;\r\n1\r\n;\r\n0\r\nX-T: 1;2\r\n\r\n",
+            b"A\r\n0123456789\r\n0\n\n",
+            b"3 \r\nabc\r\n0\r\n\r\n",
+        ];
+        for body in bodies {
+            for step in 1..=body.len() {
+                let (out, n, end) = scan(body, step);
+                assert_eq!(out, body, "step {step}");
+                assert_eq!(n, 0);
+                assert_eq!(end, ChunkScan::Done, "{:?} step {step}", body);
+            }
+        }
+    }
+
+    #[test]
+    fn extensions_are_poisoned_in_any_split() {
+        let cases: [(&[u8], usize); 4] = [
+            (b"5;a=b\r\nhello\r\n0\r\n\r\n", 1),
+            (b"3\r\nabc\r\n2 ; x\r\nde\r\n0\r\n\r\n", 10),
+            (b"0;last\r\n\r\n", 1),
+            (b"1\r\n;\r\n0;e\r\n\r\n", 7),
+        ];
+        for (body, at) in cases {
+            for step in 1..=body.len() {
+                let (out, n, _) = scan(body, step);
+                assert_eq!(n, 1, "{:?} step {step}", String::from_utf8_lossy(body));
+                assert_eq!(out[at], POISON);
+                let mut expect = body.to_vec();
+                expect[at] = POISON;
+                assert_eq!(out, expect, "only the ';' changes");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_or_overlong_sizes_stop_scanning() {
+        for body in [
+            &b"0x10\r\n"[..],
+            b"fffffffffffffffffffff\r\n",
+            b";x\r\n",
+            b"-1\r\n",
+        ] {
+            let (out, n, end) = scan(body, 3);
+            assert_eq!(out, body, "untouched: Pingora refuses it itself");
+            assert_eq!(n, 0);
+            assert_eq!(end, ChunkScan::Done);
+        }
+    }
+
+    #[test]
+    fn interim_responses_keep_the_body_phase() {
+        assert_eq!(
+            after_write(Phase::Body, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            Phase::Body
+        );
+        assert_eq!(
+            after_write(Phase::Body, b"HTTP/1.1 101 Switching"),
+            Phase::Tunnel
+        );
+        assert_eq!(
+            after_write(Phase::Body, b"HTTP/1.1 200 OK\r\n"),
+            Phase::Idle
+        );
     }
 }

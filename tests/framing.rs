@@ -170,18 +170,62 @@ async fn content_length_with_transfer_encoding_frames_by_te_and_closes() {
 }
 
 #[tokio::test]
-async fn chunk_extensions_are_not_forwarded() {
-    // Pingora's chunk parser accepts and drops extensions; the gateway re-frames the body,
-    // so an extension can never reach the upstream (see README "Security model").
+async fn chunk_extensions_are_refused() {
+    // Pingora's chunk parser would accept and drop extensions; the accept-path wrapper
+    // spoils them so the request is refused like any other ambiguous framing.
     let b = Backend::start("b");
     let gw = gateway(&b);
-    let (statuses, _, text) = exchange(
+    for first in ["5;name=value", "5 ;x", "5;", "0;ext"] {
+        let body = if first.starts_with('0') {
+            format!("{first}\r\n\r\n")
+        } else {
+            format!("{first}\r\nhello\r\n0\r\n\r\n")
+        };
+        let (statuses, closed, text) = exchange(
+            &gw,
+            &format!("POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}{SMUGGLED}"),
+        );
+        assert_eq!(statuses, vec![400], "{first}: {text}");
+        assert!(
+            text.contains("\"error\":\"bad_request\""),
+            "{first}: {text}"
+        );
+        assert!(closed, "{first}: connection must be closed");
+    }
+    // An extension on a later chunk, after a valid one, split across writes.
+    let (statuses, closed, text) = exchange(
         &gw,
-        "POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;name=value\r\nhello\r\n0\r\n\r\n",
+        "POST /ext HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;a=b\r\nde\r\n0\r\n\r\n",
     );
-    assert_eq!(statuses, vec![200], "{text}");
-    let r = b.last_request().unwrap();
-    assert_eq!(r.body, b"hello");
+    assert_eq!(statuses, vec![400], "{text}");
+    assert!(closed);
+    let reqs = b.requests();
+    assert!(reqs.iter().all(|r| r.path != "/smuggled"));
+    assert!(
+        reqs.iter()
+            .all(|r| r.body != b"hello" && r.body != b"abcde"),
+        "no body with an extension was delivered whole"
+    );
+    let m = gw.metrics_text().await;
+    assert!(
+        m.contains("downstream_chunk_extensions_refused_total 5"),
+        "counted: {m}"
+    );
+    // Valid chunked bodies (a ';' inside data, a trailer with ';') still pass untouched.
+    for (path, body) in [
+        ("/ok1", "4\r\na;b;\r\n1\r\n;\r\n0\r\n\r\n"),
+        ("/ok2", "4\r\na;b;\r\n1\r\n;\r\n0\r\nX-T: 1;2\r\n\r\n"),
+    ] {
+        let (statuses, _, text) = exchange(
+            &gw,
+            &format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}"),
+        );
+        assert_eq!(statuses, vec![200], "{path}: {text}");
+        assert!(b
+            .requests()
+            .iter()
+            .any(|r| r.path == path && r.body == b"a;b;;"));
+    }
 }
 
 #[tokio::test]

@@ -339,3 +339,39 @@ async fn upgraded_connection_outlives_header_timeout() {
     .unwrap();
     assert_eq!(echoed, Ok(8), "tunnel cut by the head deadline");
 }
+
+#[tokio::test]
+async fn body_after_100_continue_is_not_a_new_head() {
+    // An interim `100 Continue` must not restart the head deadline: the body that follows
+    // is not a request head, however long the client takes to send it (body_timeout rules).
+    let b = Backend::start("b");
+    let gw = Cfg::new()
+        .server("header_timeout: 1s")
+        .server("body_timeout: 10s")
+        .upstream("u", &[target(&b)], "")
+        .route("r", &["/"], "u", "")
+        .start();
+    let port = gw.port;
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = connect(port);
+        s.write_all(
+            b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(interim.starts_with("HTTP/1.1 100"), "interim: {interim}");
+        // The body trickles in over longer than header_timeout (within body_timeout).
+        s.write_all(b"01234").unwrap();
+        std::thread::sleep(Duration::from_millis(1600));
+        s.write_all(b"56789").unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        String::from_utf8_lossy(&rest).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(b.last_request().unwrap().body, b"0123456789");
+}

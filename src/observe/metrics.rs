@@ -857,6 +857,11 @@ pub fn render(rt: &Runtime) -> String {
             "Connections closed because a request head missed server.header_timeout.",
             &crate::edge::HEADER_TIMEOUTS,
         ),
+        (
+            "downstream_chunk_extensions_refused_total",
+            "Requests refused (400, connection closed) because a chunk-size line carried an extension.",
+            &crate::edge::CHUNK_EXTENSIONS,
+        ),
     ] {
         if let Ok(c) = prometheus::IntCounter::new(name, help) {
             c.inc_by(v.load(std::sync::atomic::Ordering::Relaxed));
