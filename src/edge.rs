@@ -582,6 +582,37 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_valid_encodings_are_never_changed() {
+        // Any body chunked any way, with any trailer, delivered in any split, passes
+        // byte for byte; arbitrary bytes never panic.
+        bolero::check!()
+            .with_iterations(2000)
+            .with_type::<(Vec<Vec<u8>>, bool, u8)>()
+            .for_each(|(chunks, trailer, step)| {
+                let mut wire = Vec::new();
+                for c in chunks.iter().filter(|c| !c.is_empty()) {
+                    wire.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                    wire.extend_from_slice(c);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(b"0\r\n");
+                if *trailer {
+                    wire.extend_from_slice(b"X-Sum: a;b=c\r\n");
+                }
+                wire.extend_from_slice(b"\r\n");
+                let (out, n, end) = scan(&wire, usize::from(*step).max(1));
+                assert_eq!(out, wire);
+                assert_eq!(n, 0);
+                assert_eq!(end, ChunkScan::Done);
+            });
+        bolero::check!()
+            .with_iterations(2000)
+            .for_each(|bytes: &[u8]| {
+                let _ = scan(bytes, 7);
+            });
+    }
+
+    #[test]
     fn interim_responses_keep_the_body_phase() {
         assert_eq!(
             after_write(Phase::Body, b"HTTP/1.1 100 Continue\r\n\r\n"),
