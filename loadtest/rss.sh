@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Memory over a sustained run: idle RSS, RSS every 5 s under load, and RSS after the load.
+#
+#   loadtest/rss.sh [--duration 60] [--conns 200] [--scenario plain|chain]
+#
+# Starts an origin (nginx, 1 worker, static JSON) and gatehouse (release build, threads: 1,
+# the compare.sh gateway config), samples VmRSS of gatehouse from /proc while wrk drives it,
+# and prints one line per sample. "No unbounded growth" means the samples level off and the
+# RSS after the run stays near the level reached under load (mimalloc keeps freed pages for
+# reuse; it does not return to idle at once). Traffic goes to 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=60 CONNS=200 SCENARIO=chain
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --conns) CONNS=$2; shift 2 ;;
+    --scenario) SCENARIO=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx-light wrk)" >&2; exit 1; }
+done
+BIN=${GATEHOUSE_BIN:-target/release/gatehouse}
+[ -x "$BIN" ] || cargo build --release
+WORK=$(mktemp -d /tmp/gatehouse-rss.XXXXXX)
+ORIGIN_PORT=19280 GH_PORT=18291 GH_ADMIN=19291
+GH_PID=
+cleanup() {
+  [ -n "$GH_PID" ] && kill -INT "$GH_PID" 2>/dev/null || true
+  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+mkdir -p "$WORK/tmp"; chmod 755 "$WORK"; chmod 777 "$WORK/tmp"
+
+cat > "$WORK/origin.conf" <<NGX
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/origin.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
+  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$ORIGIN_PORT;
+    default_type application/json;
+    location / { return 200 '{"id":42,"name":"Ada Lovelace","email":"ada@example.com"}'; }
+  }
+}
+NGX
+cat > "$WORK/gatehouse.yaml" <<YAML
+server:
+  listen: ["127.0.0.1:$GH_PORT"]
+  threads: 1
+  access_log: off
+  pid_file: $WORK/gatehouse.pid
+  upgrade_sock: $WORK/gatehouse.sock
+admin:
+  listen: 127.0.0.1:$GH_ADMIN
+upstreams:
+  - name: origin
+    targets: [{ addr: "127.0.0.1:$ORIGIN_PORT" }]
+    keepalive: 32
+consumers:
+  - username: bench
+    keyauth_credentials: [{ key: bench-key-0001 }]
+routes:
+  - name: users
+    paths: ["/api/v1/users"]
+    upstream: origin
+  - name: orders
+    paths: ["/api/v1/orders"]
+    upstream: origin
+    plugins:
+      - name: correlation-id
+      - name: key-auth
+      - name: rate-limiting
+        config: { second: 1000000, limit_by: consumer, hide_client_headers: true }
+      - name: security-headers
+YAML
+
+nginx -c "$WORK/origin.conf" -p "$WORK"
+GATEHOUSE_LOG=warn "$BIN" -c "$WORK/gatehouse.yaml" >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
+GH_PID=$!
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/api/v1/users" && break; sleep 0.1; done
+rss() { awk '/^VmRSS/{print $2}' "/proc/$GH_PID/status"; }
+case "$SCENARIO" in plain) SCRIPT=loadtest/plain.lua ;; chain) SCRIPT=loadtest/apikey.lua ;; *) echo "scenario: plain|chain" >&2; exit 2 ;; esac
+
+sleep 1
+echo "t_s	rss_kb	phase"
+echo "0	$(rss)	idle"
+API_KEY=bench-key-0001 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$SCRIPT" "http://127.0.0.1:$GH_PORT" > "$WORK/wrk.out" 2>&1 &
+WRK=$!
+t=0
+while kill -0 "$WRK" 2>/dev/null; do
+  sleep 5; t=$((t + 5))
+  kill -0 "$WRK" 2>/dev/null && echo "$t	$(rss)	load"
+done
+for s in 5 15; do sleep $((s == 5 ? 5 : 10)); echo "$((t + s))	$(rss)	after"; done
+grep -E "Requests/sec|Non-2xx" "$WORK/wrk.out" >&2 || true
