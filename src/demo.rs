@@ -111,11 +111,13 @@ async fn handle(
             "data": sample(service),
         })
     };
-    // Show what the auth plugins sent upstream (only on routes that authenticate).
+    // Show what the auth plugins sent upstream (only on routes that authenticate), and the
+    // trace context of the opentelemetry plugin (products-stripped).
     let mut body = body;
     for (field, header) in [
         ("consumer", "x-consumer-username"),
         ("roles", "x-authenticated-roles"),
+        ("traceparent", "traceparent"),
     ] {
         if let (Some(v), Some(obj)) = (
             req.headers().get(header).and_then(|v| v.to_str().ok()),
@@ -225,6 +227,9 @@ Try:
   curl -s http://{listen}/api/v1/admin -H "Authorization: Bearer $TOKEN"     # acl [admin]: 403 forbidden
   curl -s http://{listen}/api/v1/reports             # 401 missing_token
   curl -s http://{listen}/nope                       # 404 with request_id
+  curl -si http://{listen}/products/KB-001 -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+                                                     # opentelemetry: X-Trace-Id 4bf9...; the body's
+                                                     # "traceparent" has the same trace id, the gateway's span as parent
   curl -s http://{admin}/status                      # routes, targets, health
   curl -s -X POST http://127.0.0.1:19001/__demo/down # fail users-1's health check ...
   curl -s -X POST http://127.0.0.1:19002/__demo/down # ... and users-2's: within ~6 s the backup serves

@@ -74,6 +74,8 @@ pub async fn respond(
     for (n, v) in &reply.headers {
         h.append_header(n.clone(), v.clone())?;
     }
+    // A refusal made before the plugins ran still gets the request's trace.
+    crate::plugins::opentelemetry::ensure(session, ctx);
     let rt = ctx.rt.clone();
     let chain = match ctx.route {
         Some(i) => rt.routes.get(i).map_or(&rt.global_plugins, |r| &r.plugins),

@@ -90,6 +90,11 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub transform_skipped: IntCounterVec,
+    /// `opentelemetry` export (`otel_*`); the dropped reasons resolved once.
+    pub otel_spans_exported: IntCounter,
+    pub otel_spans_dropped_queue_full: IntCounter,
+    pub otel_spans_dropped_export_failed: IntCounter,
+    pub otel_export_failures: IntCounter,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -143,6 +148,12 @@ impl Metrics {
             tracing::warn!("process metrics unavailable: {e}");
         }
         let request_labels = &["method", "route", "status_code", "service"];
+        let otel_dropped = counter_vec(
+            &r,
+            "otel_spans_dropped_total",
+            "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector did not take them).",
+            &["reason"],
+        );
         let m = Metrics {
             requests: counter_vec(
                 &r,
@@ -243,6 +254,18 @@ impl Metrics {
                 "response_transform_skipped_total",
                 "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, compressed, invalid_json).",
                 &["route", "reason"],
+            ),
+            otel_spans_exported: counter(
+                &r,
+                "otel_spans_exported_total",
+                "Spans the OTLP collector accepted (opentelemetry plugin).",
+            ),
+            otel_spans_dropped_queue_full: otel_dropped.with_label_values(&["queue_full"]),
+            otel_spans_dropped_export_failed: otel_dropped.with_label_values(&["export_failed"]),
+            otel_export_failures: counter(
+                &r,
+                "otel_export_failures_total",
+                "OTLP export calls that failed (error, timeout or non-2xx answer).",
             ),
             registry: r,
             table: ArcSwap::from_pointee(RouteTable::default()),
@@ -758,6 +781,26 @@ pub fn set_cache_size_bytes(bytes: u64) {
 /// `cache_evictions_total`.
 pub fn cache_evicted(entries: u64) {
     metrics().cache_evictions.inc_by(entries);
+}
+
+/// `otel_spans_exported_total`: the collector took `n` spans.
+pub fn otel_spans_exported(n: u64) {
+    metrics().otel_spans_exported.inc_by(n);
+}
+
+/// `otel_spans_dropped_total{reason="queue_full"}`: one span found the export queue full.
+pub fn otel_spans_dropped_queue_full() {
+    metrics().otel_spans_dropped_queue_full.inc();
+}
+
+/// `otel_spans_dropped_total{reason="export_failed"}`: `n` spans of a failed export.
+pub fn otel_spans_dropped_export_failed(n: u64) {
+    metrics().otel_spans_dropped_export_failed.inc_by(n);
+}
+
+/// `otel_export_failures_total`: one failed export call.
+pub fn otel_export_failure() {
+    metrics().otel_export_failures.inc();
 }
 
 // ---------------------------------------------------------------------------------------------

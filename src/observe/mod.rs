@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod changes;
 pub mod metrics;
+pub mod otlp;
 
 use crate::ctx::RequestCtx;
 use crate::runtime::AccessLog;
@@ -89,5 +90,9 @@ pub fn on_logging(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
     if ctx.rt.server.access_log != AccessLog::Off {
         let line = access_log::format_line(session, ctx, status, elapsed, error_code(ctx, status));
         access_log::submit(line);
+    }
+    if ctx.trace.as_ref().is_some_and(|t| t.export) {
+        let error = error_code(ctx, status);
+        crate::plugins::opentelemetry::export_span(session, ctx, status, elapsed, error);
     }
 }

@@ -25,6 +25,7 @@ pub mod ip_restriction;
 pub mod json_rewrite;
 pub mod jwt;
 pub mod key_auth;
+pub mod opentelemetry;
 pub mod proxy_cache;
 pub mod rate_limit;
 pub mod request_transformer;
@@ -46,6 +47,7 @@ use std::sync::Arc;
 
 /// The contract's fixed execution order.
 pub const ORDER: &[&str] = &[
+    "opentelemetry", // extension, first: every refusal below is traced
     "correlation-id",
     "cors",
     "ip-restriction",
@@ -132,6 +134,7 @@ pub enum Plugin {
     ConcurrencyLimiting(concurrency::Concurrency),
     ProxyCache(proxy_cache::ProxyCache),
     SecurityHeaders(security_headers::SecurityHeaders),
+    OpenTelemetry(opentelemetry::OpenTelemetry),
 }
 
 impl Plugin {
@@ -150,6 +153,7 @@ impl Plugin {
             Plugin::ConcurrencyLimiting(_) => "concurrency-limiting",
             Plugin::ProxyCache(_) => "proxy-cache",
             Plugin::SecurityHeaders(_) => "security-headers",
+            Plugin::OpenTelemetry(_) => "opentelemetry",
         }
     }
 
@@ -172,6 +176,7 @@ impl Plugin {
             Plugin::ConcurrencyLimiting(p) => p.request(ctx),
             Plugin::ProxyCache(_) => Outcome::Continue,
             Plugin::SecurityHeaders(_) => Outcome::Continue,
+            Plugin::OpenTelemetry(p) => p.request(session, ctx),
         }
     }
 
@@ -187,6 +192,7 @@ impl Plugin {
             Plugin::RequestTransformer(p) => p.upstream_request(req, ctx),
             Plugin::KeyAuth(p) => p.upstream_request(req, ctx),
             Plugin::Jwt(p) => p.upstream_request(req, ctx),
+            Plugin::OpenTelemetry(p) => p.upstream_request(req, ctx),
             _ => Ok(()),
         }
     }
@@ -205,6 +211,7 @@ impl Plugin {
             Plugin::ProxyCache(p) => p.response(resp, ctx),
             Plugin::SecurityHeaders(p) => p.response(resp),
             Plugin::RateLimiting(p) => p.response(resp, ctx),
+            Plugin::OpenTelemetry(p) => p.response(resp, ctx),
             _ => Ok(()),
         }
     }
@@ -333,6 +340,9 @@ pub fn build(
         "proxy-cache" => proxy_cache::ProxyCache::build(c, path, config).map(Plugin::ProxyCache),
         "security-headers" => {
             security_headers::SecurityHeaders::build(c, path, config).map(Plugin::SecurityHeaders)
+        }
+        "opentelemetry" => {
+            opentelemetry::OpenTelemetry::build(c, path, config).map(Plugin::OpenTelemetry)
         }
         _ if ORDER.contains(&name) => {
             c.error(
