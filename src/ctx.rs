@@ -55,6 +55,9 @@ pub struct RequestCtx {
     pub resp_body: crate::plugins::response_transformer::BodyState,
     /// proxy-cache state of this request (the status itself is `cache_status`).
     pub cache: crate::plugins::proxy_cache::CacheState,
+    /// Answered by the public health route ([`crate::probe`]): not a routed request, so not
+    /// in the request metrics or the access log.
+    pub probe: bool,
 }
 
 impl RequestCtx {
@@ -85,6 +88,7 @@ impl RequestCtx {
             origin: None,
             resp_body: Default::default(),
             cache: Default::default(),
+            probe: false,
         }
     }
 

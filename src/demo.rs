@@ -225,6 +225,7 @@ Try:
   curl -s http://{listen}/api/v1/admin -H "Authorization: Bearer $TOKEN"     # acl [admin]: 403 forbidden
   curl -s http://{listen}/api/v1/reports             # 401 missing_token
   curl -s http://{listen}/nope                       # 404 with request_id
+  curl -s http://{listen}/health                     # load-balancer probe: {{"status":"ok"}}, no plugin, no upstream
   curl -s http://{admin}/status                      # routes, targets, health
   curl -s -X POST http://127.0.0.1:19001/__demo/down # fail users-1's health check ...
   curl -s -X POST http://127.0.0.1:19002/__demo/down # ... and users-2's: within ~6 s the backup serves
