@@ -57,6 +57,9 @@ pub struct RequestCtx {
     pub cache: crate::plugins::proxy_cache::CacheState,
     /// `opentelemetry`: this request's trace (`None` when the plugin is not on its chain).
     pub trace: Option<crate::plugins::opentelemetry::TraceCtx>,
+    /// Answered by the public health route ([`crate::probe`]): not a routed request, so not
+    /// in the request metrics or the access log.
+    pub probe: bool,
 }
 
 impl RequestCtx {
@@ -88,6 +91,7 @@ impl RequestCtx {
             resp_body: Default::default(),
             cache: Default::default(),
             trace: None,
+            probe: false,
         }
     }
 

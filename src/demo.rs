@@ -230,6 +230,7 @@ Try:
   curl -si http://{listen}/products/KB-001 -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
                                                      # opentelemetry: X-Trace-Id 4bf9...; the body's
                                                      # "traceparent" has the same trace id, the gateway's span as parent
+  curl -s http://{listen}/health                     # load-balancer probe: {{"status":"ok"}}, no plugin, no upstream
   curl -s http://{admin}/status                      # routes, targets, health
   curl -s -X POST http://127.0.0.1:19001/__demo/down # fail users-1's health check ...
   curl -s -X POST http://127.0.0.1:19002/__demo/down # ... and users-2's: within ~6 s the backup serves

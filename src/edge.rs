@@ -41,6 +41,8 @@ pub struct EdgeGuard<A> {
     shared: Arc<Shared>,
     open: AtomicUsize,
     last_refusal_log: AtomicU64,
+    /// TLS handshakes for connections on `server.tls.listen` ports ([`crate::tls`]).
+    tls: Option<crate::tls::Terminator>,
 }
 
 impl<A> EdgeGuard<A> {
@@ -50,7 +52,14 @@ impl<A> EdgeGuard<A> {
             shared,
             open: AtomicUsize::new(0),
             last_refusal_log: AtomicU64::new(0),
+            tls: None,
         }
+    }
+
+    /// Terminates TLS on the terminator's ports before anything else reads the connection.
+    pub fn with_tls(mut self, tls: Option<crate::tls::Terminator>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -91,6 +100,12 @@ where
             }
             return None;
         }
+        // After max_connections (a refused connection costs no handshake), before the head
+        // deadline (which reads the decrypted bytes; the handshake has its own limit).
+        let stream = match &self.tls {
+            Some(t) => t.accept(stream, header_timeout).await?,
+            None => stream,
+        };
         // HTTP/2 (ALPN h2) frames are binary and multiplexed: there is no HTTP/1 head to
         // scan for, so the deadline wrapper applies to HTTP/1 connections only.
         let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

@@ -4,7 +4,7 @@
 //! |---------------------------|------------------------------------------|
 //! | `new_ctx`                 | [`crate::ctx`] (one config snapshot load) |
 //! | `early_request_filter`    | [`crate::request`]: id, client IP, limits |
-//! | `request_filter`          | [`crate::request::route`], plugins        |
+//! | `request_filter`          | [`crate::probe`] (health path), [`crate::request::route`], [`crate::https_redirect`], plugins |
 //! | `request_body_filter`     | body size cap (`server.max_body_bytes`)   |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | [`crate::plugins::proxy_cache`] (Pingora's cache phases, run after `request_filter`) |
 //! | `upstream_peer`           | [`crate::forward::peer`] -> [`crate::upstream::select`] |
@@ -69,13 +69,21 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The public health route, before routing and every plugin.
+        if crate::probe::answer(session, ctx).await? {
+            return Ok(true);
+        }
         let reply = if request::route(session, ctx) {
             // The snapshot is held by ctx; a clone of the Arc lets the chain borrow it while
             // the hooks mutate ctx.
             let rt = ctx.rt.clone();
             let chain = ctx.route.and_then(|i| rt.routes.get(i)).map(|r| &r.plugins);
             match chain {
-                Some(chain) => chain.request(session, ctx).await,
+                // https-only routes answer plain HTTP before any plugin.
+                Some(chain) => match crate::https_redirect::check(session, ctx) {
+                    None => chain.request(session, ctx).await,
+                    refused => refused,
+                },
                 None => None,
             }
         } else {
@@ -277,6 +285,9 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.inflight = None;
         ctx.concurrency = None;
+        if ctx.probe {
+            return;
+        }
         crate::observe::on_logging(session, e, ctx);
     }
 }

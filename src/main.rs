@@ -113,8 +113,10 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
+    // Read once, like grace_period: the drain step on SIGTERM (gatehouse::probe).
+    let drain_delay = shared.snapshot().server.drain_delay;
     match server::build(shared, opts) {
-        Ok(server) => server.run_forever(),
+        Ok(server) => gatehouse::probe::run_forever(server, drain_delay),
         Err(e) => {
             eprintln!("cannot start: {e}");
             ExitCode::FAILURE

@@ -52,6 +52,10 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub min_version: String,
+    /// `"1.2"` or `"1.3"` (at least `min_version`).
+    pub max_version: String,
+    /// Canonical rustls names in preference order; empty: the provider's defaults.
+    pub cipher_suites: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +77,10 @@ pub struct ServerSettings {
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
     pub access_log: AccessLog,
+    /// `health_check_path`: answered by [`crate::probe`] before routing.
+    pub health_check_path: Option<Box<str>>,
+    /// Read once at startup (like `grace_period`).
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +130,8 @@ pub struct Route {
     pub strip_path: bool,
     pub preserve_host: bool,
     pub plugins: Chain,
+    /// `protocols: [https]`: how plain HTTP is answered ([`crate::https_redirect`]).
+    pub https_only: Option<crate::https_redirect::HttpsOnly>,
 }
 
 /// One compiled config generation.

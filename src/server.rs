@@ -8,7 +8,6 @@ use crate::gateway::Gateway;
 use crate::runtime::Shared;
 use crate::upstream::health::HealthScheduler;
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::ShutdownWatch;
@@ -71,31 +70,27 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     // Pingora counts reuses: N requests per connection are N - 1 reuses.
     options.keepalive_request_limit = (limit > 0).then(|| limit - 1);
     app.server_options = Some(options);
+    // HTTPS listeners are TCP listeners whose handshake EdgeGuard runs with our own rustls
+    // policy (versions, cipher suites): see crate::tls for why not Pingora's TLS listener.
+    let tls = rt
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::Terminator::new)
+        .transpose()
+        .map_err(|e| Error::explain(ErrorType::InternalError, format!("server.tls: {e}")))?;
     let mut proxy = Service::new(
         "gatehouse proxy".to_string(),
-        crate::observe::metrics::CountConnections::new(crate::edge::EdgeGuard::new(
-            app,
-            shared.clone(),
-        )),
+        crate::observe::metrics::CountConnections::new(
+            crate::edge::EdgeGuard::new(app, shared.clone()).with_tls(tls),
+        ),
     );
     for addr in &rt.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
     if let Some(tls) = &rt.server.tls {
         for addr in &tls.listen {
-            let mut settings =
-                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())?;
-            settings.enable_h2();
-            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
-        }
-        if tls.min_version == "1.3" {
-            // Pingora's rustls settings always allow 1.2: refuse such hellos before the
-            // handshake (see crate::tls). Pre-TLS callbacks run on TLS endpoints only.
-            proxy
-                .endpoints()
-                .set_pre_tls_callback(Arc::new(crate::tls::RequireTls13 {
-                    timeout: rt.server.header_timeout,
-                }));
+            proxy.add_tcp(&addr.to_string());
         }
     }
     server.add_service(proxy);

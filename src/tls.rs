@@ -1,165 +1,363 @@
-//! `server.tls.min_version: "1.3"` for Pingora's rustls listeners.
+//! HTTPS listeners (`server.tls`): TLS termination with rustls under our own policy
+//! (`min_version`, `max_version`, `cipher_suites`), on the accept path before any `ProxyHttp`
+//! phase (called from [`crate::edge::EdgeGuard`]).
 //!
-//! Pingora 0.9.1's rustls `TlsSettings::build` hard-codes TLS 1.2 and 1.3 and offers no way
-//! to pass a protocol list, so the floor is enforced one step earlier, in the listener's
-//! pre-TLS callback (runs on the raw TCP stream before the handshake): the ClientHello is
-//! read, checked for TLS 1.3 in its `supported_versions` extension, and put back with
-//! `rewind` for the real handshake. A client that does not offer TLS 1.3 has its connection
-//! closed before any handshake; one that offers it negotiates 1.3 (rustls prefers it).
-//! `"1.2"` (the default) needs nothing: rustls never speaks below 1.2.
+//! Why not Pingora's TLS listener: Pingora 0.9.1's rustls `TlsSettings::build` hard-codes TLS
+//! 1.2 and 1.3 and takes its cipher suites from the process-wide default `CryptoProvider`.
+//! Restricting suites through it would mean installing a restricted provider for the whole
+//! process, which reqwest (the gateway's own outbound calls: forward-auth, JWKS, OTLP) picks
+//! up too, so a listener policy would silently break outbound TLS. (An earlier build
+//! enforced `min_version: "1.3"` with a pre-TLS callback that read the ClientHello; that can
+//! refuse a version but never choose a suite, since a ClientHello cannot be edited: TLS 1.3
+//! hashes it into the handshake transcript.)
+//!
+//! So the TLS addresses are plain TCP listeners of the proxy service, and [`Terminator`]
+//! runs the handshake with Pingora's own `Acceptor::from_server_config` over a
+//! `ServerConfig` built here from a copy of the provider with only the configured suites and
+//! the configured protocol versions. The result is Pingora's `TlsStream`, what its listener
+//! would have produced: ALPN (`h2`, `http/1.1`) and the `SslDigest` that
+//! `X-Forwarded-Proto` and the https-only routes look at. A client outside the policy gets a
+//! TLS alert (`protocol_version`, `handshake_failure`) and the connection is counted in
+//! `downstream_tls_handshake_failures_total`.
 
-use async_trait::async_trait;
-use pingora::listeners::PreTlsProcess;
-use pingora::prelude::*;
+use crate::config::compile::Compiler;
+use crate::config::raw::RawTls;
+use crate::runtime::TlsSettings;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::tls::{version, CryptoProvider, ServerConfig};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
-/// TLS record type of a handshake message.
-const HANDSHAKE: u8 = 22;
-/// Handshake message type ClientHello.
-const CLIENT_HELLO: u8 = 1;
-/// Extension `supported_versions` (RFC 8446 §4.2.1).
-const SUPPORTED_VERSIONS: u16 = 43;
-const TLS13: u16 = 0x0304;
-/// Largest TLS record payload (RFC 8446 §5.1) plus room for expansion.
-const MAX_RECORD: usize = 16 * 1024 + 256;
+/// Handshakes that failed or timed out (exported as a metric).
+pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 
-/// Refuses connections whose ClientHello does not offer TLS 1.3.
-pub struct RequireTls13 {
-    /// How long the ClientHello may take to arrive (`server.header_timeout`).
-    pub timeout: Duration,
+/// Handshake time limit when `server.header_timeout` is 0 (Pingora's own).
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// OpenSSL's names of the TLS 1.2 suites rustls implements (what NGINX's `ssl_ciphers`
+/// takes), accepted as aliases of the IANA names.
+const OPENSSL_NAMES: &[(&str, &str)] = &[
+    (
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    ),
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ),
+    (
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    ),
+    (
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    ),
+    (
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+];
+
+/// The crypto provider Pingora's listeners use (ring, installed as the process default if
+/// nothing else was); its suite list is what `cipher_suites` picks from.
+fn provider() -> Option<&'static Arc<CryptoProvider>> {
+    pingora::tls::install_default_crypto_provider();
+    CryptoProvider::get_default()
 }
 
-#[async_trait]
-impl PreTlsProcess for RequireTls13 {
-    async fn process(&self, stream: &mut L4Stream) -> Result<()> {
-        let read = async {
-            let mut head = [0u8; 5];
-            stream.read_exact(&mut head).await.ok()?;
-            let len = usize::from(u16::from_be_bytes([head[3], head[4]]));
-            if head[0] != HANDSHAKE || len == 0 || len > MAX_RECORD {
-                return None;
+/// A provider suite's canonical name (rustls's, the IANA name with `TLS13_` for TLS 1.3) and
+/// whether it is a TLS 1.3 suite.
+fn suite_names(p: &CryptoProvider) -> Vec<(String, bool)> {
+    p.cipher_suites
+        .iter()
+        .map(|s| (format!("{:?}", s.suite()), s.tls13().is_some()))
+        .collect()
+}
+
+/// The canonical name of a configured suite name: rustls's own, the IANA TLS 1.3 name
+/// (`TLS_AES_128_GCM_SHA256`) or OpenSSL's (`ECDHE-RSA-AES128-GCM-SHA256`), any case.
+fn canonical<'a>(name: &str, known: &'a [(String, bool)]) -> Option<&'a (String, bool)> {
+    let n = name.trim().to_ascii_uppercase();
+    let alias = OPENSSL_NAMES
+        .iter()
+        .find(|(o, _)| *o == n)
+        .map(|(_, iana)| *iana);
+    known.iter().find(|(k, _)| {
+        *k == n
+            || alias == Some(k.as_str())
+            || k.strip_prefix("TLS13_")
+                .is_some_and(|rest| n.strip_prefix("TLS_") == Some(rest))
+    })
+}
+
+/// What [`compile_policy`] adds to the compiled [`TlsSettings`].
+pub struct Policy {
+    pub max_version: String,
+    pub cipher_suites: Vec<String>,
+}
+
+/// Checks `max_version`, `cipher_suites` (names, duplicates, each usable under the version
+/// range, each enabled version left with a suite), that no port is both a plain and a TLS
+/// listener (the terminator tells them apart by port), and that the certificate and key load
+/// and fit together. Errors go to `c` with their YAML path.
+pub fn compile_policy(
+    c: &mut Compiler,
+    t: &RawTls,
+    plain_listen: &[String],
+    cert: &Path,
+    key: &Path,
+) -> Policy {
+    let min13 = t.min_version == "1.3";
+    let max_ok = matches!(t.max_version.as_str(), "1.2" | "1.3");
+    if !max_ok {
+        c.error("server.tls.max_version", "must be \"1.2\" or \"1.3\"");
+    } else if min13 && t.max_version == "1.2" {
+        c.error(
+            "server.tls.max_version",
+            "is \"1.2\", below min_version \"1.3\"",
+        );
+    }
+    let max12 = t.max_version == "1.2";
+    let plain_ports: Vec<u16> = plain_listen
+        .iter()
+        .filter_map(|l| l.parse::<SocketAddr>().ok())
+        .map(|a| a.port())
+        .collect();
+    for (i, l) in t.listen.iter().enumerate() {
+        if let Ok(a) = l.parse::<SocketAddr>() {
+            if plain_ports.contains(&a.port()) {
+                c.error(
+                    &format!("server.tls.listen[{i}]"),
+                    format!(
+                        "port {} is also a plain HTTP listener in server.listen: a port is either HTTPS or plain HTTP",
+                        a.port()
+                    ),
+                );
             }
-            let mut record = vec![0u8; 5 + len];
-            record[..5].copy_from_slice(&head);
-            stream.read_exact(&mut record[5..]).await.ok()?;
-            Some(record)
-        };
-        let record = match tokio::time::timeout(self.timeout, read).await {
-            Ok(Some(r)) => r,
-            _ => {
-                return Error::e_explain(
-                    ErrorType::TLSHandshakeTimedout,
-                    "no TLS ClientHello within header_timeout",
-                )
-            }
-        };
-        let offers_13 = offers_tls13(&record[5..]);
-        // Put the bytes back for the real handshake.
-        stream.rewind(&record);
-        if offers_13 {
-            Ok(())
-        } else {
-            Error::e_explain(
-                ErrorType::TLSHandshakeFailure,
-                "client does not offer TLS 1.3 (server.tls.min_version is 1.3)",
-            )
         }
     }
-}
-
-/// Whether a ClientHello (the handshake message, without the record header) lists TLS 1.3
-/// in `supported_versions`. A hello that does not parse counts as not offering it.
-pub fn offers_tls13(msg: &[u8]) -> bool {
-    parse(msg).unwrap_or(false)
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
+    let mut suites = Vec::new();
+    let Some(p) = provider() else {
+        c.error("server.tls", "no TLS crypto provider is available");
+        return Policy {
+            max_version: t.max_version.clone(),
+            cipher_suites: suites,
+        };
+    };
+    let known = suite_names(p);
+    let (mut has12, mut has13) = (false, false);
+    for (i, name) in t.cipher_suites.iter().enumerate() {
+        let path = format!("server.tls.cipher_suites[{i}]");
+        let Some((canon, is13)) = canonical(name, &known) else {
+            let list: Vec<&str> = known.iter().map(|(k, _)| k.as_str()).collect();
+            c.error(
+                &path,
+                format!(
+                    "unknown cipher suite {name:?} (known: {}; OpenSSL names such as ECDHE-RSA-AES128-GCM-SHA256 are accepted too)",
+                    list.join(", ")
+                ),
+            );
+            continue;
+        };
+        if suites.contains(canon) {
+            c.error(&path, format!("{canon} is listed twice"));
+            continue;
         }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
+        if *is13 && max12 {
+            c.error(
+                &path,
+                format!("{canon} is a TLS 1.3 suite, but max_version is \"1.2\""),
+            );
+        } else if !*is13 && min13 {
+            c.error(
+                &path,
+                format!("{canon} is a TLS 1.2 suite, but min_version \"1.3\" allows TLS 1.3 only, so it would never be used"),
+            );
+        }
+        has12 |= !*is13;
+        has13 |= *is13;
+        suites.push(canon.clone());
     }
-    fn u8(&mut self) -> Option<usize> {
-        self.take(1).map(|b| usize::from(b[0]))
-    }
-    fn u16(&mut self) -> Option<usize> {
-        self.take(2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    }
-}
-
-fn parse(msg: &[u8]) -> Option<bool> {
-    let mut r = Reader(msg);
-    if r.u8()? != usize::from(CLIENT_HELLO) {
-        return None;
-    }
-    let len = r.take(3)?;
-    let len = (usize::from(len[0]) << 16) | (usize::from(len[1]) << 8) | usize::from(len[2]);
-    // A hello split over several records is cut here; what we have must hold the extension.
-    let body = &r.0[..len.min(r.0.len())];
-    let mut r = Reader(body);
-    r.take(2)?; // legacy_version
-    r.take(32)?; // random
-    let n = r.u8()?;
-    r.take(n)?; // session id
-    let n = r.u16()?;
-    r.take(n)?; // cipher suites
-    let n = r.u8()?;
-    r.take(n)?; // compression methods
-    let n = r.u16()?;
-    let mut ext = Reader(r.take(n)?);
-    while !ext.0.is_empty() {
-        let typ = ext.u16()?;
-        let n = ext.u16()?;
-        let data = ext.take(n)?;
-        if typ == usize::from(SUPPORTED_VERSIONS) {
-            let mut v = Reader(data);
-            let n = v.u8()?;
-            let list = v.take(n)?;
-            return Some(
-                list.chunks_exact(2)
-                    .any(|c| u16::from_be_bytes([c[0], c[1]]) == TLS13),
+    if !t.cipher_suites.is_empty() && suites.len() == t.cipher_suites.len() {
+        if !min13 && !has12 {
+            c.error(
+                "server.tls.cipher_suites",
+                "lists no TLS 1.2 suite, so TLS 1.2 clients would all fail: add one (e.g. TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256) or set min_version: \"1.3\"",
+            );
+        }
+        if max_ok && !max12 && !has13 {
+            c.error(
+                "server.tls.cipher_suites",
+                "lists no TLS 1.3 suite: add one (e.g. TLS13_AES_128_GCM_SHA256) or set max_version: \"1.2\"",
             );
         }
     }
-    Some(false)
+    // The certificate and key, only when the files exist (their absence is reported already).
+    if cert.is_file() && key.is_file() {
+        if let Err(e) = load_cert(cert, key) {
+            c.error("server.tls.cert", e);
+        }
+    }
+    Policy {
+        max_version: t.max_version.clone(),
+        cipher_suites: suites,
+    }
+}
+
+type CertAndKey = (
+    Vec<pingora::tls::CertificateDer<'static>>,
+    pingora::tls::PrivateKeyDer<'static>,
+);
+
+fn load_cert(cert: &Path, key: &Path) -> Result<CertAndKey, String> {
+    let loaded =
+        pingora::tls::load_certs_and_key_files(&cert.to_string_lossy(), &key.to_string_lossy())
+            .map_err(|e| format!("cannot read the certificate or key: {e}"))?;
+    let (certs, key) = loaded.ok_or_else(|| {
+        format!(
+            "no PEM certificate in {} or no PEM private key in {}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    // Checks that the key is usable and belongs to the certificate.
+    let p = provider().ok_or("no TLS crypto provider is available")?;
+    ServerConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|e| format!("the certificate and key cannot be used together: {e}"))?;
+    Ok((certs, key))
+}
+
+/// The rustls server config of the HTTPS listeners.
+pub fn server_config(t: &TlsSettings) -> Result<ServerConfig, String> {
+    let base = provider().ok_or("no TLS crypto provider is available")?;
+    let mut p = CryptoProvider::clone(base);
+    if !t.cipher_suites.is_empty() {
+        // In the configured order: with `ignore_client_order` below it is the preference.
+        p.cipher_suites = t
+            .cipher_suites
+            .iter()
+            .filter_map(|n| {
+                base.cipher_suites
+                    .iter()
+                    .find(|s| format!("{:?}", s.suite()) == *n)
+                    .copied()
+            })
+            .collect();
+    }
+    let versions = match (t.min_version.as_str(), t.max_version.as_str()) {
+        ("1.3", _) => &[&version::TLS13][..],
+        (_, "1.2") => &[&version::TLS12][..],
+        _ => &[&version::TLS12, &version::TLS13][..],
+    };
+    let (certs, key) = load_cert(&t.cert, &t.key)?;
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(p))
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key cannot be used together: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ignore_client_order = !t.cipher_suites.is_empty();
+    Ok(cfg)
+}
+
+/// Runs the TLS handshake for connections accepted on a `server.tls.listen` port.
+pub struct Terminator {
+    acceptor: Acceptor,
+    ports: Vec<u16>,
+}
+
+impl Terminator {
+    pub fn new(t: &TlsSettings) -> Result<Terminator, String> {
+        Ok(Terminator {
+            acceptor: Acceptor::from_server_config(Arc::new(server_config(t)?)),
+            ports: t.listen.iter().map(|a| a.port()).collect(),
+        })
+    }
+
+    /// The connection as the HTTP layer should see it: unchanged when it did not arrive on a
+    /// TLS port, the TLS stream after a handshake, `None` when the handshake failed or took
+    /// longer than `timeout` (`server.header_timeout`).
+    pub async fn accept(&self, stream: Stream, timeout: Duration) -> Option<Stream> {
+        let port = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
+        if !port.is_some_and(|p| self.ports.contains(&p)) {
+            return Some(stream);
+        }
+        // Pingora hands a plain TCP endpoint's connection over as its L4 stream.
+        if !stream.as_any().is::<L4Stream>() {
+            return Some(stream);
+        }
+        let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+        let limit = if timeout.is_zero() {
+            DEFAULT_HANDSHAKE_TIMEOUT
+        } else {
+            timeout
+        };
+        match tokio::time::timeout(limit, self.acceptor.tls_handshake(*l4)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("TLS handshake not done within {limit:?}");
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn hello(exts: &[u8]) -> Vec<u8> {
-        let mut body = vec![0x03, 0x03];
-        body.extend([7u8; 32]);
-        body.push(0); // session id
-        body.extend([0, 2, 0x13, 0x01]); // one suite
-        body.extend([1, 0]); // null compression
-        body.extend((exts.len() as u16).to_be_bytes());
-        body.extend(exts);
-        let mut msg = vec![CLIENT_HELLO];
-        let l = body.len() as u32;
-        msg.extend(&l.to_be_bytes()[1..]);
-        msg.extend(body);
-        msg
-    }
-
     #[test]
-    fn finds_tls13_in_supported_versions() {
-        // server_name (0) then supported_versions (43) with 1.3 and 1.2
-        let ext = [0, 0, 0, 0, 0, 43, 0, 5, 4, 0x03, 0x04, 0x03, 0x03];
-        assert!(offers_tls13(&hello(&ext)));
-        let only12 = [0, 43, 0, 3, 2, 0x03, 0x03];
-        assert!(!offers_tls13(&hello(&only12)));
-        assert!(!offers_tls13(&hello(&[])));
-        assert!(!offers_tls13(b"\x01\x00"));
-        assert!(!offers_tls13(b"GET / HTTP/1.1\r\n"));
+    fn suite_aliases_resolve_to_rustls_names() {
+        let known = suite_names(provider().unwrap());
+        assert_eq!(known.len(), 9, "{known:?}");
+        let c = |n: &str| canonical(n, &known).map(|(k, is13)| (k.as_str(), *is13));
+        assert_eq!(
+            c("TLS13_AES_128_GCM_SHA256"),
+            Some(("TLS13_AES_128_GCM_SHA256", true))
+        );
+        assert_eq!(
+            c("tls_aes_256_gcm_sha384"),
+            Some(("TLS13_AES_256_GCM_SHA384", true))
+        );
+        assert_eq!(
+            c("ECDHE-RSA-AES128-GCM-SHA256"),
+            Some(("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", false))
+        );
+        assert_eq!(
+            c(" TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 "),
+            Some(("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", false))
+        );
+        for bad in [
+            "TLS_RSA_WITH_AES_128_CBC_SHA",
+            "AES128-SHA",
+            "TLS13_AES_128_CCM_SHA256",
+            "",
+            "TLS_",
+        ] {
+            assert_eq!(c(bad), None, "{bad}");
+        }
     }
 }

@@ -56,6 +56,11 @@ impl Compiler<'_> {
         }
     }
 
+    /// Line of a YAML path (or of its closest parent), for messages naming a second place.
+    pub fn line_of(&self, path: &str) -> Option<usize> {
+        self.pos.line(path)
+    }
+
     /// A file path relative to the config file's directory.
     pub fn file(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
@@ -155,6 +160,8 @@ pub fn compile(
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
     let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env);
     let global_plugins = merge_chain(&globals, Vec::new());
+    crate::probe::check_routes(&mut c, &server, &raw.routes);
+    crate::https_redirect::check_listeners(&mut c, &server, &raw.routes);
 
     if !c.errors.is_empty() {
         let mut errs = ConfigErrors(std::mem::take(&mut c.errors));
@@ -228,11 +235,14 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         if !matches!(t.min_version.as_str(), "1.2" | "1.3") {
             c.error("server.tls.min_version", "must be \"1.2\" or \"1.3\"");
         }
+        let policy = crate::tls::compile_policy(c, t, &s.listen, &cert, &key);
         TlsSettings {
             listen,
             cert,
             key,
             min_version: t.min_version.clone(),
+            max_version: policy.max_version,
+            cipher_suites: policy.cipher_suites,
         }
     });
     for (name, v) in [
@@ -272,6 +282,8 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         pid_file: c.file(&pid_file),
         upgrade_sock: c.file(&upgrade_sock),
         access_log,
+        health_check_path: crate::probe::compile_path(c, s.health_check_path.as_deref()),
+        drain_delay: s.drain_delay.0,
     }
 }
 
@@ -656,6 +668,7 @@ fn compile_routes(
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 plugins: chain,
+                https_only: crate::https_redirect::compile(c, &p, r),
             });
         }
     }

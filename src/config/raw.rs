@@ -45,6 +45,12 @@ pub struct RawServer {
     pub pid_file: String,
     pub upgrade_sock: String,
     pub access_log: String,
+    /// Extension: a path on the public listeners answered by the gateway itself for load
+    /// balancer probes (absent: off).
+    pub health_check_path: Option<String>,
+    /// Extension: on SIGTERM, keep serving (with the health path at 503) this long before
+    /// Pingora's graceful shutdown starts.
+    pub drain_delay: Dur,
 }
 
 impl Default for RawServer {
@@ -67,6 +73,8 @@ impl Default for RawServer {
             pid_file: "/run/gatehouse/gatehouse.pid".into(),
             upgrade_sock: "/run/gatehouse/upgrade.sock".into(),
             access_log: "stdout".into(),
+            health_check_path: None,
+            drain_delay: Dur::secs(0),
         }
     }
 }
@@ -79,6 +87,17 @@ pub struct RawTls {
     pub key: String,
     #[serde(default = "default_tls_min")]
     pub min_version: String,
+    /// Extension: highest TLS version offered (`"1.2"` or `"1.3"`).
+    #[serde(default = "default_tls_max")]
+    pub max_version: String,
+    /// Extension: the cipher suites offered, in the server's order of preference (empty:
+    /// rustls's defaults).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+}
+
+fn default_tls_max() -> String {
+    "1.3".into()
 }
 
 fn default_tls_min() -> String {
@@ -280,6 +299,12 @@ pub struct RawRoute {
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    /// Kong's route `protocols` (`[http, https]`); `[https]` refuses plain HTTP.
+    #[serde(default)]
+    pub protocols: Option<Vec<String>>,
+    /// Kong's `https_redirect_status_code`: the answer to plain HTTP on an https-only route.
+    #[serde(default)]
+    pub https_redirect_status_code: Option<u16>,
 }
 
 fn default_true() -> bool {

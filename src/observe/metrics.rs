@@ -905,12 +905,18 @@ pub fn render(rt: &Runtime) -> String {
             "Requests refused (400, connection closed) because a chunk-size line carried an extension.",
             &crate::edge::CHUNK_EXTENSIONS,
         ),
+        (
+            "downstream_tls_handshake_failures_total",
+            "TLS handshakes on server.tls listeners that failed (outside the version or cipher suite policy, bad client) or timed out.",
+            &crate::tls::HANDSHAKE_FAILURES,
+        ),
     ] {
         if let Ok(c) = prometheus::IntCounter::new(name, help) {
             c.inc_by(v.load(std::sync::atomic::Ordering::Relaxed));
             families.extend(c.collect());
         }
     }
+    families.extend(crate::probe::metric_families());
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::with_capacity(16 * 1024);
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {

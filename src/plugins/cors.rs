@@ -32,7 +32,7 @@ use http::header::{
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
 use http::{HeaderName, HeaderValue, Method};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -215,8 +215,7 @@ impl Cors {
     /// `request_filter`: answers preflights.
     pub fn request(&self, session: &Session, _ctx: &mut RequestCtx) -> Outcome {
         let req = session.req_header();
-        if req.method != Method::OPTIONS || !req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
-        {
+        if !is_cors_preflight(req) {
             return Outcome::Continue;
         }
         let Some(origin) = req.headers.get(ORIGIN) else {
@@ -299,6 +298,16 @@ impl Cors {
     }
 }
 
+/// A CORS preflight: `OPTIONS` with both `Origin` and `Access-Control-Request-Method` (what
+/// the `cors` plugin answers, and what auth plugins with `run_on_preflight: false` let
+/// through). An `OPTIONS` without them is an ordinary request.
+#[inline]
+pub fn is_cors_preflight(req: &RequestHeader) -> bool {
+    req.method == Method::OPTIONS
+        && req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+        && req.headers.contains_key(ORIGIN)
+}
+
 /// `Vary` already names `Origin` (or is `*`).
 fn varies_by_origin(resp: &ResponseHeader) -> bool {
     resp.headers.get_all(VARY).iter().any(|v| {
@@ -336,6 +345,24 @@ mod tests {
         ] {
             assert!(!valid_origin(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn preflight_detection() {
+        let req = |method: &str, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build(method, b"/x", None).unwrap();
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let origin = ("Origin", "https://app.example.com");
+        let acrm = ("Access-Control-Request-Method", "PUT");
+        assert!(is_cors_preflight(&req("OPTIONS", &[origin, acrm])));
+        assert!(!is_cors_preflight(&req("OPTIONS", &[origin])));
+        assert!(!is_cors_preflight(&req("OPTIONS", &[acrm])));
+        assert!(!is_cors_preflight(&req("OPTIONS", &[])));
+        assert!(!is_cors_preflight(&req("GET", &[origin, acrm])));
     }
 
     #[test]

@@ -88,6 +88,8 @@ struct Config {
     hide_credentials: bool,
     /// Extension: verified tokens kept in the cache (0: no cache).
     cache_entries: usize,
+    /// Kong's key: `false` lets CORS preflights through unauthenticated.
+    run_on_preflight: bool,
 }
 
 impl Default for Config {
@@ -103,6 +105,7 @@ impl Default for Config {
             roles_claim: "roles".into(),
             hide_credentials: true,
             cache_entries: 10_000,
+            run_on_preflight: true,
         }
     }
 }
@@ -435,6 +438,7 @@ pub struct Jwt {
     /// `key_claim_name` value -> credential.
     credentials: HashMap<String, Credential>,
     cache: Option<VerifyCache>,
+    run_on_preflight: bool,
 }
 
 impl fmt::Debug for Jwt {
@@ -607,6 +611,7 @@ impl Jwt {
             hide_credentials: cfg.hide_credentials,
             credentials,
             cache: VerifyCache::new(cfg.cache_entries),
+            run_on_preflight: cfg.run_on_preflight,
         })
     }
 
@@ -720,6 +725,9 @@ impl Jwt {
     }
 
     pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+        if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
+            return Outcome::Continue;
+        }
         let result = match self.find_token(session.req_header()) {
             Ok(Some(token)) => self.authenticate(token, now()),
             Ok(None) => Err(Failure::Missing),

@@ -32,6 +32,8 @@ struct Config {
     /// `null` or `""` switches the query parameter off.
     query_param: Option<String>,
     hide_credentials: bool,
+    /// Kong's key: `false` lets CORS preflights through unauthenticated.
+    run_on_preflight: bool,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             key_names: vec!["X-API-Key".into()],
             query_param: Some("api_key".into()),
             hide_credentials: true,
+            run_on_preflight: true,
         }
     }
 }
@@ -55,6 +58,7 @@ pub struct KeyAuth {
     hide_credentials: bool,
     /// SHA-256 of the key -> its consumer and the key itself (for the constant-time check).
     keys: HashMap<[u8; 32], StoredKey>,
+    run_on_preflight: bool,
 }
 
 impl std::fmt::Debug for KeyAuth {
@@ -65,6 +69,7 @@ impl std::fmt::Debug for KeyAuth {
             .field("query_param", &self.query_param)
             .field("hide_credentials", &self.hide_credentials)
             .field("keys", &self.keys.len())
+            .field("run_on_preflight", &self.run_on_preflight)
             .finish()
     }
 }
@@ -193,6 +198,7 @@ impl KeyAuth {
             query_param,
             hide_credentials: cfg.hide_credentials,
             keys,
+            run_on_preflight: cfg.run_on_preflight,
         })
     }
 
@@ -244,6 +250,9 @@ impl KeyAuth {
     }
 
     pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+        if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
+            return Outcome::Continue;
+        }
         match self.check(session.req_header()) {
             Ok(consumer) => {
                 ctx.consumer = Some(consumer);
@@ -311,6 +320,7 @@ mod tests {
             key_names: vec![HeaderName::from_static("x-api-key")],
             query_param: Some("api_key".into()),
             hide_credentials: true,
+            run_on_preflight: true,
             keys: keys
                 .iter()
                 .map(|(k, c)| {
