@@ -82,8 +82,13 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) {
     // may wait at most body_timeout, so a body that stops mid-way frees its connection.
     let bt = ctx.rt.server.body_timeout;
     session.set_read_timeout((!bt.is_zero()).then_some(bt));
-    let ka = ctx.rt.server.keepalive_timeout.as_secs();
-    session.set_keepalive(if ka == 0 { None } else { Some(ka) });
+    // Only a connection Pingora already keeps alive (HTTP/1.1 without `Connection: close`,
+    // HTTP/1.0 with `Connection: keep-alive`) gets our idle timeout: setting it on every
+    // request would turn a plain HTTP/1.0 request's connection into a keep-alive one.
+    if session.get_keepalive().is_some() {
+        let ka = ctx.rt.server.keepalive_timeout.as_secs();
+        session.set_keepalive(if ka == 0 { None } else { Some(ka) });
+    }
 }
 
 /// Rewrites a path whose percent-encoding hides unreserved characters to its normal form,

@@ -244,3 +244,23 @@ async fn garbage_then_still_serving() {
     let (s, _) = gw.get_json("/ok").await;
     assert_eq!(s, 200, "gateway keeps serving");
 }
+
+#[tokio::test]
+async fn http10_closes_unless_keep_alive_is_asked_for() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let (statuses, closed, text) = exchange(&gw, "GET /a HTTP/1.0\r\nHost: x\r\n\r\n");
+    assert_eq!(statuses.len(), 1, "{text}");
+    assert!(closed, "HTTP/1.0 without keep-alive must close: {text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: keep-alive"),
+        "{text}"
+    );
+    // Asked for: kept open (the read times out instead of seeing EOF).
+    let (statuses, closed, text) = exchange(
+        &gw,
+        "GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert_eq!(statuses.len(), 1, "{text}");
+    assert!(!closed, "HTTP/1.0 keep-alive asked for: {text}");
+}
