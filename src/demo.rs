@@ -50,7 +50,33 @@ pub const DEMO_BACKENDS: &[(&str, &str, u16)] = &[
     ("products", "products-1", 19021),
     ("products", "products-2", 19022),
     ("products", "products-backup", 19023),
+    ("auth", "auth-1", 19031),
 ];
+
+/// The bearer token the demo auth service (`auth-1`, used by the `profile` route's
+/// forward-auth) accepts.
+pub const DEMO_SESSION_TOKEN: &str = "demo-session-token";
+
+/// The demo auth service's answer to a forward-auth call: 200 with the user's identity for
+/// [`DEMO_SESSION_TOKEN`], 401 with `WWW-Authenticate` otherwise, 503 while switched down.
+pub fn auth_decision(
+    authorization: Option<&str>,
+    down: bool,
+) -> (u16, Vec<(&'static str, &'static str)>) {
+    if down {
+        return (503, Vec::new());
+    }
+    match authorization.and_then(|a| a.strip_prefix("Bearer ")) {
+        Some(t) if t == DEMO_SESSION_TOKEN => (
+            200,
+            vec![("x-user-id", "demo-user"), ("x-user-roles", "reader")],
+        ),
+        _ => (
+            401,
+            vec![("www-authenticate", "Bearer realm=\"demo-auth\"")],
+        ),
+    }
+}
 
 fn sample(service: &str) -> serde_json::Value {
     match service {
@@ -89,6 +115,18 @@ async fn handle(
     let down = &DOWN[slot(instance)];
     let mut status = 200;
     let path = req.uri().path();
+    if service == "auth" && path != "/health" && !path.starts_with("/__demo/") {
+        let auth = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let (status, headers) = auth_decision(auth, down.load(Ordering::Relaxed));
+        let mut resp = Response::builder().status(status);
+        for (n, v) in headers {
+            resp = resp.header(n, v);
+        }
+        return Ok(resp.body(Full::new(Bytes::new())).unwrap_or_default());
+    }
     let body = if path == "/health" {
         if down.load(Ordering::Relaxed) {
             status = 503;
@@ -118,6 +156,7 @@ async fn handle(
         ("consumer", "x-consumer-username"),
         ("roles", "x-authenticated-roles"),
         ("traceparent", "traceparent"),
+        ("user", "x-user-id"),
     ] {
         if let (Some(v), Some(obj)) = (
             req.headers().get(header).and_then(|v| v.to_str().ok()),
@@ -198,12 +237,14 @@ pub fn start_backends() -> std::io::Result<()> {
 /// The text printed when the demo starts.
 pub fn banner(listen: &str, admin: &str) -> String {
     let token = sample_jwt();
+    let session = DEMO_SESSION_TOKEN;
     format!(
         r#"gatehouse demo is running.
 
   gateway   http://{listen}
   admin     http://{admin}   (/health, /status, /cache/purge)
   upstreams users 127.0.0.1:19001-19003, orders :19011-19013, products :19021-19023 (third of each is a backup)
+  auth      127.0.0.1:19031 (the profile route's forward-auth service)
 
 Try:
   curl -s http://{listen}/api/v1/users               # no "email"; wrapped as {{success, data, meta}}
@@ -226,6 +267,9 @@ Try:
   curl -s http://{listen}/api/v1/reports -H "Authorization: Bearer $TOKEN"   # jwt + acl [reader, admin]: 200
   curl -s http://{listen}/api/v1/admin -H "Authorization: Bearer $TOKEN"     # acl [admin]: 403 forbidden
   curl -s http://{listen}/api/v1/reports             # 401 missing_token
+  curl -s http://{listen}/api/v1/profile -H 'Authorization: Bearer {session}'
+                                                     # forward-auth: the auth service says yes: "user":"demo-user"
+  curl -si http://{listen}/api/v1/profile            # 401 from the auth service, its WWW-Authenticate passed on
   curl -s http://{listen}/nope                       # 404 with request_id
   curl -si http://{listen}/products/KB-001 -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
                                                      # opentelemetry: X-Trace-Id 4bf9...; the body's

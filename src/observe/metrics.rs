@@ -95,6 +95,9 @@ pub struct Metrics {
     pub otel_spans_dropped_queue_full: IntCounter,
     pub otel_spans_dropped_export_failed: IntCounter,
     pub otel_export_failures: IntCounter,
+    pub forward_auth_calls: IntCounterVec,
+    pub forward_auth_cache_hits: IntCounterVec,
+    pub forward_auth_duration: HistogramVec,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -266,6 +269,25 @@ impl Metrics {
                 &r,
                 "otel_export_failures_total",
                 "OTLP export calls that failed (error, timeout or non-2xx answer).",
+            ),
+            forward_auth_calls: counter_vec(
+                &r,
+                "forward_auth_calls_total",
+                "Calls to a forward-auth service by route and result (allow, deny, error: other status, connection failure or timeout).",
+                &["route", "result"],
+            ),
+            forward_auth_cache_hits: counter_vec(
+                &r,
+                "forward_auth_cache_hits_total",
+                "forward-auth decisions served from its cache without a call, by route and result (allow, deny).",
+                &["route", "result"],
+            ),
+            forward_auth_duration: histogram_vec(
+                &r,
+                "forward_auth_call_duration_seconds",
+                "Time of a call to a forward-auth service, by route, in seconds.",
+                &["route"],
+                UPSTREAM_BUCKETS,
             ),
             registry: r,
             table: ArcSwap::from_pointee(RouteTable::default()),
@@ -574,6 +596,9 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
                 m.transform_skipped.with_label_values(&[name.as_str(), r]);
             }
         }
+        if plugins.iter().any(|p| p == "forward-auth") {
+            forward_auth_series(name, true);
+        }
         by_name.insert(name.clone(), rm.clone());
         routes.push(rm);
     }
@@ -623,6 +648,9 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
             for r in TRANSFORM_SKIP_REASONS {
                 let _ = m.transform_skipped.remove_label_values(&[name.as_str(), r]);
             }
+        }
+        if plugins.iter().any(|p| p == "forward-auth") && !has(name, "forward-auth") {
+            forward_auth_series(name, false);
         }
     }
     for (name, um) in &old.upstreams {
@@ -754,6 +782,31 @@ pub fn transform_skipped(route: &str, reason: &str) {
         .transform_skipped
         .with_label_values(&[route, reason])
         .inc();
+}
+
+/// Creates (at 0) or removes the `forward_auth_*` series of `route`.
+fn forward_auth_series(route: &str, create: bool) {
+    let m = metrics();
+    for r in crate::plugins::forward_auth::RESULTS {
+        let calls = [route, r];
+        if create {
+            m.forward_auth_calls.with_label_values(&calls);
+        } else {
+            let _ = m.forward_auth_calls.remove_label_values(&calls);
+        }
+        if *r != "error" {
+            if create {
+                m.forward_auth_cache_hits.with_label_values(&calls);
+            } else {
+                let _ = m.forward_auth_cache_hits.remove_label_values(&calls);
+            }
+        }
+    }
+    if create {
+        m.forward_auth_duration.with_label_values(&[route]);
+    } else {
+        let _ = m.forward_auth_duration.remove_label_values(&[route]);
+    }
 }
 
 /// `rate_limit_backend_errors_total`: the shared (Redis) backend failed.

@@ -21,6 +21,7 @@ pub mod acl;
 pub mod concurrency;
 pub mod correlation_id;
 pub mod cors;
+pub mod forward_auth;
 pub mod ip_restriction;
 pub mod json_rewrite;
 pub mod jwt;
@@ -54,6 +55,7 @@ pub const ORDER: &[&str] = &[
     "request-size-limiting",
     "key-auth",
     "jwt",
+    "forward-auth",
     "acl",
     "rate-limiting",
     "concurrency-limiting",
@@ -129,6 +131,7 @@ pub enum Plugin {
     RequestSizeLimiting(size_limit::SizeLimit),
     KeyAuth(key_auth::KeyAuth),
     Jwt(jwt::Jwt),
+    ForwardAuth(forward_auth::ForwardAuth),
     Acl(acl::Acl),
     RateLimiting(rate_limit::RateLimit),
     ConcurrencyLimiting(concurrency::Concurrency),
@@ -148,6 +151,7 @@ impl Plugin {
             Plugin::RequestSizeLimiting(_) => "request-size-limiting",
             Plugin::KeyAuth(_) => "key-auth",
             Plugin::Jwt(_) => "jwt",
+            Plugin::ForwardAuth(_) => "forward-auth",
             Plugin::Acl(_) => "acl",
             Plugin::RateLimiting(_) => "rate-limiting",
             Plugin::ConcurrencyLimiting(_) => "concurrency-limiting",
@@ -171,6 +175,7 @@ impl Plugin {
             Plugin::RequestSizeLimiting(p) => p.request(session, ctx),
             Plugin::KeyAuth(p) => p.request(session, ctx),
             Plugin::Jwt(p) => p.request(session, ctx),
+            Plugin::ForwardAuth(p) => p.request(session, ctx).await,
             Plugin::Acl(p) => p.request(ctx),
             Plugin::RateLimiting(p) => p.request(session, ctx).await,
             Plugin::ConcurrencyLimiting(p) => p.request(ctx),
@@ -193,6 +198,7 @@ impl Plugin {
             Plugin::KeyAuth(p) => p.upstream_request(req, ctx),
             Plugin::Jwt(p) => p.upstream_request(req, ctx),
             Plugin::OpenTelemetry(p) => p.upstream_request(req, ctx),
+            Plugin::ForwardAuth(p) => p.upstream_request(req, ctx),
             _ => Ok(()),
         }
     }
@@ -330,6 +336,9 @@ pub fn build(
         }
         "key-auth" => key_auth::KeyAuth::build(c, path, config, env).map(Plugin::KeyAuth),
         "jwt" => jwt::Jwt::build(c, path, config, env).map(Plugin::Jwt),
+        "forward-auth" => {
+            forward_auth::ForwardAuth::build(c, path, config, env).map(Plugin::ForwardAuth)
+        }
         "acl" => acl::Acl::build(c, path, config).map(Plugin::Acl),
         "rate-limiting" => {
             rate_limit::RateLimit::build(c, path, config, env).map(Plugin::RateLimiting)
