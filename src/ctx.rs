@@ -55,6 +55,10 @@ pub struct RequestCtx {
     pub resp_body: crate::plugins::response_transformer::BodyState,
     /// proxy-cache state of this request (the status itself is `cache_status`).
     pub cache: crate::plugins::proxy_cache::CacheState,
+    /// Route deadline and pending retry back-off.
+    pub resilience: crate::resilience::RequestState,
+    /// `error-responses`: the body replacing this upstream answer's, if any.
+    pub error_response: crate::plugins::error_responses::Pending,
 }
 
 impl RequestCtx {
@@ -85,6 +89,8 @@ impl RequestCtx {
             origin: None,
             resp_body: Default::default(),
             cache: Default::default(),
+            resilience: Default::default(),
+            error_response: Default::default(),
         }
     }
 

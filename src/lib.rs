@@ -18,6 +18,7 @@ pub mod limits;
 pub mod observe;
 pub mod plugins;
 pub mod request;
+pub mod resilience;
 pub mod router;
 pub mod runtime;
 pub mod server;

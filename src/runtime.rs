@@ -122,6 +122,8 @@ pub struct Route {
     pub strip_path: bool,
     pub preserve_host: bool,
     pub plugins: Chain,
+    /// `timeout`: total time for the upstream exchange, retries included.
+    pub timeout: Option<crate::resilience::RouteTimeout>,
 }
 
 /// One compiled config generation.
@@ -270,6 +272,7 @@ impl Shared {
         let new = Arc::new(new);
         self.current.store(new.clone());
         self.states.retain(&keep);
+        self.states.resilience.retain(&new);
         crate::observe::metrics::install(&new);
         crate::plugins::proxy_cache::install(&new);
         Ok(Reloaded {

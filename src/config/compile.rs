@@ -153,7 +153,7 @@ pub fn compile(
         route: None,
     };
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
-    let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env);
+    let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env, states);
     let global_plugins = merge_chain(&globals, Vec::new());
 
     if !c.errors.is_empty() {
@@ -431,6 +431,7 @@ fn compile_upstreams(
             passive,
             selector,
             cursor: AtomicUsize::new(0),
+            resilience: crate::resilience::compile_upstream(c, &p, u, &states.resilience),
         }));
     }
     out
@@ -575,6 +576,7 @@ fn compile_routes(
     upstreams: &[Arc<Upstream>],
     globals: &PluginList,
     env: &plugins::BuildEnv,
+    states: &StateRegistry,
 ) -> (Vec<Route>, Router) {
     let by_name: HashMap<&str, &Arc<Upstream>> =
         upstreams.iter().map(|u| (u.name.as_str(), u)).collect();
@@ -648,6 +650,8 @@ fn compile_routes(
         };
         let own = compile_plugin_list(c, &format!("{p}.plugins"), &r.plugins, &route_env);
         let chain = merge_chain(globals, own);
+        let timeout =
+            crate::resilience::compile_route_timeout(c, &p, &r.name, r.timeout, &states.resilience);
         if let Some(upstream) = upstream {
             index.push((routes.len(), prefixes, matcher));
             routes.push(Route {
@@ -656,6 +660,7 @@ fn compile_routes(
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 plugins: chain,
+                timeout,
             });
         }
     }

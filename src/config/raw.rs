@@ -138,6 +138,11 @@ pub struct RawUpstream {
     pub retries: u32,
     pub health_check: Option<RawHealthCheck>,
     pub passive: Option<RawPassive>,
+    /// Wait before each retry (extension; absent: retry at once).
+    pub retry_backoff: Option<crate::resilience::RawBackoff>,
+    /// Cap on retries per upstream pool (extension; on by default).
+    #[serde(default)]
+    pub retry_budget: crate::resilience::RawRetryBudget,
 }
 
 fn default_keepalive() -> usize {
@@ -280,6 +285,9 @@ pub struct RawRoute {
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    /// Total time for the upstream exchange, retries included (extension; absent: none).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
 }
 
 fn default_true() -> bool {

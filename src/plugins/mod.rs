@@ -21,6 +21,7 @@ pub mod acl;
 pub mod concurrency;
 pub mod correlation_id;
 pub mod cors;
+pub mod error_responses;
 pub mod ip_restriction;
 pub mod json_rewrite;
 pub mod jwt;
@@ -59,6 +60,7 @@ pub const ORDER: &[&str] = &[
     "request-transformer",
     "response-transformer",
     "security-headers",
+    "error-responses",
 ];
 
 /// An answer the gateway gives itself instead of proxying.
@@ -132,6 +134,7 @@ pub enum Plugin {
     ConcurrencyLimiting(concurrency::Concurrency),
     ProxyCache(proxy_cache::ProxyCache),
     SecurityHeaders(security_headers::SecurityHeaders),
+    ErrorResponses(error_responses::ErrorResponses),
 }
 
 impl Plugin {
@@ -150,6 +153,7 @@ impl Plugin {
             Plugin::ConcurrencyLimiting(_) => "concurrency-limiting",
             Plugin::ProxyCache(_) => "proxy-cache",
             Plugin::SecurityHeaders(_) => "security-headers",
+            Plugin::ErrorResponses(_) => "error-responses",
         }
     }
 
@@ -172,6 +176,10 @@ impl Plugin {
             Plugin::ConcurrencyLimiting(p) => p.request(ctx),
             Plugin::ProxyCache(_) => Outcome::Continue,
             Plugin::SecurityHeaders(_) => Outcome::Continue,
+            Plugin::ErrorResponses(p) => {
+                p.request(session, ctx);
+                Outcome::Continue
+            }
         }
     }
 
@@ -205,6 +213,7 @@ impl Plugin {
             Plugin::ProxyCache(p) => p.response(resp, ctx),
             Plugin::SecurityHeaders(p) => p.response(resp),
             Plugin::RateLimiting(p) => p.response(resp, ctx),
+            Plugin::ErrorResponses(p) => p.response(resp, ctx, gateway_made),
             _ => Ok(()),
         }
     }
@@ -218,6 +227,10 @@ impl Plugin {
     ) -> Result<()> {
         match self {
             Plugin::ResponseTransformer(p) => p.response_body(body, end_of_stream, ctx),
+            Plugin::ErrorResponses(p) => {
+                p.response_body(body, end_of_stream, ctx);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -333,6 +346,9 @@ pub fn build(
         "proxy-cache" => proxy_cache::ProxyCache::build(c, path, config).map(Plugin::ProxyCache),
         "security-headers" => {
             security_headers::SecurityHeaders::build(c, path, config).map(Plugin::SecurityHeaders)
+        }
+        "error-responses" => {
+            error_responses::ErrorResponses::build(c, path, config).map(Plugin::ErrorResponses)
         }
         _ if ORDER.contains(&name) => {
             c.error(
