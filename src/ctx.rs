@@ -60,6 +60,10 @@ pub struct RequestCtx {
     /// Answered by the public health route ([`crate::probe`]): not a routed request, so not
     /// in the request metrics or the access log.
     pub probe: bool,
+    /// Route deadline and pending retry back-off.
+    pub resilience: crate::resilience::RequestState,
+    /// `error-responses`: the body replacing this upstream answer's, if any.
+    pub error_response: crate::plugins::error_responses::Pending,
 }
 
 impl RequestCtx {
@@ -92,6 +96,8 @@ impl RequestCtx {
             cache: Default::default(),
             trace: None,
             probe: false,
+            resilience: Default::default(),
+            error_response: Default::default(),
         }
     }
 

@@ -114,6 +114,15 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let down = &DOWN[slot(instance)];
     let mut status = 200;
+    // `?delay_ms=N` (at most 10 s): a slow answer, to show timeouts and `routes[].timeout`.
+    if let Some(ms) = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(10_000))).await;
+    }
     let path = req.uri().path();
     if service == "auth" && path != "/health" && !path.starts_with("/__demo/") {
         let auth = req
@@ -279,7 +288,12 @@ Try:
   curl -s -X POST http://127.0.0.1:19001/__demo/down # fail users-1's health check ...
   curl -s -X POST http://127.0.0.1:19002/__demo/down # ... and users-2's: within ~6 s the backup serves
   curl -s http://{listen}/api/v1/users               # "instance":"users-backup"
+  curl -s -X POST http://127.0.0.1:19003/__demo/down # the backup too: no target left ...
+  curl -si http://{listen}/api/v1/users              # ... 503 with error-responses' own body
   curl -s -X POST http://127.0.0.1:19001/__demo/up   # users-1 recovers and takes over again
+  time curl -s 'http://{listen}/api/v1/users?delay_ms=5000'   # read timeout 1s, retry, route
+                                                     # timeout 1.5s: 504 after 1.5 s, not 2 s
+  curl -s http://{admin}/metrics | grep -e route_timeouts -e retries_skipped   # resilience counters
   kill -HUP $(pgrep -f 'gatehouse demo')             # reload: the gateway keeps running
 
 Ctrl-C stops it.

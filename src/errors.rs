@@ -59,11 +59,23 @@ pub async fn respond(
 ) -> Result<()> {
     // The access log names the contract code of the refusal (`missing_api_key`, ...).
     ctx.error_code = reply.code.or(ctx.error_code);
-    let body = reply
+    // `error-responses` may have a body of its own for this status.
+    let custom = reply
         .code
-        .map(|code| body(code, &reply.message, &ctx.request_id));
+        .and_then(|code| crate::plugins::error_responses::gateway_body(ctx, reply.status, code));
+    let (body, content_type) = match custom {
+        Some((b, ct)) => (Some(b), Some(ct)),
+        None => (
+            reply
+                .code
+                .map(|code| body(code, &reply.message, &ctx.request_id)),
+            None,
+        ),
+    };
     let mut h = ResponseHeader::build(reply.status, Some(6 + reply.headers.len()))?;
-    if body.is_some() {
+    if let Some(ct) = content_type {
+        h.insert_header(http::header::CONTENT_TYPE, ct)?;
+    } else if body.is_some() {
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     }
     h.insert_header(

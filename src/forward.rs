@@ -1,7 +1,9 @@
 //! Upstream side of a request: `upstream_peer` (target selection), `upstream_request_filter`
 //! (path, Host and X-Forwarded-* headers), the retry policy (`fail_to_connect`,
 //! `error_while_proxy`, upstream 502/503/504 turned into retryable errors in
-//! `upstream_response_filter`) and passive circuit breaking.
+//! `upstream_response_filter`) and passive circuit breaking. [`crate::resilience`] has the
+//! last word on every retry (route deadline, back-off, retry budget) and caps each attempt's
+//! timeouts to the route's deadline.
 
 use crate::ctx::RequestCtx;
 use crate::errors;
@@ -40,6 +42,7 @@ pub fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     } else {
         UPSTREAM_IDLE
     });
+    crate::resilience::cap_timeouts(&mut peer, ctx);
     Ok(Box::new(peer))
 }
 
@@ -143,13 +146,17 @@ fn retryable_method(session: &Session) -> bool {
 /// target and, while attempts are left for an idempotent request, turn it into a retryable
 /// error so Pingora asks `upstream_peer` for another target. The last attempt's answer goes
 /// to the client as it is.
-pub fn check_response(session: &Session, resp: &ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn check_response(
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
     let status = resp.status.as_u16();
     if !matches!(status, 502..=504) {
         return Ok(());
     }
     record_failure(ctx);
-    if retryable_method(session) && attempts_left(ctx) {
+    if retryable_method(session) && attempts_left(ctx) && crate::resilience::allow_retry(ctx) {
         let mut e = Error::explain(
             ErrorType::HTTPStatus(status),
             "upstream answered with a retryable status",
@@ -161,14 +168,15 @@ pub fn check_response(session: &Session, resp: &ResponseHeader, ctx: &RequestCtx
 }
 
 /// Connecting failed: nothing reached the upstream, so every method may retry.
-pub fn on_connect_failure(ctx: &RequestCtx, mut e: Box<Error>) -> Box<Error> {
+pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     record_failure(ctx);
-    e.set_retry(attempts_left(ctx));
+    crate::resilience::note_error(ctx, &e);
+    e.set_retry(attempts_left(ctx) && crate::resilience::allow_retry(ctx));
     e
 }
 
 /// An error after the connection was made.
-pub fn on_proxy_error(session: &Session, ctx: &RequestCtx, mut e: Box<Error>) -> Box<Error> {
+pub fn on_proxy_error(session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     if matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry() {
         // Our own retryable-status error: already counted and decided.
         return e;
@@ -176,10 +184,12 @@ pub fn on_proxy_error(session: &Session, ctx: &RequestCtx, mut e: Box<Error>) ->
     if e.esource() == &ErrorSource::Upstream {
         record_failure(ctx);
     }
+    crate::resilience::note_error(ctx, &e);
     let can = e.esource() == &ErrorSource::Upstream
         && retryable_method(session)
         && session.response_written().is_none()
-        && attempts_left(ctx);
+        && attempts_left(ctx)
+        && crate::resilience::allow_retry(ctx);
     e.set_retry(can);
     e
 }

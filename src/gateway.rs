@@ -15,6 +15,7 @@
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
 //! | `logging`                 | releases the least_conn guard; [`crate::observe`]: metrics, access log |
 //! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::observe`] upstream time |
+//! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline, retry back-off, retry budget |
 
 use crate::ctx::RequestCtx;
 use crate::errors;
@@ -178,6 +179,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        crate::resilience::before_attempt(ctx).await?;
         crate::observe::upstream_attempt(ctx);
         forward::peer(ctx)
     }
@@ -214,6 +216,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        crate::resilience::check_body(ctx, end_of_stream)?;
         let rt = ctx.rt.clone();
         if let Some(r) = ctx.route.and_then(|i| rt.routes.get(i)) {
             r.plugins.response_body(body, end_of_stream, ctx)?;

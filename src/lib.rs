@@ -20,6 +20,7 @@ pub mod observe;
 pub mod plugins;
 pub mod probe;
 pub mod request;
+pub mod resilience;
 pub mod router;
 pub mod runtime;
 pub mod server;

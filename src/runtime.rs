@@ -132,6 +132,8 @@ pub struct Route {
     pub plugins: Chain,
     /// `protocols: [https]`: how plain HTTP is answered ([`crate::https_redirect`]).
     pub https_only: Option<crate::https_redirect::HttpsOnly>,
+    /// `timeout`: total time for the upstream exchange, retries included.
+    pub timeout: Option<crate::resilience::RouteTimeout>,
 }
 
 /// One compiled config generation.
@@ -280,6 +282,7 @@ impl Shared {
         let new = Arc::new(new);
         self.current.store(new.clone());
         self.states.retain(&keep);
+        self.states.resilience.retain(&new);
         crate::observe::metrics::install(&new);
         crate::plugins::proxy_cache::install(&new);
         Ok(Reloaded {

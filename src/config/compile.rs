@@ -158,7 +158,7 @@ pub fn compile(
         route: None,
     };
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
-    let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env);
+    let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env, states);
     let global_plugins = merge_chain(&globals, Vec::new());
     crate::probe::check_routes(&mut c, &server, &raw.routes);
     crate::https_redirect::check_listeners(&mut c, &server, &raw.routes);
@@ -443,6 +443,7 @@ fn compile_upstreams(
             passive,
             selector,
             cursor: AtomicUsize::new(0),
+            resilience: crate::resilience::compile_upstream(c, &p, u, &states.resilience),
         }));
     }
     out
@@ -587,6 +588,7 @@ fn compile_routes(
     upstreams: &[Arc<Upstream>],
     globals: &PluginList,
     env: &plugins::BuildEnv,
+    states: &StateRegistry,
 ) -> (Vec<Route>, Router) {
     let by_name: HashMap<&str, &Arc<Upstream>> =
         upstreams.iter().map(|u| (u.name.as_str(), u)).collect();
@@ -660,6 +662,8 @@ fn compile_routes(
         };
         let own = compile_plugin_list(c, &format!("{p}.plugins"), &r.plugins, &route_env);
         let chain = merge_chain(globals, own);
+        let timeout =
+            crate::resilience::compile_route_timeout(c, &p, &r.name, r.timeout, &states.resilience);
         if let Some(upstream) = upstream {
             index.push((routes.len(), prefixes, matcher));
             routes.push(Route {
@@ -669,6 +673,7 @@ fn compile_routes(
                 preserve_host: r.preserve_host,
                 plugins: chain,
                 https_only: crate::https_redirect::compile(c, &p, r),
+                timeout,
             });
         }
     }

@@ -157,6 +157,11 @@ pub struct RawUpstream {
     pub retries: u32,
     pub health_check: Option<RawHealthCheck>,
     pub passive: Option<RawPassive>,
+    /// Wait before each retry (extension; absent: retry at once).
+    pub retry_backoff: Option<crate::resilience::RawBackoff>,
+    /// Cap on retries per upstream pool (extension; on by default).
+    #[serde(default)]
+    pub retry_budget: crate::resilience::RawRetryBudget,
 }
 
 fn default_keepalive() -> usize {
@@ -305,6 +310,9 @@ pub struct RawRoute {
     /// Kong's `https_redirect_status_code`: the answer to plain HTTP on an https-only route.
     #[serde(default)]
     pub https_redirect_status_code: Option<u16>,
+    /// Total time for the upstream exchange, retries included (extension; absent: none).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
 }
 
 fn default_true() -> bool {

@@ -22,6 +22,7 @@ pub mod concurrency;
 pub mod correlation_id;
 pub mod cors;
 pub mod forward_auth;
+pub mod error_responses;
 pub mod ip_restriction;
 pub mod json_rewrite;
 pub mod jwt;
@@ -63,6 +64,7 @@ pub const ORDER: &[&str] = &[
     "request-transformer",
     "response-transformer",
     "security-headers",
+    "error-responses",
 ];
 
 /// An answer the gateway gives itself instead of proxying.
@@ -138,6 +140,7 @@ pub enum Plugin {
     ProxyCache(proxy_cache::ProxyCache),
     SecurityHeaders(security_headers::SecurityHeaders),
     OpenTelemetry(opentelemetry::OpenTelemetry),
+    ErrorResponses(error_responses::ErrorResponses),
 }
 
 impl Plugin {
@@ -158,6 +161,7 @@ impl Plugin {
             Plugin::ProxyCache(_) => "proxy-cache",
             Plugin::SecurityHeaders(_) => "security-headers",
             Plugin::OpenTelemetry(_) => "opentelemetry",
+            Plugin::ErrorResponses(_) => "error-responses",
         }
     }
 
@@ -182,6 +186,10 @@ impl Plugin {
             Plugin::ProxyCache(_) => Outcome::Continue,
             Plugin::SecurityHeaders(_) => Outcome::Continue,
             Plugin::OpenTelemetry(p) => p.request(session, ctx),
+            Plugin::ErrorResponses(p) => {
+                p.request(session, ctx);
+                Outcome::Continue
+            }
         }
     }
 
@@ -218,6 +226,7 @@ impl Plugin {
             Plugin::SecurityHeaders(p) => p.response(resp),
             Plugin::RateLimiting(p) => p.response(resp, ctx),
             Plugin::OpenTelemetry(p) => p.response(resp, ctx),
+            Plugin::ErrorResponses(p) => p.response(resp, ctx, gateway_made),
             _ => Ok(()),
         }
     }
@@ -231,6 +240,10 @@ impl Plugin {
     ) -> Result<()> {
         match self {
             Plugin::ResponseTransformer(p) => p.response_body(body, end_of_stream, ctx),
+            Plugin::ErrorResponses(p) => {
+                p.response_body(body, end_of_stream, ctx);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -352,6 +365,9 @@ pub fn build(
         }
         "opentelemetry" => {
             opentelemetry::OpenTelemetry::build(c, path, config).map(Plugin::OpenTelemetry)
+        }
+        "error-responses" => {
+            error_responses::ErrorResponses::build(c, path, config).map(Plugin::ErrorResponses)
         }
         _ if ORDER.contains(&name) => {
             c.error(

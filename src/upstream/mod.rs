@@ -4,6 +4,7 @@
 //! circuit breaker, in-flight count) lives in a [`StateRegistry`] keyed by
 //! `(upstream name, target addr)`, so a reload that keeps a target keeps its state.
 
+pub mod budget;
 pub mod health;
 pub mod select;
 
@@ -136,6 +137,8 @@ pub struct Upstream {
     pub selector: select::Selector,
     /// Rotating start point for round robin, the weighted schedule and tie breaks.
     pub cursor: AtomicUsize,
+    /// `retry_backoff`, `retry_budget` and their counters.
+    pub resilience: crate::resilience::UpstreamPolicy,
 }
 
 impl Upstream {
@@ -148,6 +151,8 @@ impl Upstream {
 #[derive(Debug, Default)]
 pub struct StateRegistry {
     states: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+    /// Retry budgets and resilience counters by upstream and route name.
+    pub resilience: crate::resilience::Registry,
 }
 
 impl StateRegistry {
