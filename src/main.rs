@@ -113,6 +113,12 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
+    if !cli.upgrade {
+        if let Err(e) = server::check_listeners(&shared.snapshot()) {
+            eprintln!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // Read once, like grace_period: the drain step on SIGTERM (gatehouse::probe).
     let drain_delay = shared.snapshot().server.drain_delay;
     match server::build(shared, opts) {

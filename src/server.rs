@@ -21,6 +21,31 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
+/// Binds (and releases) every listen address once before Pingora starts. Pingora binds in
+/// its service threads and, when an address is taken, panics there after its retries while
+/// the process lives on without serving: systemd would report a running gateway that
+/// answers nothing. Checked here, the process exits at once naming the config key. Skipped
+/// for `-u`, where the sockets come from the running instance.
+pub fn check_listeners(rt: &crate::runtime::Runtime) -> std::result::Result<(), String> {
+    use std::net::SocketAddr;
+    let mut addrs: Vec<(String, SocketAddr)> = Vec::new();
+    for (i, a) in rt.server.listen.iter().enumerate() {
+        addrs.push((format!("server.listen[{i}]"), *a));
+    }
+    if let Some(tls) = &rt.server.tls {
+        for (i, a) in tls.listen.iter().enumerate() {
+            addrs.push((format!("server.tls.listen[{i}]"), *a));
+        }
+    }
+    addrs.push(("admin.listen".to_string(), rt.admin.listen));
+    for (key, addr) in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(format!("{key}: cannot listen on {addr}: {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Pingora's `ServerConf` from our config.
 pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
     let rt = shared.snapshot();

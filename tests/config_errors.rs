@@ -212,3 +212,50 @@ fn every_bad_fixture_is_rejected() {
     }
     assert!(n >= 12, "fixtures missing: {n}");
 }
+
+#[test]
+fn a_taken_listen_address_exits_at_once_naming_it() {
+    // Pingora would panic in its service thread after retrying for seconds and leave a
+    // process that serves nothing; the gateway refuses to start instead.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("g.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  pid_file: {d}/g.pid\n  upgrade_sock: {d}/g.sock\nadmin:\n  listen: 127.0.0.1:{admin}\nupstreams:\n  - name: u\n    targets: [{{ addr: \"127.0.0.1:9\" }}]\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n",
+            d = dir.path().display(),
+            admin = free_port()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the gateway kept running with its listen address taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "server.listen[0]: cannot listen on 127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+    drop(taken);
+}
