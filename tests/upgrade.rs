@@ -157,7 +157,16 @@ async fn upgrade_hands_sockets_over_without_failed_requests() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Traffic must be flowing before the handover (a fixed sleep was too short on a loaded
+    // machine: CI saw 9 requests in 300 ms).
+    let flowing = {
+        let tally = tally.clone();
+        wait_until(Duration::from_secs(10), move || {
+            tally.ok.load(Ordering::Relaxed) > 20
+        })
+        .await
+    };
+    assert!(flowing, "no traffic through the old process");
 
     // the new process waits on upgrade_sock for the sockets; then the old one gets SIGQUIT
     let mut new = Proc::spawn(&dir, "new", &["-u"]);
