@@ -55,6 +55,9 @@ pub struct RequestCtx {
     pub resp_body: crate::plugins::response_transformer::BodyState,
     /// proxy-cache state of this request (the status itself is `cache_status`).
     pub cache: crate::plugins::proxy_cache::CacheState,
+    /// `request-transformer`: the JSON body read and rewritten in `request_filter`, sent to
+    /// every upstream attempt.
+    pub req_body: Option<crate::plugins::request_body::Prepared>,
 }
 
 impl RequestCtx {
@@ -85,6 +88,7 @@ impl RequestCtx {
             origin: None,
             resp_body: Default::default(),
             cache: Default::default(),
+            req_body: None,
         }
     }
 

@@ -68,6 +68,14 @@ pub fn method_index(m: &http::Method) -> usize {
 pub const CACHE_STATUSES: &[&str] = &["HIT", "MISS", "STALE", "EXPIRED", "BYPASS"];
 /// `response_transform_skipped_total{reason}` values.
 pub const TRANSFORM_SKIP_REASONS: &[&str] = &["too_large", "compressed", "invalid_json"];
+/// `request_transform_bodies_total{result}` values (request-transformer `json` rules).
+pub const REQUEST_BODY_RESULTS: &[&str] = &[
+    "rewritten",
+    "unchanged",
+    "too_large",
+    "invalid_json",
+    "compressed",
+];
 /// `rate_limit_hits_total{client_id}` for requests without a consumer.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -90,6 +98,7 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub transform_skipped: IntCounterVec,
+    pub request_bodies: IntCounterVec,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -243,6 +252,12 @@ impl Metrics {
                 "response_transform_skipped_total",
                 "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, compressed, invalid_json).",
                 &["route", "reason"],
+            ),
+            request_bodies: counter_vec(
+                &r,
+                "request_transform_bodies_total",
+                "JSON request bodies request-transformer read, by route and result (rewritten, unchanged; refused: too_large, invalid_json, compressed).",
+                &["route", "result"],
             ),
             registry: r,
             table: ArcSwap::from_pointee(RouteTable::default()),
@@ -551,6 +566,11 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
                 m.transform_skipped.with_label_values(&[name.as_str(), r]);
             }
         }
+        if plugins.iter().any(|p| p == "request-transformer") {
+            for r in REQUEST_BODY_RESULTS {
+                m.request_bodies.with_label_values(&[name.as_str(), r]);
+            }
+        }
         by_name.insert(name.clone(), rm.clone());
         routes.push(rm);
     }
@@ -599,6 +619,11 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
         {
             for r in TRANSFORM_SKIP_REASONS {
                 let _ = m.transform_skipped.remove_label_values(&[name.as_str(), r]);
+            }
+        }
+        if plugins.iter().any(|p| p == "request-transformer") && !has(name, "request-transformer") {
+            for r in REQUEST_BODY_RESULTS {
+                let _ = m.request_bodies.remove_label_values(&[name.as_str(), r]);
             }
         }
     }
@@ -730,6 +755,15 @@ pub fn transform_skipped(route: &str, reason: &str) {
     metrics()
         .transform_skipped
         .with_label_values(&[route, reason])
+        .inc();
+}
+
+/// `request_transform_bodies_total{route,result}`: a JSON request body request-transformer
+/// read (`result`: one of [`REQUEST_BODY_RESULTS`]).
+pub fn request_body_transform(route: &str, result: &str) {
+    metrics()
+        .request_bodies
+        .with_label_values(&[route, result])
         .inc();
 }
 
