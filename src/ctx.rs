@@ -64,6 +64,9 @@ pub struct RequestCtx {
     pub resilience: crate::resilience::RequestState,
     /// `error-responses`: the body replacing this upstream answer's, if any.
     pub error_response: crate::plugins::error_responses::Pending,
+    /// `request-transformer`: the JSON body read and rewritten in `request_filter`, sent to
+    /// every upstream attempt.
+    pub req_body: Option<crate::plugins::request_body::Prepared>,
 }
 
 impl RequestCtx {
@@ -98,6 +101,7 @@ impl RequestCtx {
             probe: false,
             resilience: Default::default(),
             error_response: Default::default(),
+            req_body: None,
         }
     }
 

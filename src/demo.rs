@@ -123,6 +123,10 @@ async fn handle(
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(10_000))).await;
     }
+    // A JSON request body is echoed back as "received" (to show request-transformer).
+    let (parts, incoming) = req.into_parts();
+    let received = received_json(&parts.headers, incoming).await;
+    let req = Request::from_parts(parts, ());
     let path = req.uri().path();
     if service == "auth" && path != "/health" && !path.starts_with("/__demo/") {
         let auth = req
@@ -161,6 +165,9 @@ async fn handle(
     // Show what the auth plugins sent upstream (only on routes that authenticate), and the
     // trace context of the opentelemetry plugin (products-stripped).
     let mut body = body;
+    if let (Some(v), Some(obj)) = (received, body.as_object_mut()) {
+        obj.insert("received".into(), v);
+    }
     for (field, header) in [
         ("consumer", "x-consumer-username"),
         ("roles", "x-authenticated-roles"),
@@ -182,6 +189,26 @@ async fn handle(
         .body(Full::new(body))
         .unwrap_or_default();
     Ok(resp)
+}
+
+/// The request body as JSON when it is `application/json` and at most 64 KB.
+async fn received_json(
+    headers: &http::HeaderMap,
+    body: hyper::body::Incoming,
+) -> Option<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return None;
+    }
+    let bytes = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Serves one demo backend until the process exits.
@@ -257,6 +284,8 @@ pub fn banner(listen: &str, admin: &str) -> String {
 
 Try:
   curl -s http://{listen}/api/v1/users               # no "email"; wrapped as {{success, data, meta}}
+  curl -si -X POST http://{listen}/api/v1/users -H 'Content-Type: application/json' \
+       -d '{{"name":"Grace","password":"s3cret"}}'    # "received": no password, _meta added; X-Response-Time
   curl -si -X OPTIONS http://{listen}/api/v1/users -H 'Origin: http://localhost:3000' \
        -H 'Access-Control-Request-Method: POST'      # CORS preflight: 204 from the gateway itself
   curl -si http://{listen}/api/v1/users -H 'Origin: http://localhost:3000'  # Access-Control-Allow-Origin

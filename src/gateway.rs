@@ -6,6 +6,7 @@
 //! | `early_request_filter`    | [`crate::request`]: id, client IP, limits |
 //! | `request_filter`          | [`crate::probe`] (health path), [`crate::request::route`], [`crate::https_redirect`], plugins |
 //! | `request_body_filter`     | body size cap (`server.max_body_bytes`)   |
+//! | `request_body_filter` (read ahead) | request-transformer's rewritten JSON body ([`crate::plugins::request_body::replay`]) |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | [`crate::plugins::proxy_cache`] (Pingora's cache phases, run after `request_filter`) |
 //! | `upstream_peer`           | [`crate::forward::peer`] -> [`crate::upstream::select`] |
 //! | `upstream_request_filter` | [`crate::forward::rewrite_request`]       |
@@ -106,6 +107,10 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A body request-transformer already read (and counted) goes out as rewritten.
+        if crate::plugins::request_body::replay(body, ctx) {
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > ctx.body_limit {

@@ -209,7 +209,15 @@ async fn backoff_spaces_retries() {
         total >= Duration::from_millis(300),
         "ten retries waited {total:?} in all"
     );
-    let text = gw.metrics_text().await;
+    // Retries are counted in the logging phase, after the answer went out: poll briefly.
+    let mut text = gw.metrics_text().await;
+    for _ in 0..40 {
+        if metric(&text, "upstream_retries_total", &[("service", "u")]) == Some(10.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = gw.metrics_text().await;
+    }
     assert_eq!(
         metric(&text, "upstream_retry_backoffs_total", &[("service", "u")]),
         Some(10.0)

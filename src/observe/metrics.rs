@@ -68,6 +68,14 @@ pub fn method_index(m: &http::Method) -> usize {
 pub const CACHE_STATUSES: &[&str] = &["HIT", "MISS", "STALE", "EXPIRED", "BYPASS"];
 /// `response_transform_skipped_total{reason}` values.
 pub const TRANSFORM_SKIP_REASONS: &[&str] = &["too_large", "compressed", "invalid_json"];
+/// `request_transform_bodies_total{result}` values (request-transformer `json` rules).
+pub const REQUEST_BODY_RESULTS: &[&str] = &[
+    "rewritten",
+    "unchanged",
+    "too_large",
+    "invalid_json",
+    "compressed",
+];
 /// `rate_limit_hits_total{client_id}` for requests without a consumer.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -98,6 +106,7 @@ pub struct Metrics {
     pub forward_auth_calls: IntCounterVec,
     pub forward_auth_cache_hits: IntCounterVec,
     pub forward_auth_duration: HistogramVec,
+    pub request_bodies: IntCounterVec,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -288,6 +297,12 @@ impl Metrics {
                 "Time of a call to a forward-auth service, by route, in seconds.",
                 &["route"],
                 UPSTREAM_BUCKETS,
+            ),
+            request_bodies: counter_vec(
+                &r,
+                "request_transform_bodies_total",
+                "JSON request bodies request-transformer read, by route and result (rewritten, unchanged; refused: too_large, invalid_json, compressed).",
+                &["route", "result"],
             ),
             registry: r,
             table: ArcSwap::from_pointee(RouteTable::default()),
@@ -599,6 +614,11 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
         if plugins.iter().any(|p| p == "forward-auth") {
             forward_auth_series(name, true);
         }
+        if plugins.iter().any(|p| p == "request-transformer") {
+            for r in REQUEST_BODY_RESULTS {
+                m.request_bodies.with_label_values(&[name.as_str(), r]);
+            }
+        }
         by_name.insert(name.clone(), rm.clone());
         routes.push(rm);
     }
@@ -651,6 +671,11 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
         }
         if plugins.iter().any(|p| p == "forward-auth") && !has(name, "forward-auth") {
             forward_auth_series(name, false);
+        }
+        if plugins.iter().any(|p| p == "request-transformer") && !has(name, "request-transformer") {
+            for r in REQUEST_BODY_RESULTS {
+                let _ = m.request_bodies.remove_label_values(&[name.as_str(), r]);
+            }
         }
     }
     for (name, um) in &old.upstreams {
@@ -807,6 +832,15 @@ fn forward_auth_series(route: &str, create: bool) {
     } else {
         let _ = m.forward_auth_duration.remove_label_values(&[route]);
     }
+}
+
+/// `request_transform_bodies_total{route,result}`: a JSON request body request-transformer
+/// read (`result`: one of [`REQUEST_BODY_RESULTS`]).
+pub fn request_body_transform(route: &str, result: &str) {
+    metrics()
+        .request_bodies
+        .with_label_values(&[route, result])
+        .inc();
 }
 
 /// `rate_limit_backend_errors_total`: the shared (Redis) backend failed.

@@ -30,6 +30,7 @@ pub mod key_auth;
 pub mod opentelemetry;
 pub mod proxy_cache;
 pub mod rate_limit;
+pub mod request_body;
 pub mod request_transformer;
 pub mod response_transformer;
 pub mod security_headers;
@@ -170,7 +171,7 @@ impl Plugin {
         match self {
             Plugin::CorrelationId(p) => p.request(session, ctx),
             Plugin::Cors(p) => p.request(session, ctx),
-            Plugin::RequestTransformer(_) => Outcome::Continue,
+            Plugin::RequestTransformer(p) => p.request(session, ctx).await,
             Plugin::ResponseTransformer(p) => {
                 p.request(session, ctx);
                 Outcome::Continue

@@ -5,11 +5,16 @@
 //! - `add` sets a header or query key only when the request does not have it.
 //! - `replace` sets it only when the request has it (every occurrence).
 //! - `rename` moves every value of `from` to `to`; an existing `to` is replaced.
-//! - Values may use `$(client_ip)`, `$(request_id)` and `$(consumer)`. They are compiled once
-//!   at load into literal and variable segments ([`Template`]); a value with no variable is
-//!   a ready `HeaderValue` (or percent-encoded query text) and costs nothing per request.
-//!   When a variable has no value for a request (`$(consumer)` on an anonymous request, no
-//!   client address) that entry is skipped for that request rather than sent empty.
+//! - Values may use `$(client_ip)`, `$(request_id)`, `$(consumer)` and `$(now)` (the time the
+//!   request head arrived, RFC 3339 UTC with milliseconds); response-transformer header
+//!   values may also use `$(latency)` ([`Scope`]). They are compiled once at load into
+//!   literal and variable segments ([`Template`]); a value with no variable is a ready
+//!   `HeaderValue` (or percent-encoded query text) and costs nothing per request. When a
+//!   variable has no value for a request (`$(consumer)` on an anonymous request, no client
+//!   address) that entry is skipped for that request rather than sent empty.
+//! - `json` entries edit JSON request bodies ([`super::request_body`]): the body is read in
+//!   `request_filter` (so the upstream gets an exact `Content-Length`), rewritten, and
+//!   handed to the upstream from `request_body_filter`.
 //! - Query keys are compared percent-decoded (`+` is a space); keys and values written by
 //!   the plugin are percent-encoded (everything but `A-Z a-z 0-9 - . _ ~`). The URI is only
 //!   rebuilt when a query rule changed something.
@@ -17,12 +22,16 @@
 //! Hop-by-hop and framing headers (`Content-Length`, `Transfer-Encoding`, `Connection`,
 //! ...) cannot be transformed: changing them would desynchronize the body framing.
 
+use super::request_body::{BodyRules, JsonConfig};
+use super::Outcome;
 use crate::config::compile::Compiler;
+use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use pingora::proxy::Session;
 use serde::Deserialize;
 use std::io::Write as _;
 
@@ -48,19 +57,65 @@ enum Seg {
     ClientIp,
     RequestId,
     Consumer,
+    /// When the request head arrived (wall clock), RFC 3339 UTC with milliseconds.
+    Now,
+    /// Milliseconds (3 decimals) from the request head's arrival to now; response side only.
+    Latency,
 }
 
-/// A configured value with `$(client_ip)`, `$(request_id)`, `$(consumer)` compiled into
-/// segments at load.
+/// Where a template is used, which decides the variables it may name: `$(latency)` only
+/// means something once a response exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// request-transformer headers, query values and JSON body values.
+    Request,
+    /// response-transformer header values.
+    Response,
+}
+
+/// A configured value with `$(client_ip)`, `$(request_id)`, `$(consumer)`, `$(now)` (and,
+/// in [`Scope::Response`], `$(latency)`) compiled into segments at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     segs: Vec<Seg>,
 }
 
+/// The wall-clock time the request head arrived: now minus the time since `started` (the
+/// monotonic clock the rest of the request uses), so every `$(now)` of one request names
+/// the same instant whichever phase renders it.
+pub fn arrival_time(ctx: &RequestCtx) -> std::time::Duration {
+    let now = std::time::SystemTime::now();
+    let at = now.checked_sub(ctx.started.elapsed()).unwrap_or(now);
+    at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Appends `s` JSON-escaped (no quotes) to `out`: for string values built from templates.
+pub fn push_json_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let b = c as u8;
+                out.push_str("\\u00");
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 0xf) as usize] as char);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
 impl Template {
-    /// Parses `value`. `$(` must close with `)` and name a known variable; a `$` not
-    /// followed by `(` is literal.
+    /// Parses a request-side `value` ([`Scope::Request`]).
     pub fn parse(value: &str) -> Result<Template, String> {
+        Template::parse_in(value, Scope::Request)
+    }
+
+    /// Parses `value`. `$(` must close with `)` and name a variable known in `scope`; a `$`
+    /// not followed by `(` is literal.
+    pub fn parse_in(value: &str, scope: Scope) -> Result<Template, String> {
         let mut segs = Vec::new();
         let mut rest = value;
         while let Some(at) = rest.find("$(") {
@@ -75,10 +130,23 @@ impl Template {
                 "client_ip" => Seg::ClientIp,
                 "request_id" => Seg::RequestId,
                 "consumer" => Seg::Consumer,
+                "now" => Seg::Now,
+                "latency" if scope == Scope::Response => Seg::Latency,
+                "latency" => {
+                    return Err(
+                        "\"$(latency)\" is only known in response-transformer header values"
+                            .into(),
+                    )
+                }
                 other => {
+                    let latency = if scope == Scope::Response {
+                        ", $(latency)"
+                    } else {
+                        ""
+                    };
                     return Err(format!(
-                        "unknown variable \"$({other})\" (known: $(client_ip), $(request_id), $(consumer))"
-                    ))
+                        "unknown variable \"$({other})\" (known: $(client_ip), $(request_id), $(consumer), $(now){latency})"
+                    ));
                 }
             });
             rest = &after[close + 1..];
@@ -110,7 +178,12 @@ impl Template {
 
     /// Appends the expanded value to `out`, each piece passed through `push`; false when a
     /// variable has no value for this request.
-    fn render_with(&self, ctx: &RequestCtx, out: &mut String, push: fn(&mut String, &str)) -> bool {
+    pub(crate) fn render_with(
+        &self,
+        ctx: &RequestCtx,
+        out: &mut String,
+        push: fn(&mut String, &str),
+    ) -> bool {
         for s in &self.segs {
             match s {
                 Seg::Lit(l) => push(out, l),
@@ -135,6 +208,21 @@ impl Template {
                     Some(c) => push(out, &c.username),
                     None => return false,
                 },
+                Seg::Now => push(out, &super::json_rewrite::rfc3339_millis(arrival_time(ctx))),
+                Seg::Latency => {
+                    // "12.345": at most ~20 digits before the point for any real uptime.
+                    let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+                    let mut buf = [0u8; 48];
+                    let mut w = std::io::Cursor::new(&mut buf[..]);
+                    if write!(w, "{ms:.3}").is_err() {
+                        return false;
+                    }
+                    let n = w.position() as usize;
+                    match std::str::from_utf8(&buf[..n]) {
+                        Ok(s) => push(out, s),
+                        Err(_) => return false,
+                    }
+                }
             }
         }
         true
@@ -211,7 +299,12 @@ pub fn header_name(c: &mut Compiler, path: &str, name: &str) -> Option<Name> {
 
 /// A header value (template) from the config.
 pub fn header_val(c: &mut Compiler, path: &str, value: &str) -> Option<HeaderVal> {
-    let t = match Template::parse(value) {
+    header_val_in(c, path, value, Scope::Request)
+}
+
+/// A header value (template) whose variables are those of `scope`.
+pub fn header_val_in(c: &mut Compiler, path: &str, value: &str, scope: Scope) -> Option<HeaderVal> {
+    let t = match Template::parse_in(value, scope) {
         Ok(t) => t,
         Err(e) => {
             c.error(path, e);
@@ -236,6 +329,16 @@ pub fn header_val(c: &mut Compiler, path: &str, value: &str) -> Option<HeaderVal
 
 /// `headers` entries `"Name:value"`.
 pub fn header_pairs(c: &mut Compiler, path: &str, entries: &[String]) -> Vec<(Name, HeaderVal)> {
+    header_pairs_in(c, path, entries, Scope::Request)
+}
+
+/// `headers` entries `"Name:value"` whose values use the variables of `scope`.
+pub fn header_pairs_in(
+    c: &mut Compiler,
+    path: &str,
+    entries: &[String],
+    scope: Scope,
+) -> Vec<(Name, HeaderVal)> {
     let mut out = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let p = format!("{path}[{i}]");
@@ -243,7 +346,7 @@ pub fn header_pairs(c: &mut Compiler, path: &str, entries: &[String]) -> Vec<(Na
             c.error(&p, format!("expected \"Name:value\", got {e:?}"));
             continue;
         };
-        if let (Some(n), Some(v)) = (header_name(c, &p, n), header_val(c, &p, v)) {
+        if let (Some(n), Some(v)) = (header_name(c, &p, n), header_val_in(c, &p, v, scope)) {
             out.push((n, v));
         }
     }
@@ -632,26 +735,61 @@ fn query_pairs(c: &mut Compiler, path: &str, entries: &[String]) -> Vec<(QueryKe
 struct Entries {
     headers: Vec<String>,
     querystring: Vec<String>,
+    /// JSON body members (`"path:value"`, `remove`: paths).
+    json: Vec<String>,
+    /// Kong's `json_types`: the type of each `json` value, in order (`string` by default).
+    json_types: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Config {
     add: Entries,
     remove: Entries,
     rename: Entries,
     replace: Entries,
+    /// Largest JSON body read to apply `json` rules to.
+    max_body_bytes: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            add: Entries::default(),
+            remove: Entries::default(),
+            rename: Entries::default(),
+            replace: Entries::default(),
+            max_body_bytes: ByteSize(1024 * 1024),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct RequestTransformer {
     headers: HeaderOps,
     query: QueryOps,
+    /// `json` rules; `None` when there are none (bodies are never read).
+    body: Option<Box<BodyRules>>,
 }
 
 impl RequestTransformer {
     pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
+        let body = BodyRules::build(
+            c,
+            path,
+            &JsonConfig {
+                add: &cfg.add.json,
+                add_types: &cfg.add.json_types,
+                remove: &cfg.remove.json,
+                remove_types: &cfg.remove.json_types,
+                rename: &cfg.rename.json,
+                rename_types: &cfg.rename.json_types,
+                replace: &cfg.replace.json,
+                replace_types: &cfg.replace.json_types,
+                max_body_bytes: cfg.max_body_bytes.0,
+            },
+        );
         let p = |op: &str, kind: &str| format!("{path}.config.{op}.{kind}");
         let headers = HeaderOps {
             remove: header_names(c, &p("remove", "headers"), &cfg.remove.headers),
@@ -681,10 +819,29 @@ impl RequestTransformer {
                 _ => c.error(&pp, format!("expected \"from:to\", got {e:?}")),
             }
         }
-        Some(RequestTransformer { headers, query })
+        let body = body.ok()?.map(Box::new);
+        Some(RequestTransformer {
+            headers,
+            query,
+            body,
+        })
+    }
+
+    /// The JSON body rules, when configured.
+    pub fn body(&self) -> Option<&BodyRules> {
+        self.body.as_deref()
+    }
+
+    /// `request_filter`: reads and rewrites a JSON body when `json` rules are configured.
+    pub async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
+        match &self.body {
+            Some(b) => b.read(session, ctx).await,
+            None => Outcome::Continue,
+        }
     }
 
     pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+        super::request_body::upstream_request(req, ctx)?;
         self.headers.apply(req, ctx)?;
         if self.query.is_empty() {
             return Ok(());

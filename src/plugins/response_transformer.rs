@@ -1,7 +1,8 @@
 //! `response-transformer` (response_filter + response_body_filter): edits upstream answers.
 //!
 //! Headers: `remove`, `rename`, `replace` (an extension, Kong's), `add`, in that order, with
-//! the request-transformer's semantics and variables. Never applied to the gateway's own
+//! the request-transformer's semantics and variables, plus `$(latency)` (milliseconds from
+//! the request head's arrival to this response head). Never applied to the gateway's own
 //! answers (errors, preflights).
 //!
 //! Body: `remove.json`, `rename.json` (through every object and array, see
@@ -26,7 +27,7 @@
 
 use super::json_rewrite::{self, Envelope, JsonRules};
 use super::request_transformer::{
-    header_names, header_pairs, header_renames, split_entry, HeaderOps,
+    header_names, header_pairs_in, header_renames, split_entry, HeaderOps, Scope,
 };
 use crate::config::compile::Compiler;
 use crate::config::units::ByteSize;
@@ -259,8 +260,13 @@ impl ResponseTransformer {
         let headers = HeaderOps {
             remove: header_names(c, &p("remove", "headers"), &cfg.remove.headers),
             rename: header_renames(c, &p("rename", "headers"), &cfg.rename.headers),
-            replace: header_pairs(c, &p("replace", "headers"), &cfg.replace.headers),
-            add: header_pairs(c, &p("add", "headers"), &cfg.add.headers),
+            replace: header_pairs_in(
+                c,
+                &p("replace", "headers"),
+                &cfg.replace.headers,
+                Scope::Response,
+            ),
+            add: header_pairs_in(c, &p("add", "headers"), &cfg.add.headers, Scope::Response),
         };
         let mut renames = Vec::new();
         let mut entry_ok = true;
