@@ -131,6 +131,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         HealthScheduler::new(shared.clone()),
     ));
     server.add_service(background_service(
+        "jwks refresh",
+        crate::plugins::jwt::jwks::Refreshers,
+    ));
+    server.add_service(background_service(
         "access log",
         crate::observe::access_log::Writer::new(shared.clone()),
     ));

@@ -647,7 +647,7 @@ fn demo_sample_token_matches_the_demo_config() {
             .authenticate(&token, gatehouse::plugins::jwt::now())
             .expect("sample token verifies");
         let mut ctx = gatehouse::ctx::RequestCtx::new(rt.clone());
-        ctx.consumer = Some(info.consumer);
+        ctx.consumer = info.consumer;
         ctx.jwt = Some(info);
         assert_eq!(acl.decide(&ctx), want, "{name}");
         assert_eq!(rt.consumers[ctx.consumer.unwrap()].username, "demo-app");

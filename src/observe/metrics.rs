@@ -76,6 +76,10 @@ pub const REQUEST_BODY_RESULTS: &[&str] = &[
     "invalid_json",
     "compressed",
 ];
+/// `jwt_jwks_fetches_total{outcome}` values.
+pub const JWKS_FETCH_OUTCOMES: [&str; 3] = ["success", "error", "invalid"];
+/// `jwt_jwks_unknown_kid_refusals_total{reason}` values.
+pub const JWKS_UNKNOWN_KID_REASONS: [&str; 3] = ["rate_limited", "timeout", "not_in_set"];
 /// `rate_limit_hits_total{client_id}` for requests without a consumer.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -107,6 +111,10 @@ pub struct Metrics {
     pub forward_auth_cache_hits: IntCounterVec,
     pub forward_auth_duration: HistogramVec,
     pub request_bodies: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
+    pub jwks_keys_ignored: IntGaugeVec,
+    pub jwks_unknown_kid: IntCounterVec,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -131,6 +139,13 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(v.clone()))
+        .expect("metric registered once");
+    v
 }
 
 fn histogram_vec(
@@ -303,6 +318,30 @@ impl Metrics {
                 "request_transform_bodies_total",
                 "JSON request bodies request-transformer read, by route and result (rewritten, unchanged; refused: too_large, invalid_json, compressed).",
                 &["route", "result"],
+            ),
+            jwks_fetches: counter_vec(
+                &r,
+                "jwt_jwks_fetches_total",
+                "JWKS key set fetches (or file reads) by source and outcome (success, error, invalid).",
+                &["source", "outcome"],
+            ),
+            jwks_keys: gauge_vec(
+                &r,
+                "jwt_jwks_keys",
+                "Usable keys in the current JWKS key set, by source.",
+                &["source"],
+            ),
+            jwks_keys_ignored: gauge_vec(
+                &r,
+                "jwt_jwks_keys_ignored",
+                "Keys of the last JWKS document that cannot be used (other use, type, curve or alg), by source.",
+                &["source"],
+            ),
+            jwks_unknown_kid: counter_vec(
+                &r,
+                "jwt_jwks_unknown_kid_refusals_total",
+                "Tokens refused because the JWKS key set has no key with their kid, by source and reason (rate_limited, timeout, not_in_set).",
+                &["source", "reason"],
             ),
             registry: r,
             table: ArcSwap::from_pointee(RouteTable::default()),
@@ -888,6 +927,42 @@ pub fn otel_spans_dropped_export_failed(n: u64) {
 /// `otel_export_failures_total`: one failed export call.
 pub fn otel_export_failure() {
     metrics().otel_export_failures.inc();
+}
+
+/// Handle of `jwt_jwks_fetches_total{source,outcome}` (`source`: a configured JWKS URL or
+/// file, so the label stays bounded by the config).
+pub fn jwks_fetches(source: &str, outcome: &str) -> IntCounter {
+    metrics().jwks_fetches.with_label_values(&[source, outcome])
+}
+
+/// Handle of `jwt_jwks_keys{source}`.
+pub fn jwks_keys(source: &str) -> IntGauge {
+    metrics().jwks_keys.with_label_values(&[source])
+}
+
+/// Handle of `jwt_jwks_keys_ignored{source}`.
+pub fn jwks_keys_ignored(source: &str) -> IntGauge {
+    metrics().jwks_keys_ignored.with_label_values(&[source])
+}
+
+/// Handle of `jwt_jwks_unknown_kid_refusals_total{source,reason}`.
+pub fn jwks_unknown_kid(source: &str, reason: &str) -> IntCounter {
+    metrics()
+        .jwks_unknown_kid
+        .with_label_values(&[source, reason])
+}
+
+/// Removes the series of a JWKS source no config uses any more.
+pub fn jwks_forget(source: &str) {
+    let m = metrics();
+    for o in JWKS_FETCH_OUTCOMES {
+        let _ = m.jwks_fetches.remove_label_values(&[source, o]);
+    }
+    for r in JWKS_UNKNOWN_KID_REASONS {
+        let _ = m.jwks_unknown_kid.remove_label_values(&[source, r]);
+    }
+    let _ = m.jwks_keys.remove_label_values(&[source]);
+    let _ = m.jwks_keys_ignored.remove_label_values(&[source]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,10 @@
 //! until the token's `exp` (plus leeway), so a repeated RS256/ES256 token skips the signature
 //! check. Tokens themselves are never stored, logged or echoed.
 //!
+//! With a `jwks:` block (see [`jwks`]), a token whose `key_claim_name` claim names no
+//! `jwt_secrets` entry is verified with the key of a JWKS key set that its header's `kid`
+//! selects; a request with an unknown `kid` may wait for one refresh of the set.
+//!
 //! Failures: 401 `missing_token` (`WWW-Authenticate: Bearer realm="gatehouse"`, RFC 6750
 //! 3.1: no error code when no credentials were sent), `invalid_token` or `token_expired`
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
@@ -90,6 +94,8 @@ struct Config {
     cache_entries: usize,
     /// Kong's key: `false` lets CORS preflights through unauthenticated.
     run_on_preflight: bool,
+    /// Extension: a JWKS key set (`url` or `file`) for tokens of no `jwt_secrets` entry.
+    jwks: Option<jwks::JwksConfig>,
 }
 
 impl Default for Config {
@@ -106,6 +112,7 @@ impl Default for Config {
             hide_credentials: true,
             cache_entries: 10_000,
             run_on_preflight: true,
+            jwks: None,
         }
     }
 }
@@ -228,6 +235,8 @@ pub enum Failure {
     Malformed,
     TooLarge,
     UnknownKey,
+    /// The JWKS key set has no key with the token's `kid` (a refresh may help).
+    UnknownKid,
     Algorithm,
     Signature,
     ClaimType,
@@ -246,6 +255,7 @@ impl Failure {
             Failure::Malformed => ("invalid_token", "The token is malformed"),
             Failure::TooLarge => ("invalid_token", "The token is too large"),
             Failure::UnknownKey => ("invalid_token", "No credential matches the token"),
+            Failure::UnknownKid => ("invalid_token", "The token's signing key is not known"),
             Failure::Algorithm => ("invalid_token", "The token's algorithm is not accepted"),
             Failure::Signature => ("invalid_token", "The token's signature is invalid"),
             Failure::ClaimType => ("invalid_token", "The token's exp and nbf must be numbers"),
@@ -268,6 +278,8 @@ pub struct Jws<'a> {
     signing_input: &'a str,
     signature: &'a str,
     alg: String,
+    /// The header's `kid` (JWKS key selection).
+    kid: Option<String>,
     pub payload: Vec<u8>,
 }
 
@@ -275,6 +287,8 @@ pub struct Jws<'a> {
 struct JwsHeader<'a> {
     #[serde(borrow)]
     alg: Cow<'a, str>,
+    #[serde(borrow)]
+    kid: Option<Cow<'a, str>>,
     crit: Option<Value>,
     b64: Option<Value>,
 }
@@ -301,6 +315,7 @@ pub fn parse_jws(token: &str) -> Result<Jws<'_>, Failure> {
         signing_input,
         signature,
         alg: h.alg.into_owned(),
+        kid: h.kid.map(Cow::into_owned),
         payload,
     })
 }
@@ -369,13 +384,15 @@ pub fn roles_in(v: &Value) -> Vec<&str> {
 /// A verified token: what the request context keeps.
 #[derive(Debug)]
 pub struct TokenInfo {
-    /// Index into `rt.consumers`.
-    pub consumer: usize,
+    /// Index into `rt.consumers`: `None` for a JWKS token that names no consumer.
+    pub consumer: Option<usize>,
     pub claims: Map<String, Value>,
     /// `X-Authenticated-Roles` value (roles of `roles_claim`), if any.
     pub roles: Option<HeaderValue>,
     /// Unix time in ms from which this verification no longer holds (`exp` + leeway).
     valid_until_ms: u64,
+    /// Generation of the JWKS key set that verified it (0: a `jwt_secrets` key).
+    jwks_generation: u64,
 }
 
 struct Credential {
@@ -439,6 +456,7 @@ pub struct Jwt {
     credentials: HashMap<String, Credential>,
     cache: Option<VerifyCache>,
     run_on_preflight: bool,
+    jwks: Option<jwks::Jwks>,
 }
 
 impl fmt::Debug for Jwt {
@@ -449,6 +467,7 @@ impl fmt::Debug for Jwt {
             .field("key_claim", &self.key_claim)
             .field("credentials", &self.credentials.len())
             .field("cache", &self.cache.as_ref().map(VerifyCache::len))
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -598,6 +617,10 @@ impl Jwt {
                 }
             }
         }
+        let jwks = match cfg.jwks {
+            Some(j) => Some(jwks::Jwks::build(c, &format!("{cp}.jwks"), j, env)?),
+            None => None,
+        };
         Some(Jwt {
             header_names,
             require_exp,
@@ -612,6 +635,7 @@ impl Jwt {
             credentials,
             cache: VerifyCache::new(cfg.cache_entries),
             run_on_preflight: cfg.run_on_preflight,
+            jwks,
         })
     }
 
@@ -652,7 +676,15 @@ impl Jwt {
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = cache.get(&digest, now_ms) {
-            return Ok(hit);
+            // A JWKS verification holds while no key was removed from the set since.
+            let current = hit.jwks_generation == 0
+                || self
+                    .jwks
+                    .as_ref()
+                    .is_some_and(|j| j.current(hit.jwks_generation));
+            if current {
+                return Ok(hit);
+            }
         }
         let info = Arc::new(self.verify(token, now)?);
         cache.put(digest, info.clone());
@@ -664,10 +696,17 @@ impl Jwt {
         let Claims(claims) =
             serde_json::from_slice(&jws.payload).map_err(|_| Failure::Malformed)?;
         let cred = match claims.get(&self.key_claim) {
-            Some(Value::String(k)) => self.credentials.get(k).ok_or(Failure::UnknownKey)?,
-            _ => return Err(Failure::UnknownKey),
+            Some(Value::String(k)) => self.credentials.get(k),
+            _ => None,
         };
-        check_signature(&jws, &cred.key)?;
+        let (consumer, jwks_generation) = match (cred, &self.jwks) {
+            (Some(cred), _) => {
+                check_signature(&jws, &cred.key)?;
+                (Some(cred.consumer), 0)
+            }
+            (None, Some(jwks)) => (None, jwks.check_signature(&jws)?),
+            (None, None) => return Err(Failure::UnknownKey),
+        };
         // Only authentic tokens get past here: claim errors do not help forgers.
         let exp = number(&claims, "exp")?;
         let nbf = number(&claims, "nbf")?;
@@ -716,26 +755,31 @@ impl Jwt {
             Some(exp) => ((exp + self.leeway) * 1000.0) as u64,
             None => now_ms.saturating_add(NO_EXP_CACHE_MS),
         };
+        let consumer = consumer.or_else(|| self.jwks.as_ref()?.consumer_of(&claims));
         Ok(TokenInfo {
-            consumer: cred.consumer,
+            consumer,
             claims,
             roles,
             valid_until_ms,
+            jwks_generation,
         })
     }
 
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    pub async fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;
         }
         let result = match self.find_token(session.req_header()) {
-            Ok(Some(token)) => self.authenticate(token, now()),
+            Ok(Some(token)) => self.authenticate_or_refresh(token).await,
             Ok(None) => Err(Failure::Missing),
             Err(f) => Err(f),
         };
         match result {
             Ok(info) => {
-                ctx.consumer = Some(info.consumer);
+                // A JWKS token of no consumer leaves one found by key-auth in place.
+                if info.consumer.is_some() {
+                    ctx.consumer = info.consumer;
+                }
                 ctx.jwt = Some(info);
                 Outcome::Continue
             }
@@ -760,6 +804,8 @@ impl Jwt {
         Ok(())
     }
 }
+
+pub mod jwks;
 
 #[cfg(test)]
 mod tests;

@@ -179,7 +179,7 @@ impl Plugin {
             Plugin::IpRestriction(p) => p.request(ctx),
             Plugin::RequestSizeLimiting(p) => p.request(session, ctx),
             Plugin::KeyAuth(p) => p.request(session, ctx),
-            Plugin::Jwt(p) => p.request(session, ctx),
+            Plugin::Jwt(p) => p.request(session, ctx).await,
             Plugin::ForwardAuth(p) => p.request(session, ctx).await,
             Plugin::Acl(p) => p.request(ctx),
             Plugin::RateLimiting(p) => p.request(session, ctx).await,

@@ -268,7 +268,7 @@ fn claims_are_checked_after_the_signature() {
         "exp": NOW + 60.0, "roles": ["a", "b"]
     });
     let info = j.authenticate(&hs(&ok), NOW).unwrap();
-    assert_eq!(info.consumer, 0);
+    assert_eq!(info.consumer, Some(0));
     assert_eq!(info.roles.as_ref().unwrap(), "a,b");
     let mut list_aud = ok.clone();
     list_aud["aud"] = serde_json::json!(["x", "api"]);
