@@ -373,7 +373,11 @@ async fn incoming_trace_continues_and_span_is_exported() {
     assert_eq!(h("authorization").as_deref(), Some(COLLECTOR_TOKEN));
     assert_eq!(h("content-type").as_deref(), Some("application/json"));
 
-    assert_eq!(metric_now(&gw, "otel_spans_exported_total", &[]).await, 1.0);
+    // Counted once the collector has answered: a moment after it recorded the body.
+    assert_eq!(
+        wait_metric_at_least(&gw, "otel_spans_exported_total", &[], 1.0).await,
+        1.0
+    );
     // The collector's credentials are nowhere to be seen.
     let status = gw.status_json().await.to_string();
     let metrics = gw.metrics_text().await;
@@ -646,7 +650,10 @@ async fn sampling_ratio_zero_propagates_but_exports_nothing() {
     assert_eq!(spans.len(), 1, "{spans:#?}");
     assert_eq!(spans_after.len(), 1);
     assert_eq!(spans[0]["traceId"], INCOMING_TRACE);
-    assert_eq!(metric_now(&gw, "otel_spans_exported_total", &[]).await, 1.0);
+    assert_eq!(
+        wait_metric_at_least(&gw, "otel_spans_exported_total", &[], 1.0).await,
+        1.0
+    );
 }
 
 /// Collector down: every request is answered at once, export failures and dropped spans are
