@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub resp_body: crate::plugins::response_transformer::BodyState,
     /// proxy-cache state of this request (the status itself is `cache_status`).
     pub cache: crate::plugins::proxy_cache::CacheState,
+    /// `response-compression`: the negotiated coding, then the decision for the module.
+    pub compression: crate::plugins::response_compression::State,
 }
 
 impl RequestCtx {
@@ -85,6 +87,7 @@ impl RequestCtx {
             origin: None,
             resp_body: Default::default(),
             cache: Default::default(),
+            compression: Default::default(),
         }
     }
 

@@ -68,6 +68,9 @@ pub fn method_index(m: &http::Method) -> usize {
 pub const CACHE_STATUSES: &[&str] = &["HIT", "MISS", "STALE", "EXPIRED", "BYPASS"];
 /// `response_transform_skipped_total{reason}` values.
 pub const TRANSFORM_SKIP_REASONS: &[&str] = &["too_large", "compressed", "invalid_json"];
+/// `response_compressed_total{encoding}` and `response_compression_*_bytes_total{encoding}`
+/// values (the `Content-Encoding` tokens of `response-compression`).
+pub const COMPRESSION_ENCODINGS: &[&str] = &["br", "gzip", "zstd"];
 /// `rate_limit_hits_total{client_id}` for requests without a consumer.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -90,6 +93,9 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub transform_skipped: IntCounterVec,
+    pub compressed: IntCounterVec,
+    pub compression_in: IntCounterVec,
+    pub compression_out: IntCounterVec,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -243,6 +249,24 @@ impl Metrics {
                 "response_transform_skipped_total",
                 "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, compressed, invalid_json).",
                 &["route", "reason"],
+            ),
+            compressed: counter_vec(
+                &r,
+                "response_compressed_total",
+                "Answers response-compression compressed, by route and encoding (br, gzip, zstd).",
+                &["route", "encoding"],
+            ),
+            compression_in: counter_vec(
+                &r,
+                "response_compression_in_bytes_total",
+                "Identity body bytes response-compression encoded, by encoding.",
+                &["encoding"],
+            ),
+            compression_out: counter_vec(
+                &r,
+                "response_compression_out_bytes_total",
+                "Compressed body bytes response-compression produced, by encoding.",
+                &["encoding"],
             ),
             registry: r,
             table: ArcSwap::from_pointee(RouteTable::default()),
@@ -551,6 +575,13 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
                 m.transform_skipped.with_label_values(&[name.as_str(), r]);
             }
         }
+        if plugins.iter().any(|p| p == "response-compression") {
+            for e in COMPRESSION_ENCODINGS {
+                m.compressed.with_label_values(&[name.as_str(), e]);
+                m.compression_in.with_label_values(&[e]);
+                m.compression_out.with_label_values(&[e]);
+            }
+        }
         by_name.insert(name.clone(), rm.clone());
         routes.push(rm);
     }
@@ -599,6 +630,12 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
         {
             for r in TRANSFORM_SKIP_REASONS {
                 let _ = m.transform_skipped.remove_label_values(&[name.as_str(), r]);
+            }
+        }
+        if plugins.iter().any(|p| p == "response-compression") && !has(name, "response-compression")
+        {
+            for e in COMPRESSION_ENCODINGS {
+                let _ = m.compressed.remove_label_values(&[name.as_str(), e]);
             }
         }
     }
@@ -731,6 +768,22 @@ pub fn transform_skipped(route: &str, reason: &str) {
         .transform_skipped
         .with_label_values(&[route, reason])
         .inc();
+}
+
+/// Handle of `response_compressed_total{route,encoding}` (`encoding`: one of
+/// [`COMPRESSION_ENCODINGS`]).
+pub fn compressed_responses(route: &str, encoding: &str) -> IntCounter {
+    metrics().compressed.with_label_values(&[route, encoding])
+}
+
+/// Handles of `response_compression_in_bytes_total{encoding}` and
+/// `response_compression_out_bytes_total{encoding}`.
+pub fn compression_bytes(encoding: &str) -> (IntCounter, IntCounter) {
+    let m = metrics();
+    (
+        m.compression_in.with_label_values(&[encoding]),
+        m.compression_out.with_label_values(&[encoding]),
+    )
 }
 
 /// `rate_limit_backend_errors_total`: the shared (Redis) backend failed.

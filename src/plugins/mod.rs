@@ -28,6 +28,7 @@ pub mod key_auth;
 pub mod proxy_cache;
 pub mod rate_limit;
 pub mod request_transformer;
+pub mod response_compression;
 pub mod response_transformer;
 pub mod security_headers;
 pub mod size_limit;
@@ -58,6 +59,7 @@ pub const ORDER: &[&str] = &[
     "proxy-cache",
     "request-transformer",
     "response-transformer",
+    "response-compression",
     "security-headers",
 ];
 
@@ -132,6 +134,7 @@ pub enum Plugin {
     ConcurrencyLimiting(concurrency::Concurrency),
     ProxyCache(proxy_cache::ProxyCache),
     SecurityHeaders(security_headers::SecurityHeaders),
+    ResponseCompression(response_compression::ResponseCompression),
 }
 
 impl Plugin {
@@ -150,6 +153,7 @@ impl Plugin {
             Plugin::ConcurrencyLimiting(_) => "concurrency-limiting",
             Plugin::ProxyCache(_) => "proxy-cache",
             Plugin::SecurityHeaders(_) => "security-headers",
+            Plugin::ResponseCompression(_) => "response-compression",
         }
     }
 
@@ -172,6 +176,7 @@ impl Plugin {
             Plugin::ConcurrencyLimiting(p) => p.request(ctx),
             Plugin::ProxyCache(_) => Outcome::Continue,
             Plugin::SecurityHeaders(_) => Outcome::Continue,
+            Plugin::ResponseCompression(p) => p.request(session, ctx),
         }
     }
 
@@ -187,6 +192,7 @@ impl Plugin {
             Plugin::RequestTransformer(p) => p.upstream_request(req, ctx),
             Plugin::KeyAuth(p) => p.upstream_request(req, ctx),
             Plugin::Jwt(p) => p.upstream_request(req, ctx),
+            Plugin::ResponseCompression(p) => p.upstream_request(req),
             _ => Ok(()),
         }
     }
@@ -205,6 +211,7 @@ impl Plugin {
             Plugin::ProxyCache(p) => p.response(resp, ctx),
             Plugin::SecurityHeaders(p) => p.response(resp),
             Plugin::RateLimiting(p) => p.response(resp, ctx),
+            Plugin::ResponseCompression(p) => p.response(resp, ctx, gateway_made),
             _ => Ok(()),
         }
     }
@@ -334,6 +341,8 @@ pub fn build(
         "security-headers" => {
             security_headers::SecurityHeaders::build(c, path, config).map(Plugin::SecurityHeaders)
         }
+        "response-compression" => response_compression::ResponseCompression::build(c, path, config)
+            .map(Plugin::ResponseCompression),
         _ if ORDER.contains(&name) => {
             c.error(
                 &format!("{path}.name"),
