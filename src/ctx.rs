@@ -67,6 +67,8 @@ pub struct RequestCtx {
     /// `request-transformer`: the JSON body read and rewritten in `request_filter`, sent to
     /// every upstream attempt.
     pub req_body: Option<crate::plugins::request_body::Prepared>,
+    /// `response-compression`: the negotiated coding, then the decision for the module.
+    pub compression: crate::plugins::response_compression::State,
 }
 
 impl RequestCtx {
@@ -102,6 +104,7 @@ impl RequestCtx {
             resilience: Default::default(),
             error_response: Default::default(),
             req_body: None,
+            compression: Default::default(),
         }
     }
 

@@ -88,11 +88,36 @@ fn sample(service: &str) -> serde_json::Value {
             {"id": 1001, "user_id": 1, "total": 42.5, "status": "shipped"},
             {"id": 1002, "user_id": 2, "total": 9.99, "status": "pending"}
         ]),
-        _ => serde_json::json!([
-            {"sku": "KB-001", "name": "Keyboard", "price": 49.0},
-            {"sku": "MS-002", "name": "Mouse", "price": 19.0}
-        ]),
+        _ => products(),
     }
+}
+
+/// The product catalogue: big enough (about 2 KB) for response-compression's `min_size`.
+fn products() -> serde_json::Value {
+    const ITEMS: &[(&str, &str, f64)] = &[
+        ("KB-001", "Keyboard", 49.0),
+        ("MS-002", "Mouse", 19.0),
+        ("MN-003", "Monitor 27in", 289.0),
+        ("HS-004", "Headset", 79.0),
+        ("WC-005", "Webcam", 59.0),
+        ("DK-006", "Docking station", 149.0),
+        ("CB-007", "USB-C cable", 12.0),
+        ("ST-008", "Laptop stand", 39.0),
+        ("MP-009", "Mouse pad", 9.0),
+        ("SP-010", "Speakers", 89.0),
+        ("MC-011", "Microphone", 119.0),
+        ("HB-012", "USB hub", 29.0),
+    ];
+    ITEMS
+        .iter()
+        .map(|(sku, name, price)| {
+            serde_json::json!({
+                "sku": sku, "name": name, "price": price, "currency": "EUR",
+                "in_stock": true, "warehouse": "AMS-1",
+                "description": format!("{name}: a demo catalogue entry for the gatehouse demo"),
+            })
+        })
+        .collect()
 }
 
 /// Per-instance health switch, flipped with `POST /__demo/down` and `POST /__demo/up` on the
@@ -296,6 +321,8 @@ Try:
   curl -si http://{listen}/api/v1/orders/1001 | grep -i ratelimit   # X-RateLimit-*, RateLimit-Policy: 10;w=60
   curl -si http://{listen}/api/v1/products | grep -i -e x-cache -e '^age'   # proxy-cache: MISS, then HIT with Age
   curl -s -X POST http://{admin}/cache/purge -d '{{"route":"products"}}'      # {{"purged":1,...}}: next GET is a MISS
+  curl -s -D- -o /dev/null http://{listen}/api/v1/products -H 'Accept-Encoding: gzip, br' | grep -i -e content-enc -e vary
+                                                     # response-compression: br (per client, from the cached identity body)
   curl -s http://{listen}/products/KB-001            # strip_path: upstream sees /KB-001; weighted 3:1 products-1/-2
   curl -s -X POST http://{listen}/api/v1/products    # methods: [GET, HEAD] -> 404 not_found
   curl -s http://{listen}/api/v1/account -H 'X-API-Key: demo-api-key'   # key-auth: 200, "consumer":"demo-app"

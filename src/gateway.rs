@@ -10,7 +10,8 @@
 //! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | [`crate::plugins::proxy_cache`] (Pingora's cache phases, run after `request_filter`) |
 //! | `upstream_peer`           | [`crate::forward::peer`] -> [`crate::upstream::select`] |
 //! | `upstream_request_filter` | [`crate::forward::rewrite_request`]       |
-//! | `response_filter`         | `X-Cache-Status` ([`crate::plugins::proxy_cache::settle_status`]), plugins |
+//! | `response_filter`         | `X-Cache-Status` ([`crate::plugins::proxy_cache::settle_status`]), plugins, then [`crate::plugins::response_compression::hand_off`] |
+//! | `init_downstream_modules` | [`crate::plugins::response_compression`]'s module (encodes bodies after every body filter) |
 //! | `upstream_response_filter`| [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
@@ -49,6 +50,11 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.shared.snapshot())
+    }
+
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // In place of Pingora's default (disabled) compression module.
+        crate::plugins::response_compression::init_modules(modules);
     }
 
     async fn early_request_filter(
@@ -164,10 +170,12 @@ impl ProxyHttp for Gateway {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        proxy_cache::variance(meta, req)
+        let skip = crate::plugins::response_compression::ignores_accept_encoding(ctx)
+            .then_some("accept-encoding");
+        proxy_cache::variance_except(meta, req, skip)
     }
 
     fn should_serve_stale(
@@ -208,10 +216,11 @@ impl ProxyHttp for Gateway {
         proxy_cache::settle_status(session, ctx);
         let rt = ctx.rt.clone();
         let chain = ctx.route.and_then(|i| rt.routes.get(i)).map(|r| &r.plugins);
-        match chain {
-            Some(chain) => chain.response(upstream_response, ctx, false),
-            None => Ok(()),
+        if let Some(chain) = chain {
+            chain.response(upstream_response, ctx, false)?;
         }
+        crate::plugins::response_compression::hand_off(session, ctx);
+        Ok(())
     }
 
     fn response_body_filter(

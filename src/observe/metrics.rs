@@ -80,6 +80,9 @@ pub const REQUEST_BODY_RESULTS: &[&str] = &[
 pub const JWKS_FETCH_OUTCOMES: [&str; 3] = ["success", "error", "invalid"];
 /// `jwt_jwks_unknown_kid_refusals_total{reason}` values.
 pub const JWKS_UNKNOWN_KID_REASONS: [&str; 3] = ["rate_limited", "timeout", "not_in_set"];
+/// `response_compressed_total{encoding}` and `response_compression_*_bytes_total{encoding}`
+/// values (the `Content-Encoding` tokens of `response-compression`).
+pub const COMPRESSION_ENCODINGS: &[&str] = &["br", "gzip", "zstd"];
 /// `rate_limit_hits_total{client_id}` for requests without a consumer.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -115,6 +118,9 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     pub jwks_keys_ignored: IntGaugeVec,
     pub jwks_unknown_kid: IntCounterVec,
+    pub compressed: IntCounterVec,
+    pub compression_in: IntCounterVec,
+    pub compression_out: IntCounterVec,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -342,6 +348,24 @@ impl Metrics {
                 "jwt_jwks_unknown_kid_refusals_total",
                 "Tokens refused because the JWKS key set has no key with their kid, by source and reason (rate_limited, timeout, not_in_set).",
                 &["source", "reason"],
+            ),
+            compressed: counter_vec(
+                &r,
+                "response_compressed_total",
+                "Answers response-compression compressed, by route and encoding (br, gzip, zstd).",
+                &["route", "encoding"],
+            ),
+            compression_in: counter_vec(
+                &r,
+                "response_compression_in_bytes_total",
+                "Identity body bytes response-compression encoded, by encoding.",
+                &["encoding"],
+            ),
+            compression_out: counter_vec(
+                &r,
+                "response_compression_out_bytes_total",
+                "Compressed body bytes response-compression produced, by encoding.",
+                &["encoding"],
             ),
             registry: r,
             table: ArcSwap::from_pointee(RouteTable::default()),
@@ -658,6 +682,13 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
                 m.request_bodies.with_label_values(&[name.as_str(), r]);
             }
         }
+        if plugins.iter().any(|p| p == "response-compression") {
+            for e in COMPRESSION_ENCODINGS {
+                m.compressed.with_label_values(&[name.as_str(), e]);
+                m.compression_in.with_label_values(&[e]);
+                m.compression_out.with_label_values(&[e]);
+            }
+        }
         by_name.insert(name.clone(), rm.clone());
         routes.push(rm);
     }
@@ -714,6 +745,12 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
         if plugins.iter().any(|p| p == "request-transformer") && !has(name, "request-transformer") {
             for r in REQUEST_BODY_RESULTS {
                 let _ = m.request_bodies.remove_label_values(&[name.as_str(), r]);
+            }
+        }
+        if plugins.iter().any(|p| p == "response-compression") && !has(name, "response-compression")
+        {
+            for e in COMPRESSION_ENCODINGS {
+                let _ = m.compressed.remove_label_values(&[name.as_str(), e]);
             }
         }
     }
@@ -880,6 +917,22 @@ pub fn request_body_transform(route: &str, result: &str) {
         .request_bodies
         .with_label_values(&[route, result])
         .inc();
+}
+
+/// Handle of `response_compressed_total{route,encoding}` (`encoding`: one of
+/// [`COMPRESSION_ENCODINGS`]).
+pub fn compressed_responses(route: &str, encoding: &str) -> IntCounter {
+    metrics().compressed.with_label_values(&[route, encoding])
+}
+
+/// Handles of `response_compression_in_bytes_total{encoding}` and
+/// `response_compression_out_bytes_total{encoding}`.
+pub fn compression_bytes(encoding: &str) -> (IntCounter, IntCounter) {
+    let m = metrics();
+    (
+        m.compression_in.with_label_values(&[encoding]),
+        m.compression_out.with_label_values(&[encoding]),
+    )
 }
 
 /// `rate_limit_backend_errors_total`: the shared (Redis) backend failed.

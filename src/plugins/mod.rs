@@ -32,6 +32,7 @@ pub mod proxy_cache;
 pub mod rate_limit;
 pub mod request_body;
 pub mod request_transformer;
+pub mod response_compression;
 pub mod response_transformer;
 pub mod security_headers;
 pub mod size_limit;
@@ -64,6 +65,7 @@ pub const ORDER: &[&str] = &[
     "proxy-cache",
     "request-transformer",
     "response-transformer",
+    "response-compression",
     "security-headers",
     "error-responses",
 ];
@@ -142,6 +144,7 @@ pub enum Plugin {
     SecurityHeaders(security_headers::SecurityHeaders),
     OpenTelemetry(opentelemetry::OpenTelemetry),
     ErrorResponses(error_responses::ErrorResponses),
+    ResponseCompression(response_compression::ResponseCompression),
 }
 
 impl Plugin {
@@ -163,6 +166,7 @@ impl Plugin {
             Plugin::SecurityHeaders(_) => "security-headers",
             Plugin::OpenTelemetry(_) => "opentelemetry",
             Plugin::ErrorResponses(_) => "error-responses",
+            Plugin::ResponseCompression(_) => "response-compression",
         }
     }
 
@@ -191,6 +195,7 @@ impl Plugin {
                 p.request(session, ctx);
                 Outcome::Continue
             }
+            Plugin::ResponseCompression(p) => p.request(session, ctx),
         }
     }
 
@@ -208,6 +213,7 @@ impl Plugin {
             Plugin::Jwt(p) => p.upstream_request(req, ctx),
             Plugin::OpenTelemetry(p) => p.upstream_request(req, ctx),
             Plugin::ForwardAuth(p) => p.upstream_request(req, ctx),
+            Plugin::ResponseCompression(p) => p.upstream_request(req),
             _ => Ok(()),
         }
     }
@@ -228,6 +234,7 @@ impl Plugin {
             Plugin::RateLimiting(p) => p.response(resp, ctx),
             Plugin::OpenTelemetry(p) => p.response(resp, ctx),
             Plugin::ErrorResponses(p) => p.response(resp, ctx, gateway_made),
+            Plugin::ResponseCompression(p) => p.response(resp, ctx, gateway_made),
             _ => Ok(()),
         }
     }
@@ -370,6 +377,8 @@ pub fn build(
         "error-responses" => {
             error_responses::ErrorResponses::build(c, path, config).map(Plugin::ErrorResponses)
         }
+        "response-compression" => response_compression::ResponseCompression::build(c, path, config)
+            .map(Plugin::ResponseCompression),
         _ if ORDER.contains(&name) => {
             c.error(
                 &format!("{path}.name"),

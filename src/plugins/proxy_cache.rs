@@ -402,8 +402,20 @@ pub fn response_cacheable(
 /// `cache_vary_filter`: the variance of a stored response for this request, from the
 /// response's `Vary` header names and the request's values of them.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    variance_except(meta, req, None)
+}
+
+/// [`variance`] without the header `skip` (lowercase): response-compression asks the
+/// upstream for identity bodies, so an upstream `Vary: Accept-Encoding` does not make one
+/// object per client `Accept-Encoding`.
+pub fn variance_except(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    skip: Option<&str>,
+) -> Option<HashBinary> {
     let mut names: Vec<String> = vary_names(meta.response_header())
         .map(str::to_ascii_lowercase)
+        .filter(|n| Some(n.as_str()) != skip)
         .collect();
     if names.is_empty() {
         return None;
