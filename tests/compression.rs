@@ -1055,3 +1055,26 @@ async fn http2_clients_get_compressed_bodies_too() {
     }
     assert_eq!(up.hits(), 2);
 }
+
+#[tokio::test]
+async fn error_responses_replacement_is_encoded_as_its_head_says() {
+    // error-responses (upstream: true) replaces a compressible upstream 503 after
+    // response-compression decided to compress it: whatever the client gets must decode, by
+    // its own Content-Encoding, to the configured body.
+    let up = Upstream::start();
+    up.fixed("/busy", fixed(503, &[JSON], &json_body(8 * 1024)));
+    let gw = gateway(
+        &up,
+        "  - name: response-compression\n  - name: error-responses\n    config:\n      upstream: true\n      responses:\n        503: { body: '{\"error\":\"maintenance\"}' }\n",
+    );
+    for ae in [Some("gzip"), Some("br"), None] {
+        let g = get(&gw, "/busy", ae);
+        assert_eq!(g.status(), 503);
+        assert_eq!(
+            g.decoded(),
+            br#"{"error":"maintenance"}"#,
+            "Accept-Encoding {ae:?}: content-encoding {:?}",
+            g.header("content-encoding")
+        );
+    }
+}
