@@ -189,18 +189,23 @@ pub fn close_if_dual_framing(session: &mut Session) {
     }
 }
 
-/// Looks the route up; false when none matches.
-pub fn route(session: &Session, ctx: &mut RequestCtx) -> bool {
-    let req = session.req_header();
-    let host = req
-        .uri
+/// The host a request is for, without port: the URI's (absolute form, HTTP/2 `:authority`)
+/// or else the `Host` header's. What routes match on.
+pub fn host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    req.uri
         .host()
         .or_else(|| {
             req.headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         })
-        .map(router::host_without_port);
+        .map(router::host_without_port)
+}
+
+/// Looks the route up; false when none matches.
+pub fn route(session: &Session, ctx: &mut RequestCtx) -> bool {
+    let req = session.req_header();
+    let host = host(req);
     match ctx
         .rt
         .router

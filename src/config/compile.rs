@@ -100,6 +100,20 @@ impl Compiler<'_> {
     }
 }
 
+/// The [`Compiler`] of one plugin's build, remembering whether it reported anything: a
+/// constructor reports every error it finds, then gives up if there was one.
+pub struct ErrorSink<'x, 'a> {
+    pub c: &'x mut Compiler<'a>,
+    pub failed: bool,
+}
+
+impl ErrorSink<'_, '_> {
+    pub fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.failed = true;
+        self.c.error(path, message);
+    }
+}
+
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);

@@ -36,7 +36,7 @@
 //! every plugin, and a cache hit neither calls nor boxes anything.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::compile::{Compiler, ErrorSink};
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use http::header::{
@@ -392,22 +392,9 @@ fn set_upstream(h: &HeaderName) -> bool {
 
 use super::cors::is_cors_preflight;
 
-/// Error sink of one build: remembers whether anything was reported.
-struct Sink<'x, 'a> {
-    c: &'x mut Compiler<'a>,
-    failed: bool,
-}
-
-impl Sink<'_, '_> {
-    fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.failed = true;
-        self.c.error(path, message);
-    }
-}
-
 /// Parses a list of header names, reporting each bad or refused one at its own path.
 fn header_list(
-    s: &mut Sink,
+    s: &mut ErrorSink,
     path: &str,
     names: &[String],
     refuse: &dyn Fn(&HeaderName) -> Option<&'static str>,
@@ -448,7 +435,7 @@ impl ForwardAuth {
     ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let cp = format!("{path}.config");
-        let mut s = Sink { c, failed: false };
+        let mut s = ErrorSink { c, failed: false };
 
         // url: parsed once; the value itself never goes into an error (it may hold a secret).
         let url = match cfg.url.as_deref().map(reqwest::Url::parse) {
@@ -692,11 +679,7 @@ impl ForwardAuth {
             }
         };
         let consumers = if consumer_header.is_some() {
-            env.consumers
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.username.clone(), i))
-                .collect()
+            env.consumer_index()
         } else {
             HashMap::new()
         };

@@ -7,7 +7,8 @@
 //! `12345678901234567890123` come out as they went in) and string escapes are preserved,
 //! and nothing is allocated per node. The output is compact (insignificant whitespace is
 //! dropped). Input that is not valid UTF-8 JSON, or nested deeper than [`MAX_DEPTH`], is
-//! refused with [`Invalid`] and the caller passes the original bytes on.
+//! refused with [`Invalid`] and the caller passes the original bytes on. The tokens are read
+//! by the scanner shared with the request body rewriter ([`super::json_scan`]).
 //!
 //! Rules, all matched on the member names as they are in the input (escapes decoded):
 //! - `remove` wins over `rename` for the same name (the config refuses listing one name in
@@ -19,23 +20,11 @@
 //!   `{"b":0,"a":1}` and `{"a":1,"b":0}` both into `{"b":1}`. The renamed member keeps the
 //!   source member's position. Two renames into one target are refused by the config.
 
-use std::fmt;
-
-/// Nesting deeper than this is not rewritten (the body passes through untouched).
-pub const MAX_DEPTH: usize = 256;
+use super::json_scan::{unquoted, Scanner};
+pub use super::json_scan::{Invalid, MAX_DEPTH};
 
 /// Most `rename.json` rules one plugin may have (a bit per rule tracks collisions).
 pub const MAX_RENAMES: usize = 64;
-
-/// The input is not valid JSON (or too deep): pass the original bytes on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Invalid;
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("not valid JSON")
-    }
-}
 
 #[derive(Debug)]
 struct Rename {
@@ -150,32 +139,38 @@ impl JsonRules {
         Action::Keep
     }
 
+    /// The action for a member name as written (quotes included): the raw bytes between
+    /// the quotes, decoded only when it has escapes (rare; allocates then).
+    fn key_action(&self, raw: &[u8], escaped: bool) -> Action {
+        if !escaped {
+            return self.action(unquoted(raw));
+        }
+        match serde_json::from_slice::<String>(raw) {
+            Ok(k) => self.action(k.as_bytes()),
+            Err(_) => Action::Keep,
+        }
+    }
+
     /// Validates `input` and appends its rewritten, compact form to `out`. Returns whether
     /// a rule changed anything. On `Err` the bytes appended to `out` are meaningless.
     pub fn rewrite(&self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, Invalid> {
-        if std::str::from_utf8(input).is_err() {
-            return Err(Invalid);
-        }
         let mut w = Writer {
-            s: input,
-            i: 0,
+            sc: Scanner::utf8(input)?,
             out,
             rules: self,
             changed: false,
         };
-        w.ws();
-        w.value(0, true)?;
-        w.ws();
-        if w.i != input.len() {
-            return Err(Invalid);
-        }
+        w.sc.ws();
+        w.value(0)?;
+        w.sc.finish()?;
         Ok(w.changed)
     }
 }
 
+/// Copies the input it scans to `out`, leaving out what the rules remove. (What is removed
+/// is only validated: [`Scanner::skip`].)
 struct Writer<'a> {
-    s: &'a [u8],
-    i: usize,
+    sc: Scanner<'a>,
     out: &'a mut Vec<u8>,
     rules: &'a JsonRules,
     changed: bool,
@@ -189,255 +184,98 @@ struct Written {
 }
 
 impl Writer<'_> {
-    #[inline]
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    #[inline]
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    #[inline]
-    fn expect(&mut self, b: u8) -> Result<(), Invalid> {
-        if self.peek() == Some(b) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(Invalid)
-        }
-    }
-
-    fn value(&mut self, depth: usize, emit: bool) -> Result<(), Invalid> {
-        match self.peek().ok_or(Invalid)? {
-            b'{' => self.object(depth + 1, emit),
-            b'[' => self.array(depth + 1, emit),
+    fn value(&mut self, depth: usize) -> Result<(), Invalid> {
+        match self.sc.peek().ok_or(Invalid)? {
+            b'{' => self.object(depth + 1),
+            b'[' => self.array(depth + 1),
             b'"' => {
-                let (a, b) = self.string()?;
-                if emit {
-                    self.out.extend_from_slice(&self.s[a..b]);
-                }
+                let (a, b, _) = self.sc.string()?;
+                self.out.extend_from_slice(self.sc.span(a, b)?);
                 Ok(())
             }
             _ => {
-                let a = self.i;
-                self.scalar()?;
-                if emit {
-                    self.out.extend_from_slice(&self.s[a..self.i]);
-                }
+                let a = self.sc.i;
+                self.sc.scalar()?;
+                self.out.extend_from_slice(self.sc.span(a, self.sc.i)?);
                 Ok(())
             }
         }
     }
 
-    /// A string at `self.i` (on its opening quote): its span, quotes included.
-    fn string(&mut self) -> Result<(usize, usize), Invalid> {
-        let a = self.i;
-        self.i += 1;
-        loop {
-            let b = self.peek().ok_or(Invalid)?;
-            self.i += 1;
-            match b {
-                b'"' => return Ok((a, self.i)),
-                b'\\' => match self.peek().ok_or(Invalid)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
-                    b'u' => {
-                        let hex = self.s.get(self.i + 1..self.i + 5).ok_or(Invalid)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return Err(Invalid);
-                        }
-                        self.i += 5;
-                    }
-                    _ => return Err(Invalid),
-                },
-                0x00..=0x1f => return Err(Invalid),
-                _ => {}
-            }
-        }
-    }
-
-    /// `true`, `false`, `null` or a number.
-    fn scalar(&mut self) -> Result<(), Invalid> {
-        let rest = &self.s[self.i..];
-        for lit in [&b"true"[..], b"false", b"null"] {
-            if rest.starts_with(lit) {
-                self.i += lit.len();
-                return Ok(());
-            }
-        }
-        // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-        if self.peek() == Some(b'-') {
-            self.i += 1;
-        }
-        match self.peek() {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(Invalid),
-        }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(Invalid);
-            }
-            self.digits();
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(Invalid);
-            }
-            self.digits();
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    fn array(&mut self, depth: usize, emit: bool) -> Result<(), Invalid> {
-        if depth > MAX_DEPTH {
-            return Err(Invalid);
-        }
-        self.i += 1;
-        if emit {
-            self.out.push(b'[');
-        }
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-        } else {
+    fn array(&mut self, depth: usize) -> Result<(), Invalid> {
+        let empty = self.sc.open(depth, b']')?;
+        self.out.push(b'[');
+        if !empty {
             loop {
-                self.ws();
-                self.value(depth, emit)?;
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.i += 1;
-                        if emit {
-                            self.out.push(b',');
-                        }
-                    }
-                    Some(b']') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Invalid),
+                self.sc.ws();
+                self.value(depth)?;
+                if !self.sc.next(b']')? {
+                    break;
                 }
+                self.out.push(b',');
             }
         }
-        if emit {
-            self.out.push(b']');
-        }
+        self.out.push(b']');
         Ok(())
     }
 
-    /// The name of a member for matching: the raw bytes between the quotes, decoded only
-    /// when it has escapes (rare; allocates then).
-    fn match_key(&self, a: usize, b: usize) -> Action {
-        let raw = &self.s[a + 1..b - 1];
-        if !raw.contains(&b'\\') {
-            return self.rules.action(raw);
-        }
-        match serde_json::from_slice::<String>(&self.s[a..b]) {
-            Ok(k) => self.rules.action(k.as_bytes()),
-            Err(_) => Action::Keep,
-        }
-    }
-
-    fn object(&mut self, depth: usize, emit: bool) -> Result<(), Invalid> {
-        if depth > MAX_DEPTH {
-            return Err(Invalid);
-        }
-        self.i += 1;
-        if emit {
-            self.out.push(b'{');
+    fn object(&mut self, depth: usize) -> Result<(), Invalid> {
+        let empty = self.sc.open(depth, b'}')?;
+        self.out.push(b'{');
+        if empty {
+            self.out.push(b'}');
+            return Ok(());
         }
         let start = self.out.len();
         // Renames applied in this object (bit per rule) and members written under a
         // rename's target name: together they resolve collisions either way round.
         let mut renamed: u64 = 0;
         let mut targets: Vec<Written> = Vec::new();
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            if emit {
-                self.out.push(b'}');
-            }
-            return Ok(());
-        }
         loop {
-            self.ws();
-            if self.peek() != Some(b'"') {
-                return Err(Invalid);
-            }
-            let (ka, kb) = self.string()?;
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
-            if !emit {
-                self.value(depth, false)?;
-            } else {
-                match self.match_key(ka, kb) {
-                    Action::Keep => {
-                        self.member_head(start, &self.s[ka..kb]);
-                        self.value(depth, true)?;
+            let (ka, kb, escaped) = self.sc.member_name()?;
+            let key = self.sc.span(ka, kb)?;
+            match self.rules.key_action(key, escaped) {
+                Action::Keep => {
+                    self.member_head(start, key);
+                    self.value(depth)?;
+                }
+                Action::Remove => {
+                    self.changed = true;
+                    self.sc.skip(depth)?;
+                }
+                Action::Rename(r) => {
+                    self.changed = true;
+                    if let Some(p) = targets.iter().position(|t| t.rule == r) {
+                        let t = targets.swap_remove(p);
+                        self.cut(start, &t, &mut targets);
                     }
-                    Action::Remove => {
+                    renamed |= 1 << r;
+                    let rules = self.rules;
+                    self.member_head(start, &rules.renames[r].to_json);
+                    self.value(depth)?;
+                }
+                Action::Target(r) => {
+                    if renamed & (1 << r) != 0 {
+                        // The renamed member wins.
                         self.changed = true;
-                        self.value(depth, false)?;
-                    }
-                    Action::Rename(r) => {
-                        self.changed = true;
-                        if let Some(p) = targets.iter().position(|t| t.rule == r) {
-                            let t = targets.swap_remove(p);
-                            self.cut(start, &t, &mut targets);
-                        }
-                        renamed |= 1 << r;
-                        let rules = self.rules;
-                        self.member_head(start, &rules.renames[r].to_json);
-                        self.value(depth, true)?;
-                    }
-                    Action::Target(r) => {
-                        if renamed & (1 << r) != 0 {
-                            // The renamed member wins.
-                            self.changed = true;
-                            self.value(depth, false)?;
-                        } else {
-                            let m = self.out.len();
-                            self.member_head(start, &self.s[ka..kb]);
-                            self.value(depth, true)?;
-                            targets.push(Written {
-                                rule: r,
-                                start: m,
-                                end: self.out.len(),
-                            });
-                        }
+                        self.sc.skip(depth)?;
+                    } else {
+                        let m = self.out.len();
+                        self.member_head(start, key);
+                        self.value(depth)?;
+                        targets.push(Written {
+                            rule: r,
+                            start: m,
+                            end: self.out.len(),
+                        });
                     }
                 }
             }
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return Err(Invalid),
+            if !self.sc.next(b'}')? {
+                break;
             }
         }
-        if emit {
-            self.out.push(b'}');
-        }
+        self.out.push(b'}');
         Ok(())
     }
 

@@ -18,6 +18,7 @@
 //! refused at load with "not implemented yet": never silently ignored.
 
 pub mod acl;
+pub(crate) mod body_buf;
 pub mod concurrency;
 pub mod correlation_id;
 pub mod cors;
@@ -25,6 +26,7 @@ pub mod error_responses;
 pub mod forward_auth;
 pub mod ip_restriction;
 pub mod json_rewrite;
+pub(crate) mod json_scan;
 pub mod jwt;
 pub mod key_auth;
 pub mod opentelemetry;
@@ -123,6 +125,18 @@ pub struct BuildEnv<'a> {
     pub limiters: &'a crate::limits::LimiterRegistry,
     /// Name of the route whose plugin list is being built; `None` for the global list.
     pub route: Option<&'a str>,
+}
+
+impl BuildEnv<'_> {
+    /// `consumers[].username` -> index into `consumers`: for plugins that name the consumer
+    /// by username (forward-auth's answer header, a JWKS token's claim).
+    pub fn consumer_index(&self) -> std::collections::HashMap<String, usize> {
+        self.consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.username.clone(), i))
+            .collect()
+    }
 }
 
 /// One configured plugin instance.

@@ -739,15 +739,7 @@ pub fn encode_span(
         .digest()
         .and_then(|d| d.ssl_digest.as_ref())
         .is_some();
-    let host = req
-        .uri
-        .host()
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .map(crate::router::host_without_port);
+    let host = crate::request::host(req);
     let user_agent = req
         .headers
         .get(http::header::USER_AGENT)

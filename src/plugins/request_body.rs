@@ -27,13 +27,15 @@
 //! that small tree in Kong's order (`remove`, `rename`, `replace`, `add`) and the result is
 //! written back: untouched values are copied byte for byte, edited objects come out compact.
 
-use super::json_rewrite::{self, Invalid};
+use super::body_buf::Chunks;
+use super::json_rewrite;
+use super::json_scan::{unquoted, Invalid, Scanner};
 use super::request_transformer::{push_json_escaped, Template};
 use super::response_transformer::is_json;
 use super::{Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::compile::{Compiler, ErrorSink};
 use crate::ctx::RequestCtx;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -41,7 +43,7 @@ use pingora::proxy::Session;
 use std::borrow::Cow;
 
 /// Nesting deeper than this is refused as invalid (same limit as the response rewriter).
-pub const MAX_DEPTH: usize = json_rewrite::MAX_DEPTH;
+pub const MAX_DEPTH: usize = super::json_scan::MAX_DEPTH;
 
 /// Pingora's retry buffer (`BODY_BUF_LIMIT` in pingora-core, not exported): the most body
 /// bytes it holds to replay to the upstream.
@@ -202,8 +204,7 @@ fn typed_value(kind: &str, v: &str) -> Result<Val, String> {
                 "boolean" => v == "true" || v == "false",
                 _ => true,
             };
-            let mut p = Parser::new(v.as_bytes());
-            if !ok || p.document_end().is_err() {
+            if !ok || Scanner::validate(v.as_bytes()).is_err() {
                 return Err(format!("{v:?} is not a JSON {kind}"));
             }
             Ok(Val::Json(v.as_bytes().into()))
@@ -289,7 +290,7 @@ impl BodyRules {
         path: &str,
         cfg: &JsonConfig,
     ) -> Result<Option<BodyRules>, ConfigInvalid> {
-        let c = &mut Report { c, failed: false };
+        let c = &mut ErrorSink { c, failed: false };
         let p = |op: &str, kind: &str| format!("{path}.config.{op}.{kind}");
         for (op, types) in [("remove", cfg.remove_types), ("rename", cfg.rename_types)] {
             if !types.is_empty() {
@@ -389,21 +390,8 @@ impl BodyRules {
     }
 }
 
-/// The compiler's error sink, remembering whether this plugin reported anything.
-struct Report<'r, 'c> {
-    c: &'r mut Compiler<'c>,
-    failed: bool,
-}
-
-impl Report<'_, '_> {
-    fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.failed = true;
-        self.c.error(path, message);
-    }
-}
-
 /// `add` / `replace` entries `"path:value"` typed by `json_types`.
-fn values(c: &mut Report, at: &str, entries: &[String], types: &[String]) -> Vec<(Path, Val)> {
+fn values(c: &mut ErrorSink, at: &str, entries: &[String], types: &[String]) -> Vec<(Path, Val)> {
     if types.len() > entries.len() {
         c.error(
             &format!("{}_types", at),
@@ -455,240 +443,57 @@ struct Member<'a> {
     val: Node<'a>,
 }
 
+/// Builds the member tree on the shared scanner.
 struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
+    sc: Scanner<'a>,
 }
 
 impl<'a> Parser<'a> {
     fn new(s: &'a [u8]) -> Parser<'a> {
-        Parser { s, i: 0 }
-    }
-
-    #[inline]
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    #[inline]
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    #[inline]
-    fn expect(&mut self, b: u8) -> Result<(), Invalid> {
-        if self.peek() == Some(b) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(Invalid)
-        }
-    }
-
-    /// The whole input is one JSON value (surrounded by optional whitespace).
-    fn document_end(&mut self) -> Result<(), Invalid> {
-        self.ws();
-        self.skip(0)?;
-        self.ws();
-        if self.i == self.s.len() {
-            Ok(())
-        } else {
-            Err(Invalid)
+        Parser {
+            sc: Scanner::new(s),
         }
     }
 
     /// The body as a tree: objects on `trie` paths split into members.
-    fn document(&mut self, trie: &Trie) -> Result<Node<'a>, Invalid> {
-        if std::str::from_utf8(self.s).is_err() {
-            return Err(Invalid);
-        }
-        self.ws();
-        let root = self.node(trie, 0)?;
-        self.ws();
-        if self.i != self.s.len() {
-            return Err(Invalid);
-        }
+    fn document(s: &'a [u8], trie: &Trie) -> Result<Node<'a>, Invalid> {
+        let mut p = Parser {
+            sc: Scanner::utf8(s)?,
+        };
+        p.sc.ws();
+        let root = p.node(trie, 0)?;
+        p.sc.finish()?;
         Ok(root)
     }
 
     fn node(&mut self, trie: &Trie, depth: usize) -> Result<Node<'a>, Invalid> {
-        if self.peek() == Some(b'{') && !trie.children.is_empty() {
+        if self.sc.peek() == Some(b'{') && !trie.children.is_empty() {
             return self.object(trie, depth + 1);
         }
-        let a = self.i;
-        self.skip(depth)?;
-        Ok(Node::Text(Cow::Borrowed(
-            self.s.get(a..self.i).ok_or(Invalid)?,
-        )))
+        Ok(Node::Text(Cow::Borrowed(self.sc.skip_span(depth)?)))
     }
 
     fn object(&mut self, trie: &Trie, depth: usize) -> Result<Node<'a>, Invalid> {
-        if depth > MAX_DEPTH {
-            return Err(Invalid);
-        }
-        self.i += 1;
         let mut members = Vec::new();
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        if self.sc.open(depth, b'}')? {
             return Ok(Node::Obj(members));
         }
         loop {
-            self.ws();
-            if self.peek() != Some(b'"') {
-                return Err(Invalid);
-            }
-            let (a, b, escaped) = self.string()?;
-            let raw = self.s.get(a..b).ok_or(Invalid)?;
+            let (a, b, escaped) = self.sc.member_name()?;
+            let raw = self.sc.span(a, b)?;
             let name = decode_name(raw, escaped);
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
             let val = match trie.child(&name) {
                 Some(t) => self.node(t, depth)?,
-                None => {
-                    let v = self.i;
-                    self.skip(depth)?;
-                    Node::Text(Cow::Borrowed(self.s.get(v..self.i).ok_or(Invalid)?))
-                }
+                None => Node::Text(Cow::Borrowed(self.sc.skip_span(depth)?)),
             };
             members.push(Member {
                 raw: Some(raw),
                 name,
                 val,
             });
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(Node::Obj(members));
-                }
-                _ => return Err(Invalid),
+            if !self.sc.next(b'}')? {
+                return Ok(Node::Obj(members));
             }
-        }
-    }
-
-    /// Validates and steps over one value.
-    fn skip(&mut self, depth: usize) -> Result<(), Invalid> {
-        match self.peek().ok_or(Invalid)? {
-            b'{' | b'[' => self.container(depth + 1),
-            b'"' => self.string().map(|_| ()),
-            _ => self.scalar(),
-        }
-    }
-
-    fn container(&mut self, depth: usize) -> Result<(), Invalid> {
-        if depth > MAX_DEPTH {
-            return Err(Invalid);
-        }
-        let object = self.peek() == Some(b'{');
-        let close = if object { b'}' } else { b']' };
-        self.i += 1;
-        self.ws();
-        if self.peek() == Some(close) {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            self.ws();
-            if object {
-                if self.peek() != Some(b'"') {
-                    return Err(Invalid);
-                }
-                self.string()?;
-                self.ws();
-                self.expect(b':')?;
-                self.ws();
-            }
-            self.skip(depth)?;
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(c) if c == close => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(Invalid),
-            }
-        }
-    }
-
-    /// A string at its opening quote: (start, end) quotes included, and whether it has
-    /// escapes.
-    fn string(&mut self) -> Result<(usize, usize, bool), Invalid> {
-        let a = self.i;
-        self.i += 1;
-        let mut escaped = false;
-        loop {
-            let b = self.peek().ok_or(Invalid)?;
-            self.i += 1;
-            match b {
-                b'"' => return Ok((a, self.i, escaped)),
-                b'\\' => {
-                    escaped = true;
-                    match self.peek().ok_or(Invalid)? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
-                        b'u' => {
-                            let hex = self.s.get(self.i + 1..self.i + 5).ok_or(Invalid)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return Err(Invalid);
-                            }
-                            self.i += 5;
-                        }
-                        _ => return Err(Invalid),
-                    }
-                }
-                0x00..=0x1f => return Err(Invalid),
-                _ => {}
-            }
-        }
-    }
-
-    /// `true`, `false`, `null` or a number.
-    fn scalar(&mut self) -> Result<(), Invalid> {
-        let rest = self.s.get(self.i..).unwrap_or_default();
-        for lit in [&b"true"[..], b"false", b"null"] {
-            if rest.starts_with(lit) {
-                self.i += lit.len();
-                return Ok(());
-            }
-        }
-        // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-        if self.peek() == Some(b'-') {
-            self.i += 1;
-        }
-        match self.peek() {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(Invalid),
-        }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(Invalid);
-            }
-            self.digits();
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(Invalid);
-            }
-            self.digits();
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.i += 1;
         }
     }
 }
@@ -696,7 +501,7 @@ impl<'a> Parser<'a> {
 /// A member name as text: borrowed when it has no escape. A name whose escapes do not decode
 /// (a lone surrogate) keeps its raw text, which no rule names.
 fn decode_name(raw: &[u8], escaped: bool) -> Cow<'_, str> {
-    let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
+    let inner = unquoted(raw);
     if !escaped {
         // The whole body was checked to be UTF-8.
         return match std::str::from_utf8(inner) {
@@ -823,7 +628,7 @@ impl BodyRules {
         ctx: &RequestCtx,
         out: &mut Vec<u8>,
     ) -> Result<bool, Invalid> {
-        let mut doc = Parser::new(input).document(&self.trie)?;
+        let mut doc = Parser::document(input, &self.trie)?;
         let Node::Obj(root) = &mut doc else {
             return Ok(false);
         };
@@ -943,41 +748,6 @@ pub struct Prepared {
     body: Bytes,
     /// The attempt (`RequestCtx::attempts`) that last got the body.
     sent_in: u32,
-}
-
-/// Body chunks as they arrive: one chunk is kept without a copy.
-#[derive(Default)]
-enum Chunks {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(BytesMut),
-}
-
-impl Chunks {
-    fn push(&mut self, b: Bytes, capacity: usize) {
-        *self = match std::mem::take(self) {
-            Chunks::Empty => Chunks::One(b),
-            Chunks::One(first) => {
-                let mut m = BytesMut::with_capacity(capacity.max(first.len() + b.len()));
-                m.extend_from_slice(&first);
-                m.extend_from_slice(&b);
-                Chunks::Many(m)
-            }
-            Chunks::Many(mut m) => {
-                m.extend_from_slice(&b);
-                Chunks::Many(m)
-            }
-        }
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Chunks::Empty => Bytes::new(),
-            Chunks::One(b) => b,
-            Chunks::Many(m) => m.freeze(),
-        }
-    }
 }
 
 /// A refusal part-way through the body: the connection is closed (the rest of the body is

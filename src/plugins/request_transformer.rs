@@ -89,6 +89,24 @@ pub fn arrival_time(ctx: &RequestCtx) -> std::time::Duration {
     at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
+/// Formats `args` on the stack (no allocation) and appends it to `out` through `push`; false
+/// when it is longer than 64 bytes.
+fn push_fmt(out: &mut String, push: fn(&mut String, &str), args: std::fmt::Arguments) -> bool {
+    let mut buf = [0u8; 64];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    if w.write_fmt(args).is_err() {
+        return false;
+    }
+    let n = w.position() as usize;
+    match buf.get(..n).map(std::str::from_utf8) {
+        Some(Ok(s)) => {
+            push(out, s);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Appends `s` JSON-escaped (no quotes) to `out`: for string values built from templates.
 pub fn push_json_escaped(out: &mut String, s: &str) {
     for c in s.chars() {
@@ -189,20 +207,9 @@ impl Template {
                 Seg::Lit(l) => push(out, l),
                 Seg::RequestId => push(out, &ctx.request_id),
                 Seg::ClientIp => match ctx.client_ip {
-                    Some(ip) => {
-                        // Formatted on the stack: the longest IPv6 text is 45 bytes.
-                        let mut buf = [0u8; 64];
-                        let mut w = std::io::Cursor::new(&mut buf[..]);
-                        if write!(w, "{ip}").is_err() {
-                            return false;
-                        }
-                        let n = w.position() as usize;
-                        match std::str::from_utf8(&buf[..n]) {
-                            Ok(s) => push(out, s),
-                            Err(_) => return false,
-                        }
-                    }
-                    None => return false,
+                    // Formatted on the stack: the longest IPv6 text is 45 bytes.
+                    Some(ip) if push_fmt(out, push, format_args!("{ip}")) => {}
+                    _ => return false,
                 },
                 Seg::Consumer => match ctx.consumer.and_then(|i| ctx.rt.consumers.get(i)) {
                     Some(c) => push(out, &c.username),
@@ -212,15 +219,8 @@ impl Template {
                 Seg::Latency => {
                     // "12.345": at most ~20 digits before the point for any real uptime.
                     let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-                    let mut buf = [0u8; 48];
-                    let mut w = std::io::Cursor::new(&mut buf[..]);
-                    if write!(w, "{ms:.3}").is_err() {
+                    if !push_fmt(out, push, format_args!("{ms:.3}")) {
                         return false;
-                    }
-                    let n = w.position() as usize;
-                    match std::str::from_utf8(&buf[..n]) {
-                        Ok(s) => push(out, s),
-                        Err(_) => return false,
                     }
                 }
             }

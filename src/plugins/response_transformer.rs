@@ -25,6 +25,7 @@
 //! (`too_large`); a body that is not valid JSON leaves as it came (`invalid_json`). Nothing
 //! is ever truncated.
 
+use super::body_buf::Chunks;
 use super::json_rewrite::{self, Envelope, JsonRules};
 use super::request_transformer::{
     header_names, header_pairs_in, header_renames, split_entry, HeaderOps, Scope,
@@ -115,49 +116,6 @@ pub struct Buffer {
     /// Bytes to reserve once a second chunk arrives (the declared length when known).
     hint: usize,
     chunks: Chunks,
-}
-
-#[derive(Debug, Default)]
-enum Chunks {
-    #[default]
-    Empty,
-    /// One chunk: kept as it is (no copy), the common case for small bodies.
-    One(Bytes),
-    Many(BytesMut),
-}
-
-impl Chunks {
-    fn len(&self) -> usize {
-        match self {
-            Chunks::Empty => 0,
-            Chunks::One(b) => b.len(),
-            Chunks::Many(b) => b.len(),
-        }
-    }
-
-    fn push(&mut self, b: Bytes, capacity_hint: usize) {
-        *self = match std::mem::take(self) {
-            Chunks::Empty => Chunks::One(b),
-            Chunks::One(first) => {
-                let mut m = BytesMut::with_capacity(capacity_hint.max(first.len() + b.len()));
-                m.extend_from_slice(&first);
-                m.extend_from_slice(&b);
-                Chunks::Many(m)
-            }
-            Chunks::Many(mut m) => {
-                m.extend_from_slice(&b);
-                Chunks::Many(m)
-            }
-        }
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Chunks::Empty => Bytes::new(),
-            Chunks::One(b) => b,
-            Chunks::Many(m) => m.freeze(),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,16 +457,5 @@ mod tests {
         ] {
             assert!(!is_json(no), "{}", String::from_utf8_lossy(no));
         }
-    }
-
-    #[test]
-    fn chunks_join_without_copy_for_one() {
-        let mut c = Chunks::default();
-        let one = Bytes::from_static(b"{\"a\":");
-        c.push(one.clone(), 16);
-        assert!(matches!(&c, Chunks::One(b) if b.as_ptr() == one.as_ptr()));
-        c.push(Bytes::from_static(b"1}"), 16);
-        assert_eq!(c.len(), 7);
-        assert_eq!(&c.into_bytes()[..], b"{\"a\":1}");
     }
 }

@@ -302,11 +302,7 @@ impl Jwks {
             }
         };
         let consumers = if cfg.consumer_claim.is_some() {
-            env.consumers
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.username.clone(), i))
-                .collect()
+            env.consumer_index()
         } else {
             HashMap::new()
         };
