@@ -12,6 +12,7 @@
 //! | `upstream_request_filter` | [`crate::forward::rewrite_request`]       |
 //! | `response_filter`         | `X-Cache-Status` ([`crate::plugins::proxy_cache::settle_status`]), plugins, then [`crate::plugins::response_compression::hand_off`] |
 //! | `init_downstream_modules` | [`crate::plugins::response_compression`]'s module (encodes bodies after every body filter) |
+//! | `response_filter` -> module body / done filters | [`crate::plugins::held_body`]: response-transformer's rewrite, error-responses' replacement (bodies held back until their end, `Done` included) |
 //! | `upstream_response_filter`| [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
@@ -219,6 +220,7 @@ impl ProxyHttp for Gateway {
         if let Some(chain) = chain {
             chain.response(upstream_response, ctx, false)?;
         }
+        crate::plugins::held_body::hand_off(session, upstream_response, ctx);
         crate::plugins::response_compression::hand_off(session, ctx);
         Ok(())
     }

@@ -2,8 +2,9 @@
 //! zstd bodies (with Content-Length and chunked) decoded by the client equal the upstream's
 //! bytes; Accept-Encoding q-values; every answer that must pass untouched; Vary, ETag and
 //! framing headers; streaming (a chunk is sent before the upstream's next one); the rewrite of
-//! response-transformer compressed; proxy-cache storing one identity object that serves
-//! every client, revalidated answers included; metrics and config errors.
+//! response-transformer compressed (after a cache revalidation too); proxy-cache storing one
+//! identity object that serves every client, revalidated answers included; metrics and
+//! config errors.
 mod common;
 
 use common::*;
@@ -882,6 +883,54 @@ async fn revalidated_cache_answers_are_compressed_completely() {
 }
 
 #[tokio::test]
+async fn revalidated_cache_answers_rewritten_then_compressed() {
+    // response-transformer holds the body back until its end, and response-compression
+    // encodes what it releases: after a revalidation the end is Pingora's `Done`, and the
+    // client must still get the rewritten document, completely encoded.
+    let up = Upstream::start();
+    let body = json_body(30 * 1024);
+    careless_upstream(&up, "/c", body.clone(), 1);
+    let gw = gateway(
+        &up,
+        "  - name: proxy-cache\n  - name: response-compression\n  - name: response-transformer\n    config: { remove: { json: [secret] } }\n",
+    );
+    let mut want: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for item in want["items"].as_array_mut().unwrap() {
+        item.as_object_mut().unwrap().remove("secret");
+    }
+    let check = |ae: Option<&str>, cache: &str| {
+        let what = format!("{ae:?} ({cache})");
+        let g = get(&gw, "/c", ae);
+        assert_eq!(g.status(), 200, "{what}");
+        assert_eq!(g.header("x-cache-status"), Some(cache), "{what}");
+        assert_eq!(g.header("content-encoding"), ae, "{what}");
+        assert_eq!(g.header("content-length"), None, "{what}");
+        assert_eq!(g.header("transfer-encoding"), Some("chunked"), "{what}");
+        assert!(
+            g.raw.ends_with(b"\r\n0\r\n\r\n"),
+            "{what}: chunked body not terminated"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&g.decoded())
+            .unwrap_or_else(|e| panic!("{what}: not JSON after decoding ({e})"));
+        assert!(v == want, "{what}: not the rewritten document");
+    };
+
+    check(Some("gzip"), "MISS");
+    check(Some("br"), "HIT");
+    for algo in ["gzip", "br", "zstd"] {
+        std::thread::sleep(Duration::from_millis(2100));
+        check(Some(algo), "EXPIRED");
+        check(None, "HIT");
+    }
+    // The first fetch, then one 304 per expiry, each answered from the stored body.
+    let seen = up.seen();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen[1..]
+        .iter()
+        .all(|h| h.header("if-none-match") == Some("\"v1\"")));
+}
+
+#[tokio::test]
 async fn identity_upstream_false_forwards_accept_encoding() {
     let up = Upstream::start();
     let body = json_body(8 * 1024);
@@ -1060,14 +1109,15 @@ async fn http2_clients_get_compressed_bodies_too() {
 async fn error_responses_replacement_is_encoded_as_its_head_says() {
     // error-responses (upstream: true) replaces a compressible upstream 503 after
     // response-compression decided to compress it: whatever the client gets must decode, by
-    // its own Content-Encoding, to the configured body.
+    // its own Content-Encoding, to the configured body (zstd pledges the identity length up
+    // front: the replacement's, not the upstream's).
     let up = Upstream::start();
     up.fixed("/busy", fixed(503, &[JSON], &json_body(8 * 1024)));
     let gw = gateway(
         &up,
         "  - name: response-compression\n  - name: error-responses\n    config:\n      upstream: true\n      responses:\n        503: { body: '{\"error\":\"maintenance\"}' }\n",
     );
-    for ae in [Some("gzip"), Some("br"), None] {
+    for ae in [Some("gzip"), Some("br"), Some("zstd"), None] {
         let g = get(&gw, "/busy", ae);
         assert_eq!(g.status(), 503);
         assert_eq!(

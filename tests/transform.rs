@@ -1,7 +1,8 @@
 //! request-transformer and response-transformer against real upstreams: header and query
 //! edits in both directions, template variables, JSON remove/rename through nested arrays,
 //! the envelope, and every case where a body must pass untouched (non-JSON, over the cap
-//! by Content-Length or while chunked, compressed, invalid JSON, HEAD).
+//! by Content-Length or while chunked, compressed, invalid JSON, HEAD); with proxy-cache,
+//! rewritten (and error-responses' replaced) bodies on MISS, HIT and after a revalidation.
 mod common;
 
 use common::*;
@@ -19,11 +20,16 @@ use std::time::Duration;
 // ---------------------------------------------------------------------------------------------
 
 type Script = Vec<Vec<u8>>;
+/// Per path: (ETag, script) answered to a request whose `If-None-Match` is that ETag.
+type Conditional = Arc<Mutex<HashMap<String, (String, Script)>>>;
 
 struct RawUpstream {
     port: u16,
     hits: Arc<AtomicUsize>,
     scripts: Arc<Mutex<HashMap<String, Script>>>,
+    conditional: Conditional,
+    /// Requests answered from `conditional`.
+    revalidations: Arc<AtomicUsize>,
 }
 
 impl RawUpstream {
@@ -32,18 +38,27 @@ impl RawUpstream {
         let port = l.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
         let scripts: Arc<Mutex<HashMap<String, Script>>> = Arc::default();
-        let (h, s) = (hits.clone(), scripts.clone());
+        let conditional: Conditional = Arc::default();
+        let revalidations = Arc::new(AtomicUsize::new(0));
+        let (h, s, c, r) = (
+            hits.clone(),
+            scripts.clone(),
+            conditional.clone(),
+            revalidations.clone(),
+        );
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (h, s) = (h.clone(), s.clone());
-                std::thread::spawn(move || serve(conn, h, s));
+                let (h, s, c, r) = (h.clone(), s.clone(), c.clone(), r.clone());
+                std::thread::spawn(move || serve(conn, h, s, c, r));
             }
         });
         RawUpstream {
             port,
             hits,
             scripts,
+            conditional,
+            revalidations,
         }
     }
 
@@ -57,9 +72,23 @@ impl RawUpstream {
             .unwrap()
             .insert(path.to_string(), script);
     }
+
+    /// For `path`, `script` answers a request with `If-None-Match: etag`.
+    fn on_match(&self, path: &str, etag: &str, script: Script) {
+        self.conditional
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (etag.to_string(), script));
+    }
 }
 
-fn serve(mut c: TcpStream, hits: Arc<AtomicUsize>, scripts: Arc<Mutex<HashMap<String, Script>>>) {
+fn serve(
+    mut c: TcpStream,
+    hits: Arc<AtomicUsize>,
+    scripts: Arc<Mutex<HashMap<String, Script>>>,
+    conditional: Conditional,
+    revalidations: Arc<AtomicUsize>,
+) {
     let _ = c.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
@@ -78,7 +107,22 @@ fn serve(mut c: TcpStream, hits: Arc<AtomicUsize>, scripts: Arc<Mutex<HashMap<St
         buf.drain(..end);
         let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let path = target.split('?').next().unwrap_or("/").to_string();
-        let script = scripts.lock().unwrap().get(&path).cloned();
+        let if_none_match = head.split("\r\n").find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case("if-none-match")
+                .then(|| v.trim().to_string())
+        });
+        let matched = conditional
+            .lock()
+            .unwrap()
+            .get(&path)
+            .filter(|(etag, _)| if_none_match.as_deref() == Some(etag.as_str()))
+            .map(|(_, script)| script.clone());
+        if matched.is_some() {
+            revalidations.fetch_add(1, Ordering::SeqCst);
+        }
+        let script = matched.or_else(|| scripts.lock().unwrap().get(&path).cloned());
         let Some(script) = script else {
             let _ = c.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             continue;
@@ -603,6 +647,238 @@ async fn json_with_content_length_rewritten_via_reqwest() {
     assert_eq!(resp.headers()["etag"], "W/\"abc\"", "rewritten: weak ETag");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v, json!([{"name": "A"}, {"name": "B"}]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// With proxy-cache: MISS, HIT and after a revalidation
+// ---------------------------------------------------------------------------------------------
+
+/// The answer to a matching `If-None-Match`: 304, fresh for another second.
+fn not_modified(etag: &str) -> Script {
+    vec![
+        format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nCache-Control: max-age=1\r\n\r\n")
+            .into_bytes(),
+    ]
+}
+
+/// GET over a fresh connection that the gateway must close after one complete answer:
+/// (response, raw bytes).
+fn closed_get(gw: &Gateway, path: &str) -> (RawResponse, Vec<u8>) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (raw, closed) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(5));
+    let r = parse_response(&raw).unwrap_or_else(|| {
+        panic!(
+            "no response for {path}: {:?}\n{}",
+            String::from_utf8_lossy(&raw),
+            gw.diagnostics()
+        )
+    });
+    assert!(closed, "{path}: connection not closed after the answer");
+    (r, raw)
+}
+
+/// The body is exactly what the head announces: `Content-Length` bytes, or a terminated
+/// chunked stream.
+fn assert_framed(raw: &[u8], r: &RawResponse, what: &str) {
+    let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    match r.header("content-length") {
+        Some(cl) => {
+            assert_eq!(r.header("transfer-encoding"), None, "{what}");
+            assert_eq!(
+                raw.len() - body_at,
+                cl.parse::<usize>().unwrap(),
+                "{what}: body bytes differ from Content-Length"
+            );
+        }
+        None => {
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{what}");
+            assert!(
+                raw.ends_with(b"\r\n0\r\n\r\n"),
+                "{what}: chunked body not terminated"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rewritten_json_on_miss_hit_and_after_revalidation() {
+    // After expiry the gateway revalidates (the upstream answers 304) and serves the stored
+    // body by a path that ends it with Pingora's `Done`, not an end-of-stream chunk: the
+    // body held back for the rewrite must still go out, rewritten.
+    let up = RawUpstream::start();
+    let doc =
+        br#"{"id":1,"user_name":"ada","password":"p","roles":[{"name":"admin","password":"q"}]}"#;
+    let cc = ("Cache-Control", "max-age=1");
+    let parts: Vec<&[u8]> = doc.chunks(20).collect();
+    let paths = [
+        ("/doc", "\"d1\""),
+        ("/chunked", "\"c1\""),
+        ("/env", "\"e1\""),
+    ];
+    up.on("/doc", fixed(200, &[JSON, cc, ("ETag", paths[0].1)], doc));
+    up.on(
+        "/chunked",
+        chunked(200, &[JSON, cc, ("ETag", paths[1].1)], &parts),
+    );
+    up.on("/env", fixed(200, &[JSON, cc, ("ETag", paths[2].1)], doc));
+    for (path, etag) in paths {
+        up.on_match(path, etag, not_modified(etag));
+    }
+    let gw = Cfg::new()
+        .upstream("u", &[target_addr(&up.addr())], "retries: 0")
+        .route(
+            "rules",
+            &["/doc", "/chunked"],
+            "u",
+            "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      rename: { json: [\"user_name:name\"] }\n",
+        )
+        .route(
+            "env",
+            &["/env"],
+            "u",
+            "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      envelope: { enabled: true }\n",
+        )
+        .top("plugins:\n  - name: correlation-id\n")
+        .start();
+
+    let check = |path: &str, etag: &str, cache: &str| {
+        let what = format!("{path} ({cache})");
+        let (r, raw) = closed_get(&gw, path);
+        assert_eq!(r.status, 200, "{what}");
+        assert_eq!(r.header("x-cache-status"), Some(cache), "{what}");
+        assert_framed(&raw, &r, &what);
+        assert_eq!(
+            r.header("content-length"),
+            None,
+            "{what}: rewritten, so chunked"
+        );
+        assert_eq!(
+            r.header("etag"),
+            Some(format!("W/{etag}").as_str()),
+            "{what}"
+        );
+        let v: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {:?}", r.text()));
+        if path == "/env" {
+            assert_eq!(v["success"], true, "{what}");
+            assert_eq!(
+                v["data"],
+                json!({"id": 1, "user_name": "ada", "roles": [{"name": "admin"}]}),
+                "{what}"
+            );
+            // The envelope is this answer's, not the stored one's.
+            let id = r.header("x-request-id");
+            assert!(id.is_some(), "{what}");
+            assert_eq!(v["meta"]["request_id"].as_str(), id, "{what}");
+        } else {
+            assert_eq!(
+                v,
+                json!({"id": 1, "name": "ada", "roles": [{"name": "admin"}]}),
+                "{what}"
+            );
+        }
+    };
+
+    for (path, etag) in paths {
+        check(path, etag, "MISS");
+        check(path, etag, "HIT");
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+    std::thread::sleep(Duration::from_millis(2100));
+    for (path, etag) in paths {
+        // Revalidated (304), then fresh again for a second.
+        check(path, etag, "EXPIRED");
+        check(path, etag, "HIT");
+    }
+    assert_eq!(up.revalidations.load(Ordering::SeqCst), 3);
+    assert_eq!(up.hits.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn rewritten_json_served_stale_on_an_upstream_5xx() {
+    // `stale_if_error` on an upstream 503 serves the stored body by the same path as a
+    // revalidation (ended by `Done`): rewritten all the same.
+    let up = RawUpstream::start();
+    let doc = br#"{"id":7,"password":"p"}"#;
+    up.on(
+        "/doc",
+        fixed(
+            200,
+            &[JSON, ("Cache-Control", "max-age=1"), ("ETag", "\"s1\"")],
+            doc,
+        ),
+    );
+    let gw = Cfg::new()
+        .upstream("u", &[target_addr(&up.addr())], "retries: 0")
+        .route(
+            "r",
+            &["/"],
+            "u",
+            "plugins:\n  - name: proxy-cache\n    config: { stale_if_error: 1m }\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n",
+        )
+        .start();
+    let (r, _) = closed_get(&gw, "/doc");
+    assert_eq!(r.header("x-cache-status"), Some("MISS"));
+    assert_eq!(r.body, br#"{"id":7}"#);
+    up.on(
+        "/doc",
+        fixed(503, &[JSON], br#"{"error":"down","password":"x"}"#),
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let (r, raw) = closed_get(&gw, "/doc");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-cache-status"), Some("STALE"));
+    assert_framed(&raw, &r, "STALE");
+    assert_eq!(r.body, br#"{"id":7}"#, "{:?}", r.text());
+    assert_eq!(up.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn error_responses_replacement_on_miss_hit_and_after_revalidation() {
+    // error-responses (`upstream: true`) drops the upstream's body and sends its own at the
+    // end: a cached 404 served after a revalidation must carry the replacement too.
+    let up = RawUpstream::start();
+    let etag = "\"g1\"";
+    up.on(
+        "/gone",
+        fixed(
+            404,
+            &[JSON, ("Cache-Control", "max-age=1"), ("ETag", etag)],
+            br#"{"upstream":"not found","detail":"internal"}"#,
+        ),
+    );
+    up.on_match("/gone", etag, not_modified(etag));
+    let gw = Cfg::new()
+        .upstream("u", &[target_addr(&up.addr())], "retries: 0")
+        .route(
+            "r",
+            &["/"],
+            "u",
+            "plugins:\n  - name: proxy-cache\n  - name: error-responses\n    config:\n      upstream: true\n      responses:\n        404: { body: '{\"error\":\"gone\",\"request_id\":\"$(request_id)\"}' }\n",
+        )
+        .top("plugins:\n  - name: correlation-id\n")
+        .start();
+
+    let check = |cache: &str| {
+        let (r, raw) = closed_get(&gw, "/gone");
+        assert_eq!(r.status, 404, "{cache}");
+        assert_eq!(r.header("x-cache-status"), Some(cache), "{cache}");
+        assert_framed(&raw, &r, cache);
+        let id = r.header("x-request-id").unwrap_or_default();
+        assert!(!id.is_empty(), "{cache}");
+        assert_eq!(
+            r.text(),
+            format!(r#"{{"error":"gone","request_id":"{id}"}}"#),
+            "{cache}"
+        );
+    };
+    check("MISS");
+    check("HIT");
+    std::thread::sleep(Duration::from_millis(2100));
+    check("EXPIRED");
+    check("HIT");
+    assert_eq!(up.revalidations.load(Ordering::SeqCst), 1);
+    assert_eq!(up.hits.load(Ordering::SeqCst), 2);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! Collecting a body's chunks into one buffer, for the transformers that rewrite a whole
 //! body: request-transformer's JSON body (read in `request_filter`, [`super::request_body`])
-//! and response-transformer's (held back in `response_body_filter`,
-//! [`super::response_transformer`]).
+//! and response-transformer's (held back in the downstream module,
+//! [`super::response_transformer::Rewrite`]).
 
 use bytes::{Bytes, BytesMut};
 

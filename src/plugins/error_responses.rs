@@ -7,10 +7,11 @@
 //!   place of the contract's JSON; the status, `Cache-Control: no-store`, extra headers
 //!   (`Retry-After`, `WWW-Authenticate`) and the chain's response headers (security-headers,
 //!   cors, correlation-id) stay as they are.
-//! - with `upstream: true`, upstream answers too: `response_filter` swaps the head's
-//!   Content-Type and Content-Length, `response_body_filter` drops the upstream's body and
-//!   sends the configured one at its end (`request_filter` only notes a `HEAD`, whose
-//!   answer has no body to replace).
+//! - with `upstream: true`, upstream (and cached) answers too: `response_filter` swaps the
+//!   head's Content-Type and Content-Length; the downstream module drops the upstream's body
+//!   and sends the configured one at its end ([`super::held_body`]: only a module sees the
+//!   end of a body served from the cache after a revalidation). `request_filter` only notes
+//!   a `HEAD`, whose answer has no body to replace.
 //!
 //! Bodies are read (`body_file`) and compiled at load: literal bytes with `$(request_id)`,
 //! `$(status)` and `$(error)` (the contract code, e.g. `bad_gateway`) filled in per answer.
@@ -190,7 +191,7 @@ pub enum Pending {
     Head,
     /// The upstream's body is dropped; this one leaves at its end.
     Replace(Bytes),
-    /// Sent.
+    /// Handed to the downstream module ([`super::held_body::hand_off`]).
     Done,
 }
 
@@ -339,27 +340,6 @@ impl ErrorResponses {
         ctx.resp_body = Default::default();
         ctx.error_response = Pending::Replace(body);
         Ok(())
-    }
-
-    /// `response_body_filter`: the upstream's chunks are dropped; the configured body goes
-    /// out with the end of the stream.
-    pub fn response_body(
-        &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) {
-        match ctx.error_response {
-            Pending::Replace(_) if end_of_stream => {
-                if let Pending::Replace(b) =
-                    std::mem::replace(&mut ctx.error_response, Pending::Done)
-                {
-                    *body = Some(b);
-                }
-            }
-            Pending::Replace(_) | Pending::Done => *body = None,
-            Pending::None | Pending::Head => {}
-        }
     }
 }
 

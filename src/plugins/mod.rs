@@ -24,6 +24,7 @@ pub mod correlation_id;
 pub mod cors;
 pub mod error_responses;
 pub mod forward_auth;
+pub mod held_body;
 pub mod ip_restriction;
 pub mod json_rewrite;
 pub(crate) mod json_scan;
@@ -253,21 +254,17 @@ impl Plugin {
         }
     }
 
-    /// `response_body_filter` (synchronous in Pingora).
+    /// `response_body_filter` (synchronous in Pingora). No plugin edits bodies here:
+    /// response-transformer and error-responses hold bodies back in the downstream module
+    /// ([`held_body`]), the only place that sees the end of a body served from the cache
+    /// after a revalidation.
     pub fn response_body(
         &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        match self {
-            Plugin::ResponseTransformer(p) => p.response_body(body, end_of_stream, ctx),
-            Plugin::ErrorResponses(p) => {
-                p.response_body(body, end_of_stream, ctx);
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
 

@@ -10,11 +10,13 @@
 //! | `cache_vary_filter`       | [`ignores_accept_encoding`]: the upstream's `Vary: Accept-Encoding` does not split cache objects |
 //! | `response_filter`         | [`ResponseCompression::response`]: decides from the head (after response-transformer), adds `Vary`; [`hand_off`] arms the module |
 //! | downstream module header / body / done filters | [`CompressionModule`]: rewrites the head, encodes every chunk, finishes the stream |
+//! | (same module, before the encoder) | [`crate::plugins::held_body`]: response-transformer's rewrite and error-responses' replacement, held back until the end |
 //!
 //! **Why a Pingora downstream module does the encoding.** The module filters run after every
-//! `response_body_filter` (so the final body is compressed, after response-transformer's
-//! JSON rewrite), on every path an answer takes: proxied, cache hit, and served from the
-//! cache after a revalidation or on `stale_if_error`. That last path ends the body with
+//! `response_body_filter` (so the final body is compressed: after response-transformer's JSON
+//! rewrite, which this module runs first, see [`crate::plugins::held_body`]), on every path
+//! an answer takes: proxied, cache hit, and served from the cache after a revalidation or on
+//! `stale_if_error`. That last path ends the body with
 //! Pingora's `Done` task, which only modules see (`response_done_filter`); a body filter
 //! would never learn that the stream ended and could not write the compressed trailer. The
 //! module also learns whether the head is the whole answer (`end_of_stream`), so the head is
@@ -36,6 +38,7 @@
 use crate::config::compile::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
+use crate::plugins::held_body::HeldBody;
 use crate::plugins::{Outcome, Plugin};
 use bytes::Bytes;
 use http::header::{
@@ -399,8 +402,6 @@ pub enum State {
 pub struct Decision {
     pub algo: Algo,
     pub level: u32,
-    /// The identity body's `Content-Length`, when known (sizes the encoder's window).
-    pub size_hint: Option<u64>,
     /// Status of the head decided on: the module leaves any other head alone.
     pub status: u16,
 }
@@ -618,7 +619,6 @@ impl ResponseCompression {
             ctx.compression = State::Decided(Decision {
                 algo,
                 level: self.levels[algo.index()],
-                size_hint: content_length(resp),
                 status: resp.status.as_u16(),
             });
         }
@@ -829,14 +829,24 @@ static BYTES: Lazy<[(IntCounter, IntCounter); 3]> =
 
 /// Pingora downstream module: rewrites the head and encodes the body of an answer that
 /// [`hand_off`] armed it for. Unarmed (every other answer, gateway-made ones included) it
-/// does nothing.
+/// does nothing. Before encoding, it runs the body a plugin holds back until its end
+/// ([`HeldBody`], given by [`crate::plugins::held_body::hand_off`]): one module must do both,
+/// because Pingora never passes the bytes one module emits at `Done` through another's body
+/// filter.
 #[derive(Default)]
 pub struct CompressionModule {
     armed: Option<(Decision, Option<IntCounter>)>,
     encoder: Option<Box<Encoder>>,
+    held: Option<HeldBody>,
 }
 
 impl CompressionModule {
+    /// `response_filter` ([`crate::plugins::held_body::hand_off`]): hold this answer's body
+    /// back until its end.
+    pub fn hold(&mut self, held: HeldBody) {
+        self.held = Some(held);
+    }
+
     /// Counts what the encoder consumed and produced (also for a client that went away).
     fn settle(&mut self) {
         if let Some(e) = self.encoder.take() {
@@ -872,6 +882,10 @@ impl HttpModule for CompressionModule {
         resp: &mut ResponseHeader,
         end_of_stream: bool,
     ) -> Result<()> {
+        self.held = self
+            .held
+            .take()
+            .and_then(|h| h.for_head(resp, end_of_stream));
         let Some((d, counter)) = self.armed.take() else {
             return Ok(());
         };
@@ -880,7 +894,10 @@ impl HttpModule for CompressionModule {
         if end_of_stream || resp.status.as_u16() != d.status || encoded(resp) {
             return Ok(());
         }
-        let encoder = match Encoder::new(d.algo, d.level, d.size_hint) {
+        // The identity body's length (sizes the encoder's window, and zstd pledges it) from
+        // the head as it leaves, not as it was decided on: error-responses, after this
+        // plugin in the chain, may have replaced the body and its `Content-Length`.
+        let encoder = match Encoder::new(d.algo, d.level, content_length(resp)) {
             Ok(e) => e,
             Err(e) => {
                 // Nothing sent yet: the answer goes out uncompressed.
@@ -917,6 +934,11 @@ impl HttpModule for CompressionModule {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<()> {
+        if let Some(h) = self.held.as_mut() {
+            if !h.filter(body, end_of_stream) {
+                self.held = None;
+            }
+        }
         let Some(enc) = self.encoder.as_mut() else {
             return Ok(());
         };
@@ -934,11 +956,13 @@ impl HttpModule for CompressionModule {
 
     fn response_done_filter(&mut self) -> Result<Option<Bytes>> {
         // Bodies served from the cache after a revalidation (or stale on error) end with
-        // `Done` instead of an end-of-stream chunk: finish the stream here.
+        // `Done` instead of an end-of-stream chunk: release what was held back and finish
+        // the stream here.
+        let tail = self.held.take().and_then(HeldBody::finish);
         let Some(enc) = self.encoder.as_mut() else {
-            return Ok(None);
+            return Ok(tail);
         };
-        let out = match enc.encode(&[], true) {
+        let out = match enc.encode(tail.as_deref().unwrap_or_default(), true) {
             Ok(out) => out,
             Err(e) => return Err(self.fail(e)),
         };

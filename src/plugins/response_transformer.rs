@@ -1,4 +1,5 @@
-//! `response-transformer` (response_filter + response_body_filter): edits upstream answers.
+//! `response-transformer` (response_filter, and the downstream module's body and done filters
+//! through [`super::held_body`]): edits upstream answers.
 //!
 //! Headers: `remove`, `rename`, `replace` (an extension, Kong's), `add`, in that order, with
 //! the request-transformer's semantics and variables, plus `$(latency)` (milliseconds from
@@ -19,11 +20,14 @@
 //!
 //! Then `Content-Length` is removed and `Transfer-Encoding: chunked` set (Pingora only adds
 //! it itself before `response_filter`; HTTP/2 drops it), `Accept-Ranges` is removed and a
-//! strong `ETag` is made weak. Chunks are collected in [`RequestCtx::resp_body`] and the
-//! new body leaves at end of stream. A chunked body that grows past `max_body_bytes` is
-//! emitted as it came (what was held back, then the rest streamed) and counted
-//! (`too_large`); a body that is not valid JSON leaves as it came (`invalid_json`). Nothing
-//! is ever truncated.
+//! strong `ETag` is made weak. [`super::held_body::hand_off`] then gives the rewrite
+//! ([`Rewrite`]) to the downstream module, which collects the chunks and sends the new body
+//! at the end of the stream: a body chunk with `end_of_stream`, or Pingora's `Done` for an
+//! answer served from the cache after a revalidation or as stale on an upstream 5xx (which
+//! `response_body_filter` never sees; see [`super::held_body`]). A chunked body that grows
+//! past `max_body_bytes` is emitted as it came (what was held back, then the rest streamed)
+//! and counted (`too_large`); a body that is not valid JSON leaves as it came
+//! (`invalid_json`). Nothing is ever truncated.
 
 use super::body_buf::Chunks;
 use super::json_rewrite::{self, Envelope, JsonRules};
@@ -33,6 +37,8 @@ use super::request_transformer::{
 use crate::config::compile::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
+use crate::plugins::Plugin;
+use crate::runtime::Runtime;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::ResponseHeader;
@@ -40,6 +46,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
 // Skips: bodies that could not be rewritten
@@ -95,7 +102,7 @@ pub fn skipped(reason: SkipReason) -> u64 {
 // Per-response state (lives in RequestCtx)
 // ---------------------------------------------------------------------------------------------
 
-/// What the body filter does with this response.
+/// What `response_filter` decided for this response's body.
 #[derive(Debug, Default)]
 pub enum BodyState {
     /// Not rewritten: chunks pass as they come.
@@ -103,19 +110,113 @@ pub enum BodyState {
     Stream,
     /// A `HEAD` request: the answer has no body, its head stays as it is.
     Head,
-    /// Collecting the body to rewrite it at end of stream.
-    Buffering(Box<Buffer>),
-    /// Gave up buffering (over the cap): the rest passes as it comes.
-    Passthrough,
+    /// To be rewritten; [`super::held_body::hand_off`] turns it into a [`Rewrite`].
+    Rewrite {
+        status: u16,
+        /// Bytes to reserve once a second chunk arrives (the declared length when known).
+        hint: usize,
+    },
 }
 
-/// The body held back so far.
+/// A body held back for the rewrite, in the downstream module ([`super::held_body`]).
 #[derive(Debug)]
-pub struct Buffer {
+pub struct Rewrite {
+    /// The route's `response-transformer` entry.
+    plugin: Arc<Plugin>,
+    /// The request's config snapshot and route, for the route label of the skip counter.
+    rt: Arc<Runtime>,
+    route: Option<usize>,
+    /// For the envelope's `meta.request_id` (empty when the envelope is off).
+    request_id: String,
     status: u16,
-    /// Bytes to reserve once a second chunk arrives (the declared length when known).
     hint: usize,
     chunks: Chunks,
+}
+
+impl Rewrite {
+    /// The rewrite `response` decided on for this request, if any (taken out of `ctx`).
+    pub fn take(ctx: &mut RequestCtx) -> Option<Rewrite> {
+        let BodyState::Rewrite { status, hint } = std::mem::take(&mut ctx.resp_body) else {
+            return None;
+        };
+        let plugin = ctx
+            .route()?
+            .plugins
+            .plugins
+            .iter()
+            .find(|p| matches!(***p, Plugin::ResponseTransformer(_)))?
+            .clone();
+        let request_id = match &*plugin {
+            Plugin::ResponseTransformer(p) if p.envelope.is_some() => ctx.request_id.clone(),
+            _ => String::new(),
+        };
+        Some(Rewrite {
+            plugin,
+            rt: ctx.rt.clone(),
+            route: ctx.route,
+            request_id,
+            status,
+            hint,
+            chunks: Chunks::Empty,
+        })
+    }
+
+    fn transformer(&self) -> Option<&ResponseTransformer> {
+        match &*self.plugin {
+            Plugin::ResponseTransformer(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn route_name(&self) -> &str {
+        self.route
+            .and_then(|i| self.rt.routes.get(i))
+            .map_or("", |r| r.name.as_str())
+    }
+
+    /// Body filter: collects `body`; at `end_of_stream` puts the new body in its place.
+    /// Returns false once nothing is held any more: the stream ended, or the body outgrew
+    /// `max_body_bytes`, and then what was held goes out as it came (the rest passes too).
+    pub fn push(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> bool {
+        let Some(max_body) = self.transformer().map(|p| p.max_body) else {
+            return false;
+        };
+        if let Some(b) = body.take() {
+            let held = self.chunks.len();
+            if held + b.len() > max_body {
+                // Give up: what was held back goes out now, as it came, then the rest.
+                let out = match std::mem::take(&mut self.chunks) {
+                    Chunks::Empty => b,
+                    held_back => {
+                        let mut m = BytesMut::with_capacity(held + b.len());
+                        m.extend_from_slice(&held_back.into_bytes());
+                        m.extend_from_slice(&b);
+                        m.freeze()
+                    }
+                };
+                *body = Some(out);
+                record_skip(self.route_name(), SkipReason::TooLarge);
+                return false;
+            }
+            self.chunks.push(b, self.hint);
+        }
+        if !end_of_stream {
+            return true;
+        }
+        let out = self.finish();
+        // An empty chunk would end a chunked body early: send none instead.
+        *body = (!out.is_empty()).then_some(out);
+        false
+    }
+
+    /// The new body from everything collected (at the end of the stream, however it ends).
+    pub fn finish(&mut self) -> Bytes {
+        let input = std::mem::take(&mut self.chunks).into_bytes();
+        match self.transformer() {
+            Some(p) => p.rewrite_as(input, self.status, &self.request_id, self.route_name()),
+            None => input,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -341,60 +442,18 @@ impl ResponseTransformer {
         let hint = declared
             .map_or(64 * 1024, |n| n as usize)
             .min(self.max_body);
-        ctx.resp_body = BodyState::Buffering(Box::new(Buffer {
-            status,
-            hint,
-            chunks: Chunks::Empty,
-        }));
-        Ok(())
-    }
-
-    /// `response_body_filter`: collect, then emit the rewritten body at end of stream.
-    pub fn response_body(
-        &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let BodyState::Buffering(buf) = &mut ctx.resp_body else {
-            return Ok(());
-        };
-        if let Some(b) = body.take() {
-            let held = buf.chunks.len();
-            if held + b.len() > self.max_body {
-                // Give up: what was held back goes out now, as it came, then the rest.
-                let out = match std::mem::take(&mut buf.chunks) {
-                    Chunks::Empty => b,
-                    held_back => {
-                        let mut m = BytesMut::with_capacity(held + b.len());
-                        m.extend_from_slice(&held_back.into_bytes());
-                        m.extend_from_slice(&b);
-                        m.freeze()
-                    }
-                };
-                *body = Some(out);
-                ctx.resp_body = BodyState::Passthrough;
-                let route = ctx.route().map_or("", |r| r.name.as_str());
-                record_skip(route, SkipReason::TooLarge);
-                return Ok(());
-            }
-            buf.chunks.push(b, buf.hint);
-        }
-        if !end_of_stream {
-            return Ok(());
-        }
-        let BodyState::Buffering(buf) = std::mem::take(&mut ctx.resp_body) else {
-            return Ok(());
-        };
-        let input = buf.chunks.into_bytes();
-        let out = self.rewrite(input, buf.status, ctx);
-        // An empty chunk would end a chunked body early: send none instead.
-        *body = if out.is_empty() { None } else { Some(out) };
+        ctx.resp_body = BodyState::Rewrite { status, hint };
         Ok(())
     }
 
     /// The new body for `input` (or `input` itself when it is not JSON or nothing changes).
     pub fn rewrite(&self, input: Bytes, status: u16, ctx: &RequestCtx) -> Bytes {
+        let route = ctx.route().map_or("", |r| r.name.as_str());
+        self.rewrite_as(input, status, &ctx.request_id, route)
+    }
+
+    /// [`Self::rewrite`] for the request with `request_id` on route `route`.
+    fn rewrite_as(&self, input: Bytes, status: u16, request_id: &str, route: &str) -> Bytes {
         if input.is_empty() {
             return input;
         }
@@ -409,7 +468,7 @@ impl ResponseTransformer {
                 );
                 let env = Envelope {
                     success: status < 400,
-                    request_id: &ctx.request_id,
+                    request_id,
                     timestamp: &ts,
                     version_json,
                 };
@@ -424,7 +483,6 @@ impl ResponseTransformer {
             Ok(true) => Bytes::from(out),
             Ok(false) => input,
             Err(_) => {
-                let route = ctx.route().map_or("", |r| r.name.as_str());
                 record_skip(route, SkipReason::InvalidJson);
                 input
             }
