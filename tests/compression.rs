@@ -1029,25 +1029,6 @@ fn config_errors_name_path_and_line() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, written to `dir/tls`: returns
-/// the CA's PEM.
-fn make_certs(dir: &std::path::Path) -> String {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    std::fs::create_dir_all(dir.join("tls")).unwrap();
-    std::fs::write(dir.join("tls/server.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls/server.key"), key.serialize_pem()).unwrap();
-    ca_cert.pem()
-}
-
 #[tokio::test]
 async fn http2_clients_get_compressed_bodies_too() {
     let up = Upstream::start();

@@ -12,31 +12,16 @@ use common::*;
 use pingora::tls::{
     version, ClientConfig, CryptoProvider, RootCertStore, ServerName, TlsConnector,
 };
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use rcgen::KeyPair;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A CA and an ECDSA P-256 server certificate for localhost/127.0.0.1 under `dir/tls/`;
-/// returns the CA's PEM file path.
-fn make_certs(dir: &std::path::Path) -> std::path::PathBuf {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "gatehouse test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    std::fs::create_dir_all(dir.join("tls")).unwrap();
-    std::fs::write(dir.join("tls/server.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls/server.key"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.join("tls/ca.pem"), ca_cert.pem()).unwrap();
+/// The test CA and server certificate under `dir/tls/`; returns the CA file's path.
+fn ca_file(dir: &std::path::Path) -> std::path::PathBuf {
+    make_certs(dir);
     dir.join("tls/ca.pem")
 }
 
@@ -378,7 +363,7 @@ async fn cipher_suites_and_versions_are_enforced_in_the_handshake() {
     let a = Backend::start("a");
     let tls_port = free_port();
     let cfg = Cfg::new();
-    let ca = make_certs(cfg.dir.path());
+    let ca = ca_file(cfg.dir.path());
     let gw = cfg
         .server(&tls_block(
             tls_port,
@@ -468,7 +453,7 @@ async fn max_version_12_and_min_version_13_choose_the_protocol() {
     let a = Backend::start("a");
     let port12 = free_port();
     let cfg = Cfg::new();
-    let ca = make_certs(cfg.dir.path());
+    let ca = ca_file(cfg.dir.path());
     let _gw12 = cfg
         .server(&tls_block(port12, "max_version: \"1.2\""))
         .upstream("u", &[target(&a)], "")
@@ -484,7 +469,7 @@ async fn max_version_12_and_min_version_13_choose_the_protocol() {
 
     let port13 = free_port();
     let cfg = Cfg::new();
-    let ca = make_certs(cfg.dir.path());
+    let ca = ca_file(cfg.dir.path());
     let _gw13 = cfg
         .server(&tls_block(
             port13,
@@ -505,7 +490,7 @@ async fn max_version_12_and_min_version_13_choose_the_protocol() {
 #[test]
 fn tls_policy_config_errors() {
     let dir = tempfile::TempDir::new().unwrap();
-    make_certs(dir.path());
+    ca_file(dir.path());
     let d = dir.path().display();
     let yaml = format!(
         "server:
@@ -615,7 +600,7 @@ async fn plain_http_to_https_only_routes_is_redirected_or_refused() {
     let a = Backend::start("a");
     let tls_port = free_port();
     let cfg = Cfg::new();
-    let ca = make_certs(cfg.dir.path());
+    let ca = ca_file(cfg.dir.path());
     let cfg = https_routes(cfg.server(&tls_block(tls_port, "")), &a)
         .top("plugins:\n  - name: correlation-id\n");
     let gw = cfg.start();

@@ -805,27 +805,6 @@ async fn demo_auth_service_and_demo_route() {
     server.abort();
 }
 
-/// A CA and a server certificate for localhost/127.0.0.1 signed by it, written to
-/// `dir/tls/`: returns the CA's PEM.
-fn make_certs(dir: &std::path::Path) -> String {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "forward-auth test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    std::fs::create_dir_all(dir.join("tls")).unwrap();
-    std::fs::write(dir.join("tls/server.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls/server.key"), key.serialize_pem()).unwrap();
-    ca_cert.pem()
-}
-
 #[tokio::test]
 async fn https_auth_service_with_ca_file() {
     // The auth service behind a second gatehouse that terminates TLS with a private CA.

@@ -1248,3 +1248,25 @@ pub fn file_lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A test CA and a server certificate for localhost/127.0.0.1 signed by it, written to
+/// `dir/tls/` (`server.crt`, `server.key`, `ca.pem`); returns the CA's PEM.
+pub fn make_certs(dir: &std::path::Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "gatehouse test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    std::fs::write(dir.join("tls/server.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls/server.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("tls/ca.pem"), ca_cert.pem()).unwrap();
+    ca_cert.pem()
+}
