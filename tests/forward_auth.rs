@@ -6,12 +6,8 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use std::net::TcpListener as StdListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -129,26 +125,9 @@ async fn decide(
 
 impl AuthServer {
     fn start() -> AuthServer {
-        let listener = StdListener::bind("127.0.0.1:0").expect("auth bind");
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
         let state = Arc::new(AuthState::default());
         let st = state.clone();
-        let task = auth_rt().spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("from_std");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| decide(st.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let (port, task) = spawn_http(move |req| decide(st.clone(), req));
         AuthServer { port, state, task }
     }
 

@@ -4,19 +4,15 @@
 //! sampling, gateway-made refusals, collector down or hanging, queue bound, reloads.
 mod common;
 
-use std::net::TcpListener as StdListener;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -46,18 +42,6 @@ struct Collector {
     port: u16,
     state: Arc<CollectorState>,
     task: tokio::task::JoinHandle<()>,
-}
-
-fn collector_rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("test-collector")
-            .enable_all()
-            .build()
-            .expect("collector runtime")
-    })
 }
 
 async fn collect(
@@ -98,26 +82,9 @@ async fn collect(
 
 impl Collector {
     fn start() -> Collector {
-        let listener = StdListener::bind("127.0.0.1:0").expect("collector bind");
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
         let state = Arc::new(CollectorState::default());
         let st = state.clone();
-        let task = collector_rt().spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("from_std");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| collect(st.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let (port, task) = spawn_http(move |req| collect(st.clone(), req));
         Collector { port, state, task }
     }
 

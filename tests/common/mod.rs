@@ -1270,3 +1270,34 @@ pub fn make_certs(dir: &std::path::Path) -> String {
     std::fs::write(dir.join("tls/ca.pem"), ca_cert.pem()).unwrap();
     ca_cert.pem()
 }
+
+/// A plain HTTP/1 server on an ephemeral 127.0.0.1 port (kept bound, so no other test can
+/// be handed the port) answering every request with `handler`, on the shared backend
+/// runtime. Returns the port and the accept task (abort it to stop the server). For test
+/// peers with logic of their own: auth services, collectors, key servers.
+pub fn spawn_http<F, Fut>(handler: F) -> (u16, tokio::task::JoinHandle<()>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let listener = StdListener::bind("127.0.0.1:0").expect("test server bind");
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let task = backend_rt().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("from_std");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handler))
+                    .await;
+            });
+        }
+    });
+    (port, task)
+}
