@@ -16,6 +16,7 @@
 #   cached  GET /api/v1/products/{0..19}               response cache (nginx proxy_cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 ROUNDS=3 DURATION=10 CONNS="50 200" SCENARIOS="plain chain cached"
 while [ $# -gt 0 ]; do
@@ -46,24 +47,7 @@ trap cleanup EXIT
 mkdir -p "$WORK/cache" "$WORK/tmp"
 # nginx workers run as an unprivileged user: let them write their cache and temp files.
 chmod 755 "$WORK"; chmod 777 "$WORK/cache" "$WORK/tmp"
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
-  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$ORIGIN_PORT;
-    default_type application/json;
-    location /api/v1/products/ { add_header Cache-Control "max-age=300"; return 200 '{"sku":"KB-001","name":"Keyboard","price":49.0,"stock":12}'; }
-    location / { return 200 '{"id":42,"name":"Ada Lovelace","email":"ada@example.com"}'; }
-  }
-}
-NGX
+write_origin_conf "$WORK" "$ORIGIN_PORT"
 
 cat > "$WORK/proxy.conf" <<NGX
 worker_processes 1;

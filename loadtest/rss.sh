@@ -10,6 +10,7 @@
 # reuse; it does not return to idle at once). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 
 DURATION=60 CONNS=200 SCENARIO=chain
 while [ $# -gt 0 ]; do
@@ -35,23 +36,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$WORK/tmp"; chmod 755 "$WORK"; chmod 777 "$WORK/tmp"
 
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
-  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$ORIGIN_PORT;
-    default_type application/json;
-    location / { return 200 '{"id":42,"name":"Ada Lovelace","email":"ada@example.com"}'; }
-  }
-}
-NGX
+write_origin_conf "$WORK" "$ORIGIN_PORT"
 cat > "$WORK/gatehouse.yaml" <<YAML
 server:
   listen: ["127.0.0.1:$GH_PORT"]
