@@ -26,8 +26,9 @@
 //! `upstream_request_filter` (after Pingora removed what the client's `Connection` names).
 //! Client copies are dropped in every spelling (`X_User_Id` too) by
 //! [`crate::owned_headers`], the upstream_headers being identity headers of the route. In the
-//! downstream head: `rate-limiting` with `limit_by: header,
-//! header_name: X-User-Id` counts per user, `proxy-cache` can `vary_headers` on them.
+//! downstream head, `rate-limiting` with `limit_by: header, header_name: X-User-Id` counts
+//! per user, and `proxy-cache` keys its objects on them (one user's answer never reaches
+//! another).
 //!
 //! Decisions (allow and deny, never failures) are cached for `cache.ttl` in a bounded,
 //! sharded LRU keyed by the SHA-256 of the request headers named in `cache.key` (plus the
