@@ -32,6 +32,8 @@ pub struct RequestCtx {
     pub consumer: Option<usize>,
     /// The verified JWT (claims, roles) when `jwt` authenticated the request.
     pub jwt: Option<std::sync::Arc<crate::plugins::jwt::TokenInfo>>,
+    /// forward-auth's allow decision (its `upstream_headers` values), set again upstream.
+    pub forward_auth: Option<std::sync::Arc<crate::plugins::forward_auth::Decision>>,
     /// rate-limiting: the tightest window's numbers for the `X-RateLimit-*` headers.
     pub rate_limit: Option<crate::limits::RateLimitStatus>,
     /// concurrency-limiting: this request's in-flight slot, freed when dropped.
@@ -88,6 +90,7 @@ impl RequestCtx {
             body_bytes: 0,
             consumer: None,
             jwt: None,
+            forward_auth: None,
             rate_limit: None,
             concurrency: None,
             started: Instant::now(),

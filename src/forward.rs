@@ -81,13 +81,17 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
     if let Some(peer_ip) = peer_ip {
         let mut buf = IpText::default();
         let peer_text = buf.format(peer_ip);
-        // Behind a trusted proxy the chain is extended; otherwise whatever the client sent
-        // is dropped, so an upstream can never be fooled by a spoofed chain.
-        let xff = match (ctx.peer_trusted, req.headers.get("x-forwarded-for")) {
-            (true, Some(prev)) => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + peer_text.len());
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
+        // Behind a trusted proxy the chain is extended (every line, joined in order: one
+        // list, as the gateway read it for the client IP); otherwise whatever the client
+        // sent is dropped, so an upstream can never be fooled by a spoofed chain.
+        let prev = req.headers.get_all("x-forwarded-for");
+        let xff = match (ctx.peer_trusted, prev.iter().next().is_some()) {
+            (true, true) => {
+                let mut v = Vec::with_capacity(64);
+                for line in prev.iter() {
+                    v.extend_from_slice(line.as_bytes());
+                    v.extend_from_slice(b", ");
+                }
                 v.extend_from_slice(peer_text);
                 http::HeaderValue::from_bytes(&v)
                     .map_err(|_| errors::status_error(400, "bad x-forwarded-for"))?
@@ -110,14 +114,22 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
         };
         req.insert_header("x-real-ip", v)?;
     }
-    let proto_from_proxy = ctx.peer_trusted && req.headers.contains_key("x-forwarded-proto");
-    if !proto_from_proxy {
-        let tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
-        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-    }
+    // One value: a trusted proxy's right-most one (what https-only routes and forward-auth
+    // went by), else the gateway's own; the upstream never sees a list to read differently.
+    let proxy_proto = crate::request::forwarded_proto(&req.headers)
+        .filter(|_| ctx.peer_trusted)
+        .and_then(|v| http::HeaderValue::from_bytes(v).ok());
+    let proto = match proxy_proto {
+        Some(v) => v,
+        None => {
+            let tls = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .is_some();
+            http::HeaderValue::from_static(if tls { "https" } else { "http" })
+        }
+    };
+    req.insert_header("x-forwarded-proto", proto)?;
     Ok(())
 }
 

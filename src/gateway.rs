@@ -4,7 +4,7 @@
 //! |---------------------------|------------------------------------------|
 //! | `new_ctx`                 | [`crate::ctx`] (one config snapshot load) |
 //! | `early_request_filter`    | [`crate::request`]: id, client IP, limits |
-//! | `request_filter`          | [`crate::probe`] (health path), [`crate::request::route`], [`crate::https_redirect`], plugins |
+//! | `request_filter`          | [`crate::probe`] (health path), [`crate::request::route`], [`crate::owned_headers`], [`crate::https_redirect`], plugins |
 //! | `request_body_filter`     | body size cap (`server.max_body_bytes`)   |
 //! | `request_body_filter` (read ahead) | request-transformer's rewritten JSON body ([`crate::plugins::request_body::replay`]) |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | [`crate::plugins::proxy_cache`] (Pingora's cache phases, run after `request_filter`) |
@@ -86,7 +86,14 @@ impl ProxyHttp for Gateway {
             // The snapshot is held by ctx; a clone of the Arc lets the chain borrow it while
             // the hooks mutate ctx.
             let rt = ctx.rt.clone();
-            let chain = ctx.route.and_then(|i| rt.routes.get(i)).map(|r| &r.plugins);
+            let route = ctx.route.and_then(|i| rt.routes.get(i));
+            // Before anything reads them: identity and forwarding headers the client may
+            // not send are gone, whatever their spelling.
+            if let Some(r) = route {
+                r.owned_headers
+                    .strip(session.req_header_mut(), ctx.peer_trusted);
+            }
+            let chain = route.map(|r| &r.plugins);
             match chain {
                 // https-only routes answer plain HTTP before any plugin.
                 Some(chain) => match crate::https_redirect::check(session, ctx) {

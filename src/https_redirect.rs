@@ -100,14 +100,10 @@ pub fn check_listeners(c: &mut Compiler, server: &ServerSettings, routes: &[RawR
     }
 }
 
-/// The last `X-Forwarded-Proto` value is `https`.
+/// The last `X-Forwarded-Proto` value is `https` (the rule of
+/// [`crate::request::forwarded_proto`], which also decides what the upstream receives).
 fn forwarded_https(req: &RequestHeader) -> bool {
-    req.headers
-        .get_all("x-forwarded-proto")
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"https"))
+    crate::request::forwarded_proto(&req.headers).is_some_and(|v| v.eq_ignore_ascii_case(b"https"))
 }
 
 /// `host[:port]` -> `host` when it is a DNS name, an IPv4 address or a bracketed IPv6

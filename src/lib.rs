@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod https_redirect;
 pub mod limits;
 pub mod observe;
+pub mod owned_headers;
 pub mod plugins;
 pub mod probe;
 pub mod request;

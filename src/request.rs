@@ -31,10 +31,12 @@ fn trusted(nets: &[IpNet], ip: IpAddr) -> bool {
 }
 
 /// Client IP: the TCP peer, or, when the peer is a trusted proxy, the right-most address of
-/// `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(
+/// `X-Forwarded-For` that is not itself a trusted proxy. `xff` holds every `X-Forwarded-For`
+/// line in arrival order: repeated lines are one comma-separated list (RFC 9110 §5.3), and a
+/// proxy that appends its own line must not be read past.
+pub fn client_ip<'a>(
     peer: Option<IpAddr>,
-    xff: Option<&[u8]>,
+    xff: impl DoubleEndedIterator<Item = &'a [u8]>,
     nets: &[IpNet],
 ) -> (Option<IpAddr>, bool) {
     let Some(peer) = peer else {
@@ -43,21 +45,35 @@ pub fn client_ip(
     if nets.is_empty() || !trusted(nets, peer) {
         return (Some(peer), false);
     }
-    let Some(xff) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
-        return (Some(peer), true);
-    };
     let mut last = None;
-    for part in xff.rsplit(',') {
-        let Ok(ip) = part.trim().parse::<IpAddr>() else {
-            // Garbage in the chain: stop trusting it here.
-            break;
-        };
-        last = Some(ip);
-        if !trusted(nets, ip) {
-            return (Some(ip), true);
+    for line in xff.rev() {
+        for part in line.rsplit(|b| *b == b',') {
+            // Garbage in the chain (not text, not an address): stop trusting it here.
+            let ip = std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.trim().parse::<IpAddr>().ok());
+            let Some(ip) = ip else {
+                return (last.or(Some(peer)), true);
+            };
+            last = Some(ip);
+            if !trusted(nets, ip) {
+                return (Some(ip), true);
+            }
         }
     }
     (last.or(Some(peer)), true)
+}
+
+/// The right-most `X-Forwarded-Proto` value over every line (repeated lines are one list):
+/// the one the nearest proxy wrote. Only meaningful when that proxy is trusted.
+pub fn forwarded_proto(headers: &http::HeaderMap) -> Option<&[u8]> {
+    headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+        .map(|v| v.trim_ascii())
+        .filter(|v| !v.is_empty())
 }
 
 /// Sets the request id, client IP and keep-alive; the first thing every request does.
@@ -74,7 +90,11 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
-    let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+    let xff = req
+        .headers
+        .get_all("x-forwarded-for")
+        .into_iter()
+        .map(|v| v.as_bytes());
     let (ip, peer_trusted) = client_ip(peer, xff, &ctx.rt.server.trusted_proxies);
     ctx.client_ip = ip;
     ctx.peer_trusted = peer_trusted;
@@ -256,13 +276,33 @@ mod tests {
     fn client_ip_only_from_trusted_peers() {
         let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
-        let xff = Some(&b"1.2.3.4"[..]);
-        assert_eq!(client_ip(Some(peer), xff, &nets).0, Some(peer));
+        let one = |v: &'static [u8]| std::iter::once(v);
+        assert_eq!(client_ip(Some(peer), one(b"1.2.3.4"), &nets).0, Some(peer));
         let proxy: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(
-            client_ip(Some(proxy), Some(b"1.2.3.4, 5.6.7.8, 10.0.0.7"), &nets).0,
+            client_ip(Some(proxy), one(b"1.2.3.4, 5.6.7.8, 10.0.0.7"), &nets).0,
             Some("5.6.7.8".parse().unwrap())
         );
-        assert_eq!(client_ip(Some(proxy), None, &nets).0, Some(proxy));
+        assert_eq!(
+            client_ip(Some(proxy), std::iter::empty(), &nets).0,
+            Some(proxy)
+        );
+    }
+
+    #[test]
+    fn client_ip_reads_every_forwarded_for_line() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let lines: [&[u8]; 3] = [b"198.51.100.1", b"203.0.113.7, 10.0.0.9", b"10.0.0.8"];
+        assert_eq!(
+            client_ip(Some(proxy), lines.into_iter(), &nets).0,
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // Garbage stops the walk at the last good address.
+        let lines: [&[u8]; 2] = [b"198.51.100.1", b"junk, 10.0.0.9"];
+        assert_eq!(
+            client_ip(Some(proxy), lines.into_iter(), &nets).0,
+            Some("10.0.0.9".parse().unwrap())
+        );
     }
 }

@@ -134,6 +134,8 @@ pub struct Route {
     pub https_only: Option<crate::https_redirect::HttpsOnly>,
     /// `timeout`: total time for the upstream exchange, retries included.
     pub timeout: Option<crate::resilience::RouteTimeout>,
+    /// Identity and forwarding headers a client may not send on this route.
+    pub owned_headers: crate::owned_headers::OwnedHeaders,
 }
 
 /// One compiled config generation.

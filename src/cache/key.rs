@@ -10,10 +10,12 @@
 //! 4. the path (after the gateway's percent-encoding normalization),
 //! 5. the query with its parameters in normalized order (see [`normalize_query`]),
 //! 6. the value of every configured `vary_headers` entry (an absent header differs from an
-//!    empty one),
+//!    empty one; hashed after 8),
 //! 7. the consumer an auth plugin identified and the JWT roles, when there are any: the
 //!    upstream receives them (`X-Consumer-Username`, `X-Authenticated-Roles`) and may answer
-//!    each consumer differently, so one consumer's object never reaches another.
+//!    each consumer differently, so one consumer's object never reaches another,
+//! 8. the values forward-auth's `upstream_headers` took (`X-User-Id`, ...), for the same
+//!    reason (an absent header differs from an empty one).
 //!
 //! The upstream's own `Vary` is handled by Pingora's variance slots on top of this key
 //! (`cache_vary_filter`), not here. A crypto hash keeps crafted requests from colliding with
@@ -52,6 +54,18 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> &'a str {
 
 /// The primary key hash of a request.
 pub fn primary_hash(parts: &KeyParts, headers: &HeaderMap, vary: &[HeaderName]) -> HashBinary {
+    primary_hash_with(parts, headers, vary, &[])
+}
+
+/// [`primary_hash`] keyed also on the values of `identity` headers (forward-auth's
+/// `upstream_headers`, which the gateway writes into the request), framed apart from `vary`
+/// so the two lists never stand in for each other.
+pub fn primary_hash_with(
+    parts: &KeyParts,
+    headers: &HeaderMap,
+    vary: &[HeaderName],
+    identity: &[HeaderName],
+) -> HashBinary {
     let mut buf = Vec::with_capacity(
         64 + parts.route.len()
             + parts.host.len()
@@ -77,7 +91,11 @@ pub fn primary_hash(parts: &KeyParts, headers: &HeaderMap, vary: &[HeaderName]) 
             None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
         }
     }
-    for name in vary {
+    if !identity.is_empty() {
+        // A marker no length prefix can equal (lengths stay far below u32::MAX - 1).
+        buf.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
+    }
+    for name in identity.iter().chain(vary) {
         frame(&mut buf, name.as_str().as_bytes());
         let mut values = headers.get_all(name).iter();
         match values.next() {
@@ -215,6 +233,29 @@ mod tests {
             k(Some("alice"), Some(b"admin"))
         );
         assert_eq!(k(Some("alice"), Some(b"r")), k(Some("alice"), Some(b"r")));
+    }
+
+    #[test]
+    fn identity_headers_split_objects() {
+        let parts = KeyParts {
+            route: "r",
+            host: "h",
+            path: "/p",
+            query: None,
+            consumer: None,
+            roles: None,
+        };
+        let id = [HeaderName::from_static("x-user-id")];
+        let mut alice = HeaderMap::new();
+        alice.insert("x-user-id", "u-alice".parse().unwrap());
+        let mut bob = HeaderMap::new();
+        bob.insert("x-user-id", "u-bob".parse().unwrap());
+        let k = |h: &HeaderMap| primary_hash_with(&parts, h, &[], &id);
+        assert_ne!(k(&alice), k(&bob));
+        assert_ne!(k(&alice), k(&HeaderMap::new()));
+        assert_eq!(k(&alice), k(&alice.clone()));
+        // The same header as identity and as vary does not make the same key.
+        assert_ne!(k(&alice), primary_hash(&parts, &alice, &id));
     }
 
     #[test]

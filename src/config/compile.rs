@@ -678,6 +678,17 @@ fn compile_routes(
         let chain = merge_chain(globals, own);
         let timeout =
             crate::resilience::compile_route_timeout(c, &p, &r.name, r.timeout, &states.resilience);
+        let owned_headers = crate::owned_headers::OwnedHeaders::new(
+            chain
+                .plugins
+                .iter()
+                .filter_map(|p| match &**p {
+                    plugins::Plugin::ForwardAuth(f) => Some(f.upstream_header_names()),
+                    _ => None,
+                })
+                .flatten()
+                .map(|h| h.as_str()),
+        );
         if let Some(upstream) = upstream {
             index.push((routes.len(), prefixes, matcher));
             routes.push(Route {
@@ -688,6 +699,7 @@ fn compile_routes(
                 plugins: chain,
                 https_only: crate::https_redirect::compile(c, &p, r),
                 timeout,
+                owned_headers,
             });
         }
     }

@@ -22,8 +22,13 @@
 //!   message never names the auth service; the log names its scheme, host and path only.
 //!
 //! The identity headers are written into the downstream request head in `request_filter`,
-//! not only upstream, so later plugins see them too: `rate-limiting` with `limit_by: header,
-//! header_name: X-User-Id` counts per user, `proxy-cache` can `vary_headers` on them.
+//! so later plugins see them too, and set again on the upstream request in
+//! `upstream_request_filter` (after Pingora removed what the client's `Connection` names).
+//! Client copies are dropped in every spelling (`X_User_Id` too) by
+//! [`crate::owned_headers`], the upstream_headers being identity headers of the route. In the
+//! downstream head, `rate-limiting` with `limit_by: header, header_name: X-User-Id` counts
+//! per user, and `proxy-cache` keys its objects on them (one user's answer never reaches
+//! another).
 //!
 //! Decisions (allow and deny, never failures) are cached for `cache.ttl` in a bounded,
 //! sharded LRU keyed by the SHA-256 of the request headers named in `cache.key` (plus the
@@ -380,14 +385,14 @@ fn set_on_call(h: &HeaderName) -> bool {
 }
 
 /// Headers the gateway sets (or strips) on the upstream request after the plugins ran
-/// (`forward::rewrite_request`): a copy from the auth service would be lost or wrong.
+/// (`forward::rewrite_request`): a copy from the auth service would be lost or wrong. Any
+/// spelling counts (`X_Real_IP` is `X-Real-IP` to a CGI-style upstream).
 fn set_upstream(h: &HeaderName) -> bool {
-    *h == super::key_auth::CONSUMER_HEADER
-        || *h == super::jwt::ROLES_HEADER
-        || matches!(
-            h.as_str(),
-            "x-forwarded-for" | "x-real-ip" | "x-forwarded-proto"
-        )
+    let n = h.as_str().as_bytes();
+    crate::owned_headers::IDENTITY
+        .iter()
+        .chain(&["x-forwarded-for", "x-forwarded-proto"])
+        .any(|o| crate::owned_headers::same_name(n, o.as_bytes()))
 }
 
 use super::cors::is_cors_preflight;
@@ -845,6 +850,7 @@ impl ForwardAuth {
                         return Outcome::Respond(Reply::error(500));
                     }
                 }
+                ctx.forward_auth = Some(decision.clone());
                 if let Some(i) = consumer
                     .as_deref()
                     .and_then(|name| self.consumers.get(name))
@@ -885,11 +891,9 @@ impl ForwardAuth {
             h.insert(X_FORWARDED_HOST, v);
         }
         // Behind a trusted proxy its X-Forwarded-Proto stands (as upstream, see forward.rs).
-        let proto = req
-            .headers
-            .get(&X_FORWARDED_PROTO)
+        let proto = crate::request::forwarded_proto(&req.headers)
             .filter(|_| ctx.peer_trusted)
-            .cloned()
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
             .unwrap_or(HeaderValue::from_static(if tls { "https" } else { "http" }));
         h.insert(X_FORWARDED_PROTO, proto);
         if let Some(ip) = ctx.client_ip {
@@ -974,8 +978,23 @@ impl ForwardAuth {
         Ok(decision)
     }
 
-    /// `upstream_request_filter`: the consumer named by `consumer_header`, if any.
+    /// The `upstream_headers` names: identity headers of the route ([`crate::owned_headers`]).
+    pub fn upstream_header_names(&self) -> &[HeaderName] {
+        &self.upstream_headers
+    }
+
+    /// `upstream_request_filter`: the identity headers of the auth answer, set again here
+    /// because Pingora removes the headers a client's `Connection` names between
+    /// `request_filter` and this phase; and the consumer named by `consumer_header`, if any.
     pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+        for name in &self.upstream_headers {
+            req.remove_header(name);
+        }
+        if let Some(Decision::Allow { headers, .. }) = ctx.forward_auth.as_deref() {
+            for (n, v) in headers {
+                req.append_header(n.clone(), v.clone())?;
+            }
+        }
         if self.consumer_header.is_some() {
             super::send_consumer(req, ctx)?;
         }

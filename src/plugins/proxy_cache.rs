@@ -7,7 +7,7 @@
 //!
 //! | Pingora hook             | here                         |
 //! |--------------------------|------------------------------|
-//! | `request_cache_filter`   | [`request_cache_filter`]: enable, or `BYPASS` (method, `Authorization`) |
+//! | `request_cache_filter`   | [`request_cache_filter`]: enable, or `BYPASS` (method, `Authorization`, upgrade, unkeyed forwarding headers) |
 //! | `cache_key_callback`     | [`cache_key`] ([`crate::cache::key`]) |
 //! | `cache_miss`             | [`cache_miss`]               |
 //! | `cache_hit_filter`       | [`hit_filter`]               |
@@ -109,6 +109,9 @@ pub struct ProxyCache {
     lock: Option<&'static CacheKeyLockImpl>,
     lock_timeout: Duration,
     cache_authorized: bool,
+    /// Forwarding and override headers (`X-Forwarded-Host`, `X-Original-URL`, ...) not in
+    /// `vary_headers`: a request carrying one bypasses the cache.
+    unkeyed_forwarding: Vec<HeaderName>,
     store: OnceCell<&'static cache::Store>,
 }
 
@@ -187,6 +190,11 @@ impl ProxyCache {
             return None;
         }
         let lock_timeout = cfg.lock_timeout.0;
+        let unkeyed_forwarding = crate::owned_headers::CACHE_SENSITIVE
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .filter(|n| !vary.contains(n))
+            .collect();
         Some(ProxyCache {
             global: !path.starts_with("routes["),
             ttl: cfg.ttl.0,
@@ -201,6 +209,7 @@ impl ProxyCache {
             lock: (!lock_timeout.is_zero()).then(|| cache::lock(lock_timeout)),
             lock_timeout,
             cache_authorized: cfg.cache_authorized,
+            unkeyed_forwarding,
             store: OnceCell::new(),
         })
     }
@@ -316,10 +325,24 @@ fn plugin(ctx: &RequestCtx) -> Option<&ProxyCache> {
         })
 }
 
+/// The `upstream_headers` of the route's forward-auth: the upstream answers each identity
+/// differently, so each gets its own object.
+fn identity_headers(ctx: &RequestCtx) -> &[HeaderName] {
+    ctx.route()
+        .and_then(|r| {
+            r.plugins.plugins.iter().find_map(|p| match &**p {
+                Plugin::ForwardAuth(f) => Some(f.upstream_header_names()),
+                _ => None,
+            })
+        })
+        .unwrap_or(&[])
+}
+
 /// `request_cache_filter`: enables Pingora's cache for a cacheable request of a cached route;
-/// a request with a method not cached, with `Authorization` (unless `cache_authorized`) or
-/// asking for a protocol upgrade (WebSocket) bypasses it entirely: not served from the cache,
-/// not stored.
+/// a request with a method not cached, with `Authorization` (unless `cache_authorized`),
+/// asking for a protocol upgrade (WebSocket) or carrying a forwarding or override header
+/// that is not in `vary_headers` (only a trusted proxy's survive [`crate::owned_headers`])
+/// bypasses it entirely: not served from the cache, not stored.
 pub fn request_cache_filter(session: &mut Session, ctx: &mut RequestCtx) {
     let Some(route) = ctx.route() else {
         return;
@@ -331,6 +354,11 @@ pub fn request_cache_filter(session: &mut Session, ctx: &mut RequestCtx) {
     if !pc.method_cached(&req.method)
         || (!pc.cache_authorized && req.headers.contains_key(AUTHORIZATION))
         || req.headers.contains_key(UPGRADE)
+        || (ctx.peer_trusted
+            && pc
+                .unkeyed_forwarding
+                .iter()
+                .any(|n| req.headers.contains_key(n)))
     {
         ctx.cache_status = Some(BYPASS);
         return;
@@ -368,7 +396,7 @@ pub fn cache_key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
             .and_then(|t| t.roles.as_ref())
             .map(|r| r.as_bytes()),
     };
-    let hash = key::primary_hash(&parts, &req.headers, &pc.vary);
+    let hash = key::primary_hash_with(&parts, &req.headers, &pc.vary, identity_headers(ctx));
     let mut k = CacheKey::new(Vec::new(), String::new());
     k.set_primary_bin_override(hash);
     Ok(k)
@@ -517,6 +545,7 @@ mod tests {
             lock: None,
             lock_timeout: Duration::ZERO,
             cache_authorized: false,
+            unkeyed_forwarding: Vec::new(),
             store: OnceCell::new(),
         }
     }
