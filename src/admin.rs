@@ -97,6 +97,7 @@ impl AdminApp {
         serde_json::json!({
             "version": rt.version,
             "hash": rt.hash,
+            "build": crate::observe::build_info::json(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "gatehouse", version, about = "Edge API gateway on Pingora")]
+#[command(
+    name = "gatehouse",
+    version = gatehouse::observe::build_info::LONG_VERSION,
+    about = "Edge API gateway on Pingora"
+)]
 struct Cli {
     /// Config file
     #[arg(

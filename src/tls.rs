@@ -264,6 +264,12 @@ pub fn server_config(t: &TlsSettings) -> Result<ServerConfig, String> {
         _ => &[&version::TLS12, &version::TLS13][..],
     };
     let (certs, key) = load_cert(&t.cert, &t.key)?;
+    // What is served from now on: `tls_certificate_expiry_seconds` (the leaf).
+    match certs.first().map(|c| crate::observe::certs::describe(c)) {
+        Some(Ok(leaf)) => crate::observe::certs::set_served([leaf]),
+        Some(Err(e)) => tracing::warn!("server.tls.cert: no expiry metric: {e}"),
+        None => {}
+    }
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(p))
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?

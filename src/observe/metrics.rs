@@ -1133,6 +1133,8 @@ pub fn render(rt: &Runtime) -> String {
     }
     families.extend(crate::probe::metric_families());
     families.extend(crate::resilience::metric_families(rt));
+    families.extend(super::build_info::metric_families());
+    families.extend(super::certs::metric_families());
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::with_capacity(16 * 1024);
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {

@@ -7,6 +7,8 @@
 //! status and time to its response head). Nothing here takes a lock on the request path.
 
 pub mod access_log;
+pub mod build_info;
+pub mod certs;
 pub mod changes;
 pub mod metrics;
 pub mod otlp;
