@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "admin-key-5d1c0a9e77";
 const SECRET: &str = "TOP-SECRET-7c1e";
-const CONSUMERS: &str = "consumers:\n  - username: ops\n    keyauth_credentials: [{ key: \"admin-key-5d1c0a9e77\" }]\n";
+const CONSUMERS: &str =
+    "consumers:\n  - username: ops\n    keyauth_credentials: [{ key: \"admin-key-5d1c0a9e77\" }]\n";
 const KEY_AUTH: &str = "plugins:\n  - name: key-auth\n";
 
 /// `python3 -m http.server` serving a temp dir: a real static file server that decodes
@@ -52,7 +53,10 @@ impl StaticServer {
             if resp.starts_with(b"HTTP/1.0 200") {
                 break;
             }
-            assert!(Instant::now() < deadline, "python3 http.server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "python3 http.server did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         StaticServer {
@@ -82,20 +86,30 @@ impl Drop for StaticServer {
 /// One request over a fresh connection: the parsed response.
 fn raw(port: u16, head: &str) -> RawResponse {
     let (bytes, _) = raw_request(port, head.as_bytes(), Duration::from_secs(5));
-    parse_response(&bytes)
-        .unwrap_or_else(|| panic!("no HTTP response to {head:?}: {:?}", String::from_utf8_lossy(&bytes)))
+    parse_response(&bytes).unwrap_or_else(|| {
+        panic!(
+            "no HTTP response to {head:?}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })
 }
 
 fn get(port: u16, path: &str, extra: &str) -> RawResponse {
     raw(
         port,
-        &format!("GET {path} HTTP/1.1\r\nHost: files.example.com\r\n{extra}Connection: close\r\n\r\n"),
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: files.example.com\r\n{extra}Connection: close\r\n\r\n"
+        ),
     )
 }
 
 fn static_gateway(up: &StaticServer, public_extra: &str) -> Gateway {
     Cfg::new()
-        .upstream("files", &[format!("{{ addr: \"127.0.0.1:{}\" }}", up.port)], "")
+        .upstream(
+            "files",
+            &[format!("{{ addr: \"127.0.0.1:{}\" }}", up.port)],
+            "",
+        )
         .route("public", &["/public"], "files", public_extra)
         .route("admin", &["/public/admin"], "files", KEY_AUTH)
         .top(CONSUMERS)
@@ -112,7 +126,11 @@ async fn encoded_separators_never_reach_the_admin_file_through_the_public_route(
     assert_eq!(r.status, 200, "{}", r.text());
     let r = get(gw.port, "/public/admin/secret.txt", "");
     assert_eq!(r.status, 401, "{}", r.text());
-    let r = get(gw.port, "/public/admin/secret.txt", &format!("X-API-Key: {KEY}\r\n"));
+    let r = get(
+        gw.port,
+        "/public/admin/secret.txt",
+        &format!("X-API-Key: {KEY}\r\n"),
+    );
     assert_eq!((r.status, r.text().as_str()), (200, SECRET));
     let seen_with_key = files.log().matches("secret.txt").count();
     assert_eq!(seen_with_key, 1, "{}", files.log());
@@ -139,11 +157,8 @@ async fn encoded_separators_never_reach_the_admin_file_through_the_public_route(
     ] {
         let r = get(gw.port, path, "");
         assert!(!r.text().contains(SECRET), "{path}: the secret leaked");
-        // Raw `\` may already be refused by the HTTP parser (plain 400); the rest get ours.
         assert_eq!(r.status, 400, "{path}: {}", r.text());
-        if !path.contains('\\') {
-            assert_error_body(&r.text(), "bad_request");
-        }
+        assert_error_body(&r.text(), "bad_request");
     }
     assert_eq!(
         files.log().matches("secret.txt").count(),
@@ -158,14 +173,22 @@ async fn encoded_slashes_pass_only_on_routes_that_allow_them_and_never_hide_dot_
     let a = Backend::start("a");
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
-        .route("projects", &["/api/projects"], "u", "allow_encoded_slashes: true")
+        .route(
+            "projects",
+            &["/api/projects"],
+            "u",
+            "allow_encoded_slashes: true",
+        )
         .route("other", &["/api"], "u", "")
         .start();
 
     // GitLab-style ids: `%2F` is data within one segment, forwarded as sent.
     let r = get(gw.port, "/api/projects/group%2Fsub/issues", "");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(a.last_request().unwrap().path, "/api/projects/group%2Fsub/issues");
+    assert_eq!(
+        a.last_request().unwrap().path,
+        "/api/projects/group%2Fsub/issues"
+    );
     // Lower-case hex is upper-cased like every other escape.
     let r = get(gw.port, "/api/projects/group%2fsub", "");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -222,7 +245,11 @@ async fn a_method_the_longest_prefix_does_not_take_is_405_not_a_shorter_route() 
         assert_error_body(&r.text(), "method_not_allowed");
         assert_eq!(r.header("allow"), Some("GET, HEAD, POST"), "{method}");
     }
-    assert_eq!((open.hits(), admin.hits()), (0, 0), "nothing reached an upstream");
+    assert_eq!(
+        (open.hits(), admin.hits()),
+        (0, 0),
+        "nothing reached an upstream"
+    );
 
     // HEAD is GET without a body: it takes the GET route, with that route's plugins.
     let r = raw(
@@ -240,14 +267,23 @@ async fn a_method_the_longest_prefix_does_not_take_is_405_not_a_shorter_route() 
     assert_eq!((open.hits(), admin.hits()), (0, 1));
 
     // The shorter prefix still serves what is under it and not under the longer one.
-    let r = raw(gw.port, "DELETE /public/other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        gw.port,
+        "DELETE /public/other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(open.hits(), 1);
 
     // A read/write split on one path keeps working; HEAD follows GET.
-    let r = raw(gw.port, "GET /m/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        gw.port,
+        "GET /m/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!((r.status, backend_of(&r.text()).as_str()), (200, "reads"));
-    let r = raw(gw.port, "HEAD /m/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        gw.port,
+        "HEAD /m/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(a.last_request().unwrap().method, "HEAD");
     let r = raw(
@@ -255,7 +291,10 @@ async fn a_method_the_longest_prefix_does_not_take_is_405_not_a_shorter_route() 
         "POST /m/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
     );
     assert_eq!((r.status, backend_of(&r.text()).as_str()), (200, "writes"));
-    let r = raw(gw.port, "DELETE /m/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        gw.port,
+        "DELETE /m/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 405, "{}", r.text());
     assert_eq!(r.header("allow"), Some("GET, HEAD, POST, PUT"));
     assert_eq!((a.hits(), b.hits()), (2, 1));
@@ -275,7 +314,10 @@ async fn a_second_content_type_is_refused_before_the_json_rules_could_be_skipped
         .start();
     let body = r#"{"user":"ada","password":"s3cret"}"#;
     let post = |types: &[&str]| {
-        let ct: String = types.iter().map(|t| format!("Content-Type: {t}\r\n")).collect();
+        let ct: String = types
+            .iter()
+            .map(|t| format!("Content-Type: {t}\r\n"))
+            .collect();
         raw(
             gw.port,
             &format!("POST /login HTTP/1.1\r\nHost: x\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
@@ -298,7 +340,11 @@ async fn a_second_content_type_is_refused_before_the_json_rules_could_be_skipped
         assert_eq!(r.status, 400, "{types:?}: {}", r.text());
         assert_error_body(&r.text(), "bad_request");
     }
-    assert_eq!(a.hits(), 1, "no request with two Content-Types reached the upstream");
+    assert_eq!(
+        a.hits(),
+        1,
+        "no request with two Content-Types reached the upstream"
+    );
     assert!(a
         .requests()
         .iter()
@@ -340,7 +386,10 @@ async fn host_spellings_of_a_protected_name_meet_its_route() {
         assert_eq!(r.status, 401, "{host}: {}", r.text());
     }
     let r = at("protected.example.com.", &format!("X-API-Key: {KEY}\r\n"));
-    assert_eq!((r.status, backend_of(&r.text()).as_str()), (200, "protected"));
+    assert_eq!(
+        (r.status, backend_of(&r.text()).as_str()),
+        (200, "protected")
+    );
 
     for host in [
         "protected.example.com..",
@@ -360,7 +409,10 @@ async fn host_spellings_of_a_protected_name_meet_its_route() {
     assert_eq!(r.status, 401, "{}", r.text());
 
     let r = at("other.example.com", "");
-    assert_eq!((r.status, backend_of(&r.text()).as_str()), (200, "catchall"));
+    assert_eq!(
+        (r.status, backend_of(&r.text()).as_str()),
+        (200, "catchall")
+    );
     assert_eq!((prot.hits(), other.hits()), (1, 1));
 }
 
@@ -391,7 +443,9 @@ async fn admin_api_without_token_refuses_browsers_and_foreign_host_names() {
     for path in ["/status", "/metrics", "/reload"] {
         let r = admin_raw(
             &gw,
-            &format!("GET {path} HTTP/1.1\r\nHost: rebind.evil.example:{p}\r\nConnection: close\r\n\r\n"),
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: rebind.evil.example:{p}\r\nConnection: close\r\n\r\n"
+            ),
         );
         assert_eq!(r.status, 403, "{path}: {}", r.text());
         assert!(!r.text().contains("\"routes\""), "{path}");
@@ -458,12 +512,16 @@ async fn admin_api_with_token_accepts_origin_and_configured_names() {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = admin_raw(
         &gw,
-        &format!("GET /metrics HTTP/1.1\r\nHost: gatehouse-admin.svc:{p}\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: gatehouse-admin.svc:{p}\r\nConnection: close\r\n\r\n"
+        ),
     );
     assert_eq!(r.status, 200, "a configured name: {}", r.text());
     let r = admin_raw(
         &gw,
-        &format!("GET /status HTTP/1.1\r\nHost: rebind.evil.example:{p}\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "GET /status HTTP/1.1\r\nHost: rebind.evil.example:{p}\r\nConnection: close\r\n\r\n"
+        ),
     );
     assert_eq!(r.status, 403, "{}", r.text());
 }
@@ -495,5 +553,5 @@ async fn raw_utf8_next_to_an_escape_reaches_the_upstream_once_encoded() {
         let r = get(gw.port, path, "");
         assert_eq!(r.status, 401, "{path}: {}", r.text());
     }
-    assert_eq!(a.hits(), 3);
+    assert_eq!(a.hits(), 4);
 }
