@@ -5,6 +5,11 @@
 //! secrets), `GET /metrics` (Prometheus text, see [`crate::observe::metrics`]), `POST /reload`
 //! (guarded by `admin.token` when set; answers the new version and a summary of what
 //! changed), `POST /cache/purge` (same guard; see [`crate::cache::purge_endpoint`]).
+//!
+//! Browsers are kept out ([`AdminApp::browser_refusal`]): every endpoint but `/health`
+//! answers only `Host` names that cannot be an attacker's DNS name (loopback names, IP
+//! literals, `admin.allowed_hosts`), which defeats DNS rebinding; and without a token, a
+//! request carrying `Origin` (a page's cross-site `fetch` or form post) is refused.
 
 use crate::runtime::Shared;
 use crate::upstream::health;
@@ -47,7 +52,57 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A `Host` value the admin API answers: `localhost`, `*.localhost` and IP literals (a DNS
+/// rebinding attack needs a name of the attacker's), or one of `admin.allowed_hosts`.
+/// Port and one trailing dot are ignored.
+fn admin_host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = crate::router::host_without_port(host);
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let dot_localhost = name.len() > ".localhost".len()
+        && name
+            .get(name.len() - ".localhost".len()..)
+            .is_some_and(|t| t.eq_ignore_ascii_case(".localhost"));
+    dot_localhost || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
 impl AdminApp {
+    /// Refuses what a browser could send on a web page's behalf: a `Host` that is not ours
+    /// (DNS rebinding would let a page read `/status` and `/metrics`), and, when no token
+    /// guards the POST endpoints, any request with `Origin` (a cross-site `text/plain` POST
+    /// needs no preflight). A request without `Host` (HTTP/1.0 tools) passes the first.
+    fn browser_refusal(&self, s: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let rt = self.shared.snapshot();
+        let req = s.req_header();
+        let host = req.uri.authority().map(|a| a.as_str()).or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let host_ok = match host {
+            Some(h) => admin_host_allowed(h, &rt.admin.allowed_hosts),
+            None => !req.headers.contains_key(http::header::HOST),
+        };
+        if !host_ok {
+            return Some(json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "forbidden", "message": "unknown Host for the admin API (see admin.allowed_hosts)"}),
+            ));
+        }
+        if rt.admin.token.is_none() && req.headers.contains_key(http::header::ORIGIN) {
+            return Some(json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "forbidden", "message": "browser requests (Origin) are refused while admin.token is unset"}),
+            ));
+        }
+        None
+    }
+
     fn authorized(&self, s: &ServerSession) -> bool {
         let rt = self.shared.snapshot();
         let Some(token) = &rt.admin.token else {
@@ -111,6 +166,12 @@ impl ServeHttp for AdminApp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         let method = s.req_header().method.clone();
         let path = s.req_header().uri.path().to_string();
+        // Liveness tells nothing and is probed under any name.
+        if path != "/health" {
+            if let Some(refused) = self.browser_refusal(s) {
+                return refused;
+            }
+        }
         match (method, path.as_str()) {
             (Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             (Method::GET, "/status") => json(StatusCode::OK, self.status()),
@@ -179,6 +240,38 @@ impl ServeHttp for AdminApp {
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found", "message": "unknown admin endpoint"}),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_host_allowed;
+
+    #[test]
+    fn admin_hosts() {
+        let extra = vec!["gatehouse-admin.svc".to_string()];
+        for h in [
+            "localhost",
+            "LocalHost:9901",
+            "localhost.",
+            "app.localhost:1",
+            "127.0.0.1:9901",
+            "10.1.2.3",
+            "[::1]:9901",
+            "gatehouse-admin.svc:9901",
+        ] {
+            assert!(admin_host_allowed(h, &extra), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "localhost.evil.example",
+            "evillocalhost",
+            "127.0.0.1.nip.io",
+            "[::1",
+            "",
+        ] {
+            assert!(!admin_host_allowed(h, &extra), "{h}");
         }
     }
 }

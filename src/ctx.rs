@@ -17,6 +17,8 @@ pub struct RequestCtx {
     pub route: Option<usize>,
     /// Bytes of the matched prefix (`strip_path`).
     pub prefix_len: usize,
+    /// The path has `%2F`: only a route with `allow_encoded_slashes` takes it.
+    pub encoded_slash: bool,
     /// Upstream attempts so far (1 = first try).
     pub attempts: u32,
     /// Targets tried by this request (bit per index in `Upstream::targets`).
@@ -83,6 +85,7 @@ impl RequestCtx {
             peer_trusted: false,
             route: None,
             prefix_len: 0,
+            encoded_slash: false,
             attempts: 0,
             tried: 0,
             target: None,

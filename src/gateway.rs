@@ -24,7 +24,7 @@ use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::forward;
 use crate::plugins::{proxy_cache, Reply};
-use crate::request;
+use crate::request::{self, NoRoute};
 use crate::runtime::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -71,7 +71,8 @@ impl ProxyHttp for Gateway {
             .get(http::header::ORIGIN)
             .cloned();
         request::close_if_dual_framing(session);
-        match request::check_limits(session, ctx).or_else(|| request::normalize_path(session)) {
+        match request::check_limits(session, ctx).or_else(|| request::normalize_path(session, ctx))
+        {
             Some(status) => Err(errors::status_error(status, "request refused by limits")),
             None => Ok(()),
         }
@@ -82,28 +83,41 @@ impl ProxyHttp for Gateway {
         if crate::probe::answer(session, ctx).await? {
             return Ok(true);
         }
-        let reply = if request::route(session, ctx) {
-            // The snapshot is held by ctx; a clone of the Arc lets the chain borrow it while
-            // the hooks mutate ctx.
-            let rt = ctx.rt.clone();
-            let route = ctx.route.and_then(|i| rt.routes.get(i));
-            // Before anything reads them: identity and forwarding headers the client may
-            // not send are gone, whatever their spelling.
-            if let Some(r) = route {
-                r.owned_headers
-                    .strip(session.req_header_mut(), ctx.peer_trusted);
+        let reply = match request::route(session, ctx) {
+            Ok(()) => {
+                // The snapshot is held by ctx; a clone of the Arc lets the chain borrow it
+                // while the hooks mutate ctx.
+                let rt = ctx.rt.clone();
+                let route = ctx.route.and_then(|i| rt.routes.get(i));
+                // Before anything reads them: identity and forwarding headers the client may
+                // not send are gone, whatever their spelling.
+                if let Some(r) = route {
+                    r.owned_headers
+                        .strip(session.req_header_mut(), ctx.peer_trusted);
+                }
+                let chain = route.map(|r| &r.plugins);
+                match chain {
+                    // https-only routes answer plain HTTP before any plugin.
+                    Some(chain) => match crate::https_redirect::check(session, ctx) {
+                        None => chain.request(session, ctx).await,
+                        refused => refused,
+                    },
+                    None => None,
+                }
             }
-            let chain = route.map(|r| &r.plugins);
-            match chain {
-                // https-only routes answer plain HTTP before any plugin.
-                Some(chain) => match crate::https_redirect::check(session, ctx) {
-                    None => chain.request(session, ctx).await,
-                    refused => refused,
-                },
-                None => None,
+            Err(NoRoute::NotFound) => Some(Reply::error(404)),
+            Err(NoRoute::MethodNotAllowed(allow)) => {
+                let reply = Reply::error(405);
+                Some(match http::HeaderValue::from_str(&allow) {
+                    Ok(v) => reply.header(http::header::ALLOW, v),
+                    Err(_) => reply,
+                })
             }
-        } else {
-            Some(Reply::error(404))
+            Err(NoRoute::EncodedSlash) => Some(Reply::error_with(
+                400,
+                "bad_request",
+                "Encoded slashes (%2F) are not allowed in this route's paths",
+            )),
         };
         match reply {
             Some(r) => {

@@ -111,11 +111,20 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) {
     }
 }
 
-/// Rewrites a path whose percent-encoding hides unreserved characters to its normal form,
-/// so the router and the upstream see the same path. Refuses malformed encoding.
-pub fn normalize_path(session: &mut Session) -> Option<u16> {
+/// Checks the path ([`router::scan_path`]: one pass, no allocation) and rewrites it to its
+/// canonical form ([`router::normalize_percent`]) only when it is not in it, so the router
+/// and the upstream see the same path. The status to refuse with.
+pub fn normalize_path(session: &mut Session, ctx: &mut RequestCtx) -> Option<u16> {
     let req = session.req_header();
     let path = req.uri.path();
+    let scan = match router::scan_path(path) {
+        Ok(scan) => scan,
+        Err(_) => return Some(400),
+    };
+    ctx.encoded_slash = scan.encoded_slash;
+    if !scan.rewrite {
+        return None;
+    }
     let normal = match router::normalize_percent(path) {
         None => return Some(400),
         Some(std::borrow::Cow::Borrowed(_)) => return None,
@@ -162,20 +171,21 @@ pub fn check_limits(session: &Session, ctx: &RequestCtx) -> Option<u16> {
             return Some(413);
         }
     }
-    if req
-        .headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .count()
-        > 1
-    {
-        return Some(400);
+    // One Content-Length, one Content-Type: with two, the gateway (first) and the upstream
+    // (often the last) would frame or parse the body differently, e.g. skip the JSON rules
+    // of request-transformer for a body the upstream then reads as JSON.
+    for name in [http::header::CONTENT_LENGTH, http::header::CONTENT_TYPE] {
+        if req.headers.get_all(name).iter().nth(1).is_some() {
+            return Some(400);
+        }
     }
     if !transfer_encoding_ok(&req.headers) {
         return Some(400);
     }
-    if router::is_ambiguous_path(req.uri.path()) {
-        return Some(400);
+    if let Some(h) = raw_host(req) {
+        if router::route_host(h).is_none() {
+            return Some(400);
+        }
     }
     None
 }
@@ -209,34 +219,56 @@ pub fn close_if_dual_framing(session: &mut Session) {
     }
 }
 
-/// The host a request is for, without port: the URI's (absolute form, HTTP/2 `:authority`)
-/// or else the `Host` header's. What routes match on.
-pub fn host(req: &pingora::http::RequestHeader) -> Option<&str> {
-    req.uri
-        .host()
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .map(router::host_without_port)
+/// The request's host as sent: the URI's authority host (absolute form, HTTP/2
+/// `:authority`), else the `Host` header.
+fn raw_host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    req.uri.host().or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
-/// Looks the route up; false when none matches.
-pub fn route(session: &Session, ctx: &mut RequestCtx) -> bool {
+/// The host a request is for as routes compare it ([`router::route_host`]: no port, no
+/// trailing dot). `None` also for a host with an empty label, which `check_limits` refused.
+pub fn host(req: &pingora::http::RequestHeader) -> Option<&str> {
+    raw_host(req).and_then(router::route_host)
+}
+
+/// What the route lookup decided when no route takes the request.
+pub enum NoRoute {
+    NotFound,
+    /// 405 with this `Allow` value.
+    MethodNotAllowed(String),
+    /// `%2F` in the path and the route does not allow encoded slashes.
+    EncodedSlash,
+}
+
+/// Looks the route up and records it in `ctx`.
+pub fn route(session: &Session, ctx: &mut RequestCtx) -> Result<(), NoRoute> {
     let req = session.req_header();
     let host = host(req);
-    match ctx
-        .rt
-        .router
-        .find(&req.method, host, &req.headers, req.uri.path())
-    {
-        Some(m) => {
+    let router = &ctx.rt.router;
+    match router.lookup(&req.method, host, &req.headers, req.uri.path()) {
+        router::Lookup::Found(m) => {
+            let allowed = ctx
+                .rt
+                .routes
+                .get(m.route)
+                .is_some_and(|r| r.allow_encoded_slashes);
+            if ctx.encoded_slash && !allowed {
+                return Err(NoRoute::EncodedSlash);
+            }
             ctx.route = Some(m.route);
             ctx.prefix_len = m.prefix_len;
-            true
+            Ok(())
         }
-        None => false,
+        router::Lookup::MethodNotAllowed(node) => Err(NoRoute::MethodNotAllowed(router.allow(
+            node,
+            host,
+            &req.headers,
+        ))),
+        router::Lookup::NotFound => Err(NoRoute::NotFound),
     }
 }
 

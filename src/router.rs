@@ -22,6 +22,12 @@ pub enum HostPattern {
 impl HostPattern {
     pub fn parse(s: &str) -> Result<HostPattern, String> {
         let s = s.trim().to_ascii_lowercase();
+        // `example.com.` is the absolute spelling of `example.com`; requests are compared
+        // without it too (see `route_host`).
+        let s = s.strip_suffix('.').map(str::to_string).unwrap_or(s);
+        if s.ends_with('.') || s.starts_with('.') || s.contains("..") {
+            return Err(format!("invalid host {s:?}: empty label"));
+        }
         if let Some(rest) = s.strip_prefix("*.") {
             if rest.is_empty() || rest.contains('*') {
                 return Err(format!("invalid host pattern {s:?}"));
@@ -58,11 +64,19 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// Takes `method`; `HEAD` is taken wherever `GET` is (RFC 9110 §9.3.2).
     #[inline]
-    fn matches(&self, method: &Method, host: Option<&str>, headers: &HeaderMap) -> bool {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
-            return false;
-        }
+    fn takes(&self, method: &Method) -> bool {
+        self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| m == method || (*m == Method::GET && *method == Method::HEAD))
+    }
+
+    /// Everything but the method holds.
+    #[inline]
+    fn matches_except_method(&self, host: Option<&str>, headers: &HeaderMap) -> bool {
         if !self.hosts.is_empty() {
             match host {
                 Some(h) if self.hosts.iter().any(|p| p.matches(h)) => {}
@@ -109,105 +123,224 @@ pub struct RouteMatch {
     pub prefix_len: usize,
 }
 
-/// Normalizes a configured prefix: leading `/`, no trailing `/` (except the root), no empty
-/// or dot segments.
+/// Normalizes a configured prefix to the form requests are matched in (see
+/// [`scan_path`] and [`normalize_percent`]): leading `/`, no trailing `/` (except the root),
+/// escapes in canonical form, nothing a request path would be refused for.
 pub fn normalize_prefix(p: &str) -> Result<String, String> {
     if !p.starts_with('/') {
         return Err(format!("path {p:?} must start with \"/\""));
-    }
-    let trimmed = p.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return Ok("/".into());
-    }
-    let segs: Vec<&str> = trimmed[1..].split('/').collect();
-    if segs.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
-        return Err(format!("path {p:?} has an empty or dot segment"));
-    }
-    if segs.len() > MAX_PREFIX_SEGMENTS {
-        return Err(format!(
-            "path {p:?} is deeper than {MAX_PREFIX_SEGMENTS} segments"
-        ));
     }
     if p.contains(['?', '#', '*', ' ']) {
         return Err(format!(
             "path {p:?} is a literal prefix: no query, fragment, wildcard or space"
         ));
     }
+    let Some(canon) = normalize_percent(p) else {
+        return Err(format!("path {p:?} has a malformed percent-encoding"));
+    };
+    let trimmed = canon.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok("/".into());
+    }
+    if let Err(why) = scan_path(trimmed) {
+        return Err(format!("path {p:?}: {why}"));
+    }
+    if trimmed[1..].split('/').count() > MAX_PREFIX_SEGMENTS {
+        return Err(format!(
+            "path {p:?} is deeper than {MAX_PREFIX_SEGMENTS} segments"
+        ));
+    }
     Ok(trimmed.to_string())
 }
 
-/// True when a request path could mean different resources to the gateway and to the
-/// upstream (dot segments, also percent-encoded, or empty segments): such paths are refused
-/// rather than routed, so `/public/../admin` cannot slip past the `/admin` route's plugins.
-pub fn is_ambiguous_path(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix('/') else {
-        return true;
-    };
-    let mut segs = rest.split('/').peekable();
-    while let Some(seg) = segs.next() {
-        let last = segs.peek().is_none();
-        if seg.is_empty() && !last {
-            return true;
-        }
-        if is_dot_segment(seg) {
-            return true;
-        }
-    }
-    false
+/// What the one pass of [`scan_path`] found in a request path that it did not refuse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathScan {
+    /// Not in canonical form (an escaped unreserved character, lower-case hex, raw
+    /// non-ASCII): [`normalize_percent`] rewrites it.
+    pub rewrite: bool,
+    /// Has `%2F`: a route must allow encoded slashes to take it.
+    pub encoded_slash: bool,
 }
 
-/// Decodes percent-encoded unreserved characters (`%61` -> `a`, RFC 3986 §6.2.2.2) and
-/// upper-cases the hex of the others, so `/%61dmin` routes like `/admin` and the upstream
-/// sees the same path the router matched. `None`: malformed percent-encoding.
-pub fn normalize_percent(path: &str) -> Option<std::borrow::Cow<'_, str>> {
-    if !path.contains('%') {
-        return Some(std::borrow::Cow::Borrowed(path));
+#[inline]
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
     }
+}
+
+#[inline]
+fn unreserved(v: u8) -> bool {
+    v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~')
+}
+
+/// One piece of a path between separators (`/`, or `%2F` inside a segment).
+#[derive(Clone, Copy, Default)]
+struct Piece {
+    len: usize,
+    dots: usize,
+    last: u8,
+}
+
+impl Piece {
+    #[inline]
+    fn push(&mut self, v: u8) {
+        self.len += 1;
+        self.dots += usize::from(v == b'.');
+        self.last = v;
+    }
+
+    /// `at_end`: the path ends here, where an empty piece is a trailing slash.
+    #[inline]
+    fn check(self, at_end: bool) -> Result<(), &'static str> {
+        if self.len == 0 {
+            return if at_end { Ok(()) } else { Err("empty segment") };
+        }
+        if self.dots == self.len && self.len <= 2 {
+            return Err("dot segment");
+        }
+        // Windows file systems and some frameworks drop a trailing dot or space, so
+        // `admin.` would be `admin` to them and something else to the router.
+        if matches!(self.last, b'.' | b' ') {
+            return Err("segment ends in a dot or a space");
+        }
+        Ok(())
+    }
+}
+
+/// Checks a request path in one pass over its bytes, without allocating. Refused (the
+/// reason): anything that could make the router and an upstream see different resources,
+/// so that a request would meet a shorter route's plugins than the resource it reaches:
+///
+/// - malformed percent-encoding;
+/// - dot segments (`..`, `.`, also as `%2e`) and empty segments (`//`), also between
+///   encoded slashes (`x%2F..%2Fadmin`), where servers that decode `%2F` see them;
+/// - a backslash, raw or `%5C` (a separator to Windows servers and some frameworks);
+/// - `;` (path parameters, which Java servers strip before routing: `admin;x` is `admin`);
+/// - encoded control characters (`%00`-`%1F`, `%7F`), raw controls and spaces;
+/// - a segment ending in `.` or a space (`admin.`, `admin%20`).
+///
+/// `%2F` is reported in [`PathScan::encoded_slash`]: the route decides.
+pub fn scan_path(path: &str) -> Result<PathScan, &'static str> {
     let b = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
+    if b.first() != Some(&b'/') {
+        return Err("path must start with /");
+    }
+    let mut scan = PathScan::default();
+    let mut piece = Piece::default();
+    let mut i = 1;
     while i < b.len() {
-        if b[i] != b'%' {
-            out.push(b[i] as char);
-            i += 1;
+        let c = b[i];
+        if c == b'%' {
+            let (Some(&h), Some(&l)) = (b.get(i + 1), b.get(i + 2)) else {
+                return Err("malformed percent-encoding");
+            };
+            let (Some(hv), Some(lv)) = (hex_val(h), hex_val(l)) else {
+                return Err("malformed percent-encoding");
+            };
+            i += 3;
+            let v = hv * 16 + lv;
+            if h.is_ascii_lowercase() || l.is_ascii_lowercase() {
+                scan.rewrite = true;
+            }
+            match v {
+                b'/' => {
+                    scan.encoded_slash = true;
+                    piece.check(i == b.len())?;
+                    piece = Piece::default();
+                    continue;
+                }
+                0..=0x1f | 0x7f => return Err("encoded control character"),
+                b'\\' => return Err("encoded backslash"),
+                _ => {}
+            }
+            if unreserved(v) {
+                scan.rewrite = true;
+            }
+            piece.push(v);
             continue;
         }
-        let hex = |c: u8| (c as char).to_digit(16);
-        let (Some(h), Some(l)) = (
-            b.get(i + 1).and_then(|c| hex(*c)),
-            b.get(i + 2).and_then(|c| hex(*c)),
-        ) else {
-            return None;
-        };
-        let v = (h * 16 + l) as u8;
-        if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-            out.push(v as char);
-        } else {
-            out.push('%');
-            out.push_str(&format!("{v:02X}"));
+        i += 1;
+        match c {
+            b'/' => {
+                piece.check(i == b.len())?;
+                piece = Piece::default();
+                continue;
+            }
+            b'\\' => return Err("backslash"),
+            b';' => return Err("path parameter (;)"),
+            0..=0x20 | 0x7f => return Err("control character or space"),
+            0x80.. => scan.rewrite = true,
+            _ => {}
         }
-        i += 3;
+        piece.push(c);
     }
-    Some(std::borrow::Cow::Owned(out))
+    piece.check(true)?;
+    Ok(scan)
 }
 
-fn is_dot_segment(seg: &str) -> bool {
-    let b = seg.as_bytes();
-    let dot = |i: usize| -> Option<usize> {
-        if b.get(i) == Some(&b'.') {
-            Some(i + 1)
-        } else if b.len() >= i + 3 && b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'e'
-        {
-            Some(i + 3)
-        } else {
-            None
-        }
-    };
-    match dot(0) {
-        Some(n) if n == b.len() => true,
-        Some(n) => matches!(dot(n), Some(m) if m == b.len()),
-        None => false,
+/// The canonical form of a path (RFC 3986 §6.2.2): percent-encoded unreserved characters
+/// decoded (`%61` -> `a`), the hex of other escapes upper-cased, raw non-ASCII bytes
+/// percent-encoded. So `/%61dmin` routes like `/admin`, `/café` like `/caf%C3%A9`, and the
+/// upstream sees the path the router matched. Borrowed when already canonical; `None`:
+/// malformed percent-encoding.
+pub fn normalize_percent(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let b = path.as_bytes();
+    if !b.iter().any(|&c| c == b'%' || c >= 0x80) {
+        return Some(std::borrow::Cow::Borrowed(path));
     }
+    let mut out = Vec::with_capacity(path.len() + 8);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            let v = hex_val(*b.get(i + 1)?)? * 16 + hex_val(*b.get(i + 2)?)?;
+            if unreserved(v) {
+                out.push(v);
+            } else {
+                out.extend_from_slice(&[b'%', HEX[usize::from(v >> 4)], HEX[usize::from(v & 15)]]);
+            }
+            i += 3;
+        } else if c >= 0x80 {
+            out.extend_from_slice(&[b'%', HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]]);
+            i += 1;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    // Only ASCII was written.
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
+}
+
+/// Host name as routes compare it: without port (`[v6]:port` handled) and without one
+/// trailing dot (`example.com.` is the same absolute name as `example.com`). `None`: a name
+/// with an empty label (`a..b`, `.a`, `a..`), which no route's host can mean.
+pub fn route_host(host: &str) -> Option<&str> {
+    let h = host_without_port(host);
+    if h.starts_with('[') {
+        return Some(h);
+    }
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.starts_with('.') || h.ends_with('.') || h.contains("..") {
+        return None;
+    }
+    Some(h)
+}
+
+/// The outcome of a route lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Found(RouteMatch),
+    /// The longest prefix with routes for this host and headers has none for this method
+    /// (the trie node, for [`Router::allow`]).
+    MethodNotAllowed(usize),
+    NotFound,
 }
 
 impl Router {
@@ -247,7 +380,7 @@ impl Router {
         Router { nodes }
     }
 
-    /// Finds the most specific route for a request. `host` is without port.
+    /// Finds the most specific route for a request. `host` as [`route_host`] gives it.
     pub fn find(
         &self,
         method: &Method,
@@ -255,6 +388,24 @@ impl Router {
         headers: &HeaderMap,
         path: &str,
     ) -> Option<RouteMatch> {
+        match self.lookup(method, host, headers, path) {
+            Lookup::Found(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Like [`Router::find`], telling a method mismatch apart. Prefixes are tried longest
+    /// first; at the first one with a route for this host and headers, the method decides:
+    /// a route there that takes it, or [`Lookup::MethodNotAllowed`]. Never a shorter prefix
+    /// then: `/admin` limited to `[GET, POST]` must not hand a `DELETE` to the `/` route
+    /// and its (maybe weaker) plugins.
+    pub fn lookup(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Lookup {
         let mut visited = [0usize; MAX_PREFIX_SEGMENTS + 1];
         let mut depth = 1; // visited[0] = root
         if let Some(rest) = path.strip_prefix('/') {
@@ -274,16 +425,42 @@ impl Router {
             }
         }
         for &n in visited[..depth].iter().rev() {
+            let mut refused = false;
             for e in &self.nodes[n].entries {
-                if e.matcher.matches(method, host, headers) {
-                    return Some(RouteMatch {
-                        route: e.route,
-                        prefix_len: e.prefix_len,
-                    });
+                if e.matcher.matches_except_method(host, headers) {
+                    if e.matcher.takes(method) {
+                        return Lookup::Found(RouteMatch {
+                            route: e.route,
+                            prefix_len: e.prefix_len,
+                        });
+                    }
+                    refused = true;
+                }
+            }
+            if refused {
+                return Lookup::MethodNotAllowed(n);
+            }
+        }
+        Lookup::NotFound
+    }
+
+    /// The `Allow` header of a [`Lookup::MethodNotAllowed`] answer: the methods the
+    /// routes at that prefix take for this host and headers (`HEAD` with `GET`), sorted.
+    pub fn allow(&self, node: usize, host: Option<&str>, headers: &HeaderMap) -> String {
+        let mut methods: Vec<&str> = Vec::new();
+        for e in self.nodes.get(node).map_or(&[][..], |n| &n.entries[..]) {
+            if e.matcher.matches_except_method(host, headers) {
+                for m in &e.matcher.methods {
+                    methods.push(m.as_str());
+                    if *m == Method::GET {
+                        methods.push("HEAD");
+                    }
                 }
             }
         }
-        None
+        methods.sort_unstable();
+        methods.dedup();
+        methods.join(", ")
     }
 }
 
@@ -393,16 +570,61 @@ mod tests {
     }
 
     #[test]
-    fn ambiguous_paths() {
-        assert!(is_ambiguous_path("/a/../b"));
-        assert!(is_ambiguous_path("/a/%2e%2E/b"));
-        assert!(is_ambiguous_path("/a/./b"));
-        assert!(is_ambiguous_path("/a//b"));
-        assert!(is_ambiguous_path("/.."));
-        assert!(!is_ambiguous_path("/a/b/"));
-        assert!(!is_ambiguous_path("/a/.well-known/b"));
-        assert!(!is_ambiguous_path("/"));
-        assert!(!is_ambiguous_path("/a/..b"));
+    fn refused_paths() {
+        for p in [
+            "/a/../b",
+            "/a/%2e%2E/b",
+            "/a/./b",
+            "/a//b",
+            "/..",
+            "/a/..%2Fb",
+            "/a/x%2F..%2Fb",
+            "/a/%2e%2e%2fb",
+            "/a/%2Fb",
+            "/a%2F%2Fb",
+            "/a\\b",
+            "/a%5cb",
+            "/a;x/b",
+            "/a./b",
+            "/a%2e/b",
+            "/a%20/b",
+            "/a%00",
+            "/a%0A",
+            "/a%7F",
+            "/...",
+            "/a%zz",
+            "/a%2",
+            "a",
+        ] {
+            assert!(scan_path(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn accepted_paths() {
+        let plain = PathScan::default();
+        for p in [
+            "/",
+            "/a/b/",
+            "/a/.well-known/b",
+            "/a/..b",
+            "/a/b%20c",
+            "/a%2Bb",
+            "/x.json",
+        ] {
+            assert_eq!(scan_path(p), Ok(plain), "{p}");
+        }
+        let rewrite = PathScan {
+            rewrite: true,
+            encoded_slash: false,
+        };
+        for p in ["/%61dmin", "/a%2bb", "/caf\u{e9}", "/a%2E%2Eb"] {
+            assert_eq!(scan_path(p), Ok(rewrite), "{p}");
+        }
+        let slash = scan_path("/a/group%2Fsub/x").unwrap();
+        assert!(slash.encoded_slash && !slash.rewrite);
+        assert!(scan_path("/x%2F").unwrap().encoded_slash);
+        assert!(scan_path("/x%2fy").unwrap().rewrite);
     }
 
     #[test]
@@ -411,8 +633,69 @@ mod tests {
         assert_eq!(normalize_percent("/%61dmin").unwrap(), "/admin");
         assert_eq!(normalize_percent("/a%2fb").unwrap(), "/a%2Fb");
         assert_eq!(normalize_percent("/%2e%2E/x").unwrap(), "/../x");
+        assert_eq!(
+            normalize_percent("/caf\u{e9}%20x").unwrap(),
+            "/caf%C3%A9%20x"
+        );
+        assert_eq!(normalize_percent("/caf\u{e9}").unwrap(), "/caf%C3%A9");
         assert!(normalize_percent("/a%zz").is_none());
         assert!(normalize_percent("/a%2").is_none());
+        assert!(normalize_percent("/a%").is_none());
+    }
+
+    #[test]
+    fn prefixes_take_the_request_form() {
+        assert_eq!(normalize_prefix("/%61pi/").unwrap(), "/api");
+        assert_eq!(normalize_prefix("/caf\u{e9}").unwrap(), "/caf%C3%A9");
+        assert!(normalize_prefix("/a;b").is_err());
+        assert!(normalize_prefix("/a./b").is_err());
+        assert!(normalize_prefix("/a/../b").is_err());
+        assert_eq!(normalize_prefix("/x%2f").unwrap(), "/x%2F");
+    }
+
+    #[test]
+    fn method_mismatch_at_the_longest_prefix() {
+        let get_post = Matcher {
+            methods: vec![Method::GET, Method::POST],
+            ..Default::default()
+        };
+        let r = router(&[(&["/p"], Matcher::default()), (&["/p/admin"], get_post)]);
+        let at = |m: Method| r.lookup(&m, None, &HeaderMap::new(), "/p/admin/x");
+        assert!(matches!(at(Method::GET), Lookup::Found(m) if m.route == 1));
+        assert!(matches!(at(Method::HEAD), Lookup::Found(m) if m.route == 1));
+        let Lookup::MethodNotAllowed(n) = at(Method::DELETE) else {
+            panic!("DELETE must not fall back to /p");
+        };
+        assert_eq!(r.allow(n, None, &HeaderMap::new()), "GET, HEAD, POST");
+        // A prefix whose routes are all for another host does not stop the walk.
+        let hosted = Matcher {
+            hosts: vec![HostPattern::parse("h.example.com").unwrap()],
+            methods: vec![Method::GET],
+            ..Default::default()
+        };
+        let r = router(&[(&["/p"], Matcher::default()), (&["/p/h"], hosted)]);
+        let m = r.lookup(&Method::PUT, Some("other.org"), &HeaderMap::new(), "/p/h");
+        assert!(matches!(m, Lookup::Found(m) if m.route == 0));
+        let m = r.lookup(
+            &Method::PUT,
+            Some("h.example.com"),
+            &HeaderMap::new(),
+            "/p/h",
+        );
+        assert!(matches!(m, Lookup::MethodNotAllowed(_)));
+    }
+
+    #[test]
+    fn route_hosts() {
+        assert_eq!(route_host("a.com."), Some("a.com"));
+        assert_eq!(route_host("a.com.:80"), Some("a.com"));
+        assert_eq!(route_host("a.com:8080"), Some("a.com"));
+        assert_eq!(route_host("[::1]:80"), Some("[::1]"));
+        assert_eq!(route_host("a.com.."), None);
+        assert_eq!(route_host("a..com"), None);
+        assert_eq!(route_host(".a.com"), None);
+        assert!(HostPattern::parse("A.com.").unwrap().matches("a.com"));
+        assert!(HostPattern::parse("a..com").is_err());
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// `None`: POST endpoints are open (the listener should then stay on loopback).
     pub token: Option<Secret>,
+    /// `admin.allowed_hosts`, lower-case: `Host` names answered besides `localhost`,
+    /// `*.localhost` and IP literals.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -129,6 +132,9 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub strip_path: bool,
     pub preserve_host: bool,
+    /// `allow_encoded_slashes`: `%2F` in the path is data this route's upstream keeps
+    /// within a segment; elsewhere such a path is refused.
+    pub allow_encoded_slashes: bool,
     pub plugins: Chain,
     /// `protocols: [https]`: how plain HTTP is answered ([`crate::https_redirect`]).
     pub https_only: Option<crate::https_redirect::HttpsOnly>,

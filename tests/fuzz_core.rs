@@ -140,7 +140,7 @@ fn router_never_panics_and_matches_whole_segments() {
                 [*m as usize % 3]
                 .clone();
             let path = format!("/{path}");
-            let _ = router::is_ambiguous_path(&path);
+            let _ = router::scan_path(&path);
             let _ = router::normalize_percent(&path);
             let _ = router::host_without_port(host);
             if let Some(found) = r.find(&method, Some(host), &http::HeaderMap::new(), &path) {

@@ -310,9 +310,28 @@ fn compile_admin(c: &mut Compiler, a: &raw::RawAdmin) -> AdminSettings {
         }
     };
     let token = a.token.clone();
+    let mut allowed_hosts = Vec::new();
+    for (i, h) in a.allowed_hosts.iter().enumerate() {
+        let name = h.trim().to_ascii_lowercase();
+        let name = name.strip_suffix('.').unwrap_or(&name);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if valid {
+            allowed_hosts.push(name.to_string());
+        } else {
+            c.error(
+                &format!("admin.allowed_hosts[{i}]"),
+                format!("{h:?} is not a host name (no port, scheme or wildcard)"),
+            );
+        }
+    }
     AdminSettings {
         listen,
         token: (!token.is_empty()).then(|| Secret::new(token)),
+        allowed_hosts,
     }
 }
 
@@ -630,6 +649,10 @@ fn compile_routes(
         let mut prefixes = Vec::new();
         for (j, path) in r.paths.iter().enumerate() {
             match router::normalize_prefix(path) {
+                Ok(n) if n.contains("%2F") && !r.allow_encoded_slashes => c.error(
+                    &format!("{p}.paths[{j}]"),
+                    format!("path {path:?} has an encoded slash (%2F), which requests may only carry on a route with allow_encoded_slashes: true"),
+                ),
                 Ok(n) => prefixes.push(n),
                 Err(e) => c.error(&format!("{p}.paths[{j}]"), e),
             }
@@ -696,6 +719,7 @@ fn compile_routes(
                 upstream,
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
+                allow_encoded_slashes: r.allow_encoded_slashes,
                 plugins: chain,
                 https_only: crate::https_redirect::compile(c, &p, r),
                 timeout,

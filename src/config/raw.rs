@@ -109,6 +109,8 @@ fn default_tls_min() -> String {
 pub struct RawAdmin {
     pub listen: String,
     pub token: String,
+    /// Host names the admin API answers besides loopback names and IP literals.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -116,6 +118,7 @@ impl Default for RawAdmin {
         RawAdmin {
             listen: "127.0.0.1:9901".into(),
             token: String::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -301,6 +304,9 @@ pub struct RawRoute {
     pub strip_path: bool,
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// Let `%2F` through on this route (its upstream keeps it within a segment).
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,

@@ -21,7 +21,7 @@
 //!   origin with credentials would hand every site the user's session.
 //!
 //! A route restricted with `methods` must list `OPTIONS` for its preflights to reach this
-//! plugin (otherwise the preflight matches no route and gets 404), as in Kong.
+//! plugin (otherwise the preflight gets the router's 405), as in Kong (which answers 404).
 
 use super::{Outcome, Reply};
 use crate::config::compile::Compiler;
