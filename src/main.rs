@@ -88,6 +88,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The files the process creates (pid file, upgrade socket, error log) need a writable
+    // directory: found now, with the line, rather than when an upgrade fails.
+    let text = std::fs::read_to_string(&conf).unwrap_or_default();
+    if let Err(errs) =
+        gatehouse::config::compile::check_process_files(&text, &shared.snapshot().server)
+    {
+        if cli.test {
+            eprintln!("{}: invalid configuration", conf.display());
+        }
+        for e in &errs.0 {
+            match (cli.test, cli.upgrade) {
+                (true, _) => eprintln!("{e}"),
+                (false, true) => eprintln!("cannot upgrade: {e}"),
+                (false, false) => eprintln!("cannot start: {e}"),
+            }
+        }
+        return ExitCode::FAILURE;
+    }
     if cli.test {
         let rt = shared.snapshot();
         println!(
@@ -117,10 +135,26 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };
-    if !cli.upgrade {
-        if let Err(e) = server::check_listeners(&shared.snapshot()) {
-            eprintln!("cannot start: {e}");
+    if cli.upgrade {
+        if let Err(e) = server::check_takeover(&shared.snapshot()) {
+            eprintln!("cannot upgrade: {e}");
             return ExitCode::FAILURE;
+        }
+    } else if let Err(e) = server::check_listeners(&shared.snapshot()) {
+        eprintln!("cannot start: {e}");
+        return ExitCode::FAILURE;
+    }
+    if cli.daemon {
+        // Said on the terminal before it is left behind.
+        let rt = shared.snapshot();
+        let journal = gatehouse::process::stderr_is_journal();
+        if rt.server.error_log.is_none() && !journal {
+            eprintln!("gatehouse -d: server.error_log is not set: the process log is discarded");
+        }
+        if rt.server.access_log == gatehouse::runtime::AccessLog::Stdout && !journal {
+            eprintln!(
+                "gatehouse -d: server.access_log is stdout, which -d discards; set a file path"
+            );
         }
     }
     // Read once, like grace_period: the drain step on SIGTERM (gatehouse::probe).

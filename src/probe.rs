@@ -14,7 +14,10 @@
 //! process first keeps serving for `drain_delay` with the health path answering 503 (and
 //! every response closing its connection), so load balancers take the node out while it
 //! still answers; then Pingora's graceful shutdown (`grace_period`) starts. `SIGQUIT` (binary
-//! upgrade, the new process keeps the sockets) and `SIGINT` are Pingora's as before.
+//! upgrade, the new process keeps the sockets) is Pingora's as before; `SIGINT` stops at once,
+//! also once the drain is under way (Pingora sleeps through `grace_period` without watching
+//! signals: [`crate::process::exit_on_sigint`]). systemd hears `STOPPING=1` when a shutdown
+//! starts, not on `SIGQUIT`: after a handover the service goes on in the new process.
 
 use crate::config::compile::Compiler;
 use crate::config::raw::RawRoute;
@@ -188,10 +191,15 @@ impl ShutdownSignalWatch for DrainThenShutdown {
         let mut int = signal(SignalKind::interrupt()).ok();
         tokio::select! {
             _ = next(&mut quit) => return ShutdownSignal::GracefulUpgrade,
-            _ = next(&mut int) => return ShutdownSignal::FastShutdown,
+            _ = next(&mut int) => {
+                crate::sdnotify::stopping();
+                return ShutdownSignal::FastShutdown;
+            }
             _ = next(&mut term) => {}
         }
         DRAINING.store(true, Ordering::Relaxed);
+        crate::sdnotify::stopping();
+        crate::process::exit_on_sigint();
         if self.delay.is_zero() {
             return ShutdownSignal::GracefulTerminate;
         }
@@ -201,9 +209,8 @@ impl ShutdownSignalWatch for DrainThenShutdown {
         );
         tokio::select! {
             _ = tokio::time::sleep(self.delay) => {}
-            // A second SIGTERM cuts the drain short; SIGINT is a fast shutdown as always.
+            // A second SIGTERM cuts the drain short (SIGINT ends the process at once).
             _ = next(&mut term) => {}
-            _ = next(&mut int) => return ShutdownSignal::FastShutdown,
         }
         tracing::info!("drain delay over: graceful shutdown starts");
         ShutdownSignal::GracefulTerminate
@@ -215,5 +222,6 @@ pub fn run_forever(server: Server, drain_delay: Duration) -> ! {
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainThenShutdown { delay: drain_delay }),
     });
+    crate::process::remove_pid_file_if_ours();
     std::process::exit(0)
 }

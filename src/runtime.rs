@@ -77,6 +77,8 @@ pub struct ServerSettings {
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
     pub access_log: AccessLog,
+    /// `error_log`: where the process log goes with `-d` (read at startup).
+    pub error_log: Option<PathBuf>,
     /// `health_check_path`: answered by [`crate::probe`] before routing.
     pub health_check_path: Option<Box<str>>,
     /// Read once at startup (like `grace_period`).
@@ -247,9 +249,15 @@ impl Shared {
     /// changes nothing.
     /// Counted in `config_reloads_total{result}`; `config_info` and the per-route metric
     /// handles follow the new runtime.
+    /// systemd hears `RELOADING=1` before and `READY=1` after (its reload protocol).
     pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        crate::sdnotify::reloading();
         let res = self.reload_inner();
         crate::observe::metrics::config_reload(res.is_ok());
+        crate::sdnotify::reloaded(match &res {
+            Ok(_) => "serving; config reloaded",
+            Err(_) => "serving; config reload rejected, the previous config stays",
+        });
         res
     }
 

@@ -1,7 +1,9 @@
 //! Assembles the Pingora server: our `server:` section translated into Pingora's
 //! `ServerConf` (given to `Server::new_with_opt_and_conf`, the only place an `upgrade_sock`
 //! is honoured), the public proxy service, the admin service, and our background services
-//! (health-check scheduler, SIGHUP reload, access-log writer, SIGUSR2 binary upgrade).
+//! (health-check scheduler, SIGHUP reload, access-log writer, SIGUSR2 binary upgrade,
+//! readiness and the outcome of a socket handover: see [`crate::process`] and
+//! [`crate::upgrade`]).
 
 use crate::admin::AdminApp;
 use crate::gateway::Gateway;
@@ -27,23 +29,28 @@ pub struct RunOptions {
 /// answers nothing. Checked here, the process exits at once naming the config key. Skipped
 /// for `-u`, where the sockets come from the running instance.
 pub fn check_listeners(rt: &crate::runtime::Runtime) -> std::result::Result<(), String> {
-    use std::net::SocketAddr;
-    let mut addrs: Vec<(String, SocketAddr)> = Vec::new();
-    for (i, a) in rt.server.listen.iter().enumerate() {
-        addrs.push((format!("server.listen[{i}]"), *a));
-    }
-    if let Some(tls) = &rt.server.tls {
-        for (i, a) in tls.listen.iter().enumerate() {
-            addrs.push((format!("server.tls.listen[{i}]"), *a));
-        }
-    }
-    addrs.push(("admin.listen".to_string(), rt.admin.listen));
-    for (key, addr) in addrs {
+    for (key, addr) in crate::process::listen_addrs(rt) {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(format!("{key}: cannot listen on {addr}: {e}"));
         }
     }
     Ok(())
+}
+
+/// For `-u`: some configured address must be listening already (the running instance whose
+/// sockets are taken over). Without one, Pingora would wait on `upgrade_sock` for sockets
+/// nobody sends.
+pub fn check_takeover(rt: &crate::runtime::Runtime) -> std::result::Result<(), String> {
+    let addrs = crate::process::listen_addrs(rt);
+    let bound = crate::process::listening_sockets();
+    if addrs.iter().any(|(_, a)| bound.contains(a)) {
+        return Ok(());
+    }
+    let list: Vec<String> = addrs.iter().map(|(k, a)| format!("{k} {a}")).collect();
+    Err(format!(
+        "nothing listens on {}: there is no running instance to take the sockets from (start without -u)",
+        list.join(", ")
+    ))
 }
 
 /// Pingora's `ServerConf` from our config.
@@ -65,6 +72,11 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
         grace_period_seconds: Some(s.grace_period),
         graceful_shutdown_timeout_seconds: Some(5),
         daemon: opts.daemon,
+        error_log: if opts.daemon {
+            crate::process::daemon_error_log(&rt)
+        } else {
+            None
+        },
         upstream_keepalive_pool_size: pool.max(128),
         // Pingora's cap on attempts; our own policy (`retries` per upstream, which a reload
         // may raise) decides below it.
@@ -85,6 +97,8 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Subscribed before anything runs: the handover outcome is read from these phases.
+    let phases = server.watch_execution_phase();
     server.bootstrap();
     let rt = shared.snapshot();
 
@@ -141,6 +155,14 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     server.add_service(background_service(
         "binary upgrade signal",
         crate::upgrade::UpgradeOnSigusr2::new(rt.server.upgrade_sock.clone()),
+    ));
+    server.add_service(background_service(
+        "handover outcome",
+        crate::upgrade::HandoverOutcome::new(phases),
+    ));
+    server.add_service(background_service(
+        "readiness",
+        crate::process::Readiness::new(&rt, opts.daemon),
     ));
     server.add_service(background_service(
         "config reload signal",

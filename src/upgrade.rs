@@ -7,17 +7,81 @@
 //! keep it when the old one exits. So the old process does both steps itself: on `SIGUSR2` it
 //! validates the new binary against the config (`-t`), starts it with its own command line
 //! plus `-u`, waits until it listens on `upgrade_sock`, and only then raises `SIGQUIT` on
-//! itself. If any step fails nothing changes and the old process keeps serving. With `-d`
-//! (systemd `Type=forking`) the new process writes the pid file once it holds the sockets and
-//! systemd adopts it when the old main process exits.
+//! itself. If any step fails nothing changes and the old process keeps serving. The new
+//! process writes the pid file and tells systemd `READY=1` with its `MAINPID` once it holds
+//! the sockets ([`crate::process`]), so systemd (`Type=notify`, `NotifyAccess=all`) adopts it
+//! as the service's main process.
+//!
+//! A handover that fails must not cost the listeners. Pingora 0.9.1 sent the sockets on
+//! `SIGQUIT`, logged a failure, and shut its listeners down 5 s later anyway, leaving nobody
+//! serving; and it counted a message merely queued on the socket as sent, though a new
+//! process dying before reading it takes nothing over. Neither can be fixed around Pingora
+//! (its listening sockets and its main loop are private), so `vendor/pingora-core` carries
+//! a small patch (listed in `vendor/PATCHES.md`): the send succeeds only once the new process
+//! has read the message, and on failure Pingora reports
+//! [`ExecutionPhase::GracefulUpgradeFailed`] and goes back to waiting for signals, still
+//! serving. [`HandoverOutcome`] reads those phases: it counts failures in
+//! `upgrade_handover_failures_total` and, after a successful handover, lets `SIGINT` end the
+//! drain at once. Before Pingora runs, `-t` and startup refuse an `upgrade_sock` whose
+//! directory is missing or not writable, and `-u` refuses to wait when nothing listens on
+//! the configured addresses (see `main.rs`).
 
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Set once the sockets were handed over: this process is leaving, a further SIGUSR2 would
+/// start a second new process with nobody to take sockets from.
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+
+/// Follows Pingora's execution phases for the outcome of a `SIGQUIT` handover.
+pub struct HandoverOutcome {
+    phases: parking_lot::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
+
+impl HandoverOutcome {
+    pub fn new(phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) -> Self {
+        HandoverOutcome {
+            phases: parking_lot::Mutex::new(Some(phases)),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HandoverOutcome {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.phases.lock().take() else {
+            return;
+        };
+        // Runs to the end of the process: the phases after the shutdown broadcast matter too.
+        loop {
+            match phases.recv().await {
+                Ok(ExecutionPhase::GracefulUpgradeFailed) => {
+                    crate::observe::metrics::upgrade_handover_failed();
+                    tracing::error!(
+                        "binary upgrade: the listening sockets could not be handed to a new process; still serving"
+                    );
+                }
+                Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => {
+                    HANDED_OVER.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        "binary upgrade: sockets handed over; serving 5 s more, then draining (SIGINT stops at once)"
+                    );
+                    crate::process::exit_on_sigint();
+                }
+                Ok(ExecutionPhase::Terminated) => return,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
 
 /// How long the new process may take to start listening on `upgrade_sock`.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,6 +188,10 @@ impl BackgroundService for UpgradeOnSigusr2 {
                     if got.is_none() {
                         return;
                     }
+                    if HANDED_OVER.load(Ordering::Relaxed) {
+                        tracing::warn!("SIGUSR2: the sockets were already handed over; ignored");
+                        continue;
+                    }
                     let Some(exe) = self.exe.clone() else {
                         tracing::error!("SIGUSR2: cannot find this binary's path; upgrade with -u and SIGQUIT");
                         continue;
@@ -136,7 +204,9 @@ impl BackgroundService for UpgradeOnSigusr2 {
                             if let Err(e) = signal_hook::low_level::raise(signal_hook::consts::SIGQUIT) {
                                 tracing::error!("SIGUSR2: cannot raise SIGQUIT: {e}");
                             }
-                            return;
+                            // Keep listening: if the handover fails (the new process died
+                            // before taking the sockets) this process serves on and a later
+                            // SIGUSR2 may try again.
                         }
                         Ok(Err(e)) => tracing::error!("SIGUSR2: upgrade abandoned, still serving: {e}"),
                         Err(e) => tracing::error!("SIGUSR2: upgrade task failed: {e}"),

@@ -282,13 +282,14 @@ impl Drop for Daemons {
     }
 }
 
-/// The systemd flow (`Type=forking`, `-d`, pid file): SIGUSR2 makes the running daemon start
-/// the new binary with `-u` itself and hand its sockets over; the pid file then names the new
-/// process.
+/// A daemon (`-d`, pid file): SIGUSR2 makes it start the new binary with `-u` itself and hand
+/// its sockets over; the pid file then names the new process. The daemon logs to
+/// `server.error_log`.
 #[tokio::test]
 async fn sigusr2_daemon_upgrades_itself() {
     let a = Backend::start("a");
     let cfg = Cfg::new()
+        .server("error_log: daemon.log")
         .upstream("u", &[target(&a)], "")
         .route("r", &["/x"], "u", "");
     let (port, admin_port) = (cfg.port, cfg.admin_port);
@@ -371,6 +372,6 @@ async fn sigusr2_daemon_upgrades_itself() {
     assert!(ok > at_exit, "nothing served after the old daemon exited");
     assert!(alive(new_pid), "new daemon died:\n{}", starter.stderr());
     assert!(admin_health(admin_port));
-    let log = starter.stderr();
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
     assert!(log.contains("SIGUSR2: new process is waiting"), "{log}");
 }

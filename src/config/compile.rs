@@ -296,8 +296,82 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         pid_file: c.file(&pid_file),
         upgrade_sock: c.file(&upgrade_sock),
         access_log,
+        error_log: (!s.error_log.is_empty()).then(|| c.file(&s.error_log)),
         health_check_path: crate::probe::compile_path(c, s.health_check_path.as_deref()),
         drain_delay: s.drain_delay.0,
+    }
+}
+
+/// The files the process itself creates: `server.pid_file`, `server.upgrade_sock` and
+/// `server.error_log` need an existing, writable directory. Checked by `-t` and at startup
+/// (not by a reload, which cannot change them), before Pingora runs: Pingora's binary
+/// upgrade panicked on a missing `upgrade_sock` directory, and a SIGQUIT then had nowhere to
+/// hand the sockets to. `text` is the config file, for the lines.
+pub fn check_process_files(text: &str, s: &ServerSettings) -> Result<(), ConfigErrors> {
+    let pos = Positions::build(text);
+    let mut errors = Vec::new();
+    let mut files = vec![
+        ("server.pid_file", s.pid_file.as_path()),
+        ("server.upgrade_sock", s.upgrade_sock.as_path()),
+    ];
+    if let Some(e) = &s.error_log {
+        files.push(("server.error_log", e.as_path()));
+    }
+    for (key, file) in files {
+        let problem = process_file_problem(file, key == "server.upgrade_sock");
+        if let Some(message) = problem {
+            let line = pos.exact(key);
+            let message = if line.is_none() {
+                format!("{message} (the default; set {key} to a writable place)")
+            } else {
+                message
+            };
+            errors.push(ConfigError {
+                path: key.to_string(),
+                line,
+                message,
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn process_file_problem(file: &Path, socket: bool) -> Option<String> {
+    use nix::unistd::{access, AccessFlags};
+    // A Unix socket path is limited to the 108 bytes of `sun_path`, terminator included.
+    if socket && file.as_os_str().len() > 107 {
+        return Some(format!(
+            "{} is longer than the 107 bytes a Unix socket path may have",
+            file.display()
+        ));
+    }
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Some(format!("{} names no file", file.display()));
+    };
+    if file.is_dir() {
+        return Some(format!("{} is a directory", file.display()));
+    }
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+            "directory {} of {} does not exist",
+            dir.display(),
+            file.display()
+        )),
+        Err(e) => Some(format!("directory {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        // access(2) asks with the real user and group, the ones the process runs as.
+        Ok(_) => match access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+            Ok(()) => None,
+            Err(e) => Some(format!(
+                "directory {} of {} is not writable: {e}",
+                dir.display(),
+                file.display()
+            )),
+        },
     }
 }
 

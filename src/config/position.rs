@@ -112,6 +112,11 @@ impl Positions {
         Positions { lines: rec.lines }
     }
 
+    /// Line of `path` itself: `None` when the key is not written in the file (defaulted).
+    pub fn exact(&self, path: &str) -> Option<usize> {
+        self.lines.get(path).copied()
+    }
+
     /// Line of `path`, or of its nearest ancestor that has one (a defaulted key has no line
     /// of its own, its parent does).
     pub fn line(&self, path: &str) -> Option<usize> {

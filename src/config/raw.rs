@@ -45,12 +45,26 @@ pub struct RawServer {
     pub pid_file: String,
     pub upgrade_sock: String,
     pub access_log: String,
+    /// Extension: where the process log goes with `-d` (empty: the journal under systemd,
+    /// else nowhere).
+    pub error_log: String,
     /// Extension: a path on the public listeners answered by the gateway itself for load
     /// balancer probes (absent: off).
     pub health_check_path: Option<String>,
     /// Extension: on SIGTERM, keep serving (with the health path at 503) this long before
     /// Pingora's graceful shutdown starts.
     pub drain_delay: Dur,
+}
+
+/// Directory of the default `pid_file` and `upgrade_sock`: the one systemd creates for the
+/// service (`RuntimeDirectory=`, passed as `$RUNTIME_DIRECTORY`; the first one if several),
+/// else `/run/gatehouse`.
+pub fn runtime_dir() -> String {
+    std::env::var("RUNTIME_DIRECTORY")
+        .ok()
+        .and_then(|v| v.split(':').next().map(str::to_string))
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/run/gatehouse".to_string())
 }
 
 impl Default for RawServer {
@@ -70,9 +84,10 @@ impl Default for RawServer {
             work_stealing: true,
             trusted_proxies: vec![],
             grace_period: 30,
-            pid_file: "/run/gatehouse/gatehouse.pid".into(),
-            upgrade_sock: "/run/gatehouse/upgrade.sock".into(),
+            pid_file: format!("{}/gatehouse.pid", runtime_dir()),
+            upgrade_sock: format!("{}/upgrade.sock", runtime_dir()),
             access_log: "stdout".into(),
+            error_log: String::new(),
             health_check_path: None,
             drain_delay: Dur::secs(0),
         }

@@ -100,6 +100,7 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     pub config_reloads: IntCounterVec,
     pub config_info: IntGaugeVec,
+    pub upgrade_handover_failures: IntCounter,
     pub upstream_retries: IntCounterVec,
     pub ejections: IntCounterVec,
     pub health_checks: IntCounterVec,
@@ -259,6 +260,11 @@ impl Metrics {
                     .expect("metric registered once");
                 v
             },
+            upgrade_handover_failures: counter(
+                &r,
+                "upgrade_handover_failures_total",
+                "Binary upgrades (SIGQUIT or SIGUSR2) whose listening-socket handover failed; the process kept serving.",
+            ),
             upstream_retries: counter_vec(
                 &r,
                 "upstream_retries_total",
@@ -975,6 +981,11 @@ pub fn otel_spans_dropped_queue_full() {
 /// `otel_spans_dropped_total{reason="export_failed"}`: `n` spans of a failed export.
 pub fn otel_spans_dropped_export_failed(n: u64) {
     metrics().otel_spans_dropped_export_failed.inc_by(n);
+}
+
+/// `upgrade_handover_failures_total`: a SIGQUIT/SIGUSR2 handover failed, still serving.
+pub fn upgrade_handover_failed() {
+    metrics().upgrade_handover_failures.inc();
 }
 
 /// `otel_export_failures_total`: one failed export call.

@@ -659,9 +659,13 @@ impl Drop for Gateway {
 }
 
 /// Run `gatehouse -t -c path` with extra env vars set / removed: (exit code, stderr).
+/// `-t` checks that the directories of `pid_file` and `upgrade_sock` exist; the defaults
+/// follow systemd's `$RUNTIME_DIRECTORY`, which points to a fresh directory here.
 pub fn validate_file(path: &Path, set_env: &[(&str, &str)], remove_env: &[&str]) -> (i32, String) {
+    let run = TempDir::new().unwrap();
     let mut cmd = Command::new(BIN);
     cmd.arg("-t").arg("-c").arg(path).stdin(Stdio::null());
+    cmd.env("RUNTIME_DIRECTORY", run.path());
     for (k, v) in set_env {
         cmd.env(k, v);
     }
