@@ -189,7 +189,9 @@ fn every_plugin_page_has_a_complete_example_metrics_and_errors() {
             .iter()
             .any(|b| b.info == "yaml" && b.body.contains(&format!("name: {name}")))
         {
-            missing.push(format!("{name}: no complete ```yaml example using the plugin"));
+            missing.push(format!(
+                "{name}: no complete ```yaml example using the plugin"
+            ));
         }
         for section in ["## Metrics", "## Errors"] {
             if !text.lines().any(|l| l.trim_end() == section) {
