@@ -4,13 +4,13 @@
 #   loadtest/compare.sh [--rounds 3] [--duration 10] [--conns "50 200"] [--scenarios "plain chain cached"]
 #
 # Starts an origin (nginx, 1 worker, static JSON), an nginx reverse proxy and gatehouse (release
-# build, threads: 1), then runs wrk interleaved A B / B A for several rounds per scenario and
-# connection count. Prints req/s, p50/p99 latency and CPU microseconds per request (utime+stime
-# of the proxy's processes from /proc, divided by the requests wrk completed), medians over the
-# rounds, and the gatehouse/nginx ratios. The machine is shared and noisy: compare ratios from
-# one run, not absolute numbers across runs. Traffic goes to 127.0.0.1 only.
+# build, loadtest/gatehouse.yaml: threads: 1), then runs wrk interleaved A B / B A for several
+# rounds per scenario and connection count. Prints req/s, p50/p99 latency and CPU microseconds
+# per request (utime+stime of the proxy's processes from /proc, divided by the requests wrk
+# completed), medians over the rounds, and the gatehouse/nginx ratios. The machine is shared
+# and noisy: compare ratios from one run, not absolute numbers across runs. Traffic goes to 127.0.0.1 only.
 #
-# Scenarios (same paths on both proxies):
+# Scenarios (same paths on both proxies; a scenario with any non-2xx answer stops the run):
 #   plain   GET /api/v1/users/42                       plain reverse proxy
 #   chain   GET /api/v1/orders/7 with X-API-Key        API key + rate limit + header rewrites
 #   cached  GET /api/v1/products/{0..19}               response cache (nginx proxy_cache)
@@ -99,67 +99,9 @@ http {
 }
 NGX
 
-write_gatehouse_conf() {  # $1: with plugins (1) or plain (0)
-  cat > "$WORK/gatehouse.yaml" <<YAML
-server:
-  listen: ["127.0.0.1:$GH_PORT"]
-  threads: 1
-  access_log: off
-  pid_file: $WORK/gatehouse.pid
-  upgrade_sock: $WORK/gatehouse.sock
-admin:
-  listen: 127.0.0.1:$GH_ADMIN
-upstreams:
-  - name: origin
-    targets: [{ addr: "127.0.0.1:$ORIGIN_PORT" }]
-    keepalive: 32
-consumers:
-  - username: bench
-    keyauth_credentials: [{ key: bench-key-0001 }]
-routes:
-  - name: users
-    paths: ["/api/v1/users"]
-    upstream: origin
-YAML
-  if [ "$1" = 1 ]; then cat >> "$WORK/gatehouse.yaml" <<YAML
-  - name: orders
-    paths: ["/api/v1/orders"]
-    upstream: origin
-    plugins:
-      - name: correlation-id
-      - name: key-auth
-      - name: rate-limiting
-        config: { second: 1000000, limit_by: consumer, hide_client_headers: true }
-      - name: security-headers
-  - name: products
-    paths: ["/api/v1/products"]
-    upstream: origin
-    plugins:
-      - name: proxy-cache
-        config: { ttl: 5m }
-YAML
-  else cat >> "$WORK/gatehouse.yaml" <<YAML
-  - name: orders
-    paths: ["/api/v1/orders"]
-    upstream: origin
-  - name: products
-    paths: ["/api/v1/products"]
-    upstream: origin
-YAML
-  fi
-}
-
-write_gatehouse_conf 1
-PLUGINS=1
-if ! "$BIN" -t -c "$WORK/gatehouse.yaml" >/dev/null 2>"$WORK/t.err"; then
-  echo "note: this build cannot run the plugin scenarios ($(sed -n 2p "$WORK/t.err")); chain and cached run without plugins and are NOT comparable" >&2
-  write_gatehouse_conf 0
-  PLUGINS=0
-fi
-
 nginx -c "$WORK/origin.conf" -p "$WORK"
 nginx -c "$WORK/proxy.conf" -p "$WORK"
-GATEHOUSE_LOG=warn "$BIN" -c "$WORK/gatehouse.yaml" >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
+GATEHOUSE_LOG=warn "$BIN" -c loadtest/gatehouse.yaml >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
 GH_PID=$!
 PIDS+=("$GH_PID")
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/" && break; sleep 0.1; done
@@ -177,10 +119,12 @@ run_one() {  # proxy scenario conns round
   local proxy=$1 sc=$2 c=$3 r=$4 port pids
   if [ "$proxy" = nginx ]; then port=$NGINX_PORT; pids=$(nginx_pids | tr '\n' ' '); else port=$GH_PORT; pids=$GH_PID; fi
   # warm-up (fills caches and pools), then the measured run
-  API_KEY=bench-key-0001 wrk -t1 -c"$c" -d2s -s "$(script_for "$sc")" "http://127.0.0.1:$port" >/dev/null 2>&1
+  API_KEY=bench-key-0001 wrk -t1 -c"$c" -d2s -s "$(script_for "$sc")" "http://127.0.0.1:$port" > "$WORK/wrk.out" 2>&1 \
+    || { echo "$proxy $sc warm-up failed:" >&2; tail -3 "$WORK/wrk.out" >&2; exit 1; }
   local before after
   before=$(cpu_ticks $pids)
-  API_KEY=bench-key-0001 wrk -t1 -c"$c" -d"${DURATION}s" --latency -s "$(script_for "$sc")" "http://127.0.0.1:$port" > "$WORK/wrk.out" 2>&1
+  API_KEY=bench-key-0001 wrk -t1 -c"$c" -d"${DURATION}s" --latency -s "$(script_for "$sc")" "http://127.0.0.1:$port" > "$WORK/wrk.out" 2>&1 \
+    || { echo "$proxy $sc failed:" >&2; tail -3 "$WORK/wrk.out" >&2; exit 1; }
   after=$(cpu_ticks $pids)
   python3 - "$WORK/wrk.out" "$proxy" "$sc" "$c" "$r" "$((after - before))" "$TCK" >> "$RESULTS" <<'PY'
 import re, sys
@@ -206,10 +150,9 @@ for c in $CONNS; do
   done
 done
 
-python3 - "$RESULTS" "$PLUGINS" <<'PY'
+python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-plugins = sys.argv[2] == "1"
 by = {}
 for sc, c, proxy, r, rps, p50, p99, cpu, bad in rows:
     by.setdefault((sc, int(c), proxy), []).append((float(rps), float(p50), float(p99), float(cpu), int(bad)))
@@ -227,8 +170,7 @@ for sc, c in keys:
         print(f"{sc:8} {c:>5} {proxy:10} {rps:>9.0f} {p50:>7.2f} {p99:>7.2f} {cpu:>10.1f} {bad:>7}")
     if len(res) == 2:
         n, g = res["nginx"], res["gatehouse"]
-        note = "" if plugins or sc == "plain" else "  (gatehouse ran WITHOUT plugins: not comparable)"
-        print(f"{'':8} {'':>5} {'ratio g/n':10} {g[0]/n[0]:>9.2f} {g[1]/n[1]:>7.2f} {g[2]/n[2]:>7.2f} {g[3]/n[3]:>10.2f}{note}")
+        print(f"{'':8} {'':>5} {'ratio g/n':10} {g[0]/n[0]:>9.2f} {g[1]/n[1]:>7.2f} {g[2]/n[2]:>7.2f} {g[3]/n[3]:>10.2f}")
 print(f"\nrounds per cell: {len(next(iter(by.values())))}, medians shown; raw rows: {sys.argv[1]}")
 PY
 echo "gatehouse RSS after load: $(awk '/VmRSS/{print $2" "$3}' /proc/$GH_PID/status)"

@@ -3,8 +3,8 @@
 #
 #   loadtest/rss.sh [--duration 60] [--conns 200] [--scenario plain|chain]
 #
-# Starts an origin (nginx, 1 worker, static JSON) and gatehouse (release build, threads: 1,
-# the compare.sh gateway config), samples VmRSS of gatehouse from /proc while wrk drives it,
+# Starts an origin (nginx, 1 worker, static JSON) and gatehouse (release build,
+# loadtest/gatehouse.yaml), samples VmRSS of gatehouse from /proc while wrk drives it,
 # and prints one line per sample. "No unbounded growth" means the samples level off and the
 # RSS after the run stays near the level reached under load (mimalloc keeps freed pages for
 # reuse; it does not return to idle at once). Traffic goes to 127.0.0.1 only.
@@ -27,7 +27,7 @@ done
 BIN=${GATEHOUSE_BIN:-target/release/gatehouse}
 [ -x "$BIN" ] || cargo build --release
 WORK=$(mktemp -d /tmp/gatehouse-rss.XXXXXX)
-ORIGIN_PORT=19280 GH_PORT=18291 GH_ADMIN=19291
+ORIGIN_PORT=19180 GH_PORT=18091  # the ports of loadtest/gatehouse.yaml
 GH_PID=
 cleanup() {
   [ -n "$GH_PID" ] && kill -INT "$GH_PID" 2>/dev/null || true
@@ -37,39 +37,9 @@ trap cleanup EXIT
 mkdir -p "$WORK/tmp"; chmod 755 "$WORK"; chmod 777 "$WORK/tmp"
 
 write_origin_conf "$WORK" "$ORIGIN_PORT"
-cat > "$WORK/gatehouse.yaml" <<YAML
-server:
-  listen: ["127.0.0.1:$GH_PORT"]
-  threads: 1
-  access_log: off
-  pid_file: $WORK/gatehouse.pid
-  upgrade_sock: $WORK/gatehouse.sock
-admin:
-  listen: 127.0.0.1:$GH_ADMIN
-upstreams:
-  - name: origin
-    targets: [{ addr: "127.0.0.1:$ORIGIN_PORT" }]
-    keepalive: 32
-consumers:
-  - username: bench
-    keyauth_credentials: [{ key: bench-key-0001 }]
-routes:
-  - name: users
-    paths: ["/api/v1/users"]
-    upstream: origin
-  - name: orders
-    paths: ["/api/v1/orders"]
-    upstream: origin
-    plugins:
-      - name: correlation-id
-      - name: key-auth
-      - name: rate-limiting
-        config: { second: 1000000, limit_by: consumer, hide_client_headers: true }
-      - name: security-headers
-YAML
 
 nginx -c "$WORK/origin.conf" -p "$WORK"
-GATEHOUSE_LOG=warn "$BIN" -c "$WORK/gatehouse.yaml" >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
+GATEHOUSE_LOG=warn "$BIN" -c loadtest/gatehouse.yaml >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
 GH_PID=$!
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/api/v1/users" && break; sleep 0.1; done
 rss() { awk '/^VmRSS/{print $2}' "/proc/$GH_PID/status"; }
