@@ -176,7 +176,12 @@ async fn least_conn_prefers_idle_target() {
         let url = gw.url("/lb/slow");
         background.push(tokio::spawn(async move { c.get(url).send().await }));
     }
-    let holding = wait_until(Duration::from_secs(1), || a.in_flight() >= 1).await;
+    // All three must have arrived somewhere before the counts are taken: one still on its
+    // way would land on `b` after the snapshot (seen on a loaded machine).
+    let holding = wait_until(Duration::from_secs(3), || {
+        a.in_flight() >= 1 && a.hits() + b.hits() >= 3
+    })
+    .await;
     assert!(
         holding,
         "no request reached a (a={}, b={})",
