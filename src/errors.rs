@@ -72,8 +72,31 @@ pub async fn respond(
             None,
         ),
     };
-    let mut h = ResponseHeader::build(reply.status, Some(6 + reply.headers.len()))?;
-    if let Some(ct) = content_type {
+    // A gRPC client gets its refusal as a gRPC status (HTTP 200, trailers-only).
+    let grpc =
+        reply.code.is_some() && reply.status >= 400 && crate::grpc::is_grpc(session.req_header());
+    let (body, content_type) = if grpc {
+        (None, None)
+    } else {
+        (body, content_type)
+    };
+    let mut h = ResponseHeader::build(
+        if grpc { 200 } else { reply.status },
+        Some(6 + reply.headers.len()),
+    )?;
+    if grpc {
+        h.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+        h.insert_header(
+            "grpc-status",
+            crate::grpc::status_for(reply.status).to_string(),
+        )?;
+        let message = if reply.message.is_empty() {
+            code_for(reply.status).1
+        } else {
+            &reply.message
+        };
+        h.insert_header("grpc-message", crate::grpc::encode_message(message))?;
+    } else if let Some(ct) = content_type {
         h.insert_header(http::header::CONTENT_TYPE, ct)?;
     } else if body.is_some() {
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -99,6 +122,22 @@ pub async fn respond(
         session.set_keepalive(None);
     }
     let end = body.is_none();
+    if end {
+        if let pingora::protocols::http::ServerSession::H2(_) = session.as_mut() {
+            // Pingora's proxy session ignores `end` for HTTP/2 and would leave the stream
+            // open (reset by the drop after a failed proxy attempt): end it with the
+            // HEADERS frame, which is also what a gRPC trailers-only answer is.
+            let mut h = Box::new(h);
+            session
+                .downstream_modules_ctx
+                .response_header_filter(&mut h, true)
+                .await?;
+            if let pingora::protocols::http::ServerSession::H2(s) = session.as_mut() {
+                s.write_response_header(h, true)?;
+            }
+            return Ok(());
+        }
+    }
     session.write_response_header(Box::new(h), end).await?;
     if let Some(b) = body {
         session.write_response_body(Some(b), true).await?;

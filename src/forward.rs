@@ -32,7 +32,7 @@ pub fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     ctx.target = Some(sel.index);
     ctx.inflight = Some(up.track(sel));
     let t = &up.targets[sel.index];
-    let mut peer = HttpPeer::new(t.sock, false, String::new());
+    let mut peer = up.transport.peer(t);
     let o = &mut peer.options;
     o.connection_timeout = Some(up.timeouts.connect);
     o.read_timeout = Some(up.timeouts.read);
@@ -181,6 +181,24 @@ pub fn check_response(
 
 /// Connecting failed: nothing reached the upstream, so every method may retry.
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    if matches!(
+        e.etype(),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
+    ) {
+        if let (Some(up), Some(i)) = (ctx.upstream(), ctx.target) {
+            if let Some(t) = up.targets.get(i) {
+                crate::observe::metrics::upstream_tls_failure(&up.name, &t.addr);
+                tracing::warn!(
+                    upstream = %up.name,
+                    target = %t.addr,
+                    server_name = up.transport.server_name(t),
+                    reason = crate::upstream::peer::handshake_reason(&e),
+                    error = %e,
+                    "TLS handshake with upstream target failed"
+                );
+            }
+        }
+    }
     record_failure(ctx);
     crate::resilience::note_error(ctx, &e);
     e.set_retry(attempts_left(ctx) && crate::resilience::allow_retry(ctx));

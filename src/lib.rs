@@ -14,6 +14,7 @@ pub mod edge;
 pub mod errors;
 pub mod forward;
 pub mod gateway;
+pub mod grpc;
 pub mod https_redirect;
 pub mod limits;
 pub mod observe;

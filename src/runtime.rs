@@ -83,6 +83,8 @@ pub struct ServerSettings {
     pub health_check_path: Option<Box<str>>,
     /// Read once at startup (like `grace_period`).
     pub drain_delay: Duration,
+    /// `server.h2c`: HTTP/2 prior knowledge on the plain listeners (read at startup).
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -108,6 +108,8 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     let mut options = pingora::apps::HttpServerOptions::default();
     // Pingora counts reuses: N requests per connection are N - 1 reuses.
     options.keepalive_request_limit = (limit > 0).then(|| limit - 1);
+    // HTTP/2 prior knowledge on plain listeners (TLS listeners negotiate h2 by ALPN).
+    options.h2c = rt.server.h2c;
     app.server_options = Some(options);
     // HTTPS listeners are TCP listeners whose handshake EdgeGuard runs with our own rustls
     // policy (versions, cipher suites): see crate::tls for why not Pingora's TLS listener.

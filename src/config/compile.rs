@@ -299,6 +299,7 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         error_log: (!s.error_log.is_empty()).then(|| c.file(&s.error_log)),
         health_check_path: crate::probe::compile_path(c, s.health_check_path.as_deref()),
         drain_delay: s.drain_delay.0,
+        h2c: s.h2c,
     }
 }
 
@@ -551,6 +552,7 @@ fn compile_upstreams(
             selector,
             cursor: AtomicUsize::new(0),
             resilience: crate::resilience::compile_upstream(c, &p, u, &states.resilience),
+            transport: crate::upstream::peer::compile(c, &p, u),
         }));
     }
     out

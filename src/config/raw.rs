@@ -54,6 +54,9 @@ pub struct RawServer {
     /// Extension: on SIGTERM, keep serving (with the health path at 503) this long before
     /// Pingora's graceful shutdown starts.
     pub drain_delay: Dur,
+    /// Plain listeners also accept HTTP/2 with prior knowledge (h2c), e.g. gRPC clients
+    /// without TLS. Read at startup.
+    pub h2c: bool,
 }
 
 /// Directory of the default `pid_file` and `upgrade_sock`: the one systemd creates for the
@@ -90,6 +93,7 @@ impl Default for RawServer {
             error_log: String::new(),
             health_check_path: None,
             drain_delay: Dur::secs(0),
+            h2c: false,
         }
     }
 }
@@ -180,6 +184,41 @@ pub struct RawUpstream {
     /// Cap on retries per upstream pool (extension; on by default).
     #[serde(default)]
     pub retry_budget: crate::resilience::RawRetryBudget,
+    /// HTTPS to every target (absent: plain TCP).
+    pub tls: Option<RawUpstreamTls>,
+    /// The HTTP version spoken to the targets.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstreams[].protocol`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS too when `tls` is set).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN (needs `tls`).
+    H2,
+    /// HTTP/2 with prior knowledge over plain TCP (no `tls`).
+    H2c,
+}
+
+/// `upstreams[].tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Server name sent and verified (default: the target's host name).
+    pub sni: Option<String>,
+    /// Check the certificate chain and host name (default true).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// PEM file of the CAs that may sign the targets' certificates (default: system roots).
+    pub ca: Option<String>,
+    /// PEM certificate chain presented to targets that ask for one (mTLS).
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 fn default_keepalive() -> usize {

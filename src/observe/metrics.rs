@@ -103,6 +103,8 @@ pub struct Metrics {
     pub upgrade_handover_failures: IntCounter,
     pub upstream_retries: IntCounterVec,
     pub ejections: IntCounterVec,
+    /// TLS handshakes with an upstream target that failed (certificate, protocol).
+    pub upstream_tls_failures: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub transform_skipped: IntCounterVec,
@@ -275,6 +277,12 @@ impl Metrics {
                 &r,
                 "circuit_breaker_ejections_total",
                 "Targets ejected by the passive circuit breaker.",
+                &["upstream", "target"],
+            ),
+            upstream_tls_failures: counter_vec(
+                &r,
+                "upstream_tls_handshake_failures_total",
+                "TLS handshakes with upstream targets that failed (certificate not trusted or not matching, protocol error).",
                 &["upstream", "target"],
             ),
             health_checks: counter_vec(
@@ -861,6 +869,13 @@ pub fn health_check_result(upstream: &str, target: &str, ok: bool) {
 }
 
 /// `circuit_breaker_ejections_total{upstream,target}`: the passive breaker ejected a target.
+pub fn upstream_tls_failure(upstream: &str, target: &str) {
+    metrics()
+        .upstream_tls_failures
+        .with_label_values(&[upstream, target])
+        .inc();
+}
+
 pub fn circuit_ejection(upstream: &str, target: &str) {
     metrics()
         .ejections

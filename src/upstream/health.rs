@@ -49,8 +49,13 @@ impl HealthScheduler {
                     .store(now + hc.interval.as_millis() as u64, Ordering::Relaxed);
                 let (st, hc, sock, host) = (st.clone(), hc.clone(), t.sock, t.addr.clone());
                 let upstream = up.name.clone();
+                let tls = up
+                    .transport
+                    .tls
+                    .as_ref()
+                    .map(|x| (x.health_config(), up.transport.server_name(t).to_string()));
                 tokio::spawn(async move {
-                    let ok = probe(sock, &host, &hc).await;
+                    let ok = probe(sock, &host, &hc, tls).await;
                     apply(&st, &hc, ok, &upstream, &host);
                     st.checking.store(false, Ordering::Release);
                 });
@@ -81,10 +86,34 @@ pub fn apply(st: &TargetState, hc: &HealthCheck, ok: bool, upstream: &str, addr:
     }
 }
 
-/// One probe: TCP connect, or `GET path` expecting a 2xx/3xx status line.
-pub async fn probe(sock: SocketAddr, host: &str, hc: &HealthCheck) -> bool {
+/// The TLS client config and server name of a TLS upstream's checks.
+pub type ProbeTls = (Arc<pingora::tls::ClientConfig>, String);
+
+/// One probe: TCP connect (and the TLS handshake of a TLS upstream, with the same
+/// certificate checks as requests), or `GET path` expecting a 2xx/3xx status line.
+pub async fn probe(sock: SocketAddr, host: &str, hc: &HealthCheck, tls: Option<ProbeTls>) -> bool {
     let fut = async {
-        let mut s = TcpStream::connect(sock).await.ok()?;
+        let s = TcpStream::connect(sock).await.ok()?;
+        match tls {
+            None => http_check(s, host, hc).await,
+            Some((cfg, name)) => {
+                let name = pingora::tls::ServerName::try_from(name).ok()?;
+                let s = pingora::tls::TlsConnector::from(cfg)
+                    .connect(name, s)
+                    .await
+                    .ok()?;
+                http_check(s, host, hc).await
+            }
+        }
+    };
+    matches!(tokio::time::timeout(hc.timeout, fut).await, Ok(Some(true)))
+}
+
+async fn http_check<S>(mut s: S, host: &str, hc: &HealthCheck) -> Option<bool>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    {
         let Some(path) = &hc.path else {
             return Some(true);
         };
@@ -105,8 +134,7 @@ pub async fn probe(sock: SocketAddr, host: &str, hc: &HealthCheck) -> bool {
         let line = std::str::from_utf8(&buf[..n]).ok()?;
         let code: u16 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
         Some((200..400).contains(&code))
-    };
-    matches!(tokio::time::timeout(hc.timeout, fut).await, Ok(Some(true)))
+    }
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod health;
+pub mod peer;
 pub mod select;
 
 use crate::config::raw::Balance;
@@ -139,6 +140,8 @@ pub struct Upstream {
     pub cursor: AtomicUsize,
     /// `retry_backoff`, `retry_budget` and their counters.
     pub resilience: crate::resilience::UpstreamPolicy,
+    /// `tls` and `protocol`: how connections to the targets are made.
+    pub transport: peer::Transport,
 }
 
 impl Upstream {
