@@ -4,7 +4,7 @@
 //! is turned into the typed runtime by [`super::compile`]. Durations and sizes are parsed by
 //! their own types so that serde_yaml reports the line of a bad value.
 
-use super::units::{ByteSize, Dur};
+use super::units::{ByteSize, Dur, Secs};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -41,7 +41,8 @@ pub struct RawServer {
     /// per thread (see loadtest/RESULTS.md for the measured difference).
     pub work_stealing: bool,
     pub trusted_proxies: Vec<String>,
-    pub grace_period: u64,
+    /// Whole seconds: `"30s"`, `"2m"` or a bare integer.
+    pub grace_period: Secs,
     pub pid_file: String,
     pub upgrade_sock: String,
     pub access_log: String,
@@ -69,7 +70,7 @@ impl Default for RawServer {
             max_requests_per_connection: 1000,
             work_stealing: true,
             trusted_proxies: vec![],
-            grace_period: 30,
+            grace_period: Secs(30),
             pid_file: "/run/gatehouse/gatehouse.pid".into(),
             upgrade_sock: "/run/gatehouse/upgrade.sock".into(),
             access_log: "stdout".into(),
