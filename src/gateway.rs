@@ -95,6 +95,10 @@ impl ProxyHttp for Gateway {
                 },
                 None => None,
             }
+        } else if let Some(body) = crate::demo::index_for(session.req_header()) {
+            // `gatehouse demo` prints http://127.0.0.1:8080 first: answer it with an index.
+            crate::demo::answer_index(session, body).await?;
+            return Ok(true);
         } else {
             Some(Reply::error(404))
         };
