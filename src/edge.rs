@@ -9,6 +9,8 @@
 //!   With HTTP/1.1 pipelining the next requests arrive in the same reads: the wrapper follows
 //!   the framing of every request (head, Content-Length or chunked body, next head) over the
 //!   raw bytes, so each head has its deadline and each chunked body its scan.
+//! - `server.flood.connections_per_ip_per_second`: a connection from an address over it is
+//!   closed at once, before anything else (see [`crate::flood`]).
 //! - `server.max_connections`: connections beyond it are closed at once (logged, counted).
 //! - `server.max_requests_per_connection`: Pingora's `keepalive_request_limit`.
 //! - Chunk extensions (`5;name=value`) are refused: Pingora's parser accepts and drops them,
@@ -84,10 +86,27 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (max, header_timeout) = {
+        let (max, header_timeout, admitted) = {
             let rt = self.shared.snapshot();
-            (rt.server.max_connections, rt.server.header_timeout)
+            let flood = &rt.server.flood;
+            // server.flood: first, before the connection costs a handshake or a slot.
+            let admitted = flood.connections_per_ip_per_second == 0
+                || match peer_ip(&stream) {
+                    // A trusted proxy carries many clients' connections.
+                    Some(ip) if !rt.server.trusted_proxies.iter().any(|n| n.contains(&ip)) => {
+                        crate::flood::admit_connection(ip, flood.connections_per_ip_per_second)
+                    }
+                    _ => true,
+                };
+            (
+                rt.server.max_connections,
+                rt.server.header_timeout,
+                admitted,
+            )
         };
+        if !admitted {
+            return None;
+        }
         let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         let _open = OpenGuard(&self.open);
         if max > 0 && n > max {
@@ -124,6 +143,12 @@ where
     async fn cleanup(&self) {
         self.inner.cleanup().await
     }
+}
+
+/// The TCP peer's address (from the socket digest Pingora's listener attached at accept).
+fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.peer_addr()?.as_inet().map(|a| a.ip())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

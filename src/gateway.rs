@@ -71,6 +71,15 @@ impl ProxyHttp for Gateway {
             .get(http::header::ORIGIN)
             .cloned();
         request::close_if_dual_framing(session);
+        // server.flood, before routing and every plugin: 429 and the connection closed.
+        let cap = ctx.rt.server.flood.requests_per_ip_per_second;
+        if cap > 0 {
+            if let Some(ip) = ctx.client_ip {
+                if !crate::flood::admit_request(ip, cap) {
+                    return Err(errors::status_error(429, "server.flood: requests per IP"));
+                }
+            }
+        }
         match request::check_limits(session, ctx).or_else(|| request::normalize_path(session)) {
             Some(status) => Err(errors::status_error(status, "request refused by limits")),
             None => Ok(()),
@@ -301,7 +310,7 @@ impl ProxyHttp for Gateway {
         // that went away (logged as 499 in the access log).
         matches!(
             e.etype(),
-            ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 431)
+            ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 429 | 431)
         ) || crate::observe::client_gone(e)
     }
 

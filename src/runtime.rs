@@ -81,6 +81,8 @@ pub struct ServerSettings {
     pub health_check_path: Option<Box<str>>,
     /// Read once at startup (like `grace_period`).
     pub drain_delay: Duration,
+    /// `server.flood` caps ([`crate::flood`]; 0: off).
+    pub flood: crate::config::raw::RawFlood,
 }
 
 #[derive(Debug, Clone)]

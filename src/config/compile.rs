@@ -305,6 +305,7 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         access_log,
         health_check_path: crate::probe::compile_path(c, s.health_check_path.as_deref()),
         drain_delay: s.drain_delay.0,
+        flood: s.flood,
     }
 }
 

@@ -52,6 +52,16 @@ pub struct RawServer {
     /// Extension: on SIGTERM, keep serving (with the health path at 503) this long before
     /// Pingora's graceful shutdown starts.
     pub drain_delay: Dur,
+    /// Extension: per client IP caps on new connections and requests per second.
+    pub flood: RawFlood,
+}
+
+/// `server.flood` (0: no cap).
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFlood {
+    pub connections_per_ip_per_second: u32,
+    pub requests_per_ip_per_second: u32,
 }
 
 impl Default for RawServer {
@@ -76,6 +86,7 @@ impl Default for RawServer {
             access_log: "stdout".into(),
             health_check_path: None,
             drain_delay: Dur::secs(0),
+            flood: RawFlood::default(),
         }
     }
 }
