@@ -175,7 +175,8 @@ impl ServeHttp for AdminApp {
         match (method, path.as_str()) {
             (Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             (Method::GET, "/status") => json(StatusCode::OK, self.status()),
-            (Method::GET, "/metrics") => {
+            // HEAD: the same head (with Content-Length), Pingora sends no body.
+            (Method::GET | Method::HEAD, "/metrics") => {
                 let body = crate::observe::metrics::render(&self.shared.snapshot()).into_bytes();
                 Response::builder()
                     .status(StatusCode::OK)

@@ -257,8 +257,47 @@ pub async fn serve_backend(
     }
 }
 
+/// The demo's endpoints as `(method, path, what it shows)`: the index answered at `/`.
+pub const INDEX: &[(&str, &str, &str)] = &[
+    ("GET", "/api/v1/users", "response-transformer envelope, request-transformer on POST, CORS, retries and backup targets"),
+    ("GET", "/api/v1/orders/1001", "rate-limiting: 10 a minute per client IP, then 429"),
+    ("GET", "/api/v1/products", "proxy-cache (X-Cache-Status) and response-compression"),
+    ("GET", "/products/KB-001", "strip_path, weighted balancing, ip-restriction, opentelemetry"),
+    ("GET", "/api/v1/account", "key-auth: send X-API-Key: demo-api-key"),
+    ("GET", "/api/v1/reports", "jwt + acl: send the Bearer token printed at start"),
+    ("GET", "/api/v1/admin", "acl: the sample token lacks the admin role (403)"),
+    ("GET", "/api/v1/profile", "forward-auth: send Authorization: Bearer demo-session-token"),
+    ("GET", "/health", "the load-balancer probe, answered by the gateway itself"),
+];
+
+/// Set once the demo runs: the gateway then answers `GET /` (which no demo route matches)
+/// with [`INDEX`] instead of a 404.
+static INDEX_BODY: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+
+/// The index body for `GET /` and `HEAD /` when the demo runs.
+pub fn index_for(req: &pingora::http::RequestHeader) -> Option<bytes::Bytes> {
+    if req.uri.path() != "/" || !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+        return None;
+    }
+    INDEX_BODY.get().cloned()
+}
+
+fn index_body() -> bytes::Bytes {
+    let endpoints: Vec<_> = INDEX
+        .iter()
+        .map(|(m, p, what)| serde_json::json!({"method": m, "path": p, "shows": what}))
+        .collect();
+    let v = serde_json::json!({
+        "gatehouse": "demo",
+        "message": "Try these endpoints; the admin API (/status, /metrics) is on the admin listener",
+        "endpoints": endpoints,
+    });
+    bytes::Bytes::from(v.to_string())
+}
+
 /// Starts every demo backend on a runtime thread of its own; returns once they listen.
 pub fn start_backends() -> std::io::Result<()> {
+    INDEX_BODY.get_or_init(index_body);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -302,7 +341,7 @@ pub fn banner(listen: &str, admin: &str) -> String {
     format!(
         r#"gatehouse demo is running.
 
-  gateway   http://{listen}
+  gateway   http://{listen}   (/ lists the demo endpoints)
   admin     http://{admin}   (/health, /status, /cache/purge)
   upstreams users 127.0.0.1:19001-19003, orders :19011-19013, products :19021-19023 (third of each is a backup)
   auth      127.0.0.1:19031 (the profile route's forward-auth service)
@@ -355,4 +394,17 @@ Try:
 Ctrl-C stops it.
 "#
     )
+}
+
+/// Writes the demo index (`GET /` or `HEAD /` while the demo runs).
+pub async fn answer_index(
+    session: &mut pingora::proxy::Session,
+    body: bytes::Bytes,
+) -> pingora::Result<()> {
+    let mut h = pingora::http::ResponseHeader::build(200, Some(3))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
 }

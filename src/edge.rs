@@ -6,6 +6,11 @@
 //!   connection for ever; here the stream is wrapped and reads fail once the deadline passes
 //!   while a head is incomplete. The clock starts at accept, and on a keep-alive connection
 //!   with the first byte of the next request (idle time is `keepalive_timeout`'s business).
+//!   With HTTP/1.1 pipelining the next requests arrive in the same reads: the wrapper follows
+//!   the framing of every request (head, Content-Length or chunked body, next head) over the
+//!   raw bytes, so each head has its deadline and each chunked body its scan.
+//! - `server.flood.connections_per_ip_per_second`: a connection from an address over it is
+//!   closed at once, before anything else (see [`crate::flood`]).
 //! - `server.max_connections`: connections beyond it are closed at once (logged, counted).
 //! - `server.max_requests_per_connection`: Pingora's `keepalive_request_limit`.
 //! - Chunk extensions (`5;name=value`) are refused: Pingora's parser accepts and drops them,
@@ -81,10 +86,27 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (max, header_timeout) = {
+        let (max, header_timeout, admitted) = {
             let rt = self.shared.snapshot();
-            (rt.server.max_connections, rt.server.header_timeout)
+            let flood = &rt.server.flood;
+            // server.flood: first, before the connection costs a handshake or a slot.
+            let admitted = flood.connections_per_ip_per_second == 0
+                || match peer_ip(&stream) {
+                    // A trusted proxy carries many clients' connections.
+                    Some(ip) if !rt.server.trusted_proxies.iter().any(|n| n.contains(&ip)) => {
+                        crate::flood::admit_connection(ip, flood.connections_per_ip_per_second)
+                    }
+                    _ => true,
+                };
+            (
+                rt.server.max_connections,
+                rt.server.header_timeout,
+                admitted,
+            )
         };
+        if !admitted {
+            return None;
+        }
         let n = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         let _open = OpenGuard(&self.open);
         if max > 0 && n > max {
@@ -123,54 +145,253 @@ where
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Reading a request head: the deadline is armed.
-    Head,
-    /// Head complete: body and response, no head deadline.
-    Body,
-    /// Response written; the next byte read starts a new head.
-    Idle,
-    /// After `101 Switching Protocols` (WebSocket): opaque bytes, never a head again.
-    Tunnel,
+/// The TCP peer's address (from the socket digest Pingora's listener attached at accept).
+fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.peer_addr()?.as_inet().map(|a| a.ip())
 }
 
-/// The phase after writing `data` in `phase`: a response going out means the next bytes
-/// read begin a new request, unless it switched protocols.
-fn after_write(phase: Phase, data: &[u8]) -> Phase {
-    match phase {
-        Phase::Body if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") => {
-            Phase::Tunnel
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head (or waiting for the first byte of one).
+    Head,
+    /// Reading a request body framed by Content-Length: bytes left.
+    Length(u64),
+    /// Reading a chunked request body.
+    Chunked(ChunkScan),
+    /// After `101 Switching Protocols` (WebSocket): opaque bytes, never a head again.
+    Tunnel,
+    /// Framing this scanner cannot follow (a Content-Length the gateway refuses, a chunked
+    /// body Pingora refuses): the request gets a 400 and the connection closes, so nothing
+    /// after it is scanned.
+    Opaque,
+}
+
+/// Header names the head scanner looks for, lower case with the colon.
+const NAMES: [&[u8]; 3] = [b"transfer-encoding:", b"content-length:", b"upgrade:"];
+const TE: usize = 0;
+const CL: usize = 1;
+const UPGRADE: usize = 2;
+
+/// A Content-Length value as it streams by: optional whitespace, digits, optional whitespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClValue {
+    Lead,
+    Digits(u64, u8),
+    Trail(u64),
+    Invalid,
+}
+
+impl ClValue {
+    fn push(self, b: u8) -> Self {
+        match (self, b) {
+            (ClValue::Lead, b' ' | b'\t') => ClValue::Lead,
+            (ClValue::Lead, b'0'..=b'9') => ClValue::Digits(u64::from(b - b'0'), 1),
+            // 19 digits always fit a u64; the gateway refuses longer values (400).
+            (ClValue::Digits(n, k), b'0'..=b'9') if k < 19 => {
+                ClValue::Digits(n * 10 + u64::from(b - b'0'), k + 1)
+            }
+            (ClValue::Digits(n, _), b' ' | b'\t') => ClValue::Trail(n),
+            (ClValue::Trail(n), b' ' | b'\t') => ClValue::Trail(n),
+            _ => ClValue::Invalid,
         }
-        // `100 Continue` (and other interim answers) come before the request body: the
-        // body still follows and must not be scanned as a new head.
-        Phase::Body if data.starts_with(b"HTTP/1.1 1") || data.starts_with(b"HTTP/1.0 1") => {
-            Phase::Body
+    }
+
+    fn value(self) -> Option<u64> {
+        match self {
+            ClValue::Digits(n, _) | ClValue::Trail(n) => Some(n),
+            _ => None,
         }
-        Phase::Body => Phase::Idle,
-        p => p,
     }
 }
 
+/// What the head scanner knows about the request head being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct HeadScan {
+    /// A byte of this head has been read.
+    started: bool,
+    /// Past the request line: header names are matched at line starts.
+    in_fields: bool,
+    /// Newlines seen in a row (CR ignored): two end the head.
+    newlines: u8,
+    /// Matching a tracked name at the start of a line: candidates (bit per [`NAMES`]
+    /// entry) and bytes matched; `None` inside a value or an untracked line.
+    name: Option<(u8, u8)>,
+    /// Inside a Content-Length value.
+    cl_value: Option<ClValue>,
+    te: bool,
+    upgrade: bool,
+    /// Content-Length: `None` absent, `Some(None)` unusable (refused by the gateway).
+    cl: Option<Option<u64>>,
+}
+
+impl HeadScan {
+    /// Advances over one byte; true when it ends the head.
+    fn push(&mut self, b: u8) -> bool {
+        self.started = true;
+        match b {
+            b'\n' => {
+                if let Some(v) = self.cl_value.take() {
+                    // A repeated Content-Length is refused by the gateway too.
+                    self.cl = Some(match self.cl {
+                        None => v.value(),
+                        Some(_) => None,
+                    });
+                }
+                self.newlines += 1;
+                self.in_fields = true;
+                self.name = Some((0b111, 0));
+                self.newlines == 2
+            }
+            b'\r' => false,
+            _ => {
+                self.newlines = 0;
+                if let Some(v) = self.cl_value.as_mut() {
+                    *v = v.push(b);
+                } else if let Some((mask, pos)) = self.name.filter(|_| self.in_fields) {
+                    let lower = b.to_ascii_lowercase();
+                    let pos = usize::from(pos);
+                    let mut next = 0u8;
+                    for (k, name) in NAMES.iter().enumerate() {
+                        if mask & (1 << k) != 0 && name.get(pos) == Some(&lower) {
+                            next |= 1 << k;
+                        }
+                    }
+                    self.name = (next != 0).then_some((next, pos as u8 + 1));
+                    for (k, name) in NAMES.iter().enumerate() {
+                        if next & (1 << k) != 0 && name.len() == pos + 1 {
+                            self.name = None;
+                            match k {
+                                TE => self.te = true,
+                                CL => self.cl_value = Some(ClValue::Lead),
+                                UPGRADE => self.upgrade = true,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+/// The request framing of one downstream HTTP/1 connection, followed over the raw bytes in
+/// the order the client sent them: heads, bodies (Content-Length or chunked) and, with
+/// pipelining, the next heads in the same reads. Pingora parses the same bytes; this only
+/// needs to know where each head starts and ends (for the head deadline) and which bytes
+/// are chunk-size lines (to refuse chunk extensions in every request of a pipeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Framing {
+    phase: Phase,
+    head: HeadScan,
+    /// The last complete head asked for a protocol upgrade.
+    upgrade: bool,
+}
+
+/// What one [`Framing::feed`] saw.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Fed {
+    /// Chunk extensions poisoned.
+    poisoned: usize,
+    /// Request heads completed.
+    heads: usize,
+}
+
+impl Framing {
+    fn new() -> Self {
+        Framing {
+            phase: Phase::Head,
+            head: HeadScan::default(),
+            upgrade: false,
+        }
+    }
+
+    /// A request head is being read and has begun (its deadline runs).
+    fn head_started(&self) -> bool {
+        self.phase == Phase::Head && self.head.started
+    }
+
+    /// Advances over bytes just read, poisoning chunk extensions in place.
+    fn feed(&mut self, bytes: &mut [u8]) -> Fed {
+        let mut fed = Fed::default();
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.phase {
+                Phase::Head => {
+                    let b = bytes[i];
+                    i += 1;
+                    // Blank lines before a request line are ignored (RFC 9112 §2.2), as
+                    // httparse does; they do not start a head.
+                    if !self.head.started && (b == b'\r' || b == b'\n') {
+                        continue;
+                    }
+                    if self.head.push(b) {
+                        fed.heads += 1;
+                        let h = std::mem::take(&mut self.head);
+                        self.upgrade = h.upgrade;
+                        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3), and
+                        // only `chunked` passes the gateway's checks.
+                        self.phase = match (h.te, h.cl) {
+                            (true, _) => Phase::Chunked(ChunkScan::start()),
+                            (false, None) | (false, Some(Some(0))) => Phase::Head,
+                            (false, Some(Some(n))) => Phase::Length(n),
+                            (false, Some(None)) => Phase::Opaque,
+                        };
+                    }
+                }
+                Phase::Length(left) => {
+                    let avail = (bytes.len() - i) as u64;
+                    if avail >= left {
+                        i += left as usize;
+                        self.phase = Phase::Head;
+                    } else {
+                        i = bytes.len();
+                        self.phase = Phase::Length(left - avail);
+                    }
+                }
+                Phase::Chunked(mut scan) => {
+                    let (poisoned, used) = scan.scan(&mut bytes[i..]);
+                    fed.poisoned += poisoned;
+                    i += used;
+                    self.phase = match scan {
+                        ChunkScan::Done => Phase::Head,
+                        ChunkScan::Broken => Phase::Opaque,
+                        s => Phase::Chunked(s),
+                    };
+                }
+                Phase::Tunnel | Phase::Opaque => break,
+            }
+        }
+        fed
+    }
+
+    /// A response is being written: after `101` to an upgrade request, the connection
+    /// carries another protocol.
+    fn wrote(&mut self, data: &[u8]) {
+        if self.upgrade && (data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101"))
+        {
+            self.phase = Phase::Tunnel;
+        }
+    }
+}
+
+/// Whether `data` starts a final (non-1xx) response.
+fn final_response(data: &[u8]) -> bool {
+    data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] != b'1'
+}
+
 /// A stream whose reads fail once a request head takes longer than `timeout`, and which
-/// poisons chunk extensions (see [`ChunkScan`]).
+/// poisons chunk extensions (see [`ChunkScan`]), for every request of a pipeline.
 pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
-    phase: Phase,
+    framing: Framing,
+    /// One timer per connection, reset for each head (no allocation per request).
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Newlines seen in a row (CR ignored) while scanning for the end of the head.
-    newlines: u8,
-    /// Matching `transfer-encoding:` at the start of a head line: bytes matched so far.
-    te_match: Option<u8>,
-    /// The current head carries a Transfer-Encoding header (only `chunked` survives the
-    /// strict framing check, so its body is chunked).
-    te_seen: bool,
-    /// Chunk framing of the current body, when it is chunked.
-    chunks: Option<ChunkScan>,
+    /// The deadline applies: a head is owed (from accept, or from its first byte).
+    armed: bool,
 }
-
-const TE_NAME: &[u8] = b"transfer-encoding:";
 
 /// Byte written over the `;` that starts a chunk extension: not a hex digit, whitespace,
 /// `;`, CR or LF, so Pingora's chunk-size parser (httparse) fails with INVALID_CHUNK and the
@@ -182,7 +403,7 @@ const POISON: u8 = b'!';
 /// (`5;name=value`); the issue asks for them to be refused like other ambiguous framing
 /// (parsers disagree on them: a classic smuggling vector). The scanner never changes a
 /// valid body: it only touches a `;` in a chunk-size line. On anything it does not expect
-/// it stops scanning, since Pingora refuses such a body by itself.
+/// it stops scanning ([`ChunkScan::Broken`]), since Pingora refuses such a body by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkScan {
     /// In a chunk-size line: the size so far, whether a hex digit was seen.
@@ -199,8 +420,10 @@ enum ChunkScan {
     /// After the last chunk: trailer lines until an empty line. `true` at a line start.
     Trailer(bool),
     TrailerLf(bool),
-    /// Body complete, or scanning abandoned.
+    /// Body complete: the next byte belongs to the next request.
     Done,
+    /// Malformed or poisoned: Pingora refuses the request; scanning stops.
+    Broken,
 }
 
 impl ChunkScan {
@@ -209,8 +432,9 @@ impl ChunkScan {
     }
 
     /// Advance over `bytes`, poisoning any chunk extension in place. Returns how many
-    /// extensions were poisoned.
-    fn scan(&mut self, bytes: &mut [u8]) -> usize {
+    /// extensions were poisoned and how many bytes belong to this body (all of them unless
+    /// it ended: then the rest is the next pipelined request).
+    fn scan(&mut self, bytes: &mut [u8]) -> (usize, usize) {
         let mut poisoned = 0;
         let mut i = 0;
         while i < bytes.len() {
@@ -222,33 +446,33 @@ impl ChunkScan {
                         match n.checked_mul(16).and_then(|v| v.checked_add(d)) {
                             Some(v) => ChunkScan::Size(v, true),
                             // Overlong: Pingora refuses it.
-                            None => ChunkScan::Done,
+                            None => ChunkScan::Broken,
                         }
                     }
                     b';' if digits => {
                         bytes[i] = POISON;
                         poisoned += 1;
-                        ChunkScan::Done
+                        ChunkScan::Broken
                     }
                     b' ' | b'\t' if digits => ChunkScan::SizeWs(n),
                     b'\r' if digits => ChunkScan::SizeLf(n),
                     b'\n' if digits => Self::after_size(n),
-                    _ => ChunkScan::Done,
+                    _ => ChunkScan::Broken,
                 },
                 ChunkScan::SizeWs(n) => match b {
                     b' ' | b'\t' => ChunkScan::SizeWs(n),
                     b';' => {
                         bytes[i] = POISON;
                         poisoned += 1;
-                        ChunkScan::Done
+                        ChunkScan::Broken
                     }
                     b'\r' => ChunkScan::SizeLf(n),
                     b'\n' => Self::after_size(n),
-                    _ => ChunkScan::Done,
+                    _ => ChunkScan::Broken,
                 },
                 ChunkScan::SizeLf(n) => match b {
                     b'\n' => Self::after_size(n),
-                    _ => ChunkScan::Done,
+                    _ => ChunkScan::Broken,
                 },
                 ChunkScan::Data(left) => {
                     // Skip the data in one step: it is never inspected.
@@ -258,18 +482,17 @@ impl ChunkScan {
                         *self = ChunkScan::DataCr;
                         continue;
                     }
-                    i = bytes.len();
                     *self = ChunkScan::Data(left - avail);
-                    continue;
+                    return (poisoned, bytes.len());
                 }
                 ChunkScan::DataCr => match b {
                     b'\r' => ChunkScan::DataLf,
                     b'\n' => ChunkScan::start(),
-                    _ => ChunkScan::Done,
+                    _ => ChunkScan::Broken,
                 },
                 ChunkScan::DataLf => match b {
                     b'\n' => ChunkScan::start(),
-                    _ => ChunkScan::Done,
+                    _ => ChunkScan::Broken,
                 },
                 ChunkScan::Trailer(line_start) => match b {
                     b'\r' => ChunkScan::TrailerLf(line_start),
@@ -280,13 +503,23 @@ impl ChunkScan {
                 ChunkScan::TrailerLf(line_start) => match b {
                     b'\n' if line_start => ChunkScan::Done,
                     b'\n' => ChunkScan::Trailer(true),
-                    _ => ChunkScan::Done,
+                    _ => ChunkScan::Broken,
                 },
-                ChunkScan::Done => return poisoned,
+                ChunkScan::Done | ChunkScan::Broken => return (poisoned, i),
             };
             i += 1;
+            if matches!(*self, ChunkScan::Done | ChunkScan::Broken) {
+                return (
+                    poisoned,
+                    if *self == ChunkScan::Done {
+                        i
+                    } else {
+                        bytes.len()
+                    },
+                );
+            }
         }
-        poisoned
+        (poisoned, i)
     }
 
     fn after_size(n: u64) -> Self {
@@ -301,7 +534,7 @@ impl ChunkScan {
 impl std::fmt::Debug for HeadDeadline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadDeadline")
-            .field("phase", &self.phase)
+            .field("framing", &self.framing)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -312,12 +545,9 @@ impl HeadDeadline {
         let mut s = HeadDeadline {
             inner,
             timeout,
-            phase: Phase::Idle,
+            framing: Framing::new(),
             sleep: None,
-            newlines: 0,
-            te_match: None,
-            te_seen: false,
-            chunks: None,
+            armed: false,
         };
         // A new connection owes its first head from the moment it is accepted.
         s.arm();
@@ -325,16 +555,24 @@ impl HeadDeadline {
     }
 
     fn arm(&mut self) {
-        self.phase = Phase::Head;
-        self.newlines = 0;
-        // The request line is not a header line; matching starts after its LF.
-        self.te_match = None;
-        self.te_seen = false;
-        self.chunks = None;
-        if !self.timeout.is_zero() {
-            self.sleep = Some(Box::pin(tokio::time::sleep_until(
-                Instant::now() + self.timeout,
-            )));
+        if self.timeout.is_zero() {
+            return;
+        }
+        let at = Instant::now() + self.timeout;
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.armed = true;
+    }
+
+    /// Bookkeeping after a write: a head that began while the previous response was being
+    /// produced (a pipelined request) was waiting on the gateway, not on the client, so its
+    /// deadline restarts when that response goes out.
+    fn wrote(&mut self, data: &[u8]) {
+        self.framing.wrote(data);
+        if self.armed && self.framing.head_started() && final_response(data) {
+            self.arm();
         }
     }
 }
@@ -346,7 +584,7 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.phase == Phase::Head {
+        if this.armed && this.framing.phase == Phase::Head {
             if let Some(sleep) = this.sleep.as_mut() {
                 if sleep.as_mut().poll(cx).is_ready() {
                     HEADER_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
@@ -362,67 +600,17 @@ impl AsyncRead for HeadDeadline {
         if let Poll::Ready(Ok(())) = res {
             let filled = buf.filled().len();
             if filled > before {
-                if this.phase == Phase::Idle {
+                let fed = this.framing.feed(&mut buf.filled_mut()[before..filled]);
+                if fed.poisoned > 0 {
+                    CHUNK_EXTENSIONS.fetch_add(fed.poisoned as u64, Ordering::Relaxed);
+                }
+                if fed.heads > 0 {
+                    // Between requests the wait is keepalive_timeout's business.
+                    this.armed = false;
+                }
+                if this.framing.head_started() && !this.armed {
+                    // The clock of a head starts with its first byte.
                     this.arm();
-                }
-                let mut body_from = before;
-                if this.phase == Phase::Head {
-                    let new = &buf.filled()[before..filled];
-                    let mut nl = this.newlines;
-                    let mut te = this.te_match;
-                    let mut done = None;
-                    for (i, &b) in new.iter().enumerate() {
-                        match b {
-                            b'\n' => {
-                                nl += 1;
-                                te = Some(0);
-                                if nl == 2 {
-                                    done = Some(i + 1);
-                                    break;
-                                }
-                            }
-                            b'\r' => {}
-                            _ => {
-                                nl = 0;
-                                te = match te {
-                                    Some(k) if usize::from(k) < TE_NAME.len() => {
-                                        if b.to_ascii_lowercase() == TE_NAME[usize::from(k)] {
-                                            if usize::from(k) + 1 == TE_NAME.len() {
-                                                this.te_seen = true;
-                                                None
-                                            } else {
-                                                Some(k + 1)
-                                            }
-                                        } else {
-                                            None
-                                        }
-                                    }
-                                    _ => None,
-                                };
-                            }
-                        }
-                    }
-                    if let Some(end) = done {
-                        this.phase = Phase::Body;
-                        this.sleep = None;
-                        this.newlines = 0;
-                        this.te_match = None;
-                        if this.te_seen {
-                            this.chunks = Some(ChunkScan::start());
-                        }
-                        body_from = before + end;
-                    } else {
-                        this.newlines = nl;
-                        this.te_match = te;
-                        body_from = filled;
-                    }
-                }
-                if this.phase == Phase::Body && body_from < filled {
-                    if let Some(scan) = this.chunks.as_mut() {
-                        if scan.scan(&mut buf.filled_mut()[body_from..filled]) > 0 {
-                            CHUNK_EXTENSIONS.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
                 }
             }
         }
@@ -436,8 +624,13 @@ impl AsyncWrite for HeadDeadline {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.phase = after_write(self.phase, data);
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.wrote(data);
+            }
+        }
+        res
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -457,8 +650,13 @@ impl AsyncWrite for HeadDeadline {
             .iter()
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &b[..]);
-        self.phase = after_write(self.phase, first);
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.wrote(first);
+            }
+        }
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -538,7 +736,7 @@ mod tests {
         let mut out = input.to_vec();
         let mut n = 0;
         for piece in out.chunks_mut(step) {
-            n += s.scan(piece);
+            n += s.scan(piece).0;
         }
         (out, n, s)
     }
@@ -592,7 +790,7 @@ mod tests {
             let (out, n, end) = scan(body, 3);
             assert_eq!(out, body, "untouched: Pingora refuses it itself");
             assert_eq!(n, 0);
-            assert_eq!(end, ChunkScan::Done);
+            assert_eq!(end, ChunkScan::Broken);
         }
     }
 
@@ -627,19 +825,111 @@ mod tests {
             });
     }
 
+    /// Feed `wire` to a fresh [`Framing`] in pieces of `step` bytes.
+    fn frame(wire: &[u8], step: usize) -> (Vec<u8>, Fed, Framing) {
+        let mut f = Framing::new();
+        let mut out = wire.to_vec();
+        let mut total = Fed::default();
+        for piece in out.chunks_mut(step) {
+            let fed = f.feed(piece);
+            total.poisoned += fed.poisoned;
+            total.heads += fed.heads;
+        }
+        (out, total, f)
+    }
+
     #[test]
-    fn interim_responses_keep_the_body_phase() {
-        assert_eq!(
-            after_write(Phase::Body, b"HTTP/1.1 100 Continue\r\n\r\n"),
-            Phase::Body
+    fn pipelined_heads_and_bodies_are_followed_in_any_split() {
+        let mut wire = Vec::new();
+        for i in 0..40 {
+            wire.extend_from_slice(format!("GET /p?n={i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        }
+        // Bodies that look like heads must not count as heads.
+        wire.extend_from_slice(
+            b"POST /cl HTTP/1.1\r\nHost: x\r\ncontent-LENGTH:  22 \r\n\r\nGET /no HTTP/1.1\r\n\r\n\r\n",
         );
-        assert_eq!(
-            after_write(Phase::Body, b"HTTP/1.1 101 Switching"),
-            Phase::Tunnel
+        wire.extend_from_slice(
+            b"POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n14\r\nGET /no HTTP/1.1\r\n\r\n\r\n0\r\nX-T: a\r\n\r\n",
         );
-        assert_eq!(
-            after_write(Phase::Body, b"HTTP/1.1 200 OK\r\n"),
-            Phase::Idle
+        wire.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: x\r\n\r\n");
+        for step in [1, 2, 3, 7, 64, wire.len()] {
+            let (out, fed, f) = frame(&wire, step);
+            assert_eq!(out, wire, "step {step}: nothing changed");
+            assert_eq!(
+                fed,
+                Fed {
+                    poisoned: 0,
+                    heads: 43
+                },
+                "step {step}"
+            );
+            assert_eq!(f.phase, Phase::Head);
+            assert!(!f.head_started(), "step {step}: between requests");
+        }
+    }
+
+    #[test]
+    fn extensions_are_poisoned_in_every_request_of_a_pipeline() {
+        let wire = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n";
+        let at = wire.windows(2).position(|w| w == b"5;").unwrap() + 1;
+        for step in 1..=wire.len() {
+            let (out, fed, f) = frame(wire, step);
+            assert_eq!(fed.poisoned, 1, "step {step}");
+            assert_eq!(fed.heads, 3);
+            assert_eq!(out[at], POISON);
+            assert_eq!(f.phase, Phase::Opaque, "Pingora refuses it: scanning stops");
+        }
+    }
+
+    #[test]
+    fn unusable_content_length_stops_scanning() {
+        for cl in ["", "+5", "5 5", "12345678901234567890", "0x1"] {
+            let wire = format!("POST / HTTP/1.1\r\nContent-Length: {cl}\r\n\r\n");
+            let (_, _, f) = frame(wire.as_bytes(), 1);
+            assert_eq!(f.phase, Phase::Opaque, "{cl:?}");
+        }
+        let (_, _, f) = frame(
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            5,
         );
+        assert_eq!(f.phase, Phase::Opaque, "repeated");
+        let (_, _, f) = frame(b"POST / HTTP/1.1\r\nX-Content-Length: 9\r\n\r\n", 5);
+        assert_eq!(f.phase, Phase::Head, "another header's name");
+    }
+
+    #[test]
+    fn heads_start_with_their_first_byte() {
+        let mut f = Framing::new();
+        assert!(!f.head_started());
+        f.feed(&mut b"\r\n".to_vec());
+        assert!(
+            !f.head_started(),
+            "blank lines before a request are ignored"
+        );
+        f.feed(&mut b"GET / HTTP/1.1\r\nHost:".to_vec());
+        assert!(f.head_started());
+        f.feed(&mut b" x\r\n\r\nGE".to_vec());
+        assert!(f.head_started(), "the next pipelined head has begun");
+    }
+
+    #[test]
+    fn tunnel_only_after_101_to_an_upgrade_request() {
+        let mut f = Framing::new();
+        f.feed(&mut b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+        f.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert_eq!(f.phase, Phase::Head);
+        f.feed(
+            &mut b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec(),
+        );
+        f.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert_eq!(f.phase, Phase::Tunnel);
+        assert_eq!(f.feed(&mut b"GET / HTTP/1.1\r\n\r\n".to_vec()).heads, 0);
+    }
+
+    #[test]
+    fn final_responses() {
+        assert!(final_response(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!final_response(b"HTTP/1.1 100 Continue\r\n"));
+        assert!(!final_response(b"{\"a\":1}"));
     }
 }

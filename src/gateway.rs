@@ -71,8 +71,16 @@ impl ProxyHttp for Gateway {
             .get(http::header::ORIGIN)
             .cloned();
         request::close_if_dual_framing(session);
-        match request::check_limits(session, ctx).or_else(|| request::normalize_path(session, ctx))
-        {
+        // server.flood, before routing and every plugin: 429 and the connection closed.
+        let cap = ctx.rt.server.flood.requests_per_ip_per_second;
+        if cap > 0 {
+            if let Some(ip) = ctx.client_ip {
+                if !crate::flood::admit_request(ip, cap) {
+                    return Err(errors::status_error(429, "server.flood: requests per IP"));
+                }
+            }
+        }
+        match request::check_limits(session, ctx).or_else(|| request::normalize_path(session, ctx)) {
             Some(status) => Err(errors::status_error(status, "request refused by limits")),
             None => Ok(()),
         }
@@ -105,7 +113,14 @@ impl ProxyHttp for Gateway {
                     None => None,
                 }
             }
-            Err(NoRoute::NotFound) => Some(Reply::error(404)),
+            Err(NoRoute::NotFound) => match crate::demo::index_for(session.req_header()) {
+                // `gatehouse demo` prints http://127.0.0.1:8080 first: answer it with an index.
+                Some(body) => {
+                    crate::demo::answer_index(session, body).await?;
+                    return Ok(true);
+                }
+                None => Some(Reply::error(404)),
+            },
             Err(NoRoute::MethodNotAllowed(allow)) => {
                 let reply = Reply::error(405);
                 Some(match http::HeaderValue::from_str(&allow) {
@@ -318,7 +333,7 @@ impl ProxyHttp for Gateway {
         // that went away (logged as 499 in the access log).
         matches!(
             e.etype(),
-            ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 431)
+            ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 429 | 431)
         ) || crate::observe::client_gone(e)
     }
 

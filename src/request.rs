@@ -109,6 +109,12 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) {
         let ka = ctx.rt.server.keepalive_timeout.as_secs();
         session.set_keepalive(if ka == 0 { None } else { Some(ka) });
     }
+    // HTTP/1.1 pipelining (RFC 9112 §9.3.2): bytes of the next requests read along with this
+    // one are kept and answered in order, one after the other. Without it Pingora answers
+    // the first request and closes, dropping the rest. Every pipelined request is a session
+    // of its own, through every check here; the accept-path scanner (crate::edge) follows
+    // the framing of each. The flag carries over to the next session of the connection.
+    session.set_pipelining_enabled(true);
 }
 
 /// Checks the path ([`router::scan_path`]: one pass, no allocation) and rewrites it to its

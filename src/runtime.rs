@@ -85,6 +85,8 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// `server.h2c`: HTTP/2 prior knowledge on the plain listeners (read at startup).
     pub h2c: bool,
+    /// `server.flood` caps ([`crate::flood`]; 0: off).
+    pub flood: crate::config::raw::RawFlood,
 }
 
 #[derive(Debug, Clone)]

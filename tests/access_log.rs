@@ -263,3 +263,23 @@ async fn stdout_log_and_client_abort_is_499() {
         "client abort logged as an error: {errors:#?}"
     );
 }
+
+#[tokio::test]
+async fn startup_logs_no_service_exit() {
+    // The access-log writer runs for the life of the server: Pingora's INFO line
+    // "service '...' exited." at every start read like a failure.
+    let b = Backend::start("b");
+    let cfg = Cfg::new()
+        .upstream("u", &[target(&b)], "")
+        .route("r", &["/"], "u", "");
+    let gw = start_with_access_log(cfg, "access.log");
+    let (s, _) = gw.get_json("/x").await;
+    assert_eq!(s, 200);
+    let (lines, _) = wait_lines(&gw.dir().join("access.log"), 1, Duration::from_secs(3)).await;
+    assert_eq!(lines.len(), 1, "the writer writes");
+    let err = gw.stderr();
+    assert!(
+        !err.contains("exited"),
+        "a service exited at startup:\n{err}"
+    );
+}

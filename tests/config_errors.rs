@@ -259,3 +259,73 @@ fn a_taken_listen_address_exits_at_once_naming_it() {
     );
     drop(taken);
 }
+
+/// `Gateway::validate` on an inline config: (exit code, stderr).
+fn validate_inline(yaml: &str) -> (i32, String) {
+    Gateway::validate(yaml)
+}
+
+const ROUTE: &str = "routes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n";
+
+#[test]
+fn grace_period_is_a_duration_like_every_other() {
+    for v in ["30s", "\"30s\"", "2m", "30", "0"] {
+        let yaml = format!(
+            "server:\n  grace_period: {v}\nupstreams:\n  - name: u\n    targets: [{{ addr: \"127.0.0.1:9001\" }}]\n{ROUTE}"
+        );
+        let (code, stderr) = validate_inline(&yaml);
+        assert_eq!(code, 0, "grace_period: {v} rejected:\n{stderr}");
+    }
+    // Pingora counts it in whole seconds: a fraction is an error naming the line.
+    let yaml = format!(
+        "server:\n  grace_period: 1500ms\nupstreams:\n  - name: u\n    targets: [{{ addr: \"127.0.0.1:9001\" }}]\n{ROUTE}"
+    );
+    let (code, stderr) = validate_inline(&yaml);
+    assert_eq!(code, 1, "{stderr}");
+    assert_reported(&stderr, "server.grace_period", 2);
+    assert!(stderr.contains("whole number of seconds"), "{stderr}");
+}
+
+#[test]
+fn unresolvable_target_is_reported_once_as_what_it_is() {
+    let yaml = format!(
+        "upstreams:\n  - name: u\n    targets:\n      - {{ addr: \"no-such-host.invalid:80\" }}\n      - {{ addr: \"127.0.0.1:9002\", backup: true }}\n{ROUTE}"
+    );
+    let (code, stderr) = validate_inline(&yaml);
+    assert_eq!(code, 1, "{stderr}");
+    assert_reported(&stderr, "upstreams[0].targets[0].addr", 4);
+    assert!(
+        !stderr.contains("not a backup"),
+        "the target has backup: false; only its address is wrong:\n{stderr}"
+    );
+    // A list of backups only is still refused.
+    let yaml = format!(
+        "upstreams:\n  - name: u\n    targets:\n      - {{ addr: \"127.0.0.1:9002\", backup: true }}\n{ROUTE}"
+    );
+    let (code, stderr) = validate_inline(&yaml);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("needs at least one target that is not a backup"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_url_as_target_address_says_so() {
+    for url in ["https://api.example.com:443", "http://127.0.0.1:9001"] {
+        let yaml = format!(
+            "upstreams:\n  - name: u\n    targets:\n      - {{ addr: \"{url}\" }}\n{ROUTE}"
+        );
+        let (code, stderr) = validate_inline(&yaml);
+        assert_eq!(code, 1, "{url} accepted:\n{stderr}");
+        assert_reported(&stderr, "upstreams[0].targets[0].addr", 4);
+        assert!(
+            stderr.contains("is a URL, not an address") && stderr.contains("host:port"),
+            "{url}: {stderr}"
+        );
+        assert!(
+            !stderr.to_ascii_lowercase().contains("lookup") && !stderr.contains("not a backup"),
+            "{url}: no DNS error, no follow-on error:\n{stderr}"
+        );
+    }
+}

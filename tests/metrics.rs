@@ -414,3 +414,32 @@ async fn retries_ejections_and_health_checks_are_counted() {
     );
     promtool_check(&t);
 }
+
+#[tokio::test]
+async fn head_metrics_is_the_get_head_without_a_body() {
+    // Monitoring probes (and `curl -I`) ask with HEAD.
+    let b = Backend::start("b");
+    let gw = Cfg::new()
+        .upstream("u", &[target(&b)], "")
+        .route("r", &["/"], "u", "")
+        .start();
+    let (raw, _) = raw_request(
+        gw.admin_port,
+        b"HEAD /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    let r = parse_response(&raw).expect("a response");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        r.header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{:?}",
+        r.headers
+    );
+    let len: usize = r
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(len > 0, "the GET's length: {:?}", r.headers);
+    assert!(r.body.is_empty(), "no body on HEAD");
+}

@@ -118,6 +118,13 @@ fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }
+    // A URL would otherwise be looked up as a host name and fail with a DNS error.
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(format!(
+            "{s:?} is a URL, not an address: write host:port without \"{scheme}://\" \
+             (targets are reached over plain HTTP)"
+        ));
+    }
     match s.to_socket_addrs() {
         Ok(mut it) => it
             .next()
@@ -292,13 +299,14 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         max_requests_per_connection: s.max_requests_per_connection,
         work_stealing: s.work_stealing,
         trusted_proxies: trusted,
-        grace_period: s.grace_period,
+        grace_period: s.grace_period.0,
         pid_file: c.file(&pid_file),
         upgrade_sock: c.file(&upgrade_sock),
         access_log,
         error_log: (!s.error_log.is_empty()).then(|| c.file(&s.error_log)),
         health_check_path: crate::probe::compile_path(c, s.health_check_path.as_deref()),
         drain_delay: s.drain_delay.0,
+        flood: s.flood,
         h2c: s.h2c,
     }
 }
@@ -471,7 +479,9 @@ fn compile_upstreams(
                 primaries.push(target);
             }
         }
-        if !u.targets.is_empty() && primaries.is_empty() {
+        // Judged on the config, not on what resolved: a target whose address is wrong is
+        // reported once, as such, and not again as a missing primary.
+        if !u.targets.is_empty() && u.targets.iter().all(|t| t.backup) {
             c.error(
                 &format!("{p}.targets"),
                 "needs at least one target that is not a backup",

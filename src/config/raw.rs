@@ -4,7 +4,7 @@
 //! is turned into the typed runtime by [`super::compile`]. Durations and sizes are parsed by
 //! their own types so that serde_yaml reports the line of a bad value.
 
-use super::units::{ByteSize, Dur};
+use super::units::{ByteSize, Dur, Secs};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -41,7 +41,8 @@ pub struct RawServer {
     /// per thread (see loadtest/RESULTS.md for the measured difference).
     pub work_stealing: bool,
     pub trusted_proxies: Vec<String>,
-    pub grace_period: u64,
+    /// Whole seconds: `"30s"`, `"2m"` or a bare integer.
+    pub grace_period: Secs,
     pub pid_file: String,
     pub upgrade_sock: String,
     pub access_log: String,
@@ -57,6 +58,16 @@ pub struct RawServer {
     /// Plain listeners also accept HTTP/2 with prior knowledge (h2c), e.g. gRPC clients
     /// without TLS. Read at startup.
     pub h2c: bool,
+    /// Extension: per client IP caps on new connections and requests per second.
+    pub flood: RawFlood,
+}
+
+/// `server.flood` (0: no cap).
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFlood {
+    pub connections_per_ip_per_second: u32,
+    pub requests_per_ip_per_second: u32,
 }
 
 /// Directory of the default `pid_file` and `upgrade_sock`: the one systemd creates for the
@@ -86,7 +97,7 @@ impl Default for RawServer {
             max_requests_per_connection: 1000,
             work_stealing: true,
             trusted_proxies: vec![],
-            grace_period: 30,
+            grace_period: Secs(30),
             pid_file: format!("{}/gatehouse.pid", runtime_dir()),
             upgrade_sock: format!("{}/upgrade.sock", runtime_dir()),
             access_log: "stdout".into(),
@@ -94,6 +105,7 @@ impl Default for RawServer {
             health_check_path: None,
             drain_delay: Dur::secs(0),
             h2c: false,
+            flood: RawFlood::default(),
         }
     }
 }

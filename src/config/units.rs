@@ -84,6 +84,39 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// Whole seconds written as a duration (`"30s"`, `"2m"`) or, for compatibility, a bare
+/// integer (`30`). For settings Pingora takes in seconds (`grace_period`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secs(pub u64);
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Secs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 30s or 2m, or whole seconds")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secs, E> {
+                let d = parse_duration(v).map_err(E::custom)?;
+                if d.subsec_millis() != 0 {
+                    return Err(E::custom(format!("{v:?} is not a whole number of seconds")));
+                }
+                Ok(Secs(d.as_secs()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secs, E> {
+                Ok(Secs(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secs, E> {
+                u64::try_from(v)
+                    .map(Secs)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -156,6 +189,18 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1.5m").is_err());
         assert!(parse_duration("99999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn whole_seconds_as_duration_or_integer() {
+        let secs = |y: &str| serde_yaml::from_str::<Secs>(y).map(|s| s.0);
+        assert_eq!(secs("30").unwrap(), 30);
+        assert_eq!(secs("\"30s\"").unwrap(), 30);
+        assert_eq!(secs("2m").unwrap(), 120);
+        assert_eq!(secs("0").unwrap(), 0);
+        assert!(secs("1500ms").is_err());
+        assert!(secs("-1").is_err());
+        assert!(secs("30 parsecs").is_err());
     }
 
     #[test]

@@ -392,7 +392,7 @@ impl Writer {
 
 #[async_trait]
 impl BackgroundService for Writer {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         let Some(rx) = QUEUE.rx.lock().take() else {
             tracing::warn!("access log writer already running");
             return;
@@ -405,7 +405,11 @@ impl BackgroundService for Writer {
             .spawn(move || write_loop(rx, shared))
         {
             tracing::error!("cannot start the access log writer: {e}");
+            return;
         }
+        // Pingora logs "service '...' exited" at INFO when this returns, which at startup
+        // reads like a failure: the service lives as long as the server does.
+        let _ = shutdown.changed().await;
     }
 }
 

@@ -1147,6 +1147,16 @@ pub fn render(rt: &Runtime) -> String {
             &crate::edge::CHUNK_EXTENSIONS,
         ),
         (
+            "downstream_flood_connections_refused_total",
+            "Connections closed at accept because their address was over server.flood.connections_per_ip_per_second.",
+            &crate::flood::CONNECTIONS_REFUSED,
+        ),
+        (
+            "downstream_flood_requests_refused_total",
+            "Requests answered 429 because their client IP was over server.flood.requests_per_ip_per_second.",
+            &crate::flood::REQUESTS_REFUSED,
+        ),
+        (
             "downstream_tls_handshake_failures_total",
             "TLS handshakes on server.tls listeners that failed (outside the version or cipher suite policy, bad client) or timed out.",
             &crate::tls::HANDSHAKE_FAILURES,
