@@ -80,7 +80,8 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        match request::check_limits(session, ctx).or_else(|| request::normalize_path(session, ctx)) {
+        match request::check_limits(session, ctx).or_else(|| request::normalize_path(session, ctx))
+        {
             Some(status) => Err(errors::status_error(status, "request refused by limits")),
             None => Ok(()),
         }

@@ -128,7 +128,7 @@ fn read_pid(path: &Path) -> Option<u32> {
 }
 
 fn get(port: u16, path: &str) -> Vec<u8> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     raw_request(port, req.as_bytes(), Duration::from_secs(2)).0
 }
 
