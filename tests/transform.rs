@@ -2,8 +2,8 @@
 //! edits in both directions, template variables, JSON remove/rename through nested arrays,
 //! the envelope, and every case where a body must pass untouched (non-JSON, over the cap
 //! by Content-Length or while chunked, invalid JSON, HEAD) or be refused (compressed); with
-//! proxy-cache,
-//! rewritten (and error-responses' replaced) bodies on MISS, HIT and after a revalidation.
+//! proxy-cache, rewritten (and error-responses' replaced) bodies on MISS, HIT and after a
+//! revalidation.
 mod common;
 
 use common::*;
