@@ -95,13 +95,15 @@ fn get_with(gw: &Gateway, path: &str, accept_encoding: &str) -> RawResponse {
         "GET {path} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: {accept_encoding}\r\nConnection: close\r\n\r\n"
     );
     let (raw, _) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(10));
-    parse_response(&raw)
-        .unwrap_or_else(|| panic!("no response: {raw:?}\n{}", gw.diagnostics()))
+    parse_response(&raw).unwrap_or_else(|| panic!("no response: {raw:?}\n{}", gw.diagnostics()))
 }
 
 fn assert_masked(body: &[u8], what: &str) {
     let text = String::from_utf8_lossy(body);
-    assert!(text.contains("Ada"), "{what}: the body is the users list: {text}");
+    assert!(
+        text.contains("Ada"),
+        "{what}: the body is the users list: {text}"
+    );
     assert!(
         !text.contains("ada@example.com") && !text.contains("078-05-1120"),
         "{what}: email and SSN are masked: {text}"
@@ -131,7 +133,10 @@ async fn masking_holds_when_the_client_accepts_gzip() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert_masked(&gunzip(&r.body), "compressed for the client");
-    assert_eq!(seen.lock().unwrap().last().map(String::as_str), Some("identity"));
+    assert_eq!(
+        seen.lock().unwrap().last().map(String::as_str),
+        Some("identity")
+    );
 }
 
 #[tokio::test]
@@ -155,7 +160,11 @@ async fn compressed_answer_to_a_masking_route_fails_closed() {
     let text = gw.metrics_text().await;
     for route in ["users", "users-gz"] {
         assert_eq!(
-            metric(&text, "response_transform_refused_total", &[("route", route)]),
+            metric(
+                &text,
+                "response_transform_refused_total",
+                &[("route", route)]
+            ),
             Some(1.0),
             "{route}: counted"
         );
@@ -214,10 +223,7 @@ fn tenant_requests(port: u16, n: usize, key: impl Fn(usize) -> String) -> Vec<u1
                 s = connect();
                 buf.clear();
             }
-            let req = format!(
-                "GET /t HTTP/1.1\r\nHost: t\r\nX-Tenant: {}\r\n\r\n",
-                key(i)
-            );
+            let req = format!("GET /t HTTP/1.1\r\nHost: t\r\nX-Tenant: {}\r\n\r\n", key(i));
             s.write_all(req.as_bytes()).unwrap();
             read_one(&mut s, &mut buf)
         })
@@ -285,10 +291,7 @@ async fn distinct_large_rate_limit_keys_keep_memory_bounded() {
     assert_eq!(tenant_requests(port, 1, |_| big('y')), [200]);
     // A flood key seen once has two left.
     let key0 = format!("0-0-{}", "v".repeat(31_000));
-    assert_eq!(
-        tenant_requests(port, 3, |_| key0.clone()),
-        [200, 200, 429]
-    );
+    assert_eq!(tenant_requests(port, 3, |_| key0.clone()), [200, 200, 429]);
 }
 
 /// A redis-server child process on 127.0.0.1:`port` (no password), killed on drop.
@@ -477,10 +480,15 @@ fn ws_upstream() -> (u16, Arc<Mutex<Vec<u8>>>) {
                     .lines()
                     .find_map(|l| {
                         let (n, v) = l.split_once(':')?;
-                        n.eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+                        n.eq_ignore_ascii_case("sec-websocket-key")
+                            .then(|| v.trim().to_string())
                     })
                     .unwrap_or_default();
-                let accept = if key == WS_KEY { WS_ACCEPT } else { "unknown-key" };
+                let accept = if key == WS_KEY {
+                    WS_ACCEPT
+                } else {
+                    "unknown-key"
+                };
                 let resp = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\nhello"
                 );
@@ -560,7 +568,11 @@ async fn bare_101_is_refused_and_a_real_websocket_upgrade_tunnels() {
     let wrong = upgrade_request("/ws").replace(WS_KEY, "AQIDBAUGBwgJCgsMDQ4PEA==");
     s.write_all(wrong.as_bytes()).unwrap();
     let (raw, _) = read_until_close(&mut s, Duration::from_secs(5));
-    assert!(raw.starts_with(b"HTTP/1.1 502"), "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        raw.starts_with(b"HTTP/1.1 502"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
 
     // A real handshake: the 101 reaches the client and bytes flow both ways.
     let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
@@ -569,8 +581,10 @@ async fn bare_101_is_refused_and_a_real_websocket_upgrade_tunnels() {
     let text = String::from_utf8_lossy(&got).to_string();
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(
-        text.to_ascii_lowercase()
-            .contains(&format!("sec-websocket-accept: {}", WS_ACCEPT.to_ascii_lowercase())),
+        text.to_ascii_lowercase().contains(&format!(
+            "sec-websocket-accept: {}",
+            WS_ACCEPT.to_ascii_lowercase()
+        )),
         "{text}"
     );
     assert!(text.ends_with("hello"), "upstream to client: {text}");

@@ -346,7 +346,11 @@ mod tests {
         for n in 0..=input.len() {
             let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
             h.write(&input[..n]);
-            assert_eq!(sip::<2, 4, false>(k0, k1, &input[..n]).0, h.finish(), "{n} bytes");
+            assert_eq!(
+                sip::<2, 4, false>(k0, k1, &input[..n]).0,
+                h.finish(),
+                "{n} bytes"
+            );
         }
         let (a, b) = sip::<2, 4, true>(k0, k1, b"");
         let mut out = [0u8; 16];
@@ -355,8 +359,8 @@ mod tests {
         assert_eq!(
             out,
             [
-                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7,
-                0x55, 0x02, 0x93
+                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
+                0x02, 0x93
             ]
         );
         // Distinct keys, distinct digests; the secret changes them all.

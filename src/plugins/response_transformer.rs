@@ -322,10 +322,13 @@ pub fn is_json(content_type: &[u8]) -> bool {
 
 /// The first `Content-Encoding` value other than `identity` (which is no coding at all).
 fn encoded(resp: &ResponseHeader) -> Option<&[u8]> {
-    resp.headers.get_all(header::CONTENT_ENCODING).iter().find_map(|v| {
-        let v = v.as_bytes().trim_ascii();
-        (!v.is_empty() && !v.eq_ignore_ascii_case(b"identity")).then_some(v)
-    })
+    resp.headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .find_map(|v| {
+            let v = v.as_bytes().trim_ascii();
+            (!v.is_empty() && !v.eq_ignore_ascii_case(b"identity")).then_some(v)
+        })
 }
 
 fn content_length(resp: &ResponseHeader) -> Option<u64> {
