@@ -444,6 +444,10 @@ impl ResponseTransformer {
             return Ok(());
         }
         let route = || ctx.route().map_or("", |r| r.name.as_str());
+        let declared = content_length(resp);
+        if declared == Some(0) {
+            return Ok(());
+        }
         if let Some(coding) = encoded(resp) {
             // Fail closed: the rules cannot read this body, and it must not leave unmasked.
             record_refused(route(), coding);
@@ -452,9 +456,7 @@ impl ResponseTransformer {
                 "response-transformer: upstream answered with an encoded body",
             ));
         }
-        let declared = content_length(resp);
         match declared {
-            Some(0) => return Ok(()),
             Some(n) if n > self.max_body as u64 => {
                 record_skip(route(), SkipReason::TooLarge);
                 return Ok(());
