@@ -99,7 +99,8 @@ pub fn record_skip(route: &str, reason: SkipReason) {
 /// `response_transform_refused_total{route}`.
 fn record_refused(route: &str, encoding: &[u8]) {
     crate::observe::metrics::transform_refused(route);
-    tracing::warn!(
+    // Debug only: the 502 itself is logged as a failed proxy attempt, with its reason.
+    tracing::debug!(
         route,
         content_encoding = %String::from_utf8_lossy(encoding),
         "response-transformer: upstream sent an encoded body despite Accept-Encoding: identity; answered 502"
