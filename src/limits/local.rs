@@ -1,18 +1,25 @@
 //! `policy: local`: exact per-key counters of one gateway process.
 //!
 //! Keys live in a [`Sharded`] map: 64 shards, each a `parking_lot` mutex around a
-//! `hashbrown::HashTable` of `(hash, key bytes, state)`. A check hashes the key once (SipHash
-//! with a per-process random key, so clients cannot aim collisions at one bucket), locks one
-//! shard for a few dozen nanoseconds and allocates only when the key is new. Idle keys
+//! `hashbrown::HashTable` of `(digest, state)`. A key is never stored: only its 128-bit
+//! SipHash-1-3 digest under a random per-limiter secret ([`Digest`]). Clients choose keys
+//! (`limit_by: header` takes any header value, up to the request head limit), so storing
+//! them would let 20,000 requests with distinct 31 KB values pin 600 MB for a day's window;
+//! a fixed 16 bytes bounds the memory of a limiter by its key count alone, whatever clients
+//! send. The secret means clients cannot aim keys at one bucket or at one digest (a forced
+//! collision would share a count), and 128 bits make an accidental collision negligible.
+//! A check hashes the key once, locks one shard for a few dozen nanoseconds and allocates
+//! nothing (a new key may grow its shard's table). Idle keys
 //! (nothing left to remember) are swept from a shard at most every 10 s, when it gains a key.
 //! A limiter holds at most [`MAX_KEYS`] keys: a full shard drops its idle keys and an eighth
 //! of the others (amortized O(1) per new key), like NGINX's `limit_req` zone dropping old
 //! states. That can only make a limit more lenient for the dropped keys, never stricter.
+//! Memory is therefore bounded in bytes too: at most [`MAX_KEYS`] entries of a fixed size
+//! (about 80 bytes for a rate-limit key), some 20 MB per limiter at worst.
 
 use super::{decide_token, decide_windows, Decision, Limits, TokenBucket, WindowCounts, WINDOWS};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
-use std::hash::{BuildHasher, RandomState};
 
 const SHARDS: usize = 64;
 /// Most keys one limiter remembers.
@@ -34,8 +41,8 @@ struct Shard<V> {
 }
 
 struct Entry<V> {
-    hash: u64,
-    key: Box<[u8]>,
+    /// The key's digest; `digest.0` is also the table hash.
+    digest: (u64, u64),
     value: V,
 }
 
@@ -47,7 +54,7 @@ struct ShardInner<V> {
 /// A map from key bytes to `V`, split into independently locked shards.
 pub struct Sharded<V> {
     shards: Box<[Shard<V>]>,
-    hasher: RandomState,
+    hasher: Digest,
     cap_per_shard: usize,
 }
 
@@ -63,7 +70,7 @@ impl<V: Default + Idle> Sharded<V> {
             .collect();
         Sharded {
             shards,
-            hasher: RandomState::new(),
+            hasher: Digest::random(),
             cap_per_shard: max_keys.div_ceil(SHARDS).max(8),
         }
     }
@@ -71,21 +78,21 @@ impl<V: Default + Idle> Sharded<V> {
     /// Runs `f` on the entry of `key` (created empty when new) under its shard's lock.
     #[inline]
     pub fn with_entry<R>(&self, key: &[u8], now_us: u64, f: impl FnOnce(&mut V) -> R) -> R {
-        let hash = self.hasher.hash_one(key);
+        let digest = self.hasher.digest(key);
+        let hash = digest.0;
         // Bits 32..38 pick the shard: hashbrown uses the low bits (bucket) and the top 7
         // (tag), so the entries of one shard still spread over its whole table.
         let shard = &self.shards[(hash >> 32) as usize & (SHARDS - 1)];
         let mut g = shard.inner.lock();
-        if let Some(e) = g.table.find_mut(hash, |e| e.hash == hash && *e.key == *key) {
+        if let Some(e) = g.table.find_mut(hash, |e| e.digest == digest) {
             return f(&mut e.value);
         }
         g.make_room(now_us, self.cap_per_shard);
         let entry = Entry {
-            hash,
-            key: Box::from(key),
+            digest,
             value: V::default(),
         };
-        let mut slot = g.table.insert_unique(hash, entry, |e| e.hash);
+        let mut slot = g.table.insert_unique(hash, entry, |e| e.digest.0);
         f(&mut slot.get_mut().value)
     }
 
@@ -104,6 +111,95 @@ impl<V: Default + Idle> Sharded<V> {
             s.inner.lock().table.retain(|e| !e.value.idle(now_us));
         }
     }
+}
+
+/// SipHash-1-3 with a 128-bit output (the reference algorithm's `outlen = 16` variant, as
+/// rustc's `SipHasher128`) under a secret key. One pass over the key bytes; the standard
+/// library only offers 64-bit outputs.
+#[derive(Clone)]
+pub struct Digest {
+    k0: u64,
+    k1: u64,
+}
+
+impl Digest {
+    /// A digest under a fresh random secret (per limiter, never leaves the process).
+    pub fn random() -> Digest {
+        Digest {
+            k0: rand::random(),
+            k1: rand::random(),
+        }
+    }
+
+    /// The 128-bit digest of `key`.
+    #[inline]
+    pub fn digest(&self, key: &[u8]) -> (u64, u64) {
+        sip::<1, 3, true>(self.k0, self.k1, key)
+    }
+}
+
+#[inline(always)]
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
+/// SipHash-C-D: with `WIDE` the 128-bit output as `(first 8 bytes, last 8 bytes)` in
+/// little-endian words, otherwise the 64-bit output and 0.
+#[inline]
+fn sip<const C: usize, const D: usize, const WIDE: bool>(
+    k0: u64,
+    k1: u64,
+    data: &[u8],
+) -> (u64, u64) {
+    let (tweak, end) = if WIDE { (0xee, 0xee) } else { (0, 0xff) };
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d ^ tweak,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let mut blocks = data.chunks_exact(8);
+    for b in &mut blocks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        let m = u64::from_le_bytes(w);
+        v[3] ^= m;
+        for _ in 0..C {
+            sip_round(&mut v);
+        }
+        v[0] ^= m;
+    }
+    let rest = blocks.remainder();
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    let m = u64::from_le_bytes(w) | ((data.len() as u64) << 56);
+    v[3] ^= m;
+    for _ in 0..C {
+        sip_round(&mut v);
+    }
+    v[0] ^= m;
+    v[2] ^= end;
+    for _ in 0..D {
+        sip_round(&mut v);
+    }
+    let a = v[0] ^ v[1] ^ v[2] ^ v[3];
+    if !WIDE {
+        return (a, 0);
+    }
+    v[1] ^= 0xdd;
+    for _ in 0..D {
+        sip_round(&mut v);
+    }
+    (a, v[0] ^ v[1] ^ v[2] ^ v[3])
 }
 
 impl<V: Idle> ShardInner<V> {
@@ -236,6 +332,44 @@ impl LocalStore {
 mod tests {
     use super::*;
     use crate::limits::Limits;
+
+    /// The reference implementation's first 128-bit vector (SipHash-2-4, key 00..0f, empty
+    /// input), and agreement of the rounds and tail handling with the standard library's
+    /// SipHash-2-4 (64-bit output) on every length up to three blocks.
+    #[test]
+    #[allow(deprecated)]
+    fn siphash_reference_vector_and_std() {
+        use std::hash::Hasher;
+        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
+        let input: Vec<u8> = (0u8..24).collect();
+        for n in 0..=input.len() {
+            let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+            h.write(&input[..n]);
+            assert_eq!(
+                sip::<2, 4, false>(k0, k1, &input[..n]).0,
+                h.finish(),
+                "{n} bytes"
+            );
+        }
+        let (a, b) = sip::<2, 4, true>(k0, k1, b"");
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&a.to_le_bytes());
+        out[8..].copy_from_slice(&b.to_le_bytes());
+        assert_eq!(
+            out,
+            [
+                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
+                0x02, 0x93
+            ]
+        );
+        // Distinct keys, distinct digests; the secret changes them all.
+        let d = Digest::random();
+        let e = Digest::random();
+        assert_ne!(d.digest(b"k"), d.digest(b"k\0"));
+        assert_ne!(d.digest(b"k"), e.digest(b"k"));
+        assert_eq!(d.digest(b"k"), d.clone().digest(b"k"));
+    }
 
     const T0: u64 = 19_676 * 86_400_000_000; // a day boundary: one for every window
 

@@ -67,7 +67,7 @@ pub fn method_index(m: &http::Method) -> usize {
 /// `cache_requests_total{status}` values (the `X-Cache-Status` values of `proxy-cache`).
 pub const CACHE_STATUSES: &[&str] = &["HIT", "MISS", "STALE", "EXPIRED", "BYPASS"];
 /// `response_transform_skipped_total{reason}` values.
-pub const TRANSFORM_SKIP_REASONS: &[&str] = &["too_large", "compressed", "invalid_json"];
+pub const TRANSFORM_SKIP_REASONS: &[&str] = &["too_large", "invalid_json"];
 /// `request_transform_bodies_total{result}` values (request-transformer `json` rules).
 pub const REQUEST_BODY_RESULTS: &[&str] = &[
     "rewritten",
@@ -108,6 +108,7 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub transform_skipped: IntCounterVec,
+    pub transform_refused: IntCounterVec,
     /// `opentelemetry` export (`otel_*`); the dropped reasons resolved once.
     pub otel_spans_exported: IntCounter,
     pub otel_spans_dropped_queue_full: IntCounter,
@@ -299,8 +300,14 @@ impl Metrics {
             transform_skipped: counter_vec(
                 &r,
                 "response_transform_skipped_total",
-                "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, compressed, invalid_json).",
+                "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, invalid_json).",
                 &["route", "reason"],
+            ),
+            transform_refused: counter_vec(
+                &r,
+                "response_transform_refused_total",
+                "Upstream answers refused with 502 because their JSON body came encoded (Content-Encoding other than identity) to a route with response-transformer body rules.",
+                &["route"],
             ),
             otel_spans_exported: counter(
                 &r,
@@ -687,6 +694,7 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
             for r in TRANSFORM_SKIP_REASONS {
                 m.transform_skipped.with_label_values(&[name.as_str(), r]);
             }
+            m.transform_refused.with_label_values(&[name.as_str()]);
         }
         if plugins.iter().any(|p| p == "forward-auth") {
             forward_auth_series(name, true);
@@ -752,6 +760,7 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
             for r in TRANSFORM_SKIP_REASONS {
                 let _ = m.transform_skipped.remove_label_values(&[name.as_str(), r]);
             }
+            let _ = m.transform_refused.remove_label_values(&[name.as_str()]);
         }
         if plugins.iter().any(|p| p == "forward-auth") && !has(name, "forward-auth") {
             forward_auth_series(name, false);
@@ -903,6 +912,14 @@ pub fn transform_skipped(route: &str, reason: &str) {
     metrics()
         .transform_skipped
         .with_label_values(&[route, reason])
+        .inc();
+}
+
+/// `response_transform_refused_total{route}`: an encoded body refused with 502.
+pub fn transform_refused(route: &str) {
+    metrics()
+        .transform_refused
+        .with_label_values(&[route])
         .inc();
 }
 
