@@ -113,9 +113,8 @@ impl<V: Default + Idle> Sharded<V> {
     }
 }
 
-/// SipHash-1-3 with a 128-bit output (the reference algorithm's `outlen = 16` variant, as
-/// rustc's `SipHasher128`) under a secret key. One pass over the key bytes; the standard
-/// library only offers 64-bit outputs.
+/// SipHash-1-3 with a 128-bit output (the `siphasher` crate; the standard library only
+/// offers 64-bit outputs) under a secret key. One pass over the key bytes.
 #[derive(Clone)]
 pub struct Digest {
     k0: u64,
@@ -134,72 +133,13 @@ impl Digest {
     /// The 128-bit digest of `key`.
     #[inline]
     pub fn digest(&self, key: &[u8]) -> (u64, u64) {
-        sip::<1, 3, true>(self.k0, self.k1, key)
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(key);
+        let d = h.finish128();
+        (d.h1, d.h2)
     }
-}
-
-#[inline(always)]
-fn sip_round(v: &mut [u64; 4]) {
-    v[0] = v[0].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(13) ^ v[0];
-    v[0] = v[0].rotate_left(32);
-    v[2] = v[2].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(16) ^ v[2];
-    v[0] = v[0].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(21) ^ v[0];
-    v[2] = v[2].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(17) ^ v[2];
-    v[2] = v[2].rotate_left(32);
-}
-
-/// SipHash-C-D: with `WIDE` the 128-bit output as `(first 8 bytes, last 8 bytes)` in
-/// little-endian words, otherwise the 64-bit output and 0.
-#[inline]
-fn sip<const C: usize, const D: usize, const WIDE: bool>(
-    k0: u64,
-    k1: u64,
-    data: &[u8],
-) -> (u64, u64) {
-    let (tweak, end) = if WIDE { (0xee, 0xee) } else { (0, 0xff) };
-    let mut v = [
-        k0 ^ 0x736f_6d65_7073_6575,
-        k1 ^ 0x646f_7261_6e64_6f6d ^ tweak,
-        k0 ^ 0x6c79_6765_6e65_7261,
-        k1 ^ 0x7465_6462_7974_6573,
-    ];
-    let mut blocks = data.chunks_exact(8);
-    for b in &mut blocks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(b);
-        let m = u64::from_le_bytes(w);
-        v[3] ^= m;
-        for _ in 0..C {
-            sip_round(&mut v);
-        }
-        v[0] ^= m;
-    }
-    let rest = blocks.remainder();
-    let mut w = [0u8; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    let m = u64::from_le_bytes(w) | ((data.len() as u64) << 56);
-    v[3] ^= m;
-    for _ in 0..C {
-        sip_round(&mut v);
-    }
-    v[0] ^= m;
-    v[2] ^= end;
-    for _ in 0..D {
-        sip_round(&mut v);
-    }
-    let a = v[0] ^ v[1] ^ v[2] ^ v[3];
-    if !WIDE {
-        return (a, 0);
-    }
-    v[1] ^= 0xdd;
-    for _ in 0..D {
-        sip_round(&mut v);
-    }
-    (a, v[0] ^ v[1] ^ v[2] ^ v[3])
 }
 
 impl<V: Idle> ShardInner<V> {
@@ -333,45 +273,17 @@ mod tests {
     use super::*;
     use crate::limits::Limits;
 
-    /// The reference implementation's first 128-bit vector (SipHash-2-4, key 00..0f, empty
-    /// input), and agreement of the rounds and tail handling with the standard library's
-    /// SipHash-2-4 (64-bit output) on every length up to three blocks.
+    /// One secret gives one digest per key; another secret gives other digests (a client
+    /// cannot know which keys share a shard or collide).
     #[test]
-    #[allow(deprecated)]
-    fn siphash_reference_vector_and_std() {
-        use std::hash::Hasher;
-        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
-        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
-        let input: Vec<u8> = (0u8..24).collect();
-        for n in 0..=input.len() {
-            let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
-            h.write(&input[..n]);
-            assert_eq!(
-                sip::<2, 4, false>(k0, k1, &input[..n]).0,
-                h.finish(),
-                "{n} bytes"
-            );
-        }
-        let (a, b) = sip::<2, 4, true>(k0, k1, b"");
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&a.to_le_bytes());
-        out[8..].copy_from_slice(&b.to_le_bytes());
-        assert_eq!(
-            out,
-            [
-                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
-                0x02, 0x93
-            ]
-        );
-        // Distinct keys, distinct digests; the secret changes them all.
+    fn digests_depend_on_the_key_and_the_secret() {
         let d = Digest::random();
         let e = Digest::random();
-        assert_ne!(d.digest(b"k"), d.digest(b"k\0"));
-        assert_ne!(d.digest(b"k"), e.digest(b"k"));
-        assert_eq!(d.digest(b"k"), d.clone().digest(b"k"));
+        assert_eq!(d.digest(b"tenant-a"), d.digest(b"tenant-a"));
+        assert_ne!(d.digest(b"tenant-a"), d.digest(b"tenant-b"));
+        assert_ne!(d.digest(b"tenant-a"), e.digest(b"tenant-a"));
+        assert_ne!(d.digest(b""), d.digest(b"\0"));
     }
-
-    const T0: u64 = 19_676 * 86_400_000_000; // a day boundary: one for every window
 
     #[test]
     fn exact_count_per_key_and_window() {
