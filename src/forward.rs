@@ -68,6 +68,13 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
             .map_err(|_| errors::status_error(400, "bad path after strip_path"))?;
         req.set_uri(uri);
     }
+    // The client's Host, before it is replaced: a trusted proxy's own X-Forwarded-Host
+    // (kept by owned_headers) wins; anyone else's was dropped before routing.
+    if route.forwarded_host && !req.headers.contains_key("x-forwarded-host") {
+        if let Some(h) = req.headers.get(http::header::HOST).cloned() {
+            req.insert_header("x-forwarded-host", h)?;
+        }
+    }
     if !route.preserve_host {
         if let Some(t) = ctx.target.and_then(|i| route.upstream.targets.get(i)) {
             req.insert_header(http::header::HOST, t.addr.as_str())?;

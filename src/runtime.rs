@@ -141,6 +141,8 @@ pub struct Route {
     /// `allow_encoded_slashes`: `%2F` in the path is data this route's upstream keeps
     /// within a segment; elsewhere such a path is refused.
     pub allow_encoded_slashes: bool,
+    /// `forwarded_host`: the client's `Host` goes upstream as `X-Forwarded-Host`.
+    pub forwarded_host: bool,
     pub plugins: Chain,
     /// `protocols: [https]`: how plain HTTP is answered ([`crate::https_redirect`]).
     pub https_only: Option<crate::https_redirect::HttpsOnly>,

@@ -806,6 +806,7 @@ fn compile_routes(
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 allow_encoded_slashes: r.allow_encoded_slashes,
+                forwarded_host: r.forwarded_host,
                 plugins: chain,
                 https_only: crate::https_redirect::compile(c, &p, r),
                 timeout,

@@ -373,6 +373,10 @@ pub struct RawRoute {
     /// Let `%2F` through on this route (its upstream keeps it within a segment).
     #[serde(default)]
     pub allow_encoded_slashes: bool,
+    /// Send the client's `Host` upstream as `X-Forwarded-Host` (useful with
+    /// `preserve_host: false`, where the upstream's `Host` is the target's address).
+    #[serde(default)]
+    pub forwarded_host: bool,
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
