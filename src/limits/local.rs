@@ -285,6 +285,8 @@ mod tests {
         assert_ne!(d.digest(b""), d.digest(b"\0"));
     }
 
+    const T0: u64 = 19_676 * 86_400_000_000; // a day boundary: one for every window
+
     #[test]
     fn exact_count_per_key_and_window() {
         let s = LocalStore::default();
