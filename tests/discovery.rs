@@ -343,6 +343,18 @@ async fn a_dns_outage_keeps_the_last_good_addresses() {
         "{}",
         gw.stderr()
     );
+
+    // A reload that keeps the name, port and resolvers starts from the last good answer: it
+    // needs no lookup, so it succeeds while DNS is down, and traffic keeps flowing.
+    let yaml = std::fs::read_to_string(gw.config_path()).unwrap();
+    gw.write_config_yaml(&yaml.replace("    discovery:", "    retries: 2\n    discovery:"));
+    let (code, body) = gw.admin_reload().await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(gw.status_json().await["version"], 2);
+    a.reset();
+    let (st, _) = run(&gw, 5).await;
+    assert!(st.iter().all(|s| *s == 200), "{st:?}");
+    assert_eq!(a.hits(), 5);
 }
 
 #[tokio::test]

@@ -59,6 +59,9 @@ pub struct Discovery {
     pub state: Arc<DnsState>,
     /// Generation of the answer the upstream's current set was built from.
     built_from: AtomicU64,
+    /// Held while a set is rebuilt, so two rebuilds (a lookup's and the scheduler's catch-up)
+    /// cannot store an older set after a newer one. Never taken on the request path.
+    sync_lock: Mutex<()>,
 }
 
 /// Result of the last lookup, for `/status`.
@@ -278,10 +281,15 @@ impl Discovery {
 
     /// Rebuilds `up`'s target set when the last good answer is newer than the set.
     pub fn sync(&self, up: &Upstream, states: &StateRegistry) {
-        let answer = self.state.answer.lock().clone();
-        if self.built_from.swap(answer.generation, Ordering::AcqRel) == answer.generation {
-            return;
-        }
+        let _one_at_a_time = self.sync_lock.lock();
+        let answer = {
+            let a = self.state.answer.lock();
+            if self.built_from.load(Ordering::Acquire) == a.generation {
+                return;
+            }
+            a.clone()
+        };
+        self.built_from.store(answer.generation, Ordering::Release);
         let old = up.targets();
         let checked = up.health_check.is_some();
         let mut created = Vec::new();
@@ -444,6 +452,7 @@ pub fn compile(
             None,
         )),
         built_from: AtomicU64::new(0),
+        sync_lock: Mutex::new(()),
     };
     if c.error_count() > errors_before {
         return (disc, Vec::new());
