@@ -184,7 +184,13 @@ impl Runtime {
     fn target_keys(&self) -> Vec<(String, String)> {
         self.upstreams
             .iter()
-            .flat_map(|u| u.targets.iter().map(|t| (u.name.clone(), t.addr.clone())))
+            .flat_map(|u| {
+                let set = u.targets();
+                set.targets
+                    .iter()
+                    .map(|t| (u.name.clone(), t.addr.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 }
@@ -305,6 +311,7 @@ impl Shared {
         self.current.store(new.clone());
         self.states.retain(&keep);
         self.states.resilience.retain(&new);
+        self.states.discovery.retain(&new);
         crate::observe::metrics::install(&new);
         crate::plugins::proxy_cache::install(&new);
         Ok(Reloaded {

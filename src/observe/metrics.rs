@@ -622,7 +622,7 @@ impl Shape {
                 .map(|u| {
                     (
                         u.name.clone(),
-                        u.targets.iter().map(|t| t.addr.clone()).collect(),
+                        u.targets().targets.iter().map(|t| t.addr.clone()).collect(),
                         u.health_check.is_some(),
                         u.passive.is_some(),
                     )
@@ -877,7 +877,22 @@ pub fn health_check_result(upstream: &str, target: &str, ok: bool) {
         .inc();
 }
 
-/// `circuit_breaker_ejections_total{upstream,target}`: the passive breaker ejected a target.
+/// A discovered address left its upstream: its per-target series go with it (a name whose
+/// addresses keep changing would otherwise grow `/metrics` without bound).
+pub fn forget_target(upstream: &str, target: &str) {
+    let m = metrics();
+    for result in ["success", "failure"] {
+        let _ = m
+            .health_checks
+            .remove_label_values(&[upstream, target, result]);
+    }
+    let _ = m.ejections.remove_label_values(&[upstream, target]);
+    let _ = m
+        .upstream_tls_failures
+        .remove_label_values(&[upstream, target]);
+}
+
+/// `upstream_tls_handshake_failures_total{upstream,target}`: a handshake with a target failed.
 pub fn upstream_tls_failure(upstream: &str, target: &str) {
     metrics()
         .upstream_tls_failures
@@ -1121,6 +1136,58 @@ where
 // Exposition
 // ---------------------------------------------------------------------------------------------
 
+/// `upstream_dns_*`: read from the discovery state of `rt` at scrape time, so an upstream
+/// that stops using discovery leaves no series behind.
+fn discovery_families(rt: &Runtime, families: &mut Vec<prometheus::proto::MetricFamily>) {
+    use crate::upstream::discovery::LookupResult;
+    if !rt.upstreams.iter().any(|u| u.discovery.is_some()) {
+        return;
+    }
+    let lookups = IntCounterVec::new(
+        Opts::new(
+            "upstream_dns_resolutions_total",
+            "DNS lookups of upstreams with discovery, by result (ok, empty: no address, error: no answer).",
+        ),
+        &["upstream", "result"],
+    )
+    .expect("valid metric definition");
+    let addresses = IntGaugeVec::new(
+        Opts::new(
+            "upstream_dns_addresses",
+            "Addresses in the last good DNS answer of an upstream with discovery (its targets).",
+        ),
+        &["upstream"],
+    )
+    .expect("valid metric definition");
+    let age = prometheus::GaugeVec::new(
+        Opts::new(
+            "upstream_dns_answer_age_seconds",
+            "Seconds since the last good DNS answer of an upstream with discovery (grows while lookups fail).",
+        ),
+        &["upstream"],
+    )
+    .expect("valid metric definition");
+    for u in &rt.upstreams {
+        let Some(d) = &u.discovery else {
+            continue;
+        };
+        for r in LookupResult::ALL {
+            lookups
+                .with_label_values(&[u.name.as_str(), r.as_str()])
+                .inc_by(d.state.count(r));
+        }
+        addresses
+            .with_label_values(&[u.name.as_str()])
+            .set(d.state.addresses().len() as i64);
+        if let Some(a) = d.state.age_seconds() {
+            age.with_label_values(&[u.name.as_str()]).set(a);
+        }
+    }
+    families.extend(lookups.collect());
+    families.extend(addresses.collect());
+    families.extend(age.collect());
+}
+
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -1139,13 +1206,14 @@ pub fn render(rt: &Runtime) -> String {
     .expect("valid metric definition");
     let now = crate::upstream::now_ms();
     for u in &rt.upstreams {
-        for t in &u.targets {
+        for t in &u.targets().targets {
             healthy
                 .with_label_values(&[u.name.as_str(), t.addr.as_str()])
                 .set(i64::from(t.state.available(now)));
         }
     }
     families.extend(healthy.collect());
+    discovery_families(rt, &mut families);
     // Counters kept as plain atomics by the accept path (src/edge.rs), read at scrape time.
     for (name, help, v) in [
         (
