@@ -559,3 +559,146 @@ async fn a_purge_on_one_node_empties_the_entry_on_every_node() {
         );
     }
 }
+
+/// A sentinel (redis-server --sentinel) watching `master` on `master_port` as `mymaster`.
+fn sentinel(dir: &Path, master_port: u16) -> Server {
+    let port = free_port();
+    let conf = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\nsentinel auth-pass mymaster {PW}\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("sentinel-{port}.log"))).unwrap();
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server --sentinel");
+    let s = Server {
+        port,
+        child: Some(child),
+    };
+    wait_for(Duration::from_secs(10), "the sentinel to answer", || {
+        cli_noauth(port, &["ping"]).trim() == "PONG"
+    });
+    s
+}
+
+/// `redis-cli` without a password (sentinels here have none).
+fn cli_noauth(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_failover_is_followed_and_limits_hold_again() {
+    if !have_redis() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let mut master = Server::start(dir.path(), &[]);
+    let replica_of = master.port.to_string();
+    let replica = Server::start(dir.path(), &["--replicaof", "127.0.0.1", &replica_of]);
+    wait_for(Duration::from_secs(10), "the replica in sync", || {
+        cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
+    });
+    let s = sentinel(dir.path(), master.port);
+    wait_for(
+        Duration::from_secs(15),
+        "the sentinel to know the replica",
+        || {
+            cli_noauth(s.port, &["sentinel", "replicas", "mymaster"])
+                .contains(&replica.port.to_string())
+        },
+    );
+
+    let a = Backend::start("a");
+    let redis = format!(
+        "{{ sentinel: {{ master: mymaster, nodes: [\"127.0.0.1:{}\"] }}, password: \"{PW}\", timeout: 200ms }}",
+        s.port
+    );
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| {
+            Cfg::new()
+                .upstream("u", &[target(&a)], "")
+                .route("r", &["/r"], "u", &limited(5, &redis, ""))
+                .start()
+        })
+        .collect();
+    let refs: Vec<&Gateway> = gws.iter().collect();
+    let by = burst(&refs, "/r", &tenants("before", 4), 8).await;
+    assert!(by.values().all(|v| count(v, 200) == 5), "{by:?}");
+    assert!(
+        cli(master.port, &["dbsize"])
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 0,
+        "the counts live on the master"
+    );
+
+    // The master dies; the sentinel promotes the replica.
+    master.kill();
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let replica_port = replica.port.to_string();
+    loop {
+        let by = burst(&refs, "/r", &tenants("during", 2), 1).await;
+        statuses.extend(by.into_values().flatten());
+        let addr = cli_noauth(s.port, &["sentinel", "get-master-addr-by-name", "mymaster"]);
+        if addr.contains(&replica_port) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no sentinel failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failover = started.elapsed();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // Both gateways ask the sentinel again and count on the new master.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for gw in &gws {
+        while hit(gw, "/r", "probe").await.1.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "not counting again\n{}",
+                gw.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let after = tenants("after", 4);
+    let by = burst(&refs, "/r", &after, 8).await;
+    for t in &after {
+        assert_eq!(count(&by[t], 200), 5, "{t}: {:?}", by[t]);
+    }
+    assert!(cli(replica.port, &["role"]).starts_with("master"));
+    let mut errors = 0.0;
+    for gw in &gws {
+        errors += metric(gw, "rate_limit_backend_errors_total").await;
+        assert!(
+            !gw.stderr().contains(PW),
+            "the Redis password never reaches the logs"
+        );
+    }
+    assert!(errors > 0.0);
+    eprintln!("sentinel failover took {failover:?}; {errors} backend errors over both gateways");
+}
