@@ -1,6 +1,7 @@
 //! Several gateways, one fleet: `rate-limiting` `policy: redis` on a real Redis Cluster
 //! (3 masters + 3 replicas, started here on loopback ports) and on a real Sentinel set, with
-//! a master killed mid-test; `cache.purge_broadcast` over Redis pub/sub.
+//! a master killed mid-test; over TLS with a private CA; `cache.purge_broadcast` over Redis
+//! pub/sub.
 //!
 //! Each test starts its own redis-server processes in a temp dir (skipped with a notice when
 //! redis-server or redis-cli is missing; a failure when `CI=true`).
@@ -701,4 +702,92 @@ async fn sentinel_failover_is_followed_and_limits_hold_again() {
     }
     assert!(errors > 0.0);
     eprintln!("sentinel failover took {failover:?}; {errors} backend errors over both gateways");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_over_tls_trust_only_the_configured_ca() {
+    if !have_redis() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path());
+    let tls = dir.path().join("tls");
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &tls.join("server.crt").display().to_string(),
+        ])
+        .args([
+            "--tls-key-file",
+            &tls.join("server.key").display().to_string(),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &tls.join("ca.pem").display().to_string(),
+        ])
+        .args(["--tls-auth-clients", "no", "--requirepass", PW])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dir", &dir.path().display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server with TLS");
+    // Killed on drop, even when an assertion fails.
+    let _redis = Server {
+        port,
+        child: Some(child),
+    };
+    let ca = tls.join("ca.pem").display().to_string();
+    wait_for(Duration::from_secs(10), "redis-server over TLS", || {
+        cli(port, &["--tls", "--cacert", &ca, "ping"]).trim() == "PONG"
+    });
+    let a = Backend::start("a");
+    let url = format!("rediss://:{PW}@localhost:{port}/0");
+    let gw = Cfg::new()
+        .upstream("u", &[target(&a)], "")
+        .route(
+            "verified",
+            &["/v"],
+            "u",
+            &limited(
+                3,
+                &format!("{{ url: \"{url}\", ca_file: \"{ca}\", timeout: 500ms }}"),
+                "",
+            ),
+        )
+        .route(
+            "untrusted",
+            &["/n"],
+            "u",
+            &limited(3, &format!("{{ url: \"{url}\", timeout: 500ms }}"), ""),
+        )
+        .start();
+    let mut v = Vec::new();
+    for _ in 0..4 {
+        v.push(hit(&gw, "/v", "x").await);
+    }
+    let want: Vec<(u16, Option<String>)> = vec![
+        (200, Some("2".into())),
+        (200, Some("1".into())),
+        (200, Some("0".into())),
+        (429, Some("0".into())),
+    ];
+    assert_eq!(v, want, "{}", gw.stderr());
+    // The test CA is not among the system's roots: no connection, so fault_tolerant lets
+    // requests through uncounted.
+    for _ in 0..4 {
+        assert_eq!(hit(&gw, "/n", "x").await, (200, None));
+    }
+    assert!(metric(&gw, "rate_limit_backend_errors_total").await >= 1.0);
+    assert!(!gw.stderr().contains(PW));
 }
