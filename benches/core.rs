@@ -73,9 +73,11 @@ fn selection(c: &mut Criterion) {
     for up in &rt.upstreams {
         c.bench_function(&format!("select {}", up.name), |b| {
             b.iter(|| {
-                let sel = up.select(black_box(Some(ip)), 0);
+                // The set is loaded once per request (it may be swapped by DNS discovery).
+                let set = up.targets();
+                let sel = set.select(&up.cursor, black_box(Some(ip)), 0);
                 // Include the least_conn guard's cost, as a request pays it.
-                sel.map(|s| up.track(s))
+                sel.map(|s| set.track(s))
             })
         });
     }

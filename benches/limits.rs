@@ -1,8 +1,9 @@
 //! Criterion benches of the local limiter checks (what `rate-limiting` with `policy: local`
 //! and `concurrency-limiting` add to a request): sliding window (1 and 4 windows) and token
-//! bucket, on a known key ("hit") and on a key never seen before ("new key": allocation,
-//! and at the key cap an eviction); the whole plugin hook on a request; and two threads
-//! hammering one limiter (different keys, then the same key) to show shard contention.
+//! bucket, on a known key ("hit"; an IP, a tenant header, a 31 KB header) and on a key never
+//! seen before ("new key": a table insert, and at the key cap an eviction); the whole plugin
+//! hook on a request; and two threads hammering one limiter (different keys, then the same
+//! key) to show shard contention.
 //!
 //! Run: `cargo bench --bench limits` (release profile). Compare runs on the same machine only.
 
@@ -51,6 +52,18 @@ fn local(c: &mut Criterion) {
     c.bench_function("local token bucket, hit", |b| {
         b.iter(|| store.check_token(black_box(&key), &tb, now_us()))
     });
+    // `limit_by: header` keys: a tenant id, and a value at the 32 KiB head limit (the key is
+    // hashed whole, stored as a fixed-size digest).
+    let tenant = *b"htenant-3f9c2a7e-5b1d-4c8e-9a0f-12ab34cd56ef";
+    c.bench_function(
+        "local sliding window, 1 window, hit, 45-byte header key",
+        |b| b.iter(|| store.check_windows(black_box(&tenant), &one, now_us())),
+    );
+    let huge = vec![b'v'; 31_000];
+    c.bench_function(
+        "local sliding window, 1 window, hit, 31 KB header key",
+        |b| b.iter(|| store.check_windows(black_box(&huge), &one, now_us())),
+    );
 
     let fresh = LocalStore::default();
     let mut i = 0u64;

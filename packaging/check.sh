@@ -57,7 +57,11 @@ if readelf --section-headers "$work/root/usr/bin/gatehouse" | grep -q '\.debug_i
 fi
 "$work/root/usr/bin/gatehouse" --version | grep -Eq '^gatehouse [0-9.]+ \(commit [0-9a-f]+\)$' \
     || fail "--version: $("$work/root/usr/bin/gatehouse" --version)"
-"$work/root/usr/bin/gatehouse" -t -c "$work/root/etc/gatehouse/gatehouse.yaml" || fail "gatehouse -t of the shipped config"
+# As systemd runs it: RuntimeDirectory= gives $RUNTIME_DIRECTORY, which the shipped config's
+# pid_file and upgrade_sock use (their directory must exist for -t).
+mkdir -p "$work/run"
+RUNTIME_DIRECTORY="$work/run" "$work/root/usr/bin/gatehouse" -t -c "$work/root/etc/gatehouse/gatehouse.yaml" \
+    || fail "gatehouse -t of the shipped config"
 ok "control files, unit, stripped binary, shipped config valid"
 
 if [ "${CI:-}" != true ] && [ "${GATEHOUSE_PACKAGE_INSTALL:-}" != 1 ]; then

@@ -146,6 +146,7 @@ impl AdminApp {
                         None => "tcp".to_string(),
                     }),
                     "targets": health::describe(u),
+                    "discovery": u.discovery.as_ref().map(|d| d.describe()),
                 })
             })
             .collect();

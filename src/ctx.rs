@@ -1,7 +1,7 @@
 //! Per-request state: everything the phases share lives in one [`RequestCtx`].
 
 use crate::runtime::{Route, Runtime};
-use crate::upstream::{InflightGuard, Upstream};
+use crate::upstream::{InflightGuard, Target, TargetSet, Upstream};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +21,12 @@ pub struct RequestCtx {
     pub encoded_slash: bool,
     /// Upstream attempts so far (1 = first try).
     pub attempts: u32,
-    /// Targets tried by this request (bit per index in `Upstream::targets`).
+    /// Targets tried by this request (bit per index in `targets`).
     pub tried: u64,
-    /// Index of the target of the current attempt.
+    /// The upstream's target set, taken at the first attempt and kept for the retries (DNS
+    /// discovery may swap the upstream's set meanwhile).
+    pub targets: Option<Arc<TargetSet>>,
+    /// Index of the target of the current attempt in `targets`.
     pub target: Option<usize>,
     pub inflight: Option<InflightGuard>,
     pub body_bytes: u64,
@@ -88,6 +91,7 @@ impl RequestCtx {
             encoded_slash: false,
             attempts: 0,
             tried: 0,
+            targets: None,
             target: None,
             inflight: None,
             body_bytes: 0,
@@ -132,5 +136,11 @@ impl RequestCtx {
     #[inline]
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         self.route().map(|r| &r.upstream)
+    }
+
+    /// The target of the current (or last) upstream attempt.
+    #[inline]
+    pub fn selected_target(&self) -> Option<&Target> {
+        self.targets.as_ref()?.targets.get(self.target?)
     }
 }

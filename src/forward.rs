@@ -22,7 +22,8 @@ pub fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let Some(up) = ctx.upstream().cloned() else {
         return Err(errors::status_error(404, "no route"));
     };
-    let Some(sel) = up.select(ctx.client_ip, ctx.tried) else {
+    let set = ctx.targets.get_or_insert_with(|| up.targets());
+    let Some(sel) = set.select(&up.cursor, ctx.client_ip, ctx.tried) else {
         return Err(errors::status_error(503, "no healthy target"));
     };
     ctx.attempts += 1;
@@ -30,9 +31,8 @@ pub fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         ctx.tried |= 1 << sel.index;
     }
     ctx.target = Some(sel.index);
-    ctx.inflight = Some(up.track(sel));
-    let t = &up.targets[sel.index];
-    let mut peer = up.transport.peer(t);
+    ctx.inflight = Some(set.track(sel));
+    let mut peer = up.transport.peer(&set.targets[sel.index]);
     let o = &mut peer.options;
     o.connection_timeout = Some(up.timeouts.connect);
     o.read_timeout = Some(up.timeouts.read);
@@ -68,9 +68,16 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
             .map_err(|_| errors::status_error(400, "bad path after strip_path"))?;
         req.set_uri(uri);
     }
+    // The client's Host, before it is replaced: a trusted proxy's own X-Forwarded-Host
+    // (kept by owned_headers) wins; anyone else's was dropped before routing.
+    if route.forwarded_host && !req.headers.contains_key("x-forwarded-host") {
+        if let Some(h) = req.headers.get(http::header::HOST).cloned() {
+            req.insert_header("x-forwarded-host", h)?;
+        }
+    }
     if !route.preserve_host {
-        if let Some(t) = ctx.target.and_then(|i| route.upstream.targets.get(i)) {
-            req.insert_header(http::header::HOST, t.addr.as_str())?;
+        if let Some(t) = ctx.selected_target() {
+            req.insert_header(http::header::HOST, t.host.as_str())?;
         }
     }
     let peer_ip = session
@@ -134,10 +141,10 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
 }
 
 fn record_failure(ctx: &RequestCtx) {
-    let (Some(up), Some(i)) = (ctx.upstream(), ctx.target) else {
+    let (Some(up), Some(t)) = (ctx.upstream(), ctx.selected_target()) else {
         return;
     };
-    if let (Some(p), Some(t)) = (&up.passive, up.targets.get(i)) {
+    if let Some(p) = &up.passive {
         if t.state.record_failure(p) {
             crate::observe::metrics::circuit_ejection(&up.name, &t.addr);
             tracing::warn!(upstream = %up.name, target = %t.addr, "target ejected by passive circuit breaker");
@@ -185,8 +192,8 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error>
         e.etype(),
         ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
     ) {
-        if let (Some(up), Some(i)) = (ctx.upstream(), ctx.target) {
-            if let Some(t) = up.targets.get(i) {
+        if let Some(up) = ctx.upstream() {
+            if let Some(t) = ctx.selected_target() {
                 crate::observe::metrics::upstream_tls_failure(&up.name, &t.addr);
                 tracing::warn!(
                     upstream = %up.name,

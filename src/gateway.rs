@@ -13,7 +13,7 @@
 //! | `response_filter`         | `X-Cache-Status` ([`crate::plugins::proxy_cache::settle_status`]), plugins, then [`crate::plugins::response_compression::hand_off`] |
 //! | `init_downstream_modules` | [`crate::plugins::response_compression`]'s module (encodes bodies after every body filter) |
 //! | `response_filter` -> module body / done filters | [`crate::plugins::held_body`]: response-transformer's rewrite, error-responses' replacement (bodies held back until their end, `Done` included) |
-//! | `upstream_response_filter`| [`crate::forward::check_response`] (retry on 502/503/504) |
+//! | `upstream_response_filter`| [`crate::websocket::check_switch`] (a 101 must complete the handshake), [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
 //! | `logging`                 | releases the least_conn guard; [`crate::observe`]: metrics, access log |
@@ -284,6 +284,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::observe::upstream_response(ctx, upstream_response.status.as_u16());
+        // Before anything else sees it: a 101 that is not a complete handshake must not turn
+        // the client connection into a tunnel.
+        crate::websocket::check_switch(session.req_header(), upstream_response)?;
         forward::check_response(session, upstream_response, ctx)
     }
 

@@ -33,5 +33,6 @@ pub mod signals;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod websocket;
 
 pub use runtime::Shared;

@@ -140,6 +140,9 @@ impl BackgroundService for Readiness {
         }
         tracing::info!(pid = std::process::id(), "serving: every listener is bound");
         crate::sdnotify::ready();
+        // Pingora logs every background service that returns as "service '...' exited.",
+        // which reads like a failure at each start: stay until shutdown.
+        let _ = shutdown.changed().await;
     }
 }
 

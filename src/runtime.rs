@@ -141,6 +141,8 @@ pub struct Route {
     /// `allow_encoded_slashes`: `%2F` in the path is data this route's upstream keeps
     /// within a segment; elsewhere such a path is refused.
     pub allow_encoded_slashes: bool,
+    /// `forwarded_host`: the client's `Host` goes upstream as `X-Forwarded-Host`.
+    pub forwarded_host: bool,
     pub plugins: Chain,
     /// `protocols: [https]`: how plain HTTP is answered ([`crate::https_redirect`]).
     pub https_only: Option<crate::https_redirect::HttpsOnly>,
@@ -201,7 +203,13 @@ impl Runtime {
     fn target_keys(&self) -> Vec<(String, String)> {
         self.upstreams
             .iter()
-            .flat_map(|u| u.targets.iter().map(|t| (u.name.clone(), t.addr.clone())))
+            .flat_map(|u| {
+                let set = u.targets();
+                set.targets
+                    .iter()
+                    .map(|t| (u.name.clone(), t.addr.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 }
@@ -322,6 +330,7 @@ impl Shared {
         self.current.store(new.clone());
         self.states.retain(&keep);
         self.states.resilience.retain(&new);
+        self.states.discovery.retain(&new);
         crate::observe::metrics::install(&new);
         crate::plugins::proxy_cache::install(&new);
         Ok(Reloaded {

@@ -8,6 +8,7 @@
 use crate::admin::AdminApp;
 use crate::gateway::Gateway;
 use crate::runtime::Shared;
+use crate::upstream::discovery::DiscoveryScheduler;
 use crate::upstream::health::HealthScheduler;
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -62,7 +63,7 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
     let pool: usize = rt
         .upstreams
         .iter()
-        .map(|u| u.keepalive * u.targets.len())
+        .map(|u| u.keepalive * u.targets().targets.len().max(1))
         .sum();
     ServerConf {
         threads: s.threads,
@@ -145,6 +146,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     server.add_service(background_service(
         "health checks",
         HealthScheduler::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "dns discovery",
+        DiscoveryScheduler::new(shared.clone()),
     ));
     server.add_service(background_service(
         "jwks refresh",

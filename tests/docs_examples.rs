@@ -103,6 +103,15 @@ fn all_blocks() -> Vec<Block> {
 fn example_dir() -> TempDir {
     let dir = TempDir::new().unwrap();
     make_certs(dir.path());
+    // The upstream TLS examples' CA and client certificate (any matching pair will do).
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    for (from, to) in [
+        ("tls/ca.pem", "certs/internal-ca.pem"),
+        ("tls/server.crt", "certs/gateway.pem"),
+        ("tls/server.key", "certs/gateway.key"),
+    ] {
+        std::fs::copy(dir.path().join(from), dir.path().join(to)).unwrap();
+    }
     std::fs::create_dir_all(dir.path().join("keys")).unwrap();
     std::fs::write(
         dir.path().join("keys/partner.pem"),

@@ -425,7 +425,7 @@ async fn head_metrics_is_the_get_head_without_a_body() {
         .start();
     let (raw, _) = raw_request(
         gw.admin_port,
-        b"HEAD /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         Duration::from_secs(3),
     );
     let r = parse_response(&raw).expect("a response");

@@ -480,3 +480,35 @@ async fn trusted_proxy_forwarding_headers_bypass_the_cache_unless_keyed() {
     assert!(a.text().contains("a.example"), "{}", a.text());
     assert_eq!(up.hits(), 5);
 }
+
+/// `forwarded_host: true` gives the upstream the client's `Host` as `X-Forwarded-Host` (the
+/// gateway's own value, never the client's copy); without it no `X-Forwarded-Host` is sent.
+#[tokio::test]
+async fn forwarded_host_is_the_gateways_own_where_configured() {
+    let up = Backend::start("up");
+    let gw = Cfg::new()
+        .upstream("u", &[target(&up)], "")
+        .route(
+            "fh",
+            &["/fh"],
+            "u",
+            "preserve_host: false\nforwarded_host: true",
+        )
+        .route("plain", &["/plain"], "u", "preserve_host: false")
+        .start();
+
+    let r = raw_get(&gw, "/fh/x", &["X-Forwarded-Host: evil.example"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last_request().unwrap();
+    assert_eq!(
+        upstream_values(&seen, "x-forwarded-host").as_deref(),
+        Some("app.example")
+    );
+    assert_eq!(seen.header("host"), Some(up.addr().as_str()));
+
+    let r = raw_get(&gw, "/plain/x", &["X-Forwarded-Host: evil.example"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last_request().unwrap();
+    assert_eq!(upstream_values(&seen, "x-forwarded-host"), None);
+    assert_eq!(up.hits(), 2);
+}

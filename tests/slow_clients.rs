@@ -276,8 +276,10 @@ fn echo_upgrade_upstream() -> u16 {
                     }
                     head.push(b[0]);
                 }
+                // The accept for the client's key below (RFC 6455's example): the gateway
+                // only passes on a 101 that completes the handshake.
                 let _ = c.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
                 );
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = c.read(&mut buf) {
@@ -303,7 +305,7 @@ async fn upgraded_connection_outlives_header_timeout() {
     let echoed = tokio::task::spawn_blocking(move || {
         let mut s = connect(port);
         s.write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         )
         .unwrap();
         let mut head = Vec::new();

@@ -12,9 +12,8 @@ use crate::runtime::{
     AccessLog, AdminSettings, Consumer, JwtSecretSpec, Route, Runtime, Secret, ServerSettings,
     Tier, TlsSettings,
 };
-use crate::upstream::{
-    select::Selector, HealthCheck, Passive, StateRegistry, Target, Timeouts, Upstream,
-};
+use crate::upstream::{HealthCheck, Passive, StateRegistry, Target, TargetSet, Timeouts, Upstream};
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -34,6 +33,11 @@ pub struct Compiler<'a> {
 }
 
 impl Compiler<'_> {
+    /// Errors found so far.
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     pub fn error(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
             path: path.to_string(),
@@ -472,8 +476,11 @@ fn compile_upstreams(
                 ),
             );
         }
-        if u.targets.is_empty() {
-            c.error(&format!("{p}.targets"), "needs at least one target");
+        if u.targets.is_empty() && u.discovery.is_none() {
+            c.error(
+                &format!("{p}.targets"),
+                "needs at least one target (or `discovery` to take them from DNS)",
+            );
         }
         let mut primaries = Vec::new();
         let mut backups = Vec::new();
@@ -499,6 +506,7 @@ fn compile_upstreams(
             }
             let target = Target {
                 state: states.get_or_create(&u.name, &addr),
+                host: addr.clone(),
                 addr,
                 sock,
                 weight: t.weight.max(1),
@@ -577,20 +585,21 @@ fn compile_upstreams(
                 fail_timeout: pv.fail_timeout.0,
             }
         });
-        let selector = Selector::build(u.balance, &primaries);
-        let n_primaries = primaries.len();
-        primaries.extend(backups);
+        let discovery = u.discovery.as_ref().map(|d| {
+            let (disc, found) = crate::upstream::discovery::compile(c, &p, u, d, states);
+            primaries = found;
+            disc
+        });
         out.push(Arc::new(Upstream {
             name: u.name.clone(),
             balance: u.balance,
-            targets: primaries,
-            primaries: n_primaries,
+            set: ArcSwap::from_pointee(TargetSet::new(u.balance, primaries, backups)),
+            discovery,
             keepalive: u.keepalive,
             timeouts,
             retries: u.retries,
             health_check,
             passive,
-            selector,
             cursor: AtomicUsize::new(0),
             resilience: crate::resilience::compile_upstream(c, &p, u, &states.resilience),
             transport: crate::upstream::peer::compile(c, &p, u),
@@ -837,6 +846,7 @@ fn compile_routes(
                 strip_path: r.strip_path,
                 preserve_host: r.preserve_host,
                 allow_encoded_slashes: r.allow_encoded_slashes,
+                forwarded_host: r.forwarded_host,
                 plugins: chain,
                 https_only: crate::https_redirect::compile(c, &p, r),
                 timeout,

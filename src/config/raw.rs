@@ -211,7 +211,11 @@ pub struct RawUpstream {
     pub name: String,
     #[serde(default)]
     pub balance: Balance,
+    /// Fixed targets (a host name is resolved once, at load); empty with `discovery`.
+    #[serde(default)]
     pub targets: Vec<RawTarget>,
+    /// Targets from DNS, re-resolved while running (instead of `targets`).
+    pub discovery: Option<RawDiscovery>,
     #[serde(default = "default_keepalive")]
     pub keepalive: usize,
     #[serde(default)]
@@ -243,6 +247,41 @@ pub enum UpstreamProtocol {
     H2,
     /// HTTP/2 with prior knowledge over plain TCP (no `tls`).
     H2c,
+}
+
+/// `upstreams[].discovery`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// Host name whose A and AAAA records are the targets.
+    pub dns: String,
+    /// Port of every discovered target.
+    pub port: u16,
+    /// Longest wait between lookups (a shorter TTL brings the next one forward).
+    #[serde(default = "default_discovery_interval")]
+    pub interval: Dur,
+    /// Shortest wait between lookups, whatever the TTL (and the wait after a failed one).
+    #[serde(default = "default_discovery_min_interval")]
+    pub min_interval: Dur,
+    /// Time allowed for one lookup.
+    #[serde(default = "default_discovery_timeout")]
+    pub timeout: Dur,
+    /// DNS servers as `ip` or `ip:port` (empty: the system's resolv.conf).
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    /// Start (and reload) even when the name has no address yet.
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
+fn default_discovery_interval() -> Dur {
+    Dur::secs(30)
+}
+fn default_discovery_min_interval() -> Dur {
+    Dur::secs(1)
+}
+fn default_discovery_timeout() -> Dur {
+    Dur::secs(2)
 }
 
 /// `upstreams[].tls`.
@@ -402,6 +441,10 @@ pub struct RawRoute {
     /// Let `%2F` through on this route (its upstream keeps it within a segment).
     #[serde(default)]
     pub allow_encoded_slashes: bool,
+    /// Send the client's `Host` upstream as `X-Forwarded-Host` (useful with
+    /// `preserve_host: false`, where the upstream's `Host` is the target's address).
+    #[serde(default)]
+    pub forwarded_host: bool,
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,

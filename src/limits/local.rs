@@ -1,18 +1,25 @@
 //! `policy: local`: exact per-key counters of one gateway process.
 //!
 //! Keys live in a [`Sharded`] map: 64 shards, each a `parking_lot` mutex around a
-//! `hashbrown::HashTable` of `(hash, key bytes, state)`. A check hashes the key once (SipHash
-//! with a per-process random key, so clients cannot aim collisions at one bucket), locks one
-//! shard for a few dozen nanoseconds and allocates only when the key is new. Idle keys
+//! `hashbrown::HashTable` of `(digest, state)`. A key is never stored: only its 128-bit
+//! SipHash-1-3 digest under a random per-limiter secret ([`Digest`]). Clients choose keys
+//! (`limit_by: header` takes any header value, up to the request head limit), so storing
+//! them would let 20,000 requests with distinct 31 KB values pin 600 MB for a day's window;
+//! a fixed 16 bytes bounds the memory of a limiter by its key count alone, whatever clients
+//! send. The secret means clients cannot aim keys at one bucket or at one digest (a forced
+//! collision would share a count), and 128 bits make an accidental collision negligible.
+//! A check hashes the key once, locks one shard for a few dozen nanoseconds and allocates
+//! nothing (a new key may grow its shard's table). Idle keys
 //! (nothing left to remember) are swept from a shard at most every 10 s, when it gains a key.
 //! A limiter holds at most [`MAX_KEYS`] keys: a full shard drops its idle keys and an eighth
 //! of the others (amortized O(1) per new key), like NGINX's `limit_req` zone dropping old
 //! states. That can only make a limit more lenient for the dropped keys, never stricter.
+//! Memory is therefore bounded in bytes too: at most [`MAX_KEYS`] entries of a fixed size
+//! (about 80 bytes for a rate-limit key), some 20 MB per limiter at worst.
 
 use super::{decide_token, decide_windows, Decision, Limits, TokenBucket, WindowCounts, WINDOWS};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
-use std::hash::{BuildHasher, RandomState};
 
 const SHARDS: usize = 64;
 /// Most keys one limiter remembers.
@@ -34,8 +41,8 @@ struct Shard<V> {
 }
 
 struct Entry<V> {
-    hash: u64,
-    key: Box<[u8]>,
+    /// The key's digest; `digest.0` is also the table hash.
+    digest: (u64, u64),
     value: V,
 }
 
@@ -47,7 +54,7 @@ struct ShardInner<V> {
 /// A map from key bytes to `V`, split into independently locked shards.
 pub struct Sharded<V> {
     shards: Box<[Shard<V>]>,
-    hasher: RandomState,
+    hasher: Digest,
     cap_per_shard: usize,
 }
 
@@ -63,7 +70,7 @@ impl<V: Default + Idle> Sharded<V> {
             .collect();
         Sharded {
             shards,
-            hasher: RandomState::new(),
+            hasher: Digest::random(),
             cap_per_shard: max_keys.div_ceil(SHARDS).max(8),
         }
     }
@@ -71,21 +78,21 @@ impl<V: Default + Idle> Sharded<V> {
     /// Runs `f` on the entry of `key` (created empty when new) under its shard's lock.
     #[inline]
     pub fn with_entry<R>(&self, key: &[u8], now_us: u64, f: impl FnOnce(&mut V) -> R) -> R {
-        let hash = self.hasher.hash_one(key);
+        let digest = self.hasher.digest(key);
+        let hash = digest.0;
         // Bits 32..38 pick the shard: hashbrown uses the low bits (bucket) and the top 7
         // (tag), so the entries of one shard still spread over its whole table.
         let shard = &self.shards[(hash >> 32) as usize & (SHARDS - 1)];
         let mut g = shard.inner.lock();
-        if let Some(e) = g.table.find_mut(hash, |e| e.hash == hash && *e.key == *key) {
+        if let Some(e) = g.table.find_mut(hash, |e| e.digest == digest) {
             return f(&mut e.value);
         }
         g.make_room(now_us, self.cap_per_shard);
         let entry = Entry {
-            hash,
-            key: Box::from(key),
+            digest,
             value: V::default(),
         };
-        let mut slot = g.table.insert_unique(hash, entry, |e| e.hash);
+        let mut slot = g.table.insert_unique(hash, entry, |e| e.digest.0);
         f(&mut slot.get_mut().value)
     }
 
@@ -103,6 +110,35 @@ impl<V: Default + Idle> Sharded<V> {
         for s in self.shards.iter() {
             s.inner.lock().table.retain(|e| !e.value.idle(now_us));
         }
+    }
+}
+
+/// SipHash-1-3 with a 128-bit output (the `siphasher` crate; the standard library only
+/// offers 64-bit outputs) under a secret key. One pass over the key bytes.
+#[derive(Clone)]
+pub struct Digest {
+    k0: u64,
+    k1: u64,
+}
+
+impl Digest {
+    /// A digest under a fresh random secret (per limiter, never leaves the process).
+    pub fn random() -> Digest {
+        Digest {
+            k0: rand::random(),
+            k1: rand::random(),
+        }
+    }
+
+    /// The 128-bit digest of `key`.
+    #[inline]
+    pub fn digest(&self, key: &[u8]) -> (u64, u64) {
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(key);
+        let d = h.finish128();
+        (d.h1, d.h2)
     }
 }
 
@@ -236,6 +272,18 @@ impl LocalStore {
 mod tests {
     use super::*;
     use crate::limits::Limits;
+
+    /// One secret gives one digest per key; another secret gives other digests (a client
+    /// cannot know which keys share a shard or collide).
+    #[test]
+    fn digests_depend_on_the_key_and_the_secret() {
+        let d = Digest::random();
+        let e = Digest::random();
+        assert_eq!(d.digest(b"tenant-a"), d.digest(b"tenant-a"));
+        assert_ne!(d.digest(b"tenant-a"), d.digest(b"tenant-b"));
+        assert_ne!(d.digest(b"tenant-a"), e.digest(b"tenant-a"));
+        assert_ne!(d.digest(b""), d.digest(b"\0"));
+    }
 
     const T0: u64 = 19_676 * 86_400_000_000; // a day boundary: one for every window
 

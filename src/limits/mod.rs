@@ -13,7 +13,8 @@
 //! counted exactly, and the count over the last `W` is estimated as
 //! `current + ceil(previous * (W - elapsed) / W)`. A request is allowed while that estimate is
 //! below the limit. Counts are exact per key (no hashing into shared slots, unlike
-//! pingora-limits' `Rate` estimator); only the split of the previous bucket over time is
+//! pingora-limits' `Rate` estimator; keys are told apart by a 128-bit digest, see [`local`]
+//! and [`redis`]); only the split of the previous bucket over time is
 //! assumed uniform, and rounding the estimate up means a burst at the end of one bucket can
 //! never let more than `limit` requests through within any stretch of `W` that starts at the
 //! beginning of a bucket. Refused requests are not counted. `token_bucket` is GCRA (the

@@ -21,6 +21,14 @@
 //! for [`HOLD_OFF`], so an outage costs callers nothing but the decision of `fault_tolerant`.
 //! The time spent without an answer is summed in [`fallback_seconds`]. URLs and passwords
 //! are never logged: only [`RedisSpec::describe`] (hosts and ports) is.
+//!
+//! **Key names hold a digest, never the key.** Clients choose keys (`limit_by: header` takes
+//! any header value), so a name holding the value would let distinct 31 KB values fill
+//! Redis's memory for the window. The name ends with the first 16 bytes of the key's
+//! SHA-256, in hex: 32 characters whatever the key ([`full_key`]). Unlike the local policy's
+//! keyed SipHash, the digest has no secret, because every node of a fleet must compute the
+//! same name for the same client to share its count; SHA-256 is collision resistant
+//! without one, and 128 bits leave no collision to find or to stumble on.
 
 use super::{decide_token, decide_windows, now_us, Decision, Limits, TokenBucket, WindowCounts};
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -600,13 +608,19 @@ impl RedisBackend {
     }
 }
 
-/// `<prefix><algorithm>:<key>`: window counters and token-bucket times never share a name.
+/// Hex characters of a key's digest in its Redis name.
+pub const KEY_DIGEST_HEX: usize = 32;
+
+/// `<prefix><algorithm>:<hex of SHA-256(key)[..16]>`: a fixed length whatever the key, the
+/// same on every node; window counters and token-bucket times never share a name.
 fn full_key(prefix: &str, algorithm: u8, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 2 + key.len());
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key);
+    let mut k = Vec::with_capacity(prefix.len() + 2 + KEY_DIGEST_HEX);
     k.extend_from_slice(prefix.as_bytes());
     k.push(algorithm);
     k.push(b':');
-    k.extend_from_slice(key);
+    k.extend_from_slice(hex::encode(&digest[..KEY_DIGEST_HEX / 2]).as_bytes());
     k
 }
 
@@ -625,6 +639,25 @@ fn slot_tagged(key: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_names_have_a_fixed_length_and_hold_no_key() {
+        let short = full_key("p:", b'w', b"h1.2.3.4");
+        let long = full_key("p:", b'w', &[b'v'; 31_000]);
+        assert_eq!(short.len(), 4 + KEY_DIGEST_HEX);
+        assert_eq!(long.len(), short.len());
+        assert!(long.starts_with(b"p:w:"));
+        assert!(!long.windows(8).any(|w| w == b"vvvvvvvv"));
+        // The same on every node (no secret), distinct per key and per algorithm.
+        assert_eq!(full_key("p:", b'w', b"a"), full_key("p:", b'w', b"a"));
+        assert_ne!(full_key("p:", b'w', b"a"), full_key("p:", b'w', b"b"));
+        assert_ne!(full_key("p:", b'w', b"a"), full_key("p:", b't', b"a"));
+        // SHA-256("a") begins ca978112ca1bbdcafac231b39a23dc4d.
+        assert_eq!(
+            full_key("", b'w', b"a"),
+            b"w:ca978112ca1bbdcafac231b39a23dc4d".to_vec()
+        );
+    }
 
     #[test]
     fn urls_are_redacted() {

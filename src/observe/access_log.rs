@@ -243,10 +243,7 @@ pub fn format_line(
         path: redact_path(path),
         route: route.map(|r| r.name.as_str()),
         upstream: upstream.map(|u| u.name.as_str()),
-        target: upstream
-            .zip(ctx.target)
-            .and_then(|(u, i)| u.targets.get(i))
-            .map(|t| t.addr.as_str()),
+        target: ctx.selected_target().map(|t| t.addr.as_str()),
         status,
         bytes_sent: session.as_downstream().body_bytes_sent(),
         duration_ms: millis(elapsed),

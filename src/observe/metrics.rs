@@ -67,7 +67,7 @@ pub fn method_index(m: &http::Method) -> usize {
 /// `cache_requests_total{status}` values (the `X-Cache-Status` values of `proxy-cache`).
 pub const CACHE_STATUSES: &[&str] = &["HIT", "MISS", "STALE", "EXPIRED", "BYPASS"];
 /// `response_transform_skipped_total{reason}` values.
-pub const TRANSFORM_SKIP_REASONS: &[&str] = &["too_large", "compressed", "invalid_json"];
+pub const TRANSFORM_SKIP_REASONS: &[&str] = &["too_large", "invalid_json"];
 /// `request_transform_bodies_total{result}` values (request-transformer `json` rules).
 pub const REQUEST_BODY_RESULTS: &[&str] = &[
     "rewritten",
@@ -108,6 +108,7 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub transform_skipped: IntCounterVec,
+    pub transform_refused: IntCounterVec,
     /// `opentelemetry` export (`otel_*`); the dropped reasons resolved once.
     pub otel_spans_exported: IntCounter,
     pub otel_spans_dropped_queue_full: IntCounter,
@@ -299,8 +300,14 @@ impl Metrics {
             transform_skipped: counter_vec(
                 &r,
                 "response_transform_skipped_total",
-                "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, compressed, invalid_json).",
+                "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, invalid_json).",
                 &["route", "reason"],
+            ),
+            transform_refused: counter_vec(
+                &r,
+                "response_transform_refused_total",
+                "Upstream answers refused with 502 because their JSON body came encoded (Content-Encoding other than identity) to a route with response-transformer body rules.",
+                &["route"],
             ),
             otel_spans_exported: counter(
                 &r,
@@ -615,7 +622,7 @@ impl Shape {
                 .map(|u| {
                     (
                         u.name.clone(),
-                        u.targets.iter().map(|t| t.addr.clone()).collect(),
+                        u.targets().targets.iter().map(|t| t.addr.clone()).collect(),
                         u.health_check.is_some(),
                         u.passive.is_some(),
                     )
@@ -687,6 +694,7 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
             for r in TRANSFORM_SKIP_REASONS {
                 m.transform_skipped.with_label_values(&[name.as_str(), r]);
             }
+            m.transform_refused.with_label_values(&[name.as_str()]);
         }
         if plugins.iter().any(|p| p == "forward-auth") {
             forward_auth_series(name, true);
@@ -752,6 +760,7 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
             for r in TRANSFORM_SKIP_REASONS {
                 let _ = m.transform_skipped.remove_label_values(&[name.as_str(), r]);
             }
+            let _ = m.transform_refused.remove_label_values(&[name.as_str()]);
         }
         if plugins.iter().any(|p| p == "forward-auth") && !has(name, "forward-auth") {
             forward_auth_series(name, false);
@@ -868,7 +877,22 @@ pub fn health_check_result(upstream: &str, target: &str, ok: bool) {
         .inc();
 }
 
-/// `circuit_breaker_ejections_total{upstream,target}`: the passive breaker ejected a target.
+/// A discovered address left its upstream: its per-target series go with it (a name whose
+/// addresses keep changing would otherwise grow `/metrics` without bound).
+pub fn forget_target(upstream: &str, target: &str) {
+    let m = metrics();
+    for result in ["success", "failure"] {
+        let _ = m
+            .health_checks
+            .remove_label_values(&[upstream, target, result]);
+    }
+    let _ = m.ejections.remove_label_values(&[upstream, target]);
+    let _ = m
+        .upstream_tls_failures
+        .remove_label_values(&[upstream, target]);
+}
+
+/// `upstream_tls_handshake_failures_total{upstream,target}`: a handshake with a target failed.
 pub fn upstream_tls_failure(upstream: &str, target: &str) {
     metrics()
         .upstream_tls_failures
@@ -903,6 +927,14 @@ pub fn transform_skipped(route: &str, reason: &str) {
     metrics()
         .transform_skipped
         .with_label_values(&[route, reason])
+        .inc();
+}
+
+/// `response_transform_refused_total{route}`: an encoded body refused with 502.
+pub fn transform_refused(route: &str) {
+    metrics()
+        .transform_refused
+        .with_label_values(&[route])
         .inc();
 }
 
@@ -1104,6 +1136,58 @@ where
 // Exposition
 // ---------------------------------------------------------------------------------------------
 
+/// `upstream_dns_*`: read from the discovery state of `rt` at scrape time, so an upstream
+/// that stops using discovery leaves no series behind.
+fn discovery_families(rt: &Runtime, families: &mut Vec<prometheus::proto::MetricFamily>) {
+    use crate::upstream::discovery::LookupResult;
+    if !rt.upstreams.iter().any(|u| u.discovery.is_some()) {
+        return;
+    }
+    let lookups = IntCounterVec::new(
+        Opts::new(
+            "upstream_dns_resolutions_total",
+            "DNS lookups of upstreams with discovery, by result (ok, empty: no address, error: no answer).",
+        ),
+        &["upstream", "result"],
+    )
+    .expect("valid metric definition");
+    let addresses = IntGaugeVec::new(
+        Opts::new(
+            "upstream_dns_addresses",
+            "Addresses in the last good DNS answer of an upstream with discovery (its targets).",
+        ),
+        &["upstream"],
+    )
+    .expect("valid metric definition");
+    let age = prometheus::GaugeVec::new(
+        Opts::new(
+            "upstream_dns_answer_age_seconds",
+            "Seconds since the last good DNS answer of an upstream with discovery (grows while lookups fail).",
+        ),
+        &["upstream"],
+    )
+    .expect("valid metric definition");
+    for u in &rt.upstreams {
+        let Some(d) = &u.discovery else {
+            continue;
+        };
+        for r in LookupResult::ALL {
+            lookups
+                .with_label_values(&[u.name.as_str(), r.as_str()])
+                .inc_by(d.state.count(r));
+        }
+        addresses
+            .with_label_values(&[u.name.as_str()])
+            .set(d.state.addresses().len() as i64);
+        if let Some(a) = d.state.age_seconds() {
+            age.with_label_values(&[u.name.as_str()]).set(a);
+        }
+    }
+    families.extend(lookups.collect());
+    families.extend(addresses.collect());
+    families.extend(age.collect());
+}
+
 /// Content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -1122,13 +1206,14 @@ pub fn render(rt: &Runtime) -> String {
     .expect("valid metric definition");
     let now = crate::upstream::now_ms();
     for u in &rt.upstreams {
-        for t in &u.targets {
+        for t in &u.targets().targets {
             healthy
                 .with_label_values(&[u.name.as_str(), t.addr.as_str()])
                 .set(i64::from(t.state.available(now)));
         }
     }
     families.extend(healthy.collect());
+    discovery_families(rt, &mut families);
     // Counters kept as plain atomics by the accept path (src/edge.rs), read at scrape time.
     for (name, help, v) in [
         (

@@ -228,6 +228,7 @@ impl Plugin {
             Plugin::Jwt(p) => p.upstream_request(req, ctx),
             Plugin::OpenTelemetry(p) => p.upstream_request(req, ctx),
             Plugin::ForwardAuth(p) => p.upstream_request(req, ctx),
+            Plugin::ResponseTransformer(p) => p.upstream_request(req),
             Plugin::ResponseCompression(p) => p.upstream_request(req),
             _ => Ok(()),
         }

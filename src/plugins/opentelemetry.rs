@@ -745,10 +745,7 @@ pub fn encode_span(
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     let upstream = route.map(|r| &r.upstream);
-    let target = upstream
-        .zip(ctx.target)
-        .and_then(|(u, i)| u.targets.get(i))
-        .map(|t| t.addr.as_str());
+    let target = ctx.selected_target().map(|t| t.addr.as_str());
     let peer_ip = peer.map(|a| a.ip());
     let client_ip = ctx.client_ip;
     let server_error = status >= 500 && status != crate::observe::CLIENT_CLOSED;

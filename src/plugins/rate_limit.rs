@@ -4,7 +4,9 @@
 //! windows replace the plugin's; anonymous requests count by IP), the client IP, a request
 //! header (absent: by IP), the route, or one global budget. Counted in this process
 //! (`policy: local`, exact per key) or in Redis (`policy: redis`, shared by every node).
-//! See [`crate::limits`] for the algorithms.
+//! See [`crate::limits`] for the algorithms. Neither stores a key as it came (a header value
+//! may be 32 KiB): both keep a fixed-size digest of it ([`crate::limits::local`],
+//! [`crate::limits::redis`]).
 //!
 //! Over the limit: 429 `rate_limit_exceeded` with `Retry-After`. Unless
 //! `hide_client_headers`, every response carries `X-RateLimit-Limit`,

@@ -13,8 +13,7 @@
 //! - a JSON rule or the envelope is configured;
 //! - the request is not `HEAD`, the status is 2xx-5xx and not 204, 206 or 304;
 //! - `Content-Type` is `application/json` or `application/*+json`;
-//! - there is no `Content-Encoding` (other than `identity`): compressed bodies pass as they
-//!   are (counted, reason `compressed`);
+//! - there is no `Content-Encoding` (other than `identity`);
 //! - `Content-Length`, when present, is not 0 and not over `max_body_bytes` (counted, reason
 //!   `too_large`).
 //!
@@ -28,6 +27,16 @@
 //! past `max_body_bytes` is emitted as it came (what was held back, then the rest streamed)
 //! and counted (`too_large`); a body that is not valid JSON leaves as it came
 //! (`invalid_json`). Nothing is ever truncated.
+//!
+//! **Compressed answers fail closed.** A rule that masks fields (`remove.json`) is only worth
+//! something if the gateway can read the body: a gzip body would carry the masked fields to
+//! the client untouched (every browser sends `Accept-Encoding: gzip`). So a route with body
+//! rules asks its upstream for the identity body (`upstream_request_filter`:
+//! `Accept-Encoding: identity`, as response-compression does; the client still gets
+//! compression from that plugin, after the rewrite), and an answer that would be rewritten
+//! but arrives with a `Content-Encoding` anyway (an upstream ignoring `Accept-Encoding`) is
+//! refused in `response_filter`: the client gets the gateway's JSON 502 instead of the body,
+//! counted in `response_transform_refused_total{route}`.
 
 use super::body_buf::Chunks;
 use super::json_rewrite::{self, Envelope, JsonRules};
@@ -41,7 +50,7 @@ use crate::plugins::Plugin;
 use crate::runtime::Runtime;
 use bytes::{Bytes, BytesMut};
 use http::header;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -57,30 +66,23 @@ use std::sync::Arc;
 pub enum SkipReason {
     /// Over `max_body_bytes` (by Content-Length, or while buffering a chunked body).
     TooLarge,
-    /// `Content-Encoding` set.
-    Compressed,
     /// Declared JSON but not valid JSON (or nested deeper than the rewriter's limit).
     InvalidJson,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 3] = [
-        SkipReason::TooLarge,
-        SkipReason::Compressed,
-        SkipReason::InvalidJson,
-    ];
+    pub const ALL: [SkipReason; 2] = [SkipReason::TooLarge, SkipReason::InvalidJson];
 
     /// The `reason` label value.
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::TooLarge => "too_large",
-            SkipReason::Compressed => "compressed",
             SkipReason::InvalidJson => "invalid_json",
         }
     }
 }
 
-static SKIPPED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static SKIPPED: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 
 /// Counts a body passed through untouched: `response_transform_skipped_total{route,reason}`.
 pub fn record_skip(route: &str, reason: SkipReason) {
@@ -90,6 +92,18 @@ pub fn record_skip(route: &str, reason: SkipReason) {
         route,
         reason = reason.as_str(),
         "response-transformer: body passed through unmodified"
+    );
+}
+
+/// Counts an answer refused because its body came encoded although rules must read it:
+/// `response_transform_refused_total{route}`.
+fn record_refused(route: &str, encoding: &[u8]) {
+    crate::observe::metrics::transform_refused(route);
+    // Debug only: the 502 itself is logged as a failed proxy attempt, with its reason.
+    tracing::debug!(
+        route,
+        content_encoding = %String::from_utf8_lossy(encoding),
+        "response-transformer: upstream sent an encoded body despite Accept-Encoding: identity; answered 502"
     );
 }
 
@@ -307,6 +321,17 @@ pub fn is_json(content_type: &[u8]) -> bool {
         || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
+/// The first `Content-Encoding` value other than `identity` (which is no coding at all).
+fn encoded(resp: &ResponseHeader) -> Option<&[u8]> {
+    resp.headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .find_map(|v| {
+            let v = v.as_bytes().trim_ascii();
+            (!v.is_empty() && !v.eq_ignore_ascii_case(b"identity")).then_some(v)
+        })
+}
+
 fn content_length(resp: &ResponseHeader) -> Option<u64> {
     let v = resp.headers.get(header::CONTENT_LENGTH)?;
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
@@ -384,6 +409,16 @@ impl ResponseTransformer {
         }
     }
 
+    /// `upstream_request_filter`: with body rules, ask for the identity body. The rules can
+    /// only read an identity body, and a compressed one must not pass unmasked (see the
+    /// module doc); response-compression compresses for the client after the rewrite.
+    pub fn upstream_request(&self, req: &mut RequestHeader) -> Result<()> {
+        if self.body {
+            req.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        Ok(())
+    }
+
     /// `response_filter`: header rules, and the decision to rewrite the body.
     pub fn response(
         &self,
@@ -410,17 +445,19 @@ impl ResponseTransformer {
             return Ok(());
         }
         let route = || ctx.route().map_or("", |r| r.name.as_str());
-        if resp
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
-        {
-            record_skip(route(), SkipReason::Compressed);
+        let declared = content_length(resp);
+        if declared == Some(0) {
             return Ok(());
         }
-        let declared = content_length(resp);
+        if let Some(coding) = encoded(resp) {
+            // Fail closed: the rules cannot read this body, and it must not leave unmasked.
+            record_refused(route(), coding);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "response-transformer: upstream answered with an encoded body",
+            ));
+        }
         match declared {
-            Some(0) => return Ok(()),
             Some(n) if n > self.max_body as u64 => {
                 record_skip(route(), SkipReason::TooLarge);
                 return Ok(());

@@ -31,14 +31,16 @@ impl HealthScheduler {
         let rt = self.shared.snapshot();
         let now = now_ms();
         for up in &rt.upstreams {
+            // The current set: addresses DNS discovery just added are checked at once.
+            let set = up.targets();
             let Some(hc) = &up.health_check else {
                 // Checks removed by a reload: the targets count as healthy again.
-                for t in &up.targets {
+                for t in &set.targets {
                     t.state.healthy.store(true, Ordering::Relaxed);
                 }
                 continue;
             };
-            for t in &up.targets {
+            for t in &set.targets {
                 let st = &t.state;
                 if st.next_check_ms.load(Ordering::Relaxed) > now
                     || st.checking.swap(true, Ordering::AcqRel)
@@ -47,7 +49,8 @@ impl HealthScheduler {
                 }
                 st.next_check_ms
                     .store(now + hc.interval.as_millis() as u64, Ordering::Relaxed);
-                let (st, hc, sock, host) = (st.clone(), hc.clone(), t.sock, t.addr.clone());
+                let (st, hc, sock) = (st.clone(), hc.clone(), t.sock);
+                let (addr, host) = (t.addr.clone(), t.host.clone());
                 let upstream = up.name.clone();
                 let tls = up
                     .transport
@@ -56,7 +59,7 @@ impl HealthScheduler {
                     .map(|x| (x.health_config(), up.transport.server_name(t).to_string()));
                 tokio::spawn(async move {
                     let ok = probe(sock, &host, &hc, tls).await;
-                    apply(&st, &hc, ok, &upstream, &host);
+                    apply(&st, &hc, ok, &upstream, &addr);
                     st.checking.store(false, Ordering::Release);
                 });
             }
@@ -154,7 +157,8 @@ impl BackgroundService for HealthScheduler {
 /// Targets of an upstream with their health, for /status.
 pub fn describe(up: &Upstream) -> Vec<serde_json::Value> {
     let now = now_ms();
-    up.targets
+    up.targets()
+        .targets
         .iter()
         .map(|t| {
             serde_json::json!({

@@ -3,13 +3,20 @@
 //! An [`Upstream`] is compiled once per config; the per-target [`TargetState`] (health,
 //! circuit breaker, in-flight count) lives in a [`StateRegistry`] keyed by
 //! `(upstream name, target addr)`, so a reload that keeps a target keeps its state.
+//!
+//! The targets themselves are a [`TargetSet`] behind an `ArcSwap`: fixed for `targets:`, and
+//! swapped whole by [`discovery`] when a DNS answer changes. A request takes the set once in
+//! `upstream_peer` and keeps it for all its attempts, so indexes stay meaningful and the
+//! request path never takes a lock.
 
 pub mod budget;
+pub mod discovery;
 pub mod health;
 pub mod peer;
 pub mod select;
 
 use crate::config::raw::Balance;
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -115,27 +122,57 @@ impl TargetState {
 
 #[derive(Debug)]
 pub struct Target {
-    /// As written in the config (shown in /status and metrics).
+    /// As written in the config, or `ip:port` of a discovered address (shown in /status and
+    /// metrics, and the key of its state).
     pub addr: String,
+    /// `host:port` sent as `Host` (unless `preserve_host`) and whose host is the TLS server
+    /// name: `addr` for a configured target, the DNS name for a discovered one.
+    pub host: String,
     pub sock: SocketAddr,
     pub weight: u32,
     pub backup: bool,
     pub state: Arc<TargetState>,
 }
 
+/// The targets of an upstream at one moment, with the schedule built for them.
+#[derive(Debug)]
+pub struct TargetSet {
+    /// Primaries first, then backups; `primaries` counts the former.
+    pub targets: Vec<Target>,
+    pub primaries: usize,
+    pub selector: select::Selector,
+}
+
+impl TargetSet {
+    pub fn new(balance: Balance, mut primaries: Vec<Target>, backups: Vec<Target>) -> TargetSet {
+        let selector = select::Selector::build(balance, &primaries);
+        let n = primaries.len();
+        primaries.extend(backups);
+        TargetSet {
+            targets: primaries,
+            primaries: n,
+            selector,
+        }
+    }
+
+    pub fn backups(&self) -> &[Target] {
+        &self.targets[self.primaries..]
+    }
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     pub balance: Balance,
-    /// Primaries first, then backups; `primaries` counts the former.
-    pub targets: Vec<Target>,
-    pub primaries: usize,
+    /// The current targets (swapped by DNS discovery; fixed otherwise).
+    pub set: ArcSwap<TargetSet>,
+    /// `discovery`: where the targets come from when they are not listed.
+    pub discovery: Option<discovery::Discovery>,
     pub keepalive: usize,
     pub timeouts: Timeouts,
     pub retries: u32,
     pub health_check: Option<HealthCheck>,
     pub passive: Option<Passive>,
-    pub selector: select::Selector,
     /// Rotating start point for round robin, the weighted schedule and tie breaks.
     pub cursor: AtomicUsize,
     /// `retry_backoff`, `retry_budget` and their counters.
@@ -145,8 +182,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn backups(&self) -> &[Target] {
-        &self.targets[self.primaries..]
+    /// The current target set (one atomic load and reference count).
+    #[inline]
+    pub fn targets(&self) -> Arc<TargetSet> {
+        self.set.load_full()
     }
 }
 
@@ -156,6 +195,8 @@ pub struct StateRegistry {
     states: Mutex<HashMap<(String, String), Arc<TargetState>>>,
     /// Retry budgets and resilience counters by upstream and route name.
     pub resilience: crate::resilience::Registry,
+    /// Last good DNS answers by upstream, kept across reloads.
+    pub discovery: discovery::Registry,
 }
 
 impl StateRegistry {
@@ -165,6 +206,30 @@ impl StateRegistry {
             .entry((upstream.to_string(), addr.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// The state of `(upstream, addr)` and whether it was made now (by `init`).
+    pub fn get_or_insert_with(
+        &self,
+        upstream: &str,
+        addr: &str,
+        init: impl FnOnce() -> TargetState,
+    ) -> (Arc<TargetState>, bool) {
+        let mut states = self.states.lock();
+        let key = (upstream.to_string(), addr.to_string());
+        if let Some(st) = states.get(&key) {
+            return (st.clone(), false);
+        }
+        let st = Arc::new(init());
+        states.insert(key, st.clone());
+        (st, true)
+    }
+
+    /// Forgets the state of one target (a discovered address that left the DNS answer).
+    pub fn forget(&self, upstream: &str, addr: &str) {
+        self.states
+            .lock()
+            .remove(&(upstream.to_string(), addr.to_string()));
     }
 
     /// Forgets targets no longer in any upstream (called after a reload is swapped in).

@@ -85,7 +85,7 @@ impl Transport {
     pub fn server_name<'a>(&'a self, t: &'a Target) -> &'a str {
         match self.tls.as_ref().and_then(|x| x.sni.as_deref()) {
             Some(s) => s,
-            None => host_of(&t.addr),
+            None => host_of(&t.host),
         }
     }
 

@@ -3,11 +3,11 @@
 //! available. Lock-free on the request path: counters are atomics, the weighted schedule is
 //! precomputed at config load.
 
-use super::{now_ms, Target, Upstream};
+use super::{now_ms, Target, TargetSet};
 use crate::config::raw::Balance;
 use pingora_ketama::{Bucket, Continuum};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Longest precomputed weighted schedule; weights are divided by their gcd first and scaled
@@ -102,7 +102,7 @@ impl Drop for InflightGuard {
     }
 }
 
-/// What `select` returns: the index of the target in `Upstream::targets`.
+/// What `select` returns: the index of the target in `TargetSet::targets`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selection {
     pub index: usize,
@@ -114,20 +114,26 @@ fn tried(mask: u64, i: usize) -> bool {
     i < 64 && mask & (1 << i) != 0
 }
 
-impl Upstream {
+impl TargetSet {
     /// Picks a target for one attempt. `tried_mask` holds targets this request already used;
     /// they are avoided while an untried one is available. `None`: no target is available.
-    pub fn select(&self, client_ip: Option<IpAddr>, tried_mask: u64) -> Option<Selection> {
+    /// `cursor` is the upstream's rotating start point (it outlives a set).
+    pub fn select(
+        &self,
+        cursor: &AtomicUsize,
+        client_ip: Option<IpAddr>,
+        tried_mask: u64,
+    ) -> Option<Selection> {
         let now = now_ms();
         let prim = &self.targets[..self.primaries];
         let ok = |i: usize| self.targets[i].state.available(now);
-        if let Some(index) = self.pick_primary(prim, client_ip, tried_mask, now) {
+        if let Some(index) = self.pick_primary(cursor, prim, client_ip, tried_mask, now) {
             return Some(Selection { index });
         }
         if !(0..self.primaries).any(ok) {
             // Backups serve only while no primary is available at all.
             let nb = self.targets.len() - self.primaries;
-            let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+            let start = cursor.fetch_add(1, Ordering::Relaxed);
             let backup = |k: usize| self.primaries + (start + k) % nb.max(1);
             return (0..nb)
                 .map(backup)
@@ -136,7 +142,7 @@ impl Upstream {
                 .map(|index| Selection { index });
         }
         // Every available primary was tried already: try one again.
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let start = cursor.fetch_add(1, Ordering::Relaxed);
         (0..self.primaries)
             .map(|k| (start + k) % self.primaries)
             .find(|i| ok(*i))
@@ -145,6 +151,7 @@ impl Upstream {
 
     fn pick_primary(
         &self,
+        cursor: &AtomicUsize,
         prim: &[Target],
         client_ip: Option<IpAddr>,
         tried_mask: u64,
@@ -157,12 +164,12 @@ impl Upstream {
         let usable = |i: usize| prim[i].state.available(now) && !tried(tried_mask, i);
         match &self.selector {
             Selector::RoundRobin => {
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                let start = cursor.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|k| (start + k) % n).find(|i| usable(*i))
             }
             Selector::Weighted(schedule) => {
                 let len = schedule.len();
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                let start = cursor.fetch_add(1, Ordering::Relaxed);
                 // Walking on along the schedule from an unusable slot keeps the remaining
                 // targets in their relative proportions.
                 (0..len)
@@ -170,7 +177,7 @@ impl Upstream {
                     .find(|i| usable(*i))
             }
             Selector::LeastConn => {
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                let start = cursor.fetch_add(1, Ordering::Relaxed);
                 let mut best: Option<(usize, u64)> = None;
                 for k in 0..n {
                     let i = (start + k) % n;

@@ -141,6 +141,7 @@ struct BackendState {
 /// 200 with `{"backend","method","path","query","headers"}`. `GET /health` answers
 /// `health_status` and counts in `health_hits` only.
 pub struct Backend {
+    ip: std::net::IpAddr,
     port: u16,
     state: Arc<BackendState>,
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -157,7 +158,19 @@ impl Backend {
     /// Start a backend named `name` on a fresh port.
     pub fn start(name: &str) -> Backend {
         let listener = StdListener::bind("127.0.0.1:0").expect("backend bind");
-        let port = listener.local_addr().unwrap().port();
+        Self::on_listener(name, listener)
+    }
+
+    /// Start a backend on `addr` (another loopback address such as `127.0.0.2:PORT`, so that
+    /// several backends share one port as DNS-discovered targets do). `None` if it is taken.
+    pub fn start_at(name: &str, addr: SocketAddr) -> Option<Backend> {
+        let listener = StdListener::bind(addr).ok()?;
+        Some(Self::on_listener(name, listener))
+    }
+
+    fn on_listener(name: &str, listener: StdListener) -> Backend {
+        let local = listener.local_addr().unwrap();
+        let (ip, port) = (local.ip(), local.port());
         let state = Arc::new(BackendState {
             name: name.to_string(),
             status: AtomicU16::new(200),
@@ -174,6 +187,7 @@ impl Backend {
             extra_headers: Mutex::new(Vec::new()),
         });
         let b = Backend {
+            ip,
             port,
             state,
             accept: Mutex::new(None),
@@ -226,9 +240,9 @@ impl Backend {
     pub fn port(&self) -> u16 {
         self.port
     }
-    /// "127.0.0.1:PORT"
+    /// "127.0.0.1:PORT" (the address it listens on)
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        SocketAddr::new(self.ip, self.port).to_string()
     }
 
     /// Status for every non-health request (default 200).
@@ -310,7 +324,7 @@ impl Backend {
     pub fn restart(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match StdListener::bind(("127.0.0.1", self.port)) {
+            match StdListener::bind((self.ip, self.port)) {
                 Ok(l) => return self.serve(l),
                 Err(e) if Instant::now() > deadline => {
                     panic!(
@@ -936,6 +950,14 @@ impl Cfg {
         for t in targets {
             s.push_str(&format!("      - {t}\n"));
         }
+        s.push_str(&indent(extra, 4));
+        self.upstreams.push(s);
+        self
+    }
+
+    /// An upstream with no `targets:` list; `extra` lines go at its level (`discovery: ...`).
+    pub fn upstream_untargeted(mut self, name: &str, extra: &str) -> Cfg {
+        let mut s = format!("  - name: {name}\n");
         s.push_str(&indent(extra, 4));
         self.upstreams.push(s);
         self
