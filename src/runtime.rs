@@ -152,6 +152,24 @@ pub struct Route {
     pub owned_headers: crate::owned_headers::OwnedHeaders,
 }
 
+/// `cache:`: settings of the proxy-cache stores as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub purge_broadcast: Option<PurgeBroadcast>,
+}
+
+/// `cache.purge_broadcast`: admin purges are published on `channel` of the Redis at `url`,
+/// and every node subscribed there applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeBroadcast {
+    /// May hold a password: never logged (see `addr`).
+    pub url: Secret,
+    /// The URL without credentials, for logs and `/status`.
+    pub addr: String,
+    pub channel: String,
+    pub timeout: Duration,
+}
+
 /// One compiled config generation.
 #[derive(Debug)]
 pub struct Runtime {
@@ -169,6 +187,7 @@ pub struct Runtime {
     /// The global plugins alone: what runs for requests that match no route (404) and
     /// decorates the gateway's own answers to them.
     pub global_plugins: Chain,
+    pub cache: CacheSettings,
 }
 
 impl Runtime {

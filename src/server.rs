@@ -172,6 +172,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         crate::process::Readiness::new(&rt, opts.daemon),
     ));
     server.add_service(background_service(
+        "cache purge broadcast",
+        crate::cache::broadcast::Subscriber::new(shared.clone()),
+    ));
+    server.add_service(background_service(
         "config reload signal",
         ReloadOnSighup { shared },
     ));

@@ -28,6 +28,7 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("WEB_JWT_SECRET", "docs-example-secret-0123456789abcdef"),
     ("ADMIN_TOKEN", "docs-example-admin-token"),
     ("OTEL_TOKEN", "docs-example-otel-token"),
+    ("REDIS_PASSWORD", "docs-example-redis-password"),
 ];
 
 #[derive(Debug)]

@@ -8,6 +8,7 @@
 //! entry), and one `CacheLock` per distinct `lock_timeout`. Both sets are bounded by the
 //! configs ever loaded; a store no route uses any more is emptied, not freed.
 
+pub mod broadcast;
 pub mod key;
 pub mod store;
 
@@ -223,6 +224,7 @@ pub async fn purge_endpoint(
             serde_json::json!({"error": "not_found", "message": format!("no route named {:?}", req.route)}),
         );
     }
+    let mut normalized: Option<(String, Option<String>)> = None;
     let purged = match &req.path {
         None => purge(&req.route, None, None),
         Some(p) => {
@@ -237,12 +239,26 @@ pub async fn purge_endpoint(
                 return bad("path has an invalid percent-encoding".into());
             };
             let query = query.map(key::normalize_query);
-            purge(&req.route, Some(&path), query.as_deref())
+            let n = purge(&req.route, Some(&path), query.as_deref());
+            normalized = Some((path.to_string(), query.map(|q| q.to_string())));
+            n
         }
     };
     tracing::info!(route = %req.route, path = ?req.path, purged, "cache purge via admin API");
-    (
-        StatusCode::OK,
-        serde_json::json!({"purged": purged, "route": req.route, "path": req.path}),
-    )
+    let mut answer = serde_json::json!({"purged": purged, "route": req.route, "path": req.path});
+    if let Some(b) = &rt.cache.purge_broadcast {
+        // The same purge, validated and normalized, for every other node.
+        let (path, query) = match &normalized {
+            Some((p, q)) => (Some(p.as_str()), q.as_deref()),
+            None => (None, None),
+        };
+        answer["broadcast"] = match broadcast::publish(b, &req.route, path, query).await {
+            Ok(receivers) => serde_json::json!({"sent": true, "receivers": receivers}),
+            Err(e) => {
+                tracing::warn!(redis = %b.addr, "cache purge broadcast failed: {e}; other nodes keep their copies");
+                serde_json::json!({"sent": false, "error": e})
+            }
+        };
+    }
+    (StatusCode::OK, answer)
 }

@@ -161,6 +161,7 @@ pub fn compile(
     };
     let server = compile_server(&mut c, &raw.server);
     let admin = compile_admin(&mut c, &raw.admin);
+    let cache = compile_cache(&mut c, &raw.cache);
     let upstreams = compile_upstreams(&mut c, &raw.upstreams, states);
     let consumers = compile_consumers(&mut c, &raw);
     let tiers: BTreeMap<String, Tier> = raw
@@ -205,7 +206,37 @@ pub fn compile(
         routes,
         router,
         global_plugins,
+        cache,
     })
+}
+
+fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::runtime::CacheSettings {
+    let purge_broadcast = raw.purge_broadcast.as_ref().and_then(|b| {
+        let mut ok = true;
+        if ::redis::Client::open(b.url.as_str()).is_err() {
+            // Never echo the URL: it may hold a password.
+            c.error(
+                "cache.purge_broadcast.url",
+                "invalid Redis URL (expected redis://[user:password@]host[:port][/db])",
+            );
+            ok = false;
+        }
+        if b.channel.is_empty() {
+            c.error("cache.purge_broadcast.channel", "must not be empty");
+            ok = false;
+        }
+        if b.timeout.0.is_zero() {
+            c.error("cache.purge_broadcast.timeout", "must be greater than 0");
+            ok = false;
+        }
+        ok.then(|| crate::runtime::PurgeBroadcast {
+            url: Secret::new(b.url.clone()),
+            addr: crate::limits::redis::redact_url(&b.url),
+            channel: b.channel.clone(),
+            timeout: b.timeout.0,
+        })
+    });
+    crate::runtime::CacheSettings { purge_broadcast }
 }
 
 fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {

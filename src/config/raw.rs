@@ -18,6 +18,35 @@ pub struct RawConfig {
     pub tiers: BTreeMap<String, RawTier>,
     pub routes: Vec<RawRoute>,
     pub plugins: Vec<RawPlugin>,
+    /// Extension: settings of the proxy-cache stores as a whole.
+    pub cache: RawCache,
+}
+
+/// `cache:` (extension).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    /// A Redis whose pub/sub channel carries admin purges to every node.
+    pub purge_broadcast: Option<RawPurgeBroadcast>,
+}
+
+/// `cache.purge_broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPurgeBroadcast {
+    pub url: String,
+    #[serde(default = "default_purge_channel")]
+    pub channel: String,
+    #[serde(default = "default_purge_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_purge_channel() -> String {
+    "gatehouse:cache:purge".into()
+}
+
+fn default_purge_timeout() -> Dur {
+    Dur::secs(1)
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,8 @@
 //! - [`local`]: exact per-key counters in a sharded map (one small mutex per shard, no global
 //!   lock), with idle keys expired and a hard cap on keys per limiter.
 //! - [`redis`]: the same algorithms as Lua scripts, one round trip per request over a
-//!   multiplexed, self-reconnecting connection.
+//!   multiplexed, self-reconnecting connection to one server, a Redis Cluster or the master
+//!   a Sentinel set names.
 //! - [`concurrency`]: exact in-flight counts with an RAII guard.
 //!
 //! **Algorithms.** `sliding_window` is the *sliding window counter*: per key and window length
@@ -34,11 +35,11 @@ use http::HeaderValue;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyStore};
 pub use local::LocalStore;
-pub use redis::{BackendError, RedisBackend};
+pub use redis::{BackendError, RedisBackend, RedisSpec, Topology};
 
 /// Microseconds since the Unix epoch, read from the monotonic clock (wall time is sampled
 /// once, so a clock step does not move windows).
@@ -396,18 +397,18 @@ impl LimiterRegistry {
         get_or_insert(&self.concurrency, id, ConcurrencyStore::default)
     }
 
-    /// The shared connection for a Redis `url` with this per-call `timeout` (one connection
-    /// per distinct url and timeout in the process).
-    pub fn redis(
-        &self,
-        client: ::redis::Client,
-        url: &str,
-        timeout: Duration,
-    ) -> Arc<RedisBackend> {
-        let id = identity(&[url, &format!("{timeout:?}")]);
-        get_or_insert(&self.redis, &id, || {
-            RedisBackend::new(client, redis::redact_url(url), timeout)
-        })
+    /// The shared connection for a Redis deployment (one per distinct spec in the process).
+    /// Fails (with a message free of secrets) on an invalid URL or address.
+    pub fn redis(&self, spec: &redis::RedisSpec) -> Result<Arc<RedisBackend>, String> {
+        let id = spec.identity();
+        let mut m = self.redis.lock();
+        if let Some(s) = m.get(&id).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        m.retain(|_, w| w.strong_count() > 0);
+        let s = Arc::new(RedisBackend::new(spec)?);
+        m.insert(id, Arc::downgrade(&s));
+        Ok(s)
     }
 
     /// Number of live stores (tests).

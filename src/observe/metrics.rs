@@ -1252,6 +1252,13 @@ pub fn render(rt: &Runtime) -> String {
             families.extend(c.collect());
         }
     }
+    if let Ok(c) = prometheus::Counter::new(
+        "rate_limit_backend_fallback_seconds_total",
+        "Time during which a rate-limit Redis backend gave no answers (from a failed call to the next answered one): requests took the fault_tolerant decision.",
+    ) {
+        c.inc_by(crate::limits::redis::fallback_seconds());
+        families.extend(c.collect());
+    }
     families.extend(crate::probe::metric_families());
     families.extend(crate::resilience::metric_families(rt));
     families.extend(super::build_info::metric_families());

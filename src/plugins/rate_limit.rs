@@ -57,16 +57,177 @@ enum PolicyKind {
     Redis,
 }
 
-#[derive(Debug, Deserialize)]
+/// `redis:`: exactly one of `url`, `cluster_nodes`, `sentinel`. Shared with
+/// `cache.purge_broadcast` (which takes `url` only).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RedisConfig {
-    url: String,
+pub struct RedisConfig {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    cluster_nodes: Option<Vec<String>>,
+    #[serde(default)]
+    sentinel: Option<SentinelConfig>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    db: i64,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    ca_file: Option<String>,
     #[serde(default = "default_timeout")]
     timeout: Dur,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: Dur,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SentinelConfig {
+    master: String,
+    nodes: Vec<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Never shows a URL or password (the URL may hold one).
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisConfig")
+    }
 }
 
 fn default_timeout() -> Dur {
     Dur(Duration::from_millis(50))
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_millis(500))
+}
+
+impl RedisConfig {
+    /// Checks the settings (errors under `path`, never echoing a secret) and describes the
+    /// deployment.
+    pub fn compile(&self, c: &mut Compiler, path: &str) -> Option<limits::RedisSpec> {
+        let mut ok = true;
+        let set = [
+            self.url.is_some(),
+            self.cluster_nodes.is_some(),
+            self.sentinel.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            c.error(path, "needs exactly one of url, cluster_nodes or sentinel");
+            return None;
+        }
+        for (k, d) in [
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+        ] {
+            if d.0.is_zero() {
+                c.error(&format!("{path}.{k}"), "must be greater than 0");
+                ok = false;
+            }
+        }
+        let topology = if let Some(url) = &self.url {
+            for (k, v) in [
+                ("username", self.username.is_some()),
+                ("password", self.password.is_some()),
+                ("tls", self.tls),
+                ("db", self.db != 0),
+            ] {
+                if v {
+                    c.error(
+                        &format!("{path}.{k}"),
+                        "applies to cluster_nodes and sentinel (a url carries its own: rediss://user:password@host:port/db)",
+                    );
+                    ok = false;
+                }
+            }
+            limits::Topology::Single { url: url.clone() }
+        } else if let Some(nodes) = &self.cluster_nodes {
+            if nodes.is_empty() {
+                c.error(
+                    &format!("{path}.cluster_nodes"),
+                    "needs at least one host:port",
+                );
+                ok = false;
+            }
+            if self.db != 0 {
+                c.error(&format!("{path}.db"), "Redis Cluster has database 0 only");
+                ok = false;
+            }
+            limits::Topology::Cluster {
+                nodes: nodes.clone(),
+            }
+        } else {
+            let s = self.sentinel.as_ref()?;
+            if s.nodes.is_empty() {
+                c.error(
+                    &format!("{path}.sentinel.nodes"),
+                    "needs at least one host:port",
+                );
+                ok = false;
+            }
+            if s.master.is_empty() {
+                c.error(
+                    &format!("{path}.sentinel.master"),
+                    "needs the master's name",
+                );
+                ok = false;
+            }
+            limits::Topology::Sentinel {
+                master: s.master.clone(),
+                nodes: s.nodes.clone(),
+                username: s.username.clone(),
+                password: s.password.clone(),
+            }
+        };
+        let ca_pem = match &self.ca_file {
+            None => None,
+            Some(f) => {
+                let is_tls = self.tls
+                    || self
+                        .url
+                        .as_deref()
+                        .is_some_and(|u| u.starts_with("rediss://"));
+                if !is_tls {
+                    c.error(
+                        &format!("{path}.ca_file"),
+                        "applies with tls: true (or a rediss:// url)",
+                    );
+                    ok = false;
+                }
+                let p = c.file(f);
+                match std::fs::read(&p) {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        c.error(
+                            &format!("{path}.ca_file"),
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let spec = limits::RedisSpec {
+            topology,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            db: self.db,
+            tls: self.tls,
+            ca_pem,
+            timeout: self.timeout.0,
+            connect_timeout: self.connect_timeout.0,
+        };
+        ok.then_some(spec)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,12 +435,9 @@ impl RateLimit {
                 None
             }
             (PolicyKind::Redis, Some(r)) => {
-                if r.timeout.0.is_zero() {
-                    c.error(&format!("{cp}.redis.timeout"), "must be greater than 0");
-                    ok = false;
-                }
-                match ::redis::Client::open(r.url.as_str()) {
-                    Ok(client) => {
+                let rp = format!("{cp}.redis");
+                match r.compile(c, &rp).map(|spec| env.limiters.redis(&spec)) {
+                    Some(Ok(conn)) => {
                         // Shared by every node configured alike: route and key settings
                         // only, so nodes agree even if their Redis URLs are spelled
                         // differently, and a changed limit keeps the counts.
@@ -290,16 +448,22 @@ impl RateLimit {
                             cfg.header_name.as_deref().unwrap_or(""),
                         ]);
                         Some(Store::Redis {
-                            conn: env.limiters.redis(client, &r.url, r.timeout.0),
+                            conn,
                             prefix: format!("gatehouse:rl:{id}:"),
                         })
                     }
-                    Err(_) => {
-                        // Never echo the URL: it may hold a password.
-                        c.error(
-                            &format!("{cp}.redis.url"),
-                            "invalid Redis URL (expected redis://[user:password@]host[:port][/db])",
-                        );
+                    Some(Err(e)) => {
+                        // Never echoes the URL: it may hold a password.
+                        let at = if r.url.is_some() {
+                            format!("{rp}.url")
+                        } else {
+                            rp
+                        };
+                        c.error(&at, e);
+                        ok = false;
+                        None
+                    }
+                    None => {
                         ok = false;
                         None
                     }
