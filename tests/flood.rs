@@ -8,18 +8,6 @@ use common::*;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// A connection from source address `from` (None: the connect itself failed).
 async fn connect_from(from: Ipv4Addr, port: u16) -> Option<tokio::net::TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4().ok()?;

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -86,45 +86,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Processes a test does not own as children (daemons, the new process of an upgrade):
-/// SIGKILLed on drop.
-#[derive(Default)]
-struct Pids(Mutex<Vec<u32>>);
-
-impl Pids {
-    fn add(&self, pid: u32) {
-        self.0.lock().unwrap().push(pid);
-    }
-}
-
-impl Drop for Pids {
-    fn drop(&mut self) {
-        for pid in self.0.lock().unwrap().iter() {
-            if alive(*pid) {
-                let _ = Command::new("kill")
-                    .args(["-s", "KILL", &pid.to_string()])
-                    .status();
-            }
-        }
-    }
-}
-
-/// Alive and not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn get(port: u16, path: &str) -> Vec<u8> {
@@ -430,7 +391,7 @@ fn pid_file_names_the_new_process_after_an_upgrade() {
     let (cfg, conf) = setup(&a, "run", "");
     let (port, admin) = (cfg.port, cfg.admin_port);
     let pid_file = cfg.dir.path().join("run/gatehouse.pid");
-    let pids = Pids::default();
+    let pids = KillOnDrop::default();
     let starter = Proc::spawn(&bin(), &conf, &["-d"], &[]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let old_pid = loop {
@@ -465,7 +426,7 @@ fn pid_file_names_the_new_process_after_an_upgrade() {
 }
 
 /// Starts `gatehouse -d`, returns (daemon pid, what the launcher wrote on its stderr).
-fn start_daemon(conf: &Path, port: u16, pid_file: &Path, pids: &Pids) -> (u32, String) {
+fn start_daemon(conf: &Path, port: u16, pid_file: &Path, pids: &KillOnDrop) -> (u32, String) {
     let mut starter = Proc::spawn(&bin(), conf, &["-d"], &[]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let pid = loop {
@@ -497,7 +458,7 @@ fn daemon_detaches_from_the_terminal() {
     std::fs::write(&conf, &yaml).unwrap();
     let port = cfg.port;
     let pid_file = cfg.dir.path().join("run/gatehouse.pid");
-    let pids = Pids::default();
+    let pids = KillOnDrop::default();
 
     let (pid, launch_err) = start_daemon(&conf, port, &pid_file, &pids);
     for n in 0..3 {
@@ -654,7 +615,7 @@ fn systemd_hears_the_new_mainpid_after_sigusr2() {
     let (port, admin) = (cfg.port, cfg.admin_port);
     let notify = Notify::new(cfg.dir.path());
     let (k, v) = notify.env();
-    let pids = Pids::default();
+    let pids = KillOnDrop::default();
     let mut old = Proc::spawn(&bin(), &conf, &[], &[(k, &v)]);
     let first = notify.next(Duration::from_secs(15));
     assert!(first.contains(&format!("MAINPID={}", old.pid())), "{first}");

@@ -175,15 +175,6 @@ async fn compressed_answer_to_a_masking_route_fails_closed() {
 // 4. Rate-limit keys cost a fixed size
 // ---------------------------------------------------------------------------------------------
 
-fn vm_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// Reads one response with a Content-Length body from a keep-alive connection: the status.
 fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
     let mut chunk = [0u8; 8192];
@@ -246,7 +237,7 @@ async fn distinct_large_rate_limit_keys_keep_memory_bounded() {
     // Warm up (connections, buffers, the limiter's tables) before the baseline.
     let warm = tenant_requests(port, 200, |i| format!("warm-{i}"));
     assert!(warm.iter().all(|&s| s == 200));
-    let before = vm_rss_kb(gw.pid);
+    let before = rss_kb(gw.pid);
 
     // 8,000 distinct 31 KB values (under the 32 KB head limit), four connections at once.
     // Stored as they came that is some 250 MB (the review measured 16 -> 678 MB for 20,000);
@@ -269,7 +260,7 @@ async fn distinct_large_rate_limit_keys_keep_memory_bounded() {
             "each distinct key is within its limit"
         );
     }
-    let after = vm_rss_kb(gw.pid);
+    let after = rss_kb(gw.pid);
     let grown_mb = after.saturating_sub(before) / 1024;
     eprintln!(
         "8,000 keys of 31 KB in {:?}: RSS {} -> {} MB",

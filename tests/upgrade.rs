@@ -245,43 +245,6 @@ async fn upgrade_hands_sockets_over_without_failed_requests() {
     );
 }
 
-/// Alive and not a zombie (a daemon is not our child: it may linger unreaped as a zombie).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Daemons started by a test: SIGKILLed on drop, whatever happened.
-struct Daemons(Mutex<Vec<u32>>);
-
-impl Daemons {
-    fn add(&self, pid: u32) {
-        self.0.lock().unwrap().push(pid);
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for pid in self.0.lock().unwrap().iter() {
-            if alive(*pid) {
-                let _ = Command::new("kill")
-                    .args(["-s", "KILL", &pid.to_string()])
-                    .status();
-            }
-        }
-    }
-}
-
 /// A daemon (`-d`, pid file): SIGUSR2 makes it start the new binary with `-u` itself and hand
 /// its sockets over; the pid file then names the new process. The daemon logs to
 /// `server.error_log`.
@@ -296,7 +259,7 @@ async fn sigusr2_daemon_upgrades_itself() {
     let dir = cfg.dir.path().to_path_buf();
     std::fs::write(dir.join("gatehouse.yaml"), cfg.yaml()).unwrap();
     let pid_file = dir.join("gatehouse.pid");
-    let daemons = Daemons(Mutex::new(Vec::new()));
+    let daemons = KillOnDrop::default();
 
     let mut starter = Proc::spawn(&dir, "daemon", &["-d"]);
     let deadline = Instant::now() + Duration::from_secs(10);
