@@ -122,6 +122,10 @@ impl Cluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * 2 {
             let port = free_port();
+            // The cluster bus defaults to port + 10000, which can be a port free_port() hands
+            // to another test running beside this one (a node then never starts): take the
+            // bus port from free_port() too (Redis 7's `cluster-port`).
+            let bus = free_port().to_string();
             let conf = dir.path().join(format!("nodes-{port}.conf"));
             nodes.push(Server::start_on(
                 port,
@@ -129,6 +133,8 @@ impl Cluster {
                 &[
                     "--cluster-enabled",
                     "yes",
+                    "--cluster-port",
+                    &bus,
                     "--cluster-config-file",
                     &conf.display().to_string(),
                     // Fast failure detection, and a replica always stands in for its master.
