@@ -1,0 +1,799 @@
+//! Several gateways, one fleet: `rate-limiting` `policy: redis` on a real Redis Cluster
+//! (3 masters + 3 replicas, started here on loopback ports) and on a real Sentinel set, with
+//! a master killed mid-test; over TLS with a private CA; `cache.purge_broadcast` over Redis
+//! pub/sub.
+//!
+//! Each test starts its own redis-server processes in a temp dir (skipped with a notice when
+//! redis-server or redis-cli is missing; a failure when `CI=true`).
+use crate::common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const PW: &str = "fleet-redis-pw";
+
+/// redis-server and redis-cli are installed (else a notice, or a panic under CI=true).
+fn have_redis() -> bool {
+    let ok = ["redis-server", "redis-cli"].iter().all(|b| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("redis-server and redis-cli are required when CI=true (apt-get install redis-server)");
+        }
+        eprintln!("NOTICE: redis-server/redis-cli not installed; skipping this test");
+    }
+    ok
+}
+
+/// `redis-cli -p port -a PW <args>`: its stdout (empty when it failed).
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-a", PW, "--no-auth-warning"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A redis-server process, killed on drop.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str]) -> Server {
+        let port = free_port();
+        Server::start_on(port, dir, args)
+    }
+
+    fn start_on(port: u16, dir: &Path, args: &[&str]) -> Server {
+        let log = std::fs::File::create(dir.join(format!("redis-{port}.log"))).unwrap();
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir.display().to_string()])
+            .args(["--requirepass", PW, "--masterauth", PW])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let s = Server {
+            port,
+            child: Some(child),
+        };
+        wait_for(Duration::from_secs(10), "redis-server to answer", || {
+            cli(port, &["ping"]).trim() == "PONG"
+        });
+        s
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of `masters` masters with one replica each, every node on loopback.
+struct Cluster {
+    nodes: Vec<Server>,
+    /// Holds the nodes' files while they run.
+    _dir: TempDir,
+}
+
+impl Cluster {
+    fn start(masters: usize) -> Cluster {
+        let dir = TempDir::new().unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..masters * 2 {
+            let port = free_port();
+            // The cluster bus defaults to port + 10000, which can be a port free_port() hands
+            // to another test running beside this one (a node then never starts): take the
+            // bus port from free_port() too (Redis 7's `cluster-port`).
+            let bus = free_port().to_string();
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            nodes.push(Server::start_on(
+                port,
+                dir.path(),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    &conf.display().to_string(),
+                    // Fast failure detection, and a replica always stands in for its master.
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ],
+            ));
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut create = vec!["--cluster", "create"];
+        create.extend(addrs.iter().map(String::as_str));
+        create.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = cli(nodes[0].port, &create);
+        assert!(out.contains("[OK] All 16384 slots covered"), "{out}");
+        let c = Cluster { nodes, _dir: dir };
+        wait_for(
+            Duration::from_secs(20),
+            "cluster_state:ok everywhere",
+            || {
+                c.nodes
+                    .iter()
+                    .all(|n| cli(n.port, &["cluster", "info"]).contains("cluster_state:ok"))
+            },
+        );
+        wait_for(Duration::from_secs(20), "replicas in sync", || {
+            c.nodes.iter().all(|n| {
+                let info = cli(n.port, &["info", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
+        c
+    }
+
+    fn seed(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.nodes[i % self.nodes.len()].port)
+    }
+
+    fn alive(&self) -> impl Iterator<Item = &Server> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// Ports of the live masters and how many keys each holds.
+    fn masters(&self) -> Vec<(u16, u64)> {
+        self.alive()
+            .filter(|n| cli(n.port, &["role"]).starts_with("master"))
+            .map(|n| {
+                let keys = cli(n.port, &["dbsize"]).trim().parse().unwrap_or(0);
+                (n.port, keys)
+            })
+            .collect()
+    }
+}
+
+/// `rate-limiting` per `X-Tenant` on Redis (flow-mapping YAML of `redis:`).
+fn limited(minute: u64, redis: &str, extra: &str) -> String {
+    format!(
+        "plugins:\n  - name: rate-limiting\n    config: {{ minute: {minute}, limit_by: header, header_name: X-Tenant, policy: redis, redis: {redis}{extra} }}"
+    )
+}
+
+fn cluster_redis(seeds: &[String]) -> String {
+    let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "{{ cluster_nodes: [{}], password: \"${{GATEHOUSE_TEST_UNSET_PW:-{PW}}}\", timeout: 200ms }}",
+        list.join(", ")
+    )
+}
+
+/// One request for `tenant` on `gw`: (status, X-RateLimit-Remaining if present).
+async fn hit(gw: &Gateway, path: &str, tenant: &str) -> (u16, Option<String>) {
+    let r = gw
+        .client
+        .get(gw.url(path))
+        .header("x-tenant", tenant)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:?}\n{}", gw.diagnostics()));
+    let remaining = r
+        .headers()
+        .get("x-ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (r.status().as_u16(), remaining)
+}
+
+/// `n` requests per tenant, all at once, spread round robin over `gws`: statuses by tenant.
+async fn burst(
+    gws: &[&Gateway],
+    path: &str,
+    tenants: &[String],
+    n: usize,
+) -> HashMap<String, Vec<u16>> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut i = 0;
+    for t in tenants {
+        for _ in 0..n {
+            let gw = gws[i % gws.len()];
+            i += 1;
+            let (client, url, t) = (gw.client.clone(), gw.url(path), t.clone());
+            set.spawn(async move {
+                let r = client
+                    .get(url)
+                    .header("x-tenant", &t)
+                    .send()
+                    .await
+                    .expect("request");
+                (t, r.status().as_u16())
+            });
+        }
+    }
+    let mut by: HashMap<String, Vec<u16>> = HashMap::new();
+    while let Some(r) = set.join_next().await {
+        let (t, s) = r.expect("task");
+        by.entry(t).or_default().push(s);
+    }
+    by
+}
+
+fn count(v: &[u16], status: u16) -> usize {
+    v.iter().filter(|s| **s == status).count()
+}
+
+async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let text = gw
+        .client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    parse_metrics(&text)
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+fn tenants(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_gateways_enforce_one_limit_on_a_redis_cluster() {
+    if !have_redis() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let a = Backend::start("a");
+    // Each gateway knows a different single seed node: the rest of the cluster is discovered.
+    let gws: Vec<Gateway> = (0..3)
+        .map(|i| {
+            Cfg::new()
+                .upstream("u", &[target(&a)], "")
+                .route(
+                    "r",
+                    &["/r"],
+                    "u",
+                    &limited(10, &cluster_redis(&[cluster.seed(i * 2)]), ""),
+                )
+                .start()
+        })
+        .collect();
+    let refs: Vec<&Gateway> = gws.iter().collect();
+
+    // 8 tenants x 25 requests at once over 3 gateways: exactly 10 per tenant pass.
+    let ts = tenants("t", 8);
+    let by = burst(&refs, "/r", &ts, 25).await;
+    for t in &ts {
+        let v = &by[t];
+        assert_eq!(count(v, 200), 10, "{t}: {v:?}");
+        assert_eq!(count(v, 429), 15, "{t}: {v:?}");
+    }
+    assert_eq!(
+        a.hits(),
+        80,
+        "the upstream saw exactly the allowed requests"
+    );
+
+    // The limits' keys are spread over the masters (one slot per tenant's limit), and
+    // every gateway counted through the cluster (no fallback).
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    let holding = masters.iter().filter(|(_, k)| *k > 0).count();
+    assert!(holding >= 2, "keys on one master only: {masters:?}");
+    for gw in &gws {
+        assert_eq!(metric(gw, "rate_limit_backend_errors_total").await, 0.0);
+        let log = gw.stderr();
+        assert!(
+            !log.contains(PW),
+            "the Redis password never reaches the logs"
+        );
+    }
+    // Headers count down in one sequence whichever gateway answers.
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        seen.push(hit(&gws[i % 3], "/r", "solo").await);
+    }
+    let want: Vec<(u16, Option<String>)> = ["9", "8", "7", "6"]
+        .iter()
+        .map(|r| (200, Some(r.to_string())))
+        .collect();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_cluster_master_fails_over_without_5xx_and_limits_hold_again() {
+    if !have_redis() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let a = Backend::start("a");
+    let seeds: Vec<String> = (0..6).map(|i| cluster.seed(i)).collect();
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| {
+            Cfg::new()
+                .upstream("u", &[target(&a)], "")
+                .route("r", &["/r"], "u", &limited(10, &cluster_redis(&seeds), ""))
+                .start()
+        })
+        .collect();
+    let refs: Vec<&Gateway> = gws.iter().collect();
+
+    let before = tenants("before", 8);
+    let by = burst(&refs, "/r", &before, 3).await;
+    assert!(by.values().all(|v| count(v, 200) == 3), "{by:?}");
+
+    // Kill a master that holds some of these limits.
+    let (victim, keys) = cluster
+        .masters()
+        .into_iter()
+        .max_by_key(|(_, k)| *k)
+        .expect("a master");
+    assert!(keys > 0);
+    let idx = cluster.nodes.iter().position(|n| n.port == victim).unwrap();
+    cluster.nodes[idx].kill();
+
+    // Traffic through the failover: fault_tolerant lets it through, never a 5xx.
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let survivor = cluster.alive().next().unwrap().port;
+    loop {
+        let by = burst(&refs, "/r", &before, 1).await;
+        statuses.extend(by.into_values().flatten());
+        let promoted = cluster.masters().len() == 3;
+        let ok = cli(survivor, &["cluster", "info"]).contains("cluster_state:ok");
+        if promoted && ok {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failover = started.elapsed();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+
+    // The gateways find the promoted replica: every tenant of the dead master is counted
+    // again (headers come back) on both gateways.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for gw in &gws {
+        for t in &before {
+            while hit(gw, "/r", t).await.1.is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{t} not counted again\n{}",
+                    gw.stderr()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Fresh limits hold exactly again across both gateways.
+    let after = tenants("after", 8);
+    let by = burst(&refs, "/r", &after, 15).await;
+    for t in &after {
+        assert_eq!(count(&by[t], 200), 10, "{t}: {:?}", by[t]);
+    }
+    // The outage was counted: errors and time on the fallback.
+    let mut errors = 0.0;
+    let mut fallback = 0.0;
+    for gw in &gws {
+        errors += metric(gw, "rate_limit_backend_errors_total").await;
+        fallback += metric(gw, "rate_limit_backend_fallback_seconds_total").await;
+    }
+    assert!(
+        errors > 0.0,
+        "requests to the dead master failed over to the fallback"
+    );
+    assert!(
+        fallback > 0.0 && fallback < 2.0 * (failover.as_secs_f64() + 16.0),
+        "fallback {fallback} s for a failover of {failover:?}"
+    );
+    eprintln!("failover took {failover:?}; {errors} backend errors, {fallback:.2} s on the fallback over both gateways");
+}
+
+/// GET `path` on `gw`: its X-Cache-Status.
+async fn cache_status(gw: &Gateway, path: &str) -> String {
+    let r = gw
+        .client
+        .get(gw.url(path))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:?}\n{}", gw.diagnostics()));
+    assert_eq!(r.status(), 200, "{}", gw.stderr());
+    r.headers()
+        .get("x-cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn purge(gw: &Gateway, body: &str) -> (u16, serde_json::Value) {
+    let r = gw
+        .client
+        .post(gw.admin_url("/cache/purge"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST /cache/purge");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_on_one_node_empties_the_entry_on_every_node() {
+    if !have_redis() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let mut redis = Server::start(dir.path(), &[]);
+    let b = Backend::start("b");
+    let top = format!(
+        "cache:\n  purge_broadcast:\n    url: \"redis://:{PW}@127.0.0.1:{}/0\"\n    channel: test-purges\n",
+        redis.port
+    );
+    let node = || {
+        Cfg::new()
+            .upstream("u", &[target(&b)], "retries: 0")
+            .route(
+                "c",
+                &["/c"],
+                "u",
+                "plugins:\n  - name: proxy-cache\n    config: { ttl: 60s }",
+            )
+            .top(&top)
+            .start()
+    };
+    let (na, nb) = (node(), node());
+    // Both nodes subscribed before anything is purged.
+    wait_for(Duration::from_secs(10), "two subscribers", || {
+        cli(redis.port, &["pubsub", "numsub", "test-purges"]).contains("\n2")
+    });
+    for gw in [&na, &nb] {
+        for p in ["/c/1", "/c/2"] {
+            assert_eq!(cache_status(gw, p).await, "MISS");
+            assert_eq!(cache_status(gw, p).await, "HIT");
+        }
+    }
+    assert_eq!(b.hits(), 4);
+
+    // A purge of one path on node A: A drops it, and B within a second.
+    let (s, v) = purge(&na, r#"{"route": "c", "path": "/c/1"}"#).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["purged"], 1, "{v}");
+    assert_eq!(v["broadcast"]["sent"], true, "{v}");
+    assert_eq!(v["broadcast"]["receivers"], 2, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let st = cache_status(&nb, "/c/1").await;
+        if st == "MISS" {
+            break;
+        }
+        assert_eq!(st, "HIT");
+        assert!(
+            Instant::now() < deadline,
+            "node B still serves /c/1 from its cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.hits(), 5, "node B fetched /c/1 again, once");
+    assert_eq!(cache_status(&na, "/c/1").await, "MISS");
+    assert_eq!(b.hits(), 6);
+    for gw in [&na, &nb] {
+        assert_eq!(cache_status(gw, "/c/2").await, "HIT", "other paths stay");
+    }
+
+    // A whole-route purge from B reaches A.
+    let (s, v) = purge(&nb, r#"{"route": "c"}"#).await;
+    assert_eq!(
+        (s, &v["broadcast"]["sent"]),
+        (200, &Value::Bool(true)),
+        "{v}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while cache_status(&na, "/c/2").await == "HIT" {
+        assert!(Instant::now() < deadline, "node A still serves /c/2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Redis gone: the purge still applies locally and says the broadcast failed.
+    redis.kill();
+    assert_eq!(
+        cache_status(&na, "/c/1").await,
+        "MISS",
+        "the route purge covered it"
+    );
+    assert_eq!(cache_status(&na, "/c/1").await, "HIT");
+    let (s, v) = purge(&na, r#"{"route": "c", "path": "/c/1"}"#).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["purged"], 1, "{v}");
+    assert_eq!(v["broadcast"]["sent"], false, "{v}");
+    assert_eq!(cache_status(&na, "/c/1").await, "MISS");
+    for gw in [&na, &nb] {
+        assert!(
+            !gw.stderr().contains(PW),
+            "the Redis password never reaches the logs"
+        );
+    }
+}
+
+/// A sentinel (redis-server --sentinel) watching `master` on `master_port` as `mymaster`.
+fn sentinel(dir: &Path, master_port: u16) -> Server {
+    let port = free_port();
+    let conf = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\nsentinel auth-pass mymaster {PW}\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("sentinel-{port}.log"))).unwrap();
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server --sentinel");
+    let s = Server {
+        port,
+        child: Some(child),
+    };
+    wait_for(Duration::from_secs(10), "the sentinel to answer", || {
+        cli_noauth(port, &["ping"]).trim() == "PONG"
+    });
+    s
+}
+
+/// `redis-cli` without a password (sentinels here have none).
+fn cli_noauth(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_failover_is_followed_and_limits_hold_again() {
+    if !have_redis() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let mut master = Server::start(dir.path(), &[]);
+    let replica_of = master.port.to_string();
+    let replica = Server::start(dir.path(), &["--replicaof", "127.0.0.1", &replica_of]);
+    wait_for(Duration::from_secs(10), "the replica in sync", || {
+        cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
+    });
+    let s = sentinel(dir.path(), master.port);
+    wait_for(
+        Duration::from_secs(15),
+        "the sentinel to know the replica",
+        || {
+            cli_noauth(s.port, &["sentinel", "replicas", "mymaster"])
+                .contains(&replica.port.to_string())
+        },
+    );
+
+    let a = Backend::start("a");
+    let redis = format!(
+        "{{ sentinel: {{ master: mymaster, nodes: [\"127.0.0.1:{}\"] }}, password: \"{PW}\", timeout: 200ms }}",
+        s.port
+    );
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| {
+            Cfg::new()
+                .upstream("u", &[target(&a)], "")
+                .route("r", &["/r"], "u", &limited(5, &redis, ""))
+                .start()
+        })
+        .collect();
+    let refs: Vec<&Gateway> = gws.iter().collect();
+    let by = burst(&refs, "/r", &tenants("before", 4), 8).await;
+    assert!(by.values().all(|v| count(v, 200) == 5), "{by:?}");
+    assert!(
+        cli(master.port, &["dbsize"])
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 0,
+        "the counts live on the master"
+    );
+
+    // The master dies; the sentinel promotes the replica.
+    master.kill();
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let replica_port = replica.port.to_string();
+    loop {
+        let by = burst(&refs, "/r", &tenants("during", 2), 1).await;
+        statuses.extend(by.into_values().flatten());
+        let addr = cli_noauth(s.port, &["sentinel", "get-master-addr-by-name", "mymaster"]);
+        if addr.contains(&replica_port) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no sentinel failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failover = started.elapsed();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // Both gateways ask the sentinel again and count on the new master.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for gw in &gws {
+        while hit(gw, "/r", "probe").await.1.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "not counting again\n{}",
+                gw.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let after = tenants("after", 4);
+    let by = burst(&refs, "/r", &after, 8).await;
+    for t in &after {
+        assert_eq!(count(&by[t], 200), 5, "{t}: {:?}", by[t]);
+    }
+    assert!(cli(replica.port, &["role"]).starts_with("master"));
+    let mut errors = 0.0;
+    for gw in &gws {
+        errors += metric(gw, "rate_limit_backend_errors_total").await;
+        assert!(
+            !gw.stderr().contains(PW),
+            "the Redis password never reaches the logs"
+        );
+    }
+    assert!(errors > 0.0);
+    eprintln!("sentinel failover took {failover:?}; {errors} backend errors over both gateways");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_over_tls_trust_only_the_configured_ca() {
+    if !have_redis() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path());
+    let tls = dir.path().join("tls");
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &tls.join("server.crt").display().to_string(),
+        ])
+        .args([
+            "--tls-key-file",
+            &tls.join("server.key").display().to_string(),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &tls.join("ca.pem").display().to_string(),
+        ])
+        .args(["--tls-auth-clients", "no", "--requirepass", PW])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dir", &dir.path().display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server with TLS");
+    // Killed on drop, even when an assertion fails.
+    let _redis = Server {
+        port,
+        child: Some(child),
+    };
+    let ca = tls.join("ca.pem").display().to_string();
+    wait_for(Duration::from_secs(10), "redis-server over TLS", || {
+        cli(port, &["--tls", "--cacert", &ca, "ping"]).trim() == "PONG"
+    });
+    let a = Backend::start("a");
+    let url = format!("rediss://:{PW}@localhost:{port}/0");
+    let gw = Cfg::new()
+        .upstream("u", &[target(&a)], "")
+        .route(
+            "verified",
+            &["/v"],
+            "u",
+            &limited(
+                3,
+                &format!("{{ url: \"{url}\", ca_file: \"{ca}\", timeout: 500ms }}"),
+                "",
+            ),
+        )
+        .route(
+            "untrusted",
+            &["/n"],
+            "u",
+            &limited(3, &format!("{{ url: \"{url}\", timeout: 500ms }}"), ""),
+        )
+        .start();
+    let mut v = Vec::new();
+    for _ in 0..4 {
+        v.push(hit(&gw, "/v", "x").await);
+    }
+    let want: Vec<(u16, Option<String>)> = vec![
+        (200, Some("2".into())),
+        (200, Some("1".into())),
+        (200, Some("0".into())),
+        (429, Some("0".into())),
+    ];
+    assert_eq!(v, want, "{}", gw.stderr());
+    // The test CA is not among the system's roots: no connection, so fault_tolerant lets
+    // requests through uncounted.
+    for _ in 0..4 {
+        assert_eq!(hit(&gw, "/n", "x").await, (200, None));
+    }
+    assert!(metric(&gw, "rate_limit_backend_errors_total").await >= 1.0);
+    assert!(!gw.stderr().contains(PW));
+}

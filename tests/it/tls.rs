@@ -1,0 +1,127 @@
+//! HTTPS listeners: rustls with a certificate generated here (rcgen), HTTP/2 by ALPN,
+//! X-Forwarded-Proto https to a plain-HTTP upstream, and `min_version`.
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn https_client(ca_pem: &str, max_tls12: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .no_proxy()
+        .timeout(Duration::from_secs(10));
+    if max_tls12 {
+        b = b.max_tls_version(reqwest::tls::Version::TLS_1_2);
+    }
+    b.build().unwrap()
+}
+
+fn tls_cfg(backend: &Backend, tls_port: u16, min_version: &str) -> (Cfg, String) {
+    let cfg = Cfg::new();
+    let ca = make_certs(cfg.dir.path());
+    let cfg = cfg
+        // cert and key relative to the config file
+        .server(&format!(
+            "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key\n  min_version: \"{min_version}\""
+        ))
+        .upstream("u", &[target(backend)], "")
+        .route("r", &["/t"], "u", "");
+    (cfg, ca)
+}
+
+#[tokio::test]
+async fn https_through_the_gateway_negotiates_h2() {
+    let a = Backend::start("a");
+    let tls_port = free_port();
+    let (cfg, ca) = tls_cfg(&a, tls_port, "1.2");
+    let gw = cfg.start();
+
+    let c = https_client(&ca, false);
+    let r = c
+        .get(format!("https://localhost:{tls_port}/t/x?q=1"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("HTTPS request failed: {e:?}\n{}", gw.stderr()));
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.version(),
+        reqwest::Version::HTTP_2,
+        "h2 not negotiated by ALPN"
+    );
+    let body = r.text().await.unwrap();
+    assert_eq!(backend_of(&body), "a");
+    let seen = a.last_request().unwrap();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.uri, "/t/x?q=1");
+
+    // several requests multiplexed on the one h2 connection
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.get(format!("https://127.0.0.1:{tls_port}/t/{i}"))
+                .send()
+                .await
+                .map(|r| (r.status().as_u16(), r.version()))
+        }));
+    }
+    for t in tasks {
+        let (s, v) = t.await.unwrap().expect("h2 request");
+        assert_eq!((s, v), (200, reqwest::Version::HTTP_2));
+    }
+
+    // TLS 1.2 is accepted at the default min_version
+    let r = https_client(&ca, true)
+        .get(format!("https://localhost:{tls_port}/t"))
+        .send()
+        .await
+        .expect("TLS 1.2 client at min_version 1.2");
+    assert_eq!(r.status().as_u16(), 200);
+
+    // the plain listener still says http
+    let (s, _) = gw.send(gw.client.get(gw.url("/t"))).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        a.last_request().unwrap().header("x-forwarded-proto"),
+        Some("http")
+    );
+
+    // the gateway's own answers over TLS too
+    let r = c
+        .get(format!("https://localhost:{tls_port}/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_error_body(&r.text().await.unwrap(), "not_found");
+}
+
+#[tokio::test]
+async fn min_version_13_refuses_tls12_clients() {
+    let a = Backend::start("a");
+    let tls_port = free_port();
+    let (cfg, ca) = tls_cfg(&a, tls_port, "1.3");
+    let gw = cfg.start();
+
+    let err = https_client(&ca, true)
+        .get(format!("https://localhost:{tls_port}/t"))
+        .send()
+        .await;
+    assert!(
+        err.is_err(),
+        "TLS 1.2-only client accepted at min_version 1.3"
+    );
+    assert_eq!(a.hits(), 0);
+
+    let r = https_client(&ca, false)
+        .get(format!("https://localhost:{tls_port}/t"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("TLS 1.3 client refused: {e:?}\n{}", gw.stderr()));
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(a.hits(), 1);
+    assert!(gw.exited().is_none());
+}
