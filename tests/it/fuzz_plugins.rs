@@ -11,6 +11,8 @@
 //! - the cache key builder never panics, ignores the order of query parameters (same-name
 //!   parameters keep their relative order) and never shares a key between two routes.
 
+use crate::common::{damage, serde_accepts, Src};
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bolero::check;
@@ -27,49 +29,6 @@ use serde_json::{Map, Value};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Reads generator decisions from fuzz bytes; zeros once they run out, so every input is a
-/// finite structure.
-struct Src<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Src<'a> {
-    fn new(b: &'a [u8]) -> Self {
-        Src { b, i: 0 }
-    }
-
-    fn u8(&mut self) -> u8 {
-        let v = self.b.get(self.i).copied().unwrap_or(0);
-        self.i += 1;
-        v
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.u8() as usize % n
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u8()).collect()
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.bytes(8).try_into().unwrap_or([0; 8]))
-    }
-
-    /// A short string from `vocab` or from arbitrary characters.
-    fn string(&mut self, vocab: &[&str]) -> String {
-        if self.u8() < 200 {
-            vocab[self.below(vocab.len())].to_string()
-        } else {
-            let n = self.below(6);
-            (0..n)
-                .map(|_| char::from_u32(self.u8() as u32 * 257 % 0x3000).unwrap_or('?'))
-                .collect()
-        }
-    }
-}
 
 // -------------------------------------------------------------------------------------------
 // JWT
@@ -560,14 +519,6 @@ fn json_rewrite_matches_reference_on_arbitrary_values() {
     });
 }
 
-/// Whether `bytes` are one UTF-8 JSON text by serde_json (escapes are checked for syntax
-/// only, like the rewriter does; `IgnoredAny` alone skips string bytes without checking
-/// their UTF-8, which the rewriter documents it refuses).
-fn serde_accepts(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes).is_ok()
-        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
-}
-
 #[test]
 fn json_rewrite_refuses_exactly_invalid_bytes() {
     let rules = JsonRules::new(&["x".into(), "a".into()], &[("b".into(), "c".into())]).unwrap();
@@ -576,18 +527,8 @@ fn json_rewrite_refuses_exactly_invalid_bytes() {
         .with_iterations(4000)
         .for_each(|(raw, seed, edits)| {
             // Raw bytes, and a valid text damaged by a few byte edits.
-            let mut damaged = serde_json::to_vec(&gen_value(&mut Src::new(seed), 0)).unwrap();
-            for (at, b) in edits.iter().take(3) {
-                let at = *at as usize % (damaged.len() + 1);
-                match b % 3 {
-                    0 => damaged.insert(at, *b),
-                    1 if at < damaged.len() => {
-                        damaged.remove(at);
-                    }
-                    _ if at < damaged.len() => damaged[at] = *b,
-                    _ => {}
-                }
-            }
+            let valid = serde_json::to_vec(&gen_value(&mut Src::new(seed), 0)).unwrap();
+            let damaged = damage(valid, edits);
             for input in [raw.as_slice(), damaged.as_slice()] {
                 let mut out = Vec::new();
                 let result = rules.rewrite(input, &mut out);

@@ -48,24 +48,6 @@ fn plugin(cfg: &str) -> String {
     format!("plugins:\n  - name: rate-limiting\n    config: {cfg}")
 }
 
-/// Value of a metric line `name{labels} value` in /metrics (0 when absent).
-async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn exact_count_per_minute_then_429_with_headers() {
     let a = Backend::start("a");
@@ -100,11 +82,8 @@ async fn exact_count_per_minute_then_429_with_headers() {
     assert_eq!(r.status, 200);
     assert!(r.h("x-ratelimit-limit").is_none());
     assert_eq!(
-        metric(
-            &gw,
-            "rate_limit_hits_total{client_id=\"anonymous\",route=\"r\"}"
-        )
-        .await,
+        gw.series_value("rate_limit_hits_total{client_id=\"anonymous\",route=\"r\"}")
+            .await,
         2.0
     );
 }
@@ -242,19 +221,13 @@ async fn consumer_tiers_apply_after_key_auth() {
     assert_eq!(call(&gw, "/open", &[]).await.status, 429);
 
     assert_eq!(
-        metric(
-            &gw,
-            "rate_limit_hits_total{client_id=\"goldie\",route=\"r\"}"
-        )
-        .await,
+        gw.series_value("rate_limit_hits_total{client_id=\"goldie\",route=\"r\"}")
+            .await,
         2.0
     );
     assert_eq!(
-        metric(
-            &gw,
-            "rate_limit_hits_total{client_id=\"plain\",route=\"r\"}"
-        )
-        .await,
+        gw.series_value("rate_limit_hits_total{client_id=\"plain\",route=\"r\"}")
+            .await,
         4.0
     );
 }

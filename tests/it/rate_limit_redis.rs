@@ -5,110 +5,13 @@
 use crate::common;
 
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "s3cret-redis-pw";
 
-/// A redis-server child process on 127.0.0.1:`port`, killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    /// Starts redis-server, or returns None (after a notice) when it is not installed.
-    fn start() -> Option<Redis> {
-        if !redis_installed() {
-            return None;
-        }
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-        };
-        r.spawn();
-        Some(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--requirepass", PASSWORD])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ping() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// AUTH + PING over a raw socket.
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let cmd = format!(
-            "*2\r\n$4\r\nAUTH\r\n${}\r\n{PASSWORD}\r\n*1\r\n$4\r\nPING\r\n",
-            PASSWORD.len()
-        );
-        if s.write_all(cmd.as_bytes()).is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 64];
-        let mut got = Vec::new();
-        while !String::from_utf8_lossy(&got).contains("PONG") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-        true
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGSTOP / SIGCONT our own child: a Redis that accepts but never answers.
-    fn freeze(&self, on: bool) {
-        let pid = self.child.as_ref().expect("running").id();
-        let sig = if on { "-STOP" } else { "-CONT" };
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {sig} {pid}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // A frozen process must be woken to die promptly.
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-        }
-        self.stop();
-    }
+/// A password-protected redis-server, or None (after a notice) when it is not installed.
+fn start_redis() -> Option<Redis> {
+    redis_installed().then(|| Redis::builder().password(PASSWORD).spawn())
 }
 
 fn redis_plugin(url: &str, extra: &str) -> String {
@@ -125,26 +28,9 @@ async fn get(gw: &Gateway, path: &str) -> reqwest::Response {
         .unwrap_or_else(|e| panic!("GET {path}: {e:?}\n{}", gw.diagnostics()))
 }
 
-async fn metric(gw: &Gateway, name: &str) -> f64 {
-    let text = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn two_gateways_share_one_limit() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = start_redis() else { return };
     let a = Backend::start("a");
     let route = redis_plugin(&redis.url(), "").replace("MINUTE", "6");
     let gw1 = Cfg::new()
@@ -189,7 +75,7 @@ async fn two_gateways_share_one_limit() {
 
 #[tokio::test]
 async fn redis_down_or_slow_fault_tolerant_passes_strict_refuses_and_recovery_counts_again() {
-    let Some(mut redis) = Redis::start() else {
+    let Some(mut redis) = start_redis() else {
         return;
     };
     let a = Backend::start("a");
@@ -222,7 +108,10 @@ async fn redis_down_or_slow_fault_tolerant_passes_strict_refuses_and_recovery_co
     };
     assert_eq!(statuses("/t", 5).await, [200, 200, 200, 429, 429]);
     assert_eq!(statuses("/s", 2).await, [200, 200]);
-    assert_eq!(metric(&gw, "rate_limit_backend_errors_total").await, 0.0);
+    assert_eq!(
+        gw.series_value("rate_limit_backend_errors_total").await,
+        0.0
+    );
 
     // Redis stops: the tolerant route lets everything through (no headers: no counts),
     // the strict one answers 503.
@@ -235,10 +124,10 @@ async fn redis_down_or_slow_fault_tolerant_passes_strict_refuses_and_recovery_co
     let r = get(&gw, "/s").await;
     assert_eq!(r.status(), 503);
     assert_error_body(&r.text().await.unwrap(), "service_unavailable");
-    assert!(metric(&gw, "rate_limit_backend_errors_total").await >= 5.0);
+    assert!(gw.series_value("rate_limit_backend_errors_total").await >= 5.0);
 
     // Redis comes back (empty: --save ''): counting resumes by itself.
-    redis.spawn();
+    redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(&gw, "/s").await.status() != 200 {
         assert!(

@@ -635,6 +635,7 @@ async fn http2_clients_get_the_same_rewrite() {
 // ---------------------------------------------------------------------------------------------
 
 mod fuzz {
+    use crate::common::{damage, serde_accepts, Src};
     use bolero::check;
     use gatehouse::ctx::RequestCtx;
     use gatehouse::plugins::request_body::BodyRules;
@@ -723,19 +724,6 @@ mod fuzz {
         let mut c = RequestCtx::new(rt.clone());
         c.request_id = "rid-fuzz".into();
         c
-    }
-
-    struct Src<'a>(&'a [u8], usize);
-
-    impl Src<'_> {
-        fn u8(&mut self) -> u8 {
-            let v = self.0.get(self.1).copied().unwrap_or(0);
-            self.1 += 1;
-            v
-        }
-        fn below(&mut self, n: usize) -> usize {
-            self.u8() as usize % n
-        }
     }
 
     const KEYS: &[&str] = &["a", "b", "c", "d", "e", "x"];
@@ -854,7 +842,7 @@ mod fuzz {
     fn rewrite_matches_reference_model() {
         check!().with_iterations(4000).for_each(|bytes: &[u8]| {
             let rts = runtimes();
-            let mut s = Src(bytes, 0);
+            let mut s = Src::new(bytes);
             let which = s.below(SETS.len());
             let (set, rt) = (&SETS[which], &rts[which]);
             let value = gen(&mut s, 0);
@@ -883,11 +871,6 @@ mod fuzz {
         });
     }
 
-    fn serde_accepts(bytes: &[u8]) -> bool {
-        std::str::from_utf8(bytes).is_ok()
-            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
-    }
-
     #[test]
     fn rewrite_refuses_exactly_invalid_bytes() {
         check!()
@@ -896,18 +879,8 @@ mod fuzz {
             .for_each(|(which, raw, seed, edits)| {
                 let rts = runtimes();
                 let rt = &rts[*which as usize % rts.len()];
-                let mut damaged = serde_json::to_vec(&gen(&mut Src(seed, 0), 0)).unwrap();
-                for (at, b) in edits.iter().take(3) {
-                    let at = *at as usize % (damaged.len() + 1);
-                    match b % 3 {
-                        0 => damaged.insert(at, *b),
-                        1 if at < damaged.len() => {
-                            damaged.remove(at);
-                        }
-                        _ if at < damaged.len() => damaged[at] = *b,
-                        _ => {}
-                    }
-                }
+                let valid = serde_json::to_vec(&gen(&mut Src::new(seed), 0)).unwrap();
+                let damaged = damage(valid, edits);
                 for input in [raw.as_slice(), damaged.as_slice()] {
                     let mut out = Vec::new();
                     let result = rules(rt).rewrite(input, &ctx(rt), &mut out);

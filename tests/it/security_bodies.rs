@@ -16,7 +16,6 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -285,105 +284,11 @@ async fn distinct_large_rate_limit_keys_keep_memory_bounded() {
     assert_eq!(tenant_requests(port, 3, |_| key0.clone()), [200, 200, 429]);
 }
 
-/// A redis-server child process on 127.0.0.1:`port` (no password), killed on drop.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    /// Starts redis-server, or returns None (after a notice) when it is not installed.
-    fn start() -> Option<Redis> {
-        if !redis_installed() {
-            return None;
-        }
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let r = Redis { port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while r.command(&["PING"]).is_none() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(r)
-    }
-
-    /// One command over RESP; the reply's bulk strings (a simple reply as one string).
-    fn command(&self, args: &[&str]) -> Option<Vec<Vec<u8>>> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut cmd = format!("*{}\r\n", args.len());
-        for a in args {
-            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(cmd.as_bytes()).ok()?;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 65536];
-        loop {
-            if let Some(reply) = parse_resp(&got) {
-                return Some(reply);
-            }
-            let n = s.read(&mut buf).ok()?;
-            if n == 0 {
-                return None;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A complete RESP reply: `+OK`, or an array of bulk strings. None while incomplete.
-fn parse_resp(b: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let line_end = |from: usize| {
-        b[from..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|p| from + p)
-    };
-    let end = line_end(0)?;
-    let first = std::str::from_utf8(&b[1..end]).ok()?;
-    match b[0] {
-        b'+' => Some(vec![first.as_bytes().to_vec()]),
-        b'*' => {
-            let n: usize = first.parse().ok()?;
-            let mut at = end + 2;
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                let e = line_end(at)?;
-                let len: usize = std::str::from_utf8(&b[at + 1..e]).ok()?.parse().ok()?;
-                let start = e + 2;
-                if b.len() < start + len + 2 {
-                    return None;
-                }
-                out.push(b[start..start + len].to_vec());
-                at = start + len + 2;
-            }
-            Some(out)
-        }
-        _ => panic!("unexpected RESP reply: {:?}", String::from_utf8_lossy(b)),
-    }
-}
-
 #[tokio::test]
 async fn redis_rate_limit_keys_hold_a_fixed_length_digest() {
     let Some(redis) = Redis::start() else { return };
     let a = Backend::start("a");
-    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let url = redis.url();
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
         .route(
