@@ -105,18 +105,9 @@ fn serve(
     let mut buf = Vec::new();
     loop {
         // One request head (the gateway sends no bodies in these tests).
-        let end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            let mut tmp = [0u8; 4096];
-            match c.read(&mut tmp) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
+        let Some(text) = read_head(&mut c, &mut buf) else {
+            return;
         };
-        let text = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
         let mut lines = text.split("\r\n");
         let mut first = lines.next().unwrap_or("").split_whitespace();
         let method = first.next().unwrap_or("").to_string();
@@ -1037,12 +1028,8 @@ async fn http2_clients_get_compressed_bodies_too() {
     up.fixed("/chunked", chunked(200, &[JSON], &parts, Duration::ZERO));
     up.fixed("/cached", fixed(200, &[JSON], &big));
     let tls_port = free_port();
-    let cfg = Cfg::new();
-    let ca = make_certs(cfg.dir.path());
+    let (cfg, ca) = Cfg::new().tls_listener(tls_port, "");
     let gw = cfg
-        .server(&format!(
-            "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key"
-        ))
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
         .route(
             "r",
@@ -1051,13 +1038,7 @@ async fn http2_clients_get_compressed_bodies_too() {
             "plugins:\n  - name: proxy-cache\n  - name: response-compression",
         )
         .start();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = https_client(&ca);
     for (path, ae, cache) in [
         ("/chunked", "zstd", Some("MISS")),
         ("/cached", "gzip", Some("MISS")),

@@ -43,15 +43,8 @@ struct AuthState {
 /// - anything else: 401 with `WWW-Authenticate` and an `X-Auth-Debug` header and a body that
 ///   must never reach the client
 struct AuthServer {
-    port: u16,
+    http: HttpServer,
     state: Arc<AuthState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 async fn decide(
@@ -59,16 +52,7 @@ async fn decide(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     st.calls.fetch_add(1, Ordering::SeqCst);
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(req.headers());
     let method = req.method().as_str().to_string();
     let uri = req.uri().to_string();
     let auth = req
@@ -127,12 +111,12 @@ impl AuthServer {
     fn start() -> AuthServer {
         let state = Arc::new(AuthState::default());
         let st = state.clone();
-        let (port, task) = spawn_http(move |req| decide(st.clone(), req));
-        AuthServer { port, state, task }
+        let http = HttpServer::start(move |req| decide(st.clone(), req));
+        AuthServer { http, state }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.http.url(path)
     }
 
     fn calls(&self) -> usize {
@@ -388,7 +372,7 @@ async fn timeout_down_and_odd_statuses_answer_503() {
     assert_eq!(r.status(), 503);
     let body = r.text().await.unwrap();
     assert_error_body(&body, "service_unavailable");
-    assert!(!body.contains(&auth.port.to_string()), "{body}");
+    assert!(!body.contains(&auth.http.port.to_string()), "{body}");
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
         "answered after {took:?}, the timeout is 300ms"
@@ -788,14 +772,10 @@ async fn demo_auth_service_and_demo_route() {
 async fn https_auth_service_with_ca_file() {
     // The auth service behind a second gatehouse that terminates TLS with a private CA.
     let auth = AuthServer::start();
-    let auth_addr = format!("127.0.0.1:{}", auth.port);
+    let auth_addr = format!("127.0.0.1:{}", auth.http.port);
     let tls_port = free_port();
-    let front = Cfg::new();
-    let ca = make_certs(front.dir.path());
+    let (front, ca) = Cfg::new().tls_listener(tls_port, "");
     let _front = front
-        .server(&format!(
-            "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key"
-        ))
         .upstream("auth", &[target_addr(&auth_addr)], "")
         .route("auth", &["/"], "auth", "")
         .start();

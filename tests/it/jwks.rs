@@ -5,9 +5,10 @@
 //! kids bounded to one fetch per `min_refresh_interval`, 401 before the first fetch, a
 //! `file:` source with reloads, alg confusion, and the key set surviving reloads while a
 //! source no config names stops being fetched.
+use crate::auth_support::pem;
 use crate::common;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -21,17 +22,6 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b = STANDARD.encode(der);
-    let mut s = format!("-----BEGIN {label}-----\n");
-    for line in b.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(line).unwrap());
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {label}-----\n"));
-    s
 }
 
 /// A key generated in the test: its signing key and its public JWK (with `kid`).

@@ -414,12 +414,8 @@ async fn every_dashboard_and_alert_query_parses_and_uses_exported_metrics() {
     let a = Backend::start("a");
     let dead = dead_addr();
     let tls_port = free_port();
-    let cfg = Cfg::new();
-    make_certs(cfg.dir.path());
+    let (cfg, _) = Cfg::new().tls_listener(tls_port, "");
     let gw = cfg
-        .server(&format!(
-            "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key"
-        ))
         .upstream("retrying", &[target_addr(&dead), target(&a)], "retries: 1")
         .upstream(
             "down",

@@ -595,22 +595,12 @@ routes:
 async fn http2_clients_get_the_same_rewrite() {
     let b = Backend::start("b");
     let tls_port = free_port();
-    let cfg = Cfg::new();
-    let ca = make_certs(cfg.dir.path());
+    let (cfg, ca) = Cfg::new().tls_listener(tls_port, "");
     let gw = cfg
-        .server(&format!(
-            "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key"
-        ))
         .upstream("u", &[target(&b)], "")
         .route("r", &["/api"], "u", PLUGINS)
         .start();
-    let c = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let c = https_client(&ca);
     for size in [10usize, 100 * 1024] {
         let sent = json!({"pad": "q".repeat(size), "password": "p"});
         let resp = c

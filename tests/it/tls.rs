@@ -2,16 +2,10 @@
 //! X-Forwarded-Proto https to a plain-HTTP upstream, and `min_version`.
 use crate::common;
 
-use std::time::Duration;
-
 use common::*;
 
-fn https_client(ca_pem: &str, max_tls12: bool) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .no_proxy()
-        .timeout(Duration::from_secs(10));
+fn client(ca_pem: &str, max_tls12: bool) -> reqwest::Client {
+    let mut b = https_client_builder(ca_pem);
     if max_tls12 {
         b = b.max_tls_version(reqwest::tls::Version::TLS_1_2);
     }
@@ -19,13 +13,9 @@ fn https_client(ca_pem: &str, max_tls12: bool) -> reqwest::Client {
 }
 
 fn tls_cfg(backend: &Backend, tls_port: u16, min_version: &str) -> (Cfg, String) {
-    let cfg = Cfg::new();
-    let ca = make_certs(cfg.dir.path());
+    // cert and key relative to the config file
+    let (cfg, ca) = Cfg::new().tls_listener(tls_port, &format!("min_version: \"{min_version}\""));
     let cfg = cfg
-        // cert and key relative to the config file
-        .server(&format!(
-            "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key\n  min_version: \"{min_version}\""
-        ))
         .upstream("u", &[target(backend)], "")
         .route("r", &["/t"], "u", "");
     (cfg, ca)
@@ -38,7 +28,7 @@ async fn https_through_the_gateway_negotiates_h2() {
     let (cfg, ca) = tls_cfg(&a, tls_port, "1.2");
     let gw = cfg.start();
 
-    let c = https_client(&ca, false);
+    let c = client(&ca, false);
     let r = c
         .get(format!("https://localhost:{tls_port}/t/x?q=1"))
         .send()
@@ -73,7 +63,7 @@ async fn https_through_the_gateway_negotiates_h2() {
     }
 
     // TLS 1.2 is accepted at the default min_version
-    let r = https_client(&ca, true)
+    let r = client(&ca, true)
         .get(format!("https://localhost:{tls_port}/t"))
         .send()
         .await
@@ -105,7 +95,7 @@ async fn min_version_13_refuses_tls12_clients() {
     let (cfg, ca) = tls_cfg(&a, tls_port, "1.3");
     let gw = cfg.start();
 
-    let err = https_client(&ca, true)
+    let err = client(&ca, true)
         .get(format!("https://localhost:{tls_port}/t"))
         .send()
         .await;
@@ -115,7 +105,7 @@ async fn min_version_13_refuses_tls12_clients() {
     );
     assert_eq!(a.hits(), 0);
 
-    let r = https_client(&ca, false)
+    let r = client(&ca, false)
         .get(format!("https://localhost:{tls_port}/t"))
         .send()
         .await

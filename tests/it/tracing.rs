@@ -39,9 +39,8 @@ struct CollectorState {
 }
 
 struct Collector {
-    port: u16,
+    http: HttpServer,
     state: Arc<CollectorState>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 async fn collect(
@@ -50,16 +49,7 @@ async fn collect(
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     st.posts.fetch_add(1, Ordering::SeqCst);
     let ok_path = req.method() == hyper::Method::POST && req.uri().path() == "/v1/traces";
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(req.headers());
     let body = req
         .into_body()
         .collect()
@@ -84,12 +74,12 @@ impl Collector {
     fn start() -> Collector {
         let state = Arc::new(CollectorState::default());
         let st = state.clone();
-        let (port, task) = spawn_http(move |req| collect(st.clone(), req));
-        Collector { port, state, task }
+        let http = HttpServer::start(move |req| collect(st.clone(), req));
+        Collector { http, state }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/v1/traces", self.port)
+        self.http.url("/v1/traces")
     }
 
     fn set_mode(&self, mode: u8) {
@@ -124,12 +114,6 @@ impl Collector {
     async fn wait_spans(&self, n: usize) -> Vec<Value> {
         wait_until(Duration::from_secs(10), || self.spans().len() >= n).await;
         self.spans().into_iter().map(|(_, s)| s).collect()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -94,18 +94,9 @@ fn serve(
     let mut buf = Vec::new();
     loop {
         // One request head (the gateway sends no bodies in these tests).
-        let end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            let mut tmp = [0u8; 4096];
-            match c.read(&mut tmp) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
+        let Some(head) = read_head(&mut c, &mut buf) else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
         let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let path = target.split('?').next().unwrap_or("/").to_string();
         let if_none_match = head.split("\r\n").find_map(|l| {

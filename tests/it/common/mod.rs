@@ -99,11 +99,7 @@ pub struct Recorded {
 impl Recorded {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 
     /// Every value of header `name` joined with ", ".
@@ -625,6 +621,15 @@ impl Gateway {
         (status, r.text().await.unwrap_or_default())
     }
 
+    /// `GET path` with `headers`: (status, body).
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut req = self.client.get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
     /// Admin `GET /status` as JSON.
     pub async fn status_json(&self) -> Value {
         let r = self
@@ -760,6 +765,46 @@ pub fn read_until_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     }
 }
 
+/// First value of header `name` (case-insensitive) among `headers`, whose names are lowercase.
+pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    headers
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `headers` as (lowercase name, value) pairs in order, repeated names kept.
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// One request head read from `c` (through the blank line; what follows stays in `buf` for
+/// the next call), or None when the peer closes or fails first.
+pub fn read_head(c: &mut impl Read, buf: &mut Vec<u8>) -> Option<String> {
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut tmp = [0u8; 4096];
+        match c.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    buf.drain(..end);
+    Some(head)
+}
+
 /// A parsed raw HTTP/1.x response.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
@@ -770,11 +815,7 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -890,6 +931,15 @@ pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, mut cond: F) -> boo
 // ---------------------------------------------------------------------------------------------
 
 /// `{ addr: "..." }` target entry.
+/// A gateway with one upstream `u` (backend `b`) and one route `r` on `path` carrying
+/// `route_extra` (plugins, timeouts, ...).
+pub fn one_route(b: &Backend, path: &str, route_extra: &str) -> Gateway {
+    Cfg::new()
+        .upstream("u", &[target(b)], "")
+        .route("r", &[path], "u", route_extra)
+        .start()
+}
+
 pub fn target(b: &Backend) -> String {
     target_addr(&b.addr())
 }
@@ -942,6 +992,21 @@ impl Cfg {
             routes: Vec::new(),
             extra: Vec::new(),
         }
+    }
+
+    /// An HTTPS listener on `tls_port` (`extra` lines go under `server.tls`), with the
+    /// certificate [`make_certs`] writes into this config's directory; also the CA's PEM,
+    /// for [`https_client`].
+    pub fn tls_listener(self, tls_port: u16, extra: &str) -> (Cfg, String) {
+        let ca = make_certs(self.dir.path());
+        let mut tls = format!(
+            "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key"
+        );
+        if !extra.is_empty() {
+            tls.push('\n');
+            tls.push_str(&indent(extra, 2));
+        }
+        (self.server(&tls), ca)
     }
 
     /// Extra lines under `server:` (e.g. `max_body_bytes: 1024`).
@@ -1321,6 +1386,50 @@ pub fn make_certs(dir: &std::path::Path) -> String {
     std::fs::write(dir.join("tls/server.key"), key.serialize_pem()).unwrap();
     std::fs::write(dir.join("tls/ca.pem"), ca_cert.pem()).unwrap();
     ca_cert.pem()
+}
+
+/// A client for the gateway's HTTPS listener that trusts only `ca_pem` (rustls, no proxy,
+/// 10 s timeout); `https_client_builder` for more settings.
+pub fn https_client(ca_pem: &str) -> reqwest::Client {
+    https_client_builder(ca_pem).build().unwrap()
+}
+
+pub fn https_client_builder(ca_pem: &str) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+}
+
+/// An in-test HTTP server (see [`spawn_http`]), stopped on drop.
+pub struct HttpServer {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub fn start<F, Fut>(handler: F) -> HttpServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>>
+            + Send
+            + 'static,
+    {
+        let (port, task) = spawn_http(handler);
+        HttpServer { port, task }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A plain HTTP/1 server on an ephemeral 127.0.0.1 port (kept bound, so no other test can
