@@ -128,11 +128,7 @@ async fn roles_from_consumers_and_tokens() {
 
     // acl with nothing that authenticates: 401 unauthorized.
     let (s, body) = gw
-        .send(
-            gw.client
-                .get(gw.url("/open"))
-                .header("X-Consumer-Username", "reader"),
-        )
+        .get_with("/open", &[("X-Consumer-Username", "reader")])
         .await;
     assert_eq!(s, 401);
     assert_error_body(&body, "unauthorized");

@@ -401,9 +401,7 @@ async fn key_auth_and_jwt_on_one_route_both_must_pass() {
     );
     let key = "alice-api-key-0123456789";
 
-    let (s, body) = gw
-        .send(gw.client.get(gw.url("/both")).header("X-API-Key", key))
-        .await;
+    let (s, body) = gw.get_with("/both", &[("X-API-Key", key)]).await;
     assert_eq!(s, 401);
     assert_error_body(&body, "missing_token");
     let (s, body) = gw
@@ -457,9 +455,7 @@ async fn custom_header_hide_credentials_and_size_cap() {
         .start();
     // No exp needed here (claims_to_verify: []), a raw token in a custom header is fine.
     let t = sign_hs(Algorithm::HS256, HS_SECRET.as_bytes(), &json!({"iss": "d"}));
-    let (s, _) = gw
-        .send(gw.client.get(gw.url("/j")).header("X-Token", &t))
-        .await;
+    let (s, _) = gw.get_with("/j", &[("X-Token", &t)]).await;
     assert_eq!(s, 200);
     let up = a.last_request().unwrap();
     assert_eq!(up.header("x-token"), None, "hide_credentials");
@@ -480,9 +476,7 @@ async fn custom_header_hide_credentials_and_size_cap() {
         HS_SECRET.as_bytes(),
         &json!({"iss": "d", "exp": now() - 10}),
     );
-    let (s, body) = gw
-        .send(gw.client.get(gw.url("/j")).header("X-Token", &expired))
-        .await;
+    let (s, body) = gw.get_with("/j", &[("X-Token", &expired)]).await;
     assert_eq!(s, 401);
     assert_error_body(&body, "token_expired");
     let big = sign_hs(
@@ -490,9 +484,7 @@ async fn custom_header_hide_credentials_and_size_cap() {
         HS_SECRET.as_bytes(),
         &json!({"iss": "d", "pad": "y".repeat(300)}),
     );
-    let (s, body) = gw
-        .send(gw.client.get(gw.url("/j")).header("X-Token", &big))
-        .await;
+    let (s, body) = gw.get_with("/j", &[("X-Token", &big)]).await;
     assert_eq!(s, 401);
     assert_error_body(&body, "invalid_token");
     assert_eq!(a.hits(), 1);

@@ -31,9 +31,7 @@ async fn header_and_query_keys_missing_and_invalid() {
         .start();
 
     // Header key: 200, consumer sent upstream, the key is not (hide_credentials default).
-    let (s, body) = gw
-        .send(gw.client.get(gw.url("/k/x")).header("X-API-Key", ALICE_KEY))
-        .await;
+    let (s, body) = gw.get_with("/k/x", &[("X-API-Key", ALICE_KEY)]).await;
     assert_eq!(s, 200, "{body}");
     let up = a.last_request().unwrap();
     assert_eq!(
@@ -156,10 +154,9 @@ async fn hide_credentials_off_and_custom_names() {
         .start();
 
     let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url(&format!("/keep?api_key={ALICE_KEY}&z=9")))
-                .header("X-Trace", "1"),
+        .get_with(
+            &format!("/keep?api_key={ALICE_KEY}&z=9"),
+            &[("X-Trace", "1")],
         )
         .await;
     assert_eq!(s, 200);
@@ -168,13 +165,7 @@ async fn hide_credentials_off_and_custom_names() {
         up.query.as_deref(),
         Some(format!("api_key={ALICE_KEY}&z=9").as_str())
     );
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/keep"))
-                .header("X-API-Key", ALICE_KEY),
-        )
-        .await;
+    let (s, _) = gw.get_with("/keep", &[("X-API-Key", ALICE_KEY)]).await;
     assert_eq!(s, 200);
     assert_eq!(
         a.last_request().unwrap().header("x-api-key"),
@@ -182,9 +173,7 @@ async fn hide_credentials_off_and_custom_names() {
     );
 
     // Second configured header name works; the query parameter is switched off.
-    let (s, _) = gw
-        .send(gw.client.get(gw.url("/custom")).header("Apikey", ALICE_KEY))
-        .await;
+    let (s, _) = gw.get_with("/custom", &[("Apikey", ALICE_KEY)]).await;
     assert_eq!(s, 200);
     let up = a.last_request().unwrap();
     assert_eq!(up.header("apikey"), None);
@@ -197,13 +186,7 @@ async fn hide_credentials_off_and_custom_names() {
         .await;
     assert_eq!(s, 401);
     assert_error_body(&body, "missing_api_key");
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/custom"))
-                .header("X-API-Key", ALICE_KEY),
-        )
-        .await;
+    let (s, _) = gw.get_with("/custom", &[("X-API-Key", ALICE_KEY)]).await;
     assert_eq!(s, 401, "X-API-Key is not among this route's key_names");
     assert_eq!(a.hits(), 3);
 }
@@ -219,13 +202,14 @@ async fn spoofed_identity_headers_are_removed_everywhere() {
         .start();
 
     let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/k"))
-                .header("X-API-Key", BOB_KEY)
-                .header("X-Consumer-Username", "alice")
-                .header("x-consumer-username", "admin")
-                .header("X-Authenticated-Roles", "admin"),
+        .get_with(
+            "/k",
+            &[
+                ("X-API-Key", BOB_KEY),
+                ("X-Consumer-Username", "alice"),
+                ("x-consumer-username", "admin"),
+                ("X-Authenticated-Roles", "admin"),
+            ],
         )
         .await;
     assert_eq!(s, 200);
@@ -238,11 +222,12 @@ async fn spoofed_identity_headers_are_removed_everywhere() {
 
     // A route without any auth plugin: still no client-made identity upstream.
     let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/open"))
-                .header("X-Consumer-Username", "alice")
-                .header("X-Authenticated-Roles", "admin"),
+        .get_with(
+            "/open",
+            &[
+                ("X-Consumer-Username", "alice"),
+                ("X-Authenticated-Roles", "admin"),
+            ],
         )
         .await;
     assert_eq!(s, 200);
@@ -270,13 +255,7 @@ async fn global_key_auth_with_route_opt_out_and_404_first() {
     let (s, body) = gw.send(gw.client.get(gw.url("/private"))).await;
     assert_eq!(s, 401);
     assert_error_body(&body, "missing_api_key");
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/private"))
-                .header("X-API-Key", ALICE_KEY),
-        )
-        .await;
+    let (s, _) = gw.get_with("/private", &[("X-API-Key", ALICE_KEY)]).await;
     assert_eq!(s, 200);
     let (s, _) = gw.send(gw.client.get(gw.url("/public"))).await;
     assert_eq!(s, 200, "the route switched the global key-auth off");

@@ -42,10 +42,7 @@ fn version_flag_prints_the_version_and_the_commit() {
 #[tokio::test]
 async fn status_and_build_info_metric_carry_the_version_and_the_commit() {
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let gw = one_route(&b, "/", "");
     let commit = expected_commit();
     let status = gw.status_json().await;
     assert_eq!(status["build"]["version"], env!("CARGO_PKG_VERSION"));
@@ -124,10 +121,7 @@ async fn served_certificate_expiry_is_exported_by_its_first_dns_name() {
 #[tokio::test]
 async fn no_certificate_no_expiry_series() {
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let gw = one_route(&b, "/", "");
     let t = gw.metrics_text().await;
     assert!(!t.contains("tls_certificate_expiry_seconds"), "{t}");
 }

@@ -18,10 +18,7 @@ async fn status(gw: &Gateway, path: &str) -> (u16, String) {
 async fn one_over_max_in_flight_is_refused_then_slots_come_back() {
     let a = Backend::start("a");
     a.set_delay(Duration::from_millis(800));
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &plugin("{ max: 3 }"))
-        .start();
+    let gw = one_route(&a, "/r", &plugin("{ max: 3 }"));
 
     let started = Instant::now();
     let reqs = (0..4).map(|_| status(&gw, "/r"));
@@ -94,11 +91,7 @@ async fn per_ip_keys_are_independent() {
         .start();
     let ask = |ip: &'static str| {
         let gw = &gw;
-        async move {
-            gw.send(gw.client.get(gw.url("/r")).header("x-forwarded-for", ip))
-                .await
-                .0
-        }
+        async move { gw.get_with("/r", &[("x-forwarded-for", ip)]).await.0 }
     };
     let (x1, x2, y) = tokio::join!(ask("192.0.2.1"), ask("192.0.2.1"), ask("192.0.2.2"));
     let mut xs = [x1, x2];

@@ -205,15 +205,7 @@ async fn cors_headers_on_gateway_errors() {
 async fn cors_headers_come_after_response_transformer() {
     // On the way back cors runs last: a response-transformer rule cannot strip its headers.
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/r"],
-            "u",
-            &format!("plugins:\n  - name: response-transformer\n    config: {{ remove: {{ headers: [Access-Control-Allow-Origin, Vary] }} }}\n  - name: cors\n    config: {{ origins: [\"{APP}\"] }}"),
-        )
-        .start();
+    let gw = one_route(&a, "/r", &format!("plugins:\n  - name: response-transformer\n    config: {{ remove: {{ headers: [Access-Control-Allow-Origin, Vary] }} }}\n  - name: cors\n    config: {{ origins: [\"{APP}\"] }}"));
     let resp = gw
         .client
         .get(gw.url("/r"))

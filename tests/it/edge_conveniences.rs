@@ -201,13 +201,7 @@ async fn health_route_answers_before_routing_auth_and_upstream() {
     assert_eq!(s, 401, "{body}");
     assert_error_body(&body, "missing_api_key");
     // ...and with a key it is proxied.
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/other"))
-                .header("X-API-Key", ALICE_KEY),
-        )
-        .await;
+    let (s, _) = gw.get_with("/other", &[("X-API-Key", ALICE_KEY)]).await;
     assert_eq!(s, 200);
     assert_eq!(a.hits(), 1);
 
@@ -646,13 +640,7 @@ async fn plain_http_to_https_only_routes_is_redirected_or_refused() {
     assert_error_body(&r.text().await.unwrap(), "https_required");
 
     // A client's own X-Forwarded-Proto counts for nothing (it is not a trusted proxy).
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/k/x"))
-                .header("x-forwarded-proto", "https"),
-        )
-        .await;
+    let (s, _) = gw.get_with("/k/x", &[("x-forwarded-proto", "https")]).await;
     assert_eq!(s, 426);
 
     // Bad or missing Host: 400, never reflected. (Pingora's own parser already refuses a
@@ -726,11 +714,9 @@ async fn trusted_proxy_x_forwarded_proto_https_passes() {
     let gw = https_routes(Cfg::new().server("trusted_proxies: [\"127.0.0.1\"]"), &a).start();
 
     let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/s/a?q=1"))
-                .header("host", "api.example.com")
-                .header("x-forwarded-proto", "https"),
+        .get_with(
+            "/s/a?q=1",
+            &[("host", "api.example.com"), ("x-forwarded-proto", "https")],
         )
         .await;
     assert_eq!(s, 200);
@@ -869,23 +855,18 @@ async fn run_on_preflight_false_lets_preflights_through_auth() {
     assert_eq!(s, 401);
     assert_error_body(&body, "missing_api_key");
     let (s, body) = gw
-        .send(
-            gw.client
-                .get(gw.url("/jo/items"))
-                .header("origin", "https://app.example.com")
-                .header("access-control-request-method", "PUT"),
+        .get_with(
+            "/jo/items",
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PUT"),
+            ],
         )
         .await;
     assert_eq!(s, 401);
     assert_error_body(&body, "missing_token");
     // Credentials still work on such a route.
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/ko/x"))
-                .header("X-API-Key", ALICE_KEY),
-        )
-        .await;
+    let (s, _) = gw.get_with("/ko/x", &[("X-API-Key", ALICE_KEY)]).await;
     assert_eq!(s, 200);
     assert_eq!(
         a.last_request().unwrap().header("x-consumer-username"),

@@ -14,11 +14,7 @@ async fn bad_gateway_when_every_target_refuses() {
         .start();
 
     let (s, body) = gw
-        .send(
-            gw.client
-                .get(gw.url("/e/x"))
-                .header("X-Request-ID", "req-502-check"),
-        )
+        .get_with("/e/x", &[("X-Request-ID", "req-502-check")])
         .await;
     assert_eq!(s, 502, "{body}");
     let v = assert_error_body(&body, "bad_gateway");
@@ -181,10 +177,7 @@ async fn payload_too_large_chunked() {
 #[tokio::test]
 async fn uri_too_long() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let gw = one_route(&a, "/e", "");
 
     let target = format!("/e/x?q={}", "a".repeat(20 * 1024));
     let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
@@ -224,10 +217,7 @@ async fn uri_too_long_custom_limit() {
 #[tokio::test]
 async fn header_fields_too_large() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let gw = one_route(&a, "/e", "");
 
     let req = format!(
         "GET /e/x HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
@@ -267,13 +257,7 @@ async fn error_bodies_carry_the_request_id() {
     assert_ne!(v1["request_id"], v2["request_id"]);
 
     // 404 and 414 keep a valid incoming id
-    let (s, body) = gw
-        .send(
-            gw.client
-                .get(gw.url("/none"))
-                .header("X-Request-ID", "id-404"),
-        )
-        .await;
+    let (s, body) = gw.get_with("/none", &[("X-Request-ID", "id-404")]).await;
     assert_eq!(s, 404);
     assert_eq!(
         assert_error_body(&body, "not_found")["request_id"],

@@ -192,15 +192,11 @@ async fn three_gateways_enforce_one_limit_on_a_redis_cluster() {
     // Each gateway knows a different single seed node: the rest of the cluster is discovered.
     let gws: Vec<Gateway> = (0..3)
         .map(|i| {
-            Cfg::new()
-                .upstream("u", &[target(&a)], "")
-                .route(
-                    "r",
-                    &["/r"],
-                    "u",
-                    &limited(10, &cluster_redis(&[cluster.seed(i * 2)]), ""),
-                )
-                .start()
+            one_route(
+                &a,
+                "/r",
+                &limited(10, &cluster_redis(&[cluster.seed(i * 2)]), ""),
+            )
         })
         .collect();
     let refs: Vec<&Gateway> = gws.iter().collect();
@@ -257,12 +253,7 @@ async fn killing_a_cluster_master_fails_over_without_5xx_and_limits_hold_again()
     let a = Backend::start("a");
     let seeds: Vec<String> = (0..6).map(|i| cluster.seed(i)).collect();
     let gws: Vec<Gateway> = (0..2)
-        .map(|_| {
-            Cfg::new()
-                .upstream("u", &[target(&a)], "")
-                .route("r", &["/r"], "u", &limited(10, &cluster_redis(&seeds), ""))
-                .start()
-        })
+        .map(|_| one_route(&a, "/r", &limited(10, &cluster_redis(&seeds), "")))
         .collect();
     let refs: Vec<&Gateway> = gws.iter().collect();
 
@@ -509,12 +500,7 @@ async fn sentinel_failover_is_followed_and_limits_hold_again() {
         s.port
     );
     let gws: Vec<Gateway> = (0..2)
-        .map(|_| {
-            Cfg::new()
-                .upstream("u", &[target(&a)], "")
-                .route("r", &["/r"], "u", &limited(5, &redis, ""))
-                .start()
-        })
+        .map(|_| one_route(&a, "/r", &limited(5, &redis, "")))
         .collect();
     let refs: Vec<&Gateway> = gws.iter().collect();
     let by = burst(&refs, "/r", &tenants("before", 4), 8).await;

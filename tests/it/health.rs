@@ -172,11 +172,7 @@ async fn all_targets_down_is_503() {
     a.reset();
     b.reset();
     let (s, body) = gw
-        .send(
-            gw.client
-                .get(gw.url("/hc/x"))
-                .header("X-Request-ID", "all-down-1"),
-        )
+        .get_with("/hc/x", &[("X-Request-ID", "all-down-1")])
         .await;
     assert_eq!(s, 503, "{body}");
     let v = assert_error_body(&body, "service_unavailable");

@@ -419,10 +419,7 @@ async fn retries_ejections_and_health_checks_are_counted() {
 async fn head_metrics_is_the_get_head_without_a_body() {
     // Monitoring probes (and `curl -I`) ask with HEAD.
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let gw = one_route(&b, "/", "");
     let (raw, _) = raw_request(
         gw.admin_port,
         b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",

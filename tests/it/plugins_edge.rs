@@ -139,15 +139,7 @@ async fn correlation_id_generated_kept_echoed_and_in_errors() {
 #[tokio::test]
 async fn correlation_id_custom_header() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/r"],
-            "u",
-            "plugins:\n  - name: correlation-id\n    config: { header_name: X-Correlation-ID, echo_downstream: false }",
-        )
-        .start();
+    let gw = one_route(&a, "/r", "plugins:\n  - name: correlation-id\n    config: { header_name: X-Correlation-ID, echo_downstream: false }");
     let resp = gw
         .client
         .get(gw.url("/r"))

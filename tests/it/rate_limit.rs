@@ -134,10 +134,7 @@ async fn spoofed_forwarded_for_from_untrusted_peer_is_one_key() {
     let a = Backend::start("a");
     let route = plugin("{ minute: 3, limit_by: ip }");
     // No trusted proxies: X-Forwarded-For is ignored, the peer (127.0.0.1) is the key.
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &route)
-        .start();
+    let gw = one_route(&a, "/r", &route);
     let mut ok = 0;
     for i in 0..8 {
         let spoof = format!("203.0.113.{i}");
@@ -235,15 +232,11 @@ async fn consumer_tiers_apply_after_key_auth() {
 #[tokio::test]
 async fn token_bucket_allows_the_burst_then_the_rate() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/r"],
-            "u",
-            &plugin("{ algorithm: token_bucket, rate: 2, burst: 4, limit_by: ip }"),
-        )
-        .start();
+    let gw = one_route(
+        &a,
+        "/r",
+        &plugin("{ algorithm: token_bucket, rate: 2, burst: 4, limit_by: ip }"),
+    );
     let mut statuses = Vec::new();
     for _ in 0..6 {
         statuses.push(call(&gw, "/r", &[]).await.status);

@@ -33,14 +33,8 @@ async fn two_gateways_share_one_limit() {
     let Some(redis) = start_redis() else { return };
     let a = Backend::start("a");
     let route = redis_plugin(&redis.url(), "").replace("MINUTE", "6");
-    let gw1 = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &route)
-        .start();
-    let gw2 = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &route)
-        .start();
+    let gw1 = one_route(&a, "/r", &route);
+    let gw2 = one_route(&a, "/r", &route);
 
     let mut ok = 0;
     let mut remaining = Vec::new();

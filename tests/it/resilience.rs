@@ -392,10 +392,7 @@ async fn budget_is_kept_across_reloads() {
 #[tokio::test]
 async fn metrics_exist_from_startup() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/"], "u", "timeout: 5s")
-        .start();
+    let gw = one_route(&a, "/", "timeout: 5s");
     let text = gw.metrics_text().await;
     promtool_check(&text);
     for reason in ["budget", "deadline"] {

@@ -110,13 +110,9 @@ async fn header_route() {
         .route("v2", &["/v"], "ub", "headers: { X-API-Version: \"v2\" }")
         .start();
 
-    let (_, body) = gw
-        .send(gw.client.get(gw.url("/v/1")).header("X-API-Version", "v2"))
-        .await;
+    let (_, body) = gw.get_with("/v/1", &[("X-API-Version", "v2")]).await;
     assert_eq!(backend_of(&body), "b", "{body}");
-    let (_, body) = gw
-        .send(gw.client.get(gw.url("/v/1")).header("X-API-Version", "v1"))
-        .await;
+    let (_, body) = gw.get_with("/v/1", &[("X-API-Version", "v1")]).await;
     assert_eq!(backend_of(&body), "a", "{body}");
     let (_, body) = gw.send(gw.client.get(gw.url("/v/1"))).await;
     assert_eq!(backend_of(&body), "a", "{body}");
@@ -336,11 +332,9 @@ async fn forwarding_headers_untrusted_peer() {
 
     // Spoofed X-Forwarded-For from an untrusted peer: the client ip stays the TCP peer.
     let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/api/x"))
-                .header("X-Forwarded-For", "6.6.6.6")
-                .header("X-Real-IP", "7.7.7.7"),
+        .get_with(
+            "/api/x",
+            &[("X-Forwarded-For", "6.6.6.6"), ("X-Real-IP", "7.7.7.7")],
         )
         .await;
     assert_eq!(s, 200);
@@ -365,11 +359,7 @@ async fn forwarding_headers_trusted_proxy() {
         .start();
 
     let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/api/x"))
-                .header("X-Forwarded-For", "203.0.113.9"),
-        )
+        .get_with("/api/x", &[("X-Forwarded-For", "203.0.113.9")])
         .await;
     assert_eq!(s, 200);
     let r = a.last_request().unwrap();
@@ -404,11 +394,7 @@ async fn trusted_proxies_other_cidr_does_not_trust_localhost() {
         .start();
 
     let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/api/x"))
-                .header("X-Forwarded-For", "203.0.113.9"),
-        )
+        .get_with("/api/x", &[("X-Forwarded-For", "203.0.113.9")])
         .await;
     assert_eq!(s, 200);
     let r = a.last_request().unwrap();

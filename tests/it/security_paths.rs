@@ -423,10 +423,7 @@ fn admin_raw(gw: &Gateway, head: &str) -> RawResponse {
 #[tokio::test]
 async fn admin_api_without_token_refuses_browsers_and_foreign_host_names() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let gw = one_route(&a, "/", "");
     let p = gw.admin_port;
 
     // A cross-site form/fetch POST (text/plain needs no preflight) carries Origin.

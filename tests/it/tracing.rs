@@ -384,12 +384,7 @@ async fn new_or_invalid_traceparent_starts_a_trace_and_is_logged() {
     ];
     for bad in invalid {
         let (s, _) = gw
-            .send(
-                gw.client
-                    .get(gw.url("/api/c"))
-                    .header("traceparent", bad)
-                    .header("tracestate", "stale=1"),
-            )
+            .get_with("/api/c", &[("traceparent", bad), ("tracestate", "stale=1")])
             .await;
         assert_eq!(s, 200);
         let seen = up.last_request().unwrap();
@@ -408,22 +403,10 @@ async fn new_or_invalid_traceparent_starts_a_trace_and_is_logged() {
     }
 
     // Valid incoming: kept, and logged.
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/api/d"))
-                .header("traceparent", INCOMING),
-        )
-        .await;
+    let (s, _) = gw.get_with("/api/d", &[("traceparent", INCOMING)]).await;
     assert_eq!(s, 200);
     // Plugin off on this route: the client's header passes untouched, no trace_id logged.
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/plain/e"))
-                .header("traceparent", INCOMING),
-        )
-        .await;
+    let (s, _) = gw.get_with("/plain/e", &[("traceparent", INCOMING)]).await;
     assert_eq!(s, 200);
     assert_eq!(
         upstream_traceparent(&up),
@@ -572,13 +555,7 @@ async fn sampling_ratio_zero_propagates_but_exports_nothing() {
         assert_eq!(flags, "00", "not sampled, still propagated");
     }
     let unsampled = "00-11111111111111111111111111111111-2222222222222222-00";
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/api/u"))
-                .header("traceparent", unsampled),
-        )
-        .await;
+    let (s, _) = gw.get_with("/api/u", &[("traceparent", unsampled)]).await;
     assert_eq!(s, 200);
     let (_, t, _, flags) = split_tp(&upstream_traceparent(&up));
     assert_eq!(
@@ -587,13 +564,7 @@ async fn sampling_ratio_zero_propagates_but_exports_nothing() {
     );
     // A sampled parent is honoured: this one is exported. Spans leave in order, so once it
     // has arrived, any span of the requests before it would have too.
-    let (s, _) = gw
-        .send(
-            gw.client
-                .get(gw.url("/api/s"))
-                .header("traceparent", INCOMING),
-        )
-        .await;
+    let (s, _) = gw.get_with("/api/s", &[("traceparent", INCOMING)]).await;
     assert_eq!(s, 200);
     let spans = c.wait_spans(1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

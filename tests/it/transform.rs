@@ -303,15 +303,7 @@ add:
 #[tokio::test]
 async fn request_header_rename_keeps_every_value() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: request-transformer\n    config: { rename: { headers: [\"X-Tag:X-Label\"] } }",
-        )
-        .start();
+    let gw = one_route(&a, "/", "plugins:\n  - name: request-transformer\n    config: { rename: { headers: [\"X-Tag:X-Label\"] } }");
     gw.client
         .get(gw.url("/"))
         .header("x-tag", "one")
