@@ -128,25 +128,9 @@ fn serve(
         hits.fetch_add(1, Ordering::SeqCst);
         seen.lock().unwrap().push(head.clone());
         let script = handler(&head);
-        if head.method == "HEAD" {
-            // The head alone.
-            let first = &script[0].1;
-            let end = first
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map_or(first.len(), |p| p + 4);
-            if c.write_all(&first[..end]).is_err() {
-                return;
-            }
-            continue;
-        }
-        for (delay, part) in script {
-            if !delay.is_zero() {
-                std::thread::sleep(delay);
-            }
-            if c.write_all(&part).and_then(|_| c.flush()).is_err() {
-                return;
-            }
+        let parts = script.iter().map(|(delay, part)| (*delay, part.as_slice()));
+        if !write_script(&mut c, head.method == "HEAD", parts) {
+            return;
         }
     }
 }

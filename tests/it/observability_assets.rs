@@ -220,13 +220,16 @@ fn dashboard_is_a_json_model_with_the_datasource_as_a_variable() {
 /// lists of `by`/`without`/`on`/`ignoring`/`group_left`/`group_right`; an identifier followed
 /// by `(` is a function or aggregation; keywords and numbers are skipped.
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    const KEYWORDS: &[&str] = &[
+    const GROUPING: &[&str] = &[
         "by",
         "without",
         "on",
         "ignoring",
         "group_left",
         "group_right",
+    ];
+    // Besides GROUPING, which is looked at first.
+    const KEYWORDS: &[&str] = &[
         "bool",
         "and",
         "or",
@@ -251,14 +254,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         "quantile",
         "limitk",
         "limit_ratio",
-    ];
-    const GROUPING: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
     ];
     let c: Vec<char> = expr.chars().collect();
     let mut names = BTreeSet::new();

@@ -120,25 +120,13 @@ fn serve(
             continue;
         };
         hits.fetch_add(1, Ordering::SeqCst);
-        if head.starts_with("HEAD ") {
-            // The head alone.
-            let first = &script[0];
-            let end = first
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map_or(first.len(), |p| p + 4);
-            if c.write_all(&first[..end]).is_err() {
-                return;
-            }
-            continue;
-        }
-        for (i, part) in script.iter().enumerate() {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(15));
-            }
-            if c.write_all(part).and_then(|_| c.flush()).is_err() {
-                return;
-            }
+        // Parts after the first 15 ms apart.
+        let parts = script.iter().enumerate().map(|(i, part)| {
+            let gap = if i > 0 { 15 } else { 0 };
+            (Duration::from_millis(gap), part.as_slice())
+        });
+        if !write_script(&mut c, head.starts_with("HEAD "), parts) {
+            return;
         }
     }
 }

@@ -68,3 +68,25 @@ pub fn serde_accepts(bytes: &[u8]) -> bool {
     std::str::from_utf8(bytes).is_ok()
         && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
 }
+
+/// A JSON rewriter's verdict on `input` is serde_json's (checked up to 256 bytes: nested at
+/// most 128 deep, within serde_json's own limit), and what it wrote (`out`, when it wrote
+/// anything) is valid JSON.
+pub fn assert_rewrite_sound(input: &[u8], accepted: bool, out: Option<&[u8]>) {
+    if input.len() <= 256 {
+        assert_eq!(
+            accepted,
+            serde_accepts(input),
+            "disagrees with serde_json on {:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    if let Some(out) = out {
+        assert!(
+            serde_accepts(out),
+            "invalid output {:?} for {:?}",
+            String::from_utf8_lossy(out),
+            String::from_utf8_lossy(input)
+        );
+    }
+}

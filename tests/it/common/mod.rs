@@ -805,6 +805,32 @@ pub fn read_head(c: &mut impl Read, buf: &mut Vec<u8>) -> Option<String> {
     Some(head)
 }
 
+/// Plays a scripted answer on a raw upstream connection: each part after its delay, flushed
+/// on its own (so the gateway sees the pieces arrive apart); for a HEAD request only the head
+/// of the first part. False when the gateway went away.
+pub fn write_script<'a>(
+    c: &mut impl Write,
+    head_only: bool,
+    parts: impl IntoIterator<Item = (Duration, &'a [u8])>,
+) -> bool {
+    for (delay, part) in parts {
+        if head_only {
+            let end = part
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(part.len(), |p| p + 4);
+            return c.write_all(&part[..end]).is_ok();
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        if c.write_all(part).and_then(|_| c.flush()).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// A parsed raw HTTP/1.x response.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
