@@ -178,6 +178,36 @@ fn count(v: &[u16], status: u16) -> usize {
     v.iter().filter(|s| **s == status).count()
 }
 
+/// Requests for `tenants` (one each per round, every 100 ms) until `done` says the failover
+/// finished, within 30 s: every one answered 200 or 429 (fault_tolerant: never a 5xx).
+/// How long it took.
+async fn through_failover(
+    gws: &[&Gateway],
+    tenants: &[String],
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        let by = burst(gws, "/r", tenants, 1).await;
+        statuses.extend(by.into_values().flatten());
+        if done() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no {what} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    started.elapsed()
+}
+
 fn tenants(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -272,30 +302,15 @@ async fn killing_a_cluster_master_fails_over_without_5xx_and_limits_hold_again()
     cluster.nodes[idx].stop();
 
     // Traffic through the failover: fault_tolerant lets it through, never a 5xx.
-    let started = Instant::now();
-    let mut statuses = Vec::new();
     let survivor = cluster.alive().next().unwrap();
-    loop {
-        let by = burst(&refs, "/r", &before, 1).await;
-        statuses.extend(by.into_values().flatten());
+    let failover = through_failover(&refs, &before, "failover", || {
         let promoted = cluster.masters().len() == 3;
         let ok = survivor
             .cli(&["cluster", "info"])
             .contains("cluster_state:ok");
-        if promoted && ok {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no failover within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let failover = started.elapsed();
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 429),
-        "{statuses:?}"
-    );
+        promoted && ok
+    })
+    .await;
 
     // The gateways find the promoted replica: every tenant of the dead master is counted
     // again (headers come back) on both gateways.
@@ -512,27 +527,12 @@ async fn sentinel_failover_is_followed_and_limits_hold_again() {
 
     // The master dies; the sentinel promotes the replica.
     master.stop();
-    let started = Instant::now();
-    let mut statuses = Vec::new();
     let replica_port = replica.port.to_string();
-    loop {
-        let by = burst(&refs, "/r", &tenants("during", 2), 1).await;
-        statuses.extend(by.into_values().flatten());
+    let failover = through_failover(&refs, &tenants("during", 2), "sentinel failover", || {
         let addr = s.cli(&["sentinel", "get-master-addr-by-name", "mymaster"]);
-        if addr.contains(&replica_port) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no sentinel failover within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let failover = started.elapsed();
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 429),
-        "{statuses:?}"
-    );
+        addr.contains(&replica_port)
+    })
+    .await;
     // Both gateways ask the sentinel again and count on the new master.
     let deadline = Instant::now() + Duration::from_secs(15);
     for gw in &gws {

@@ -215,7 +215,7 @@ fn https_backend(cfg: Arc<ServerConfig>) -> (u16, Arc<Seen>) {
 fn tls_gateway(cfg: Cfg, port: u16, tls: &str, extra: &str) -> Gateway {
     cfg.upstream(
         "u",
-        &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+        &[target_port(port)],
         &format!("tls: {tls}\nretries: 0\n{extra}"),
     )
     .route("r", &["/t"], "u", "")
@@ -272,12 +272,12 @@ async fn sni_is_sent_and_checked() {
     let cfg = cfg
         .upstream(
             "good",
-            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+            &[target_port(port)],
             "tls: { ca: pki/ca.pem, sni: localhost }\nretries: 0",
         )
         .upstream(
             "wrong_name",
-            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+            &[target_port(port)],
             "tls: { ca: pki/ca.pem, sni: billing.internal }\nretries: 0",
         )
         .route("good", &["/good"], "good", "")
@@ -359,7 +359,7 @@ async fn mtls_upstream_gets_the_client_certificate() {
     write(cfg.dir.path(), "ca.pem", &ca.pem());
     write(cfg.dir.path(), "gw.pem", &client.pem);
     write(cfg.dir.path(), "gw.key", &client.key_pem);
-    let target = format!("{{ addr: \"127.0.0.1:{port}\" }}");
+    let target = target_port(port);
     let gw = cfg
         .upstream(
             "mtls",
@@ -394,7 +394,7 @@ async fn health_checks_of_a_tls_upstream_run_over_tls() {
     let cfg = Cfg::new();
     write(cfg.dir.path(), "ca.pem", &ca.pem());
     write(cfg.dir.path(), "other.pem", &other.pem());
-    let target = format!("{{ addr: \"127.0.0.1:{port}\" }}");
+    let target = target_port(port);
     let gw = cfg
         .upstream(
             "good",
@@ -859,18 +859,23 @@ async fn grpc_suite(client: &mut GrpcClient, seen: &GrpcSeen) {
     assert_eq!(t.get("grpc-status").unwrap(), "0");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_over_h2c_from_the_plain_listener() {
-    let (port, seen) = grpc_server(None);
-    let gw = Cfg::new()
+/// The plain listener with h2c, and the gRPC server on `port` as upstream `grpc` (`extra`
+/// at its level) for `/test.Echo`.
+fn h2c_grpc(port: u16, extra: &str) -> Cfg {
+    Cfg::new()
         .server("h2c: true")
         .upstream(
             "grpc",
-            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
-            "protocol: h2c",
+            &[target_port(port)],
+            &format!("protocol: h2c\n{extra}"),
         )
         .route("grpc", &["/test.Echo"], "grpc", "")
-        .start();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_from_the_plain_listener() {
+    let (port, seen) = grpc_server(None);
+    let gw = h2c_grpc(port, "").start();
     let mut c = GrpcClient::connect(gw.port, None).await;
     grpc_suite(&mut c, &seen).await;
     assert_eq!(seen.calls.load(Ordering::SeqCst), 4);
@@ -897,7 +902,7 @@ async fn grpc_over_h2_tls_from_the_tls_listener() {
         ))
         .upstream(
             "grpc",
-            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+            &[target_port(port)],
             "protocol: h2\ntls: { ca: pki/upstream-ca.pem, sni: localhost }",
         )
         .route("grpc", &["/test.Echo"], "grpc", "")
@@ -914,15 +919,8 @@ async fn grpc_over_h2_tls_from_the_tls_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_refusals_of_grpc_requests_are_grpc_statuses() {
     let (port, seen) = grpc_server(None);
-    let gw = Cfg::new()
-        .server("h2c: true")
-        .upstream(
-            "grpc",
-            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
-            "protocol: h2c\nretries: 0\ntimeouts: { read: 500ms }",
-        )
+    let gw = h2c_grpc(port, "retries: 0\ntimeouts: { read: 500ms }")
         .upstream("dead", &[format!("{{ addr: \"{}\" }}", dead_addr())], "retries: 0")
-        .route("grpc", &["/test.Echo"], "grpc", "")
         .route(
             "locked",
             &["/test.Locked"],

@@ -969,6 +969,11 @@ pub fn one_route(b: &Backend, path: &str, route_extra: &str) -> Gateway {
 pub fn target(b: &Backend) -> String {
     target_addr(&b.addr())
 }
+/// A target on 127.0.0.1:`port` (a server of the test's own).
+pub fn target_port(port: u16) -> String {
+    target_addr(&format!("127.0.0.1:{port}"))
+}
+
 pub fn target_addr(addr: &str) -> String {
     format!("{{ addr: \"{addr}\" }}")
 }
