@@ -151,6 +151,14 @@ const ALICE_KEY: &str = "alice-key-7f3a9c0e5b2d41";
 // Public health route
 // ---------------------------------------------------------------------------------------------
 
+/// Sum of `http_requests_total` over every route and status.
+fn routed_requests(m: &str) -> f64 {
+    samples(&parse_metrics(m), "http_requests_total", &[])
+        .iter()
+        .map(|s| s.value)
+        .sum()
+}
+
 #[tokio::test]
 async fn health_route_answers_before_routing_auth_and_upstream() {
     let a = Backend::start("a");
@@ -205,8 +213,14 @@ async fn health_route_answers_before_routing_auth_and_upstream() {
     assert_eq!(s, 200);
     assert_eq!(a.hits(), 1);
 
-    // Metrics: probes in their own counter, not in the route series.
-    let m = gw.metrics_text().await;
+    // Metrics: probes in their own counter, not in the route series. The request counters
+    // are updated in the logging phase, after the answer went out: wait for the second.
+    let mut m = gw.metrics_text().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while routed_requests(&m) < 2.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = gw.metrics_text().await;
+    }
     assert_eq!(
         metric(&m, "health_route_requests_total", &[("status_code", "200")]),
         Some(3.0),
@@ -220,12 +234,11 @@ async fn health_route_answers_before_routing_auth_and_upstream() {
         metric(&m, "health_route_requests_total", &[("status_code", "503")]),
         Some(0.0)
     );
-    let all = parse_metrics(&m);
-    let routed: f64 = samples(&all, "http_requests_total", &[])
-        .iter()
-        .map(|s| s.value)
-        .sum();
-    assert_eq!(routed, 2.0, "only /health/x and /other are requests: {m}");
+    assert_eq!(
+        routed_requests(&m),
+        2.0,
+        "only /health/x and /other are requests: {m}"
+    );
     promtool_check(&m);
 
     // Access log: the two routed requests, no probe.

@@ -116,10 +116,12 @@ fn limited(minute: u64, redis: &str, extra: &str) -> String {
     )
 }
 
-fn cluster_redis(seeds: &[String]) -> String {
+/// `timeout`: the Redis call timeout; past it a request falls back (allowed), so a test that
+/// counts exact limits gives a loaded machine room, and the fail-over test a short one.
+fn cluster_redis(seeds: &[String], timeout: &str) -> String {
     let list: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
-        "{{ cluster_nodes: [{}], password: \"${{GATEHOUSE_TEST_UNSET_PW:-{PW}}}\", timeout: 200ms }}",
+        "{{ cluster_nodes: [{}], password: \"${{GATEHOUSE_TEST_UNSET_PW:-{PW}}}\", timeout: {timeout} }}",
         list.join(", ")
     )
 }
@@ -225,7 +227,7 @@ async fn three_gateways_enforce_one_limit_on_a_redis_cluster() {
             one_route(
                 &a,
                 "/r",
-                &limited(10, &cluster_redis(&[cluster.seed(i * 2)]), ""),
+                &limited(10, &cluster_redis(&[cluster.seed(i * 2)], "2s"), ""),
             )
         })
         .collect();
@@ -283,7 +285,7 @@ async fn killing_a_cluster_master_fails_over_without_5xx_and_limits_hold_again()
     let a = Backend::start("a");
     let seeds: Vec<String> = (0..6).map(|i| cluster.seed(i)).collect();
     let gws: Vec<Gateway> = (0..2)
-        .map(|_| one_route(&a, "/r", &limited(10, &cluster_redis(&seeds), "")))
+        .map(|_| one_route(&a, "/r", &limited(10, &cluster_redis(&seeds, "200ms"), "")))
         .collect();
     let refs: Vec<&Gateway> = gws.iter().collect();
 

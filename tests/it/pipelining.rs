@@ -162,10 +162,15 @@ async fn an_ambiguous_request_inside_a_pipeline_is_refused_and_ends_it() {
             false,
         ),
     ];
-    for (what, request, json) in bad {
+    for (i, (what, request, json)) in bad.into_iter().enumerate() {
         b.reset();
+        // Every path of this round ends in `-{i}`: a request of an earlier round that the
+        // upstream records late (a chunk-extension head whose body never completes) is not
+        // taken for one of this round.
+        let tag = format!("-{i}");
+        let request = request.replace("/bad ", &format!("/bad{tag} "));
         let wire = format!(
-            "GET /one HTTP/1.1\r\nHost: x\r\n\r\nPOST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nokPOST /three HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n{request}{SMUGGLED}"
+            "GET /one{tag} HTTP/1.1\r\nHost: x\r\n\r\nPOST /two{tag} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nokPOST /three{tag} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n{request}{SMUGGLED}"
         );
         let (rs, closed) = pipeline(&gw, wire.as_bytes(), Duration::from_secs(5));
         let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
@@ -179,22 +184,31 @@ async fn an_ambiguous_request_inside_a_pipeline_is_refused_and_ends_it() {
             );
         }
         assert!(closed, "{what}: connection closed after the 400");
-        let reqs = b.requests();
+        let reqs: Vec<_> = b
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with(&tag) || r.path == "/smuggled")
+            .collect();
+        let bad_path = format!("/bad{tag}");
         // A chunk extension is found in the body, after the head went upstream (bodies
         // stream): the upstream may see that head, never the body whole.
         assert!(
             reqs.iter()
-                .all(|r| r.path != "/bad" || (what == "chunk extension" && r.body != b"hello")),
+                .all(|r| r.path != bad_path || (what == "chunk extension" && r.body != b"hello")),
             "{what}: the refused request reached the upstream"
         );
         let paths: Vec<&str> = reqs
             .iter()
             .map(|r| r.path.as_str())
-            .filter(|p| *p != "/bad")
+            .filter(|p| *p != bad_path)
             .collect();
         assert_eq!(
             paths,
-            ["/one", "/two", "/three"],
+            [
+                format!("/one{tag}"),
+                format!("/two{tag}"),
+                format!("/three{tag}")
+            ],
             "{what}: nothing after the refused request went upstream"
         );
     }
