@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -169,14 +168,6 @@ pub fn compile(c: &mut Compiler, a: &RawAcme, plain_listen: &[String]) -> Option
         c.error(
             at,
             "HTTP-01 challenges are answered on the plain HTTP listeners: server.listen needs one (the ACME server connects to port 80 of each domain)",
-        );
-    } else if !plain_listen
-        .iter()
-        .filter_map(|l| l.parse::<SocketAddr>().ok())
-        .any(|a| a.port() == 80)
-    {
-        tracing::info!(
-            "server.tls.acme: no plain listener on port 80; the ACME server's HTTP-01 requests to port 80 must be forwarded to one of server.listen"
         );
     }
     (c.error_count() == before).then(|| AcmeSettings {
@@ -438,10 +429,18 @@ async fn issue(s: &AcmeSettings, state: &AcmeState) -> Result<CertEntry, String>
     storage::prepare(s)?;
     let account = storage::account(s).await?;
     let ids: Vec<Identifier> = s.domains.iter().cloned().map(Identifier::Dns).collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&ids))
-        .await
-        .map_err(|e| format!("new order: {e}"))?;
+    let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+        Ok(o) => o,
+        Err(e) => {
+            let e = e.to_string();
+            if e.contains("accountDoesNotExist") {
+                // The server forgot the stored account (deactivated, or a test server that
+                // restarted): the next attempt creates a new one.
+                storage::forget_account(s);
+            }
+            return Err(format!("new order: {e}"));
+        }
+    };
     let mut tokens = Vec::new();
     let res: Result<(), String> = async {
         let mut authzs = order.authorizations();

@@ -102,6 +102,11 @@ pub async fn account(s: &AcmeSettings) -> Result<instant_acme::Account, String> 
     Ok(account)
 }
 
+/// Removes the stored account (the ACME server no longer knows it).
+pub fn forget_account(s: &AcmeSettings) {
+    let _ = std::fs::remove_file(account_path(s));
+}
+
 /// Stores an issued chain and its key, and loads them for serving (which checks that they
 /// fit together before anything is replaced).
 pub fn save_cert(s: &AcmeSettings, chain_pem: &str, key_pem: &str) -> Result<CertEntry, String> {
