@@ -59,6 +59,8 @@ pub struct TlsSettings {
     pub certificates: crate::tls::store::Certificates,
     /// `acme`: read by the ACME service at every turn, so a reload applies it.
     pub acme: Option<crate::acme::AcmeSettings>,
+    /// `client_auth`: swapped into [`Shared::certs`]'s client verifier by a reload.
+    pub client_auth: Option<crate::tls::client_auth::ClientAuthSettings>,
 }
 
 impl TlsSettings {
@@ -285,6 +287,7 @@ impl Shared {
         let certs = Arc::new(crate::tls::store::CertStore::default());
         if let Some(t) = &rt.server.tls {
             certs.set_configured(&t.certificates);
+            certs.client_auth.set(t.client_auth.as_ref());
         }
         Arc::new(Shared {
             certs,
@@ -338,7 +341,12 @@ impl Shared {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
         let new = config::load_str(&text, base, &self.states, &self.limiters, version)?;
-        let certs_of = |rt: &Runtime| rt.server.tls.as_ref().map(|t| t.certificates.clone());
+        let certs_of = |rt: &Runtime| {
+            rt.server
+                .tls
+                .as_ref()
+                .map(|t| (t.certificates.clone(), t.client_auth.clone()))
+        };
         // Certificate files can change under an unchanged config text (a rotation).
         let certs_changed = certs_of(&new) != certs_of(&old);
         if new.hash == old.hash && !certs_changed {
@@ -361,8 +369,9 @@ impl Shared {
         self.current.store(new.clone());
         // New handshakes get the new certificates; open connections keep theirs.
         if certs_changed {
-            self.certs
-                .set_configured(&certs_of(&new).unwrap_or_default());
+            let (certs, client_auth) = certs_of(&new).unwrap_or_default();
+            self.certs.set_configured(&certs);
+            self.certs.client_auth.set(client_auth.as_ref());
         }
         self.states.retain(&keep);
         self.states.resilience.retain(&new);

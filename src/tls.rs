@@ -25,6 +25,7 @@
 //! holds the store as its resolver and never changes until a binary upgrade, while the
 //! certificates change under it.
 
+pub mod client_auth;
 pub mod store;
 
 use crate::config::compile::Compiler;
@@ -331,7 +332,7 @@ pub fn server_config(
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(p))
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .with_client_cert_verifier(certs.client_auth.clone())
         .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.ignore_client_order = !t.cipher_suites.is_empty();
@@ -347,7 +348,11 @@ pub struct Terminator {
 impl Terminator {
     pub fn new(t: &TlsSettings, certs: Arc<store::CertStore>) -> Result<Terminator, String> {
         Ok(Terminator {
-            acceptor: Acceptor::from_server_config(Arc::new(server_config(t, certs)?)),
+            // The verified client certificate rides on the connection's SslDigest.
+            acceptor: Acceptor::from_server_config_with_callbacks(
+                Arc::new(server_config(t, certs)?),
+                Box::new(client_auth::Identify),
+            ),
             ports: t.listen.iter().map(|a| a.port()).collect(),
         })
     }

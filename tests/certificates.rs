@@ -649,3 +649,138 @@ async fn an_invalid_new_certificate_rejects_the_reload_and_the_old_one_serves() 
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["needs_upgrade"], true, "{v}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Client certificates (server.tls.client_auth)
+// ---------------------------------------------------------------------------------------------
+
+impl Ca {
+    /// A client certificate (PEM chain, PEM key) with `cn` and URI SANs.
+    fn client(&self, cn: &str, uris: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*u).try_into().unwrap()));
+        }
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A handshake (presenting `identity` when given) and one GET: the status, or why not.
+async fn mtls_get(port: u16, identity: Option<&(String, String)>) -> Result<u16, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+    pingora::tls::install_default_crypto_provider();
+    let provider = CryptoProvider::get_default().unwrap().clone();
+    let rec = Arc::new(Recorder {
+        leaf: Mutex::new(None),
+        provider: provider.clone(),
+    });
+    let b = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(rec);
+    let cfg = match identity {
+        Some((chain, key)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    // TLS 1.3: a refused client certificate shows on the first read.
+    get(&mut tls, "/t").await
+}
+
+#[tokio::test]
+async fn client_certificates_required_optional_and_swapped_by_a_reload() {
+    let a = Backend::start("a");
+    let tls_port = free_port();
+    let server_ca = Ca::new();
+    let clients = Ca::new();
+    let stranger = Ca::new();
+    let cfg_with = |mode: Option<&str>| {
+        let auth = mode
+            .map(|m| format!("  client_auth: {{ ca: tls/clients-ca.pem, mode: {m} }}\n"))
+            .unwrap_or_default();
+        Cfg::new()
+            .server(&tls_lines(
+                tls_port,
+                &format!("{}{auth}", certs_block(&["server"])),
+            ))
+            .upstream("u", &[target(&a)], "")
+            .route("r", &["/t"], "u", "")
+    };
+    let cfg = cfg_with(Some("required"));
+    let dir = cfg.dir.path().to_path_buf();
+    server_ca.issue(&dir, "server", &["localhost"], 90);
+    std::fs::write(dir.join("tls/clients-ca.pem"), clients.pem()).unwrap();
+    let gw = cfg.start();
+    let partner = clients.client("partner-a", &["spiffe://acme/partner-a"]);
+    let forged = stranger.client("partner-a", &["spiffe://acme/partner-a"]);
+
+    // required: only a certificate from the clients' CA gets through.
+    assert_eq!(mtls_get(tls_port, Some(&partner)).await, Ok(200));
+    let none = mtls_get(tls_port, None).await;
+    assert!(none.is_err(), "no certificate: {none:?}");
+    let bad = mtls_get(tls_port, Some(&forged)).await;
+    assert!(bad.is_err(), "another CA's certificate: {bad:?}");
+    assert_eq!(a.hits(), 1);
+    let m = gw.metrics_text().await;
+    let failures = metric(&m, "downstream_tls_handshake_failures_total", &[]).unwrap();
+    assert!(failures >= 2.0, "{failures}");
+
+    // optional, by a reload: no certificate passes, a forged one still fails.
+    gw.write_config(cfg_with(Some("optional")));
+    let (status, v) = gw.admin_reload().await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["needs_upgrade"], false, "{v}");
+    assert_eq!(mtls_get(tls_port, None).await, Ok(200));
+    assert_eq!(mtls_get(tls_port, Some(&partner)).await, Ok(200));
+    assert!(mtls_get(tls_port, Some(&forged)).await.is_err());
+
+    // A new CA file under the same path: the old clients are strangers now.
+    std::fs::write(dir.join("tls/clients-ca.pem"), stranger.pem()).unwrap();
+    gw.write_config(cfg_with(Some("required")));
+    let (status, v) = gw.admin_reload().await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["needs_upgrade"], false, "{v}");
+    assert!(mtls_get(tls_port, Some(&partner)).await.is_err());
+    assert_eq!(mtls_get(tls_port, Some(&forged)).await, Ok(200));
+
+    // Without client_auth nothing is asked for.
+    gw.write_config(cfg_with(None));
+    let (status, _) = gw.admin_reload().await;
+    assert_eq!(status, 200);
+    assert_eq!(mtls_get(tls_port, None).await, Ok(200));
+
+    // Load errors with path and line.
+    let (code, err) = Gateway::validate(&format!(
+        "server:\n  listen: [\"127.0.0.1:8080\"]\n  tls:\n    listen: [\"127.0.0.1:8443\"]\n    cert: {d}/tls/server.crt\n    key: {d}/tls/server.key\n    client_auth: {{ ca: {d}/tls/missing.pem, mode: sometimes }}\n",
+        d = dir.display()
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("server.tls.client_auth.mode: \"sometimes\" is not a mode")
+            && err.contains("(line 7)"),
+        "{err}"
+    );
+}

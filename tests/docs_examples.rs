@@ -114,6 +114,8 @@ fn example_dir() -> TempDir {
         ("tls/server.key", "tls/api.example.com.key"),
         ("tls/server.crt", "tls/wildcard.example.net.crt"),
         ("tls/server.key", "tls/wildcard.example.net.key"),
+        // docs/tls.md's client certificates.
+        ("tls/ca.pem", "tls/clients-ca.pem"),
     ] {
         std::fs::copy(dir.path().join(from), dir.path().join(to)).unwrap();
     }

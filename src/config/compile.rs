@@ -283,8 +283,13 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
             .acme
             .as_ref()
             .and_then(|a| crate::acme::compile(c, a, &s.listen));
+        let client_auth = t
+            .client_auth
+            .as_ref()
+            .and_then(|a| crate::tls::client_auth::compile(c, a));
         TlsSettings {
             listen,
+            client_auth,
             min_version: t.min_version.clone(),
             max_version: policy.max_version,
             certificates,

@@ -241,6 +241,8 @@ struct Sources {
 #[derive(Default)]
 pub struct CertStore {
     current: ArcSwap<Resolved>,
+    /// `client_auth`'s verifier: the client CA, swapped by a reload like the certificates.
+    pub client_auth: Arc<super::client_auth::ClientVerifier>,
     /// Writers only (a reload, the ACME service): serializes rebuilding the table.
     sources: Mutex<Sources>,
 }
