@@ -158,6 +158,9 @@ impl AdminApp {
             "routes": routes,
             "upstreams": upstreams,
             "cache": crate::cache::status(),
+            // Names and validity of the served certificates (never key material).
+            "certificates": self.shared.certs.status(),
+            "acme": self.shared.acme.status(rt.server.tls.as_ref().and_then(|t| t.acme.as_ref())),
         })
     }
 }

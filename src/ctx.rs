@@ -11,6 +11,8 @@ pub struct RequestCtx {
     pub rt: Arc<Runtime>,
     pub request_id: String,
     pub client_ip: Option<IpAddr>,
+    /// The client certificate verified in the TLS handshake (`server.tls.client_auth`).
+    pub client_cert: Option<Arc<crate::tls::client_auth::ClientCert>>,
     /// The TCP peer is one of `server.trusted_proxies`.
     pub peer_trusted: bool,
     /// Index into `rt.routes`.
@@ -85,6 +87,7 @@ impl RequestCtx {
             rt,
             request_id: String::new(),
             client_ip: None,
+            client_cert: None,
             peer_trusted: false,
             route: None,
             prefix_len: 0,

@@ -4,7 +4,7 @@
 //! |---------------------------|------------------------------------------|
 //! | `new_ctx`                 | [`crate::ctx`] (one config snapshot load) |
 //! | `early_request_filter`    | [`crate::request`]: id, client IP, limits |
-//! | `request_filter`          | [`crate::probe`] (health path), [`crate::request::route`], [`crate::owned_headers`], [`crate::https_redirect`], plugins |
+//! | `request_filter`          | [`crate::probe`] (health path), [`crate::acme`] (HTTP-01), [`crate::request::route`], [`crate::owned_headers`], [`crate::https_redirect`], plugins |
 //! | `request_body_filter`     | body size cap (`server.max_body_bytes`)   |
 //! | `request_body_filter` (read ahead) | request-transformer's rewritten JSON body ([`crate::plugins::request_body::replay`]) |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | [`crate::plugins::proxy_cache`] (Pingora's cache phases, run after `request_filter`) |
@@ -90,6 +90,10 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // The public health route, before routing and every plugin.
         if crate::probe::answer(session, ctx).await? {
+            return Ok(true);
+        }
+        // ACME's HTTP-01 validations, before routing and every plugin.
+        if crate::acme::answer_challenge(session, ctx, &self.shared.acme).await? {
             return Ok(true);
         }
         let reply = match request::route(session, ctx) {

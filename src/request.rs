@@ -98,6 +98,7 @@ pub fn begin(session: &mut Session, ctx: &mut RequestCtx) {
     let (ip, peer_trusted) = client_ip(peer, xff, &ctx.rt.server.trusted_proxies);
     ctx.client_ip = ip;
     ctx.peer_trusted = peer_trusted;
+    ctx.client_cert = crate::tls::client_auth::client_cert(session);
     // The head is in (EdgeGuard enforced header_timeout); from here on each read of the body
     // may wait at most body_timeout, so a body that stops mid-way frees its connection.
     let bt = ctx.rt.server.body_timeout;

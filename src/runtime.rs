@@ -49,13 +49,29 @@ pub enum AccessLog {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub listen: Vec<SocketAddr>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
     pub min_version: String,
     /// `"1.2"` or `"1.3"` (at least `min_version`).
     pub max_version: String,
     /// Canonical rustls names in preference order; empty: the provider's defaults.
     pub cipher_suites: Vec<String>,
+    /// `cert`/`key` or `certificates`, loaded and checked: a reload swaps them into
+    /// [`Shared::certs`] for new handshakes.
+    pub certificates: crate::tls::store::Certificates,
+    /// `acme`: read by the ACME service at every turn, so a reload applies it.
+    pub acme: Option<crate::acme::AcmeSettings>,
+    /// `client_auth`: swapped into [`Shared::certs`]'s client verifier by a reload.
+    pub client_auth: Option<crate::tls::client_auth::ClientAuthSettings>,
+}
+
+impl TlsSettings {
+    /// What the listening sockets and the rustls config are built from, which only a binary
+    /// upgrade changes (certificates and ACME are swapped in by a reload).
+    pub fn listener_differs(&self, other: &TlsSettings) -> bool {
+        self.listen != other.listen
+            || self.min_version != other.min_version
+            || self.max_version != other.max_version
+            || self.cipher_suites != other.cipher_suites
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -194,7 +210,10 @@ impl Runtime {
     /// Listener settings differ: they only change with a binary upgrade (`-u`).
     pub fn listeners_differ(&self, other: &Runtime) -> bool {
         self.server.listen != other.server.listen
-            || self.server.tls != other.server.tls
+            || match (&self.server.tls, &other.server.tls) {
+                (Some(a), Some(b)) => a.listener_differs(b),
+                (a, b) => a.is_some() != b.is_some(),
+            }
             || self.admin.listen != other.admin.listen
             || self.server.threads != other.server.threads
             || self.server.work_stealing != other.server.work_stealing
@@ -233,6 +252,11 @@ pub struct Shared {
     /// Rate-limit and concurrency counters, kept across reloads by limit identity.
     pub limiters: crate::limits::LimiterRegistry,
     pub config_path: PathBuf,
+    /// The certificates the HTTPS listeners serve (configured and ACME-issued), chosen per
+    /// handshake by SNI; a reload swaps the configured ones.
+    pub certs: Arc<crate::tls::store::CertStore>,
+    /// ACME's HTTP-01 challenge answers and the state of its issuance.
+    pub acme: Arc<crate::acme::AcmeState>,
     versions: AtomicU64,
     /// Held during a reload; also keeps the fingerprint of the file in use (what the reload
     /// summary compares against).
@@ -260,7 +284,14 @@ impl Shared {
         let rt = Arc::new(rt);
         crate::observe::metrics::install(&rt);
         crate::plugins::proxy_cache::install(&rt);
+        let certs = Arc::new(crate::tls::store::CertStore::default());
+        if let Some(t) = &rt.server.tls {
+            certs.set_configured(&t.certificates);
+            certs.client_auth.set(t.client_auth.as_ref());
+        }
         Arc::new(Shared {
+            certs,
+            acme: Arc::default(),
             versions: AtomicU64::new(rt.version),
             current: ArcSwap::new(rt),
             states,
@@ -310,7 +341,15 @@ impl Shared {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
         let new = config::load_str(&text, base, &self.states, &self.limiters, version)?;
-        if new.hash == old.hash {
+        let certs_of = |rt: &Runtime| {
+            rt.server
+                .tls
+                .as_ref()
+                .map(|t| (t.certificates.clone(), t.client_auth.clone()))
+        };
+        // Certificate files can change under an unchanged config text (a rotation).
+        let certs_changed = certs_of(&new) != certs_of(&old);
+        if new.hash == old.hash && !certs_changed {
             return Ok(Reloaded {
                 version: old.version,
                 hash: old.hash.clone(),
@@ -328,6 +367,12 @@ impl Shared {
         let hash = new.hash.clone();
         let new = Arc::new(new);
         self.current.store(new.clone());
+        // New handshakes get the new certificates; open connections keep theirs.
+        if certs_changed {
+            let (certs, client_auth) = certs_of(&new).unwrap_or_default();
+            self.certs.set_configured(&certs);
+            self.certs.client_auth.set(client_auth.as_ref());
+        }
         self.states.retain(&keep);
         self.states.resilience.retain(&new);
         self.states.discovery.retain(&new);

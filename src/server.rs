@@ -1,7 +1,7 @@
 //! Assembles the Pingora server: our `server:` section translated into Pingora's
 //! `ServerConf` (given to `Server::new_with_opt_and_conf`, the only place an `upgrade_sock`
 //! is honoured), the public proxy service, the admin service, and our background services
-//! (health-check scheduler, SIGHUP reload, access-log writer, SIGUSR2 binary upgrade,
+//! (health-check scheduler, ACME certificates, SIGHUP reload, access-log writer, SIGUSR2 binary upgrade,
 //! readiness and the outcome of a socket handover: see [`crate::process`] and
 //! [`crate::upgrade`]).
 
@@ -118,7 +118,7 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         .server
         .tls
         .as_ref()
-        .map(crate::tls::Terminator::new)
+        .map(|t| crate::tls::Terminator::new(t, shared.certs.clone()))
         .transpose()
         .map_err(|e| Error::explain(ErrorType::InternalError, format!("server.tls: {e}")))?;
     let mut proxy = Service::new(
@@ -150,6 +150,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     server.add_service(background_service(
         "dns discovery",
         DiscoveryScheduler::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "acme",
+        crate::acme::AcmeService::new(shared.clone()),
     ));
     server.add_service(background_service(
         "jwks refresh",

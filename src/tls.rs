@@ -19,6 +19,14 @@
 //! `X-Forwarded-Proto` and the https-only routes look at. A client outside the policy gets a
 //! TLS alert (`protocol_version`, `handshake_failure`) and the connection is counted in
 //! `downstream_tls_handshake_failures_total`.
+//!
+//! The certificate of each handshake is chosen by SNI from [`store::CertStore`], which the
+//! config's `certificates` (replaced on reload) and ACME fill: the `ServerConfig` built here
+//! holds the store as its resolver and never changes until a binary upgrade, while the
+//! certificates change under it.
+
+pub mod client_auth;
+pub mod store;
 
 use crate::config::compile::Compiler;
 use crate::config::raw::RawTls;
@@ -28,7 +36,6 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::tls::{version, CryptoProvider, ServerConfig};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +77,7 @@ const OPENSSL_NAMES: &[(&str, &str)] = &[
 
 /// The crypto provider Pingora's listeners use (ring, installed as the process default if
 /// nothing else was); its suite list is what `cipher_suites` picks from.
-fn provider() -> Option<&'static Arc<CryptoProvider>> {
+pub(crate) fn provider() -> Option<&'static Arc<CryptoProvider>> {
     pingora::tls::install_default_crypto_provider();
     CryptoProvider::get_default()
 }
@@ -108,15 +115,8 @@ pub struct Policy {
 
 /// Checks `max_version`, `cipher_suites` (names, duplicates, each usable under the version
 /// range, each enabled version left with a suite), that no port is both a plain and a TLS
-/// listener (the terminator tells them apart by port), and that the certificate and key load
-/// and fit together. Errors go to `c` with their YAML path.
-pub fn compile_policy(
-    c: &mut Compiler,
-    t: &RawTls,
-    plain_listen: &[String],
-    cert: &Path,
-    key: &Path,
-) -> Policy {
+/// listener (the terminator tells them apart by port). Errors go to `c` with their YAML path.
+pub fn compile_policy(c: &mut Compiler, t: &RawTls, plain_listen: &[String]) -> Policy {
     let min13 = t.min_version == "1.3";
     let max_ok = matches!(t.max_version.as_str(), "1.2" | "1.3");
     if !max_ok {
@@ -202,47 +202,111 @@ pub fn compile_policy(
             );
         }
     }
-    // The certificate and key, only when the files exist (their absence is reported already).
-    if cert.is_file() && key.is_file() {
-        if let Err(e) = load_cert(cert, key) {
-            c.error("server.tls.cert", e);
-        }
-    }
     Policy {
         max_version: t.max_version.clone(),
         cipher_suites: suites,
     }
 }
 
-type CertAndKey = (
-    Vec<pingora::tls::CertificateDer<'static>>,
-    pingora::tls::PrivateKeyDer<'static>,
-);
-
-fn load_cert(cert: &Path, key: &Path) -> Result<CertAndKey, String> {
-    let loaded =
-        pingora::tls::load_certs_and_key_files(&cert.to_string_lossy(), &key.to_string_lossy())
-            .map_err(|e| format!("cannot read the certificate or key: {e}"))?;
-    let (certs, key) = loaded.ok_or_else(|| {
-        format!(
-            "no PEM certificate in {} or no PEM private key in {}",
-            cert.display(),
-            key.display()
-        )
-    })?;
-    // Checks that the key is usable and belongs to the certificate.
-    let p = provider().ok_or("no TLS crypto provider is available")?;
-    ServerConfig::builder_with_provider(p.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs.clone(), key.clone_key())
-        .map_err(|e| format!("the certificate and key cannot be used together: {e}"))?;
-    Ok((certs, key))
+/// Loads and checks every certificate of `server.tls` (`cert`/`key` or `certificates`):
+/// files present, key belonging to the certificate, not expired (an error), expiring within
+/// 14 days (a warning in the log, with path and line: the load goes on).
+pub fn compile_certificates(c: &mut Compiler, t: &RawTls) -> store::Certificates {
+    let mut pairs: Vec<(String, &str, &str)> = Vec::new();
+    match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            if !t.certificates.is_empty() {
+                c.error(
+                    "server.tls.certificates",
+                    "set either cert and key (one certificate) or certificates (a list), not both",
+                );
+            }
+            pairs.push(("server.tls".to_string(), cert, key));
+        }
+        (Some(_), None) => c.error(
+            "server.tls.cert",
+            "needs key (the certificate's private key)",
+        ),
+        (None, Some(_)) => c.error(
+            "server.tls.key",
+            "needs cert (the certificate it belongs to)",
+        ),
+        (None, None) => {
+            if t.certificates.is_empty() && t.acme.is_none() {
+                c.error(
+                    "server.tls",
+                    "needs a certificate: certificates (a list of cert and key), cert and key, or acme",
+                );
+            }
+        }
+    }
+    for (i, p) in t.certificates.iter().enumerate() {
+        pairs.push((format!("server.tls.certificates[{i}]"), &p.cert, &p.key));
+    }
+    let now = store::now_unix();
+    let mut out = Vec::new();
+    for (base, cert, key) in pairs {
+        let (cert_at, key_at) = (format!("{base}.cert"), format!("{base}.key"));
+        // Load errors (unreadable, no PEM, a key of another certificate) go on `cert`.
+        let (cert, key) = (c.file(cert), c.file(key));
+        let mut found = true;
+        if !cert.is_file() {
+            c.error(
+                &cert_at,
+                format!("certificate file {} not found", cert.display()),
+            );
+            found = false;
+        }
+        if !key.is_file() {
+            c.error(&key_at, format!("key file {} not found", key.display()));
+            found = false;
+        }
+        if !found {
+            continue;
+        }
+        let origin = store::Origin::Config(if base == "server.tls" {
+            "server.tls.cert".to_string()
+        } else {
+            base.clone()
+        });
+        let e = match store::load_pair(&cert, &key, origin) {
+            Ok(e) => e,
+            Err(msg) => {
+                c.error(&cert_at, msg);
+                continue;
+            }
+        };
+        let until = crate::plugins::json_rewrite::rfc3339_millis(Duration::from_secs(
+            e.not_after.max(0) as u64,
+        ));
+        let names = e.names.join(", ");
+        if e.not_after <= now {
+            c.error(
+                &cert_at,
+                format!("the certificate for {names} expired on {until}"),
+            );
+            continue;
+        }
+        if e.not_after - now < store::EXPIRY_WARNING_SECS {
+            let line = c
+                .line_of(&cert_at)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            tracing::warn!(
+                "{cert_at}{line}: the certificate for {names} expires in {} days, on {until}",
+                (e.not_after - now) / 86_400
+            );
+        }
+        out.push(Arc::new(e));
+    }
+    store::Certificates(out)
 }
 
 /// The rustls server config of the HTTPS listeners.
-pub fn server_config(t: &TlsSettings) -> Result<ServerConfig, String> {
+pub fn server_config(
+    t: &TlsSettings,
+    certs: Arc<store::CertStore>,
+) -> Result<ServerConfig, String> {
     let base = provider().ok_or("no TLS crypto provider is available")?;
     let mut p = CryptoProvider::clone(base);
     if !t.cipher_suites.is_empty() {
@@ -263,19 +327,13 @@ pub fn server_config(t: &TlsSettings) -> Result<ServerConfig, String> {
         (_, "1.2") => &[&version::TLS12][..],
         _ => &[&version::TLS12, &version::TLS13][..],
     };
-    let (certs, key) = load_cert(&t.cert, &t.key)?;
-    // What is served from now on: `tls_certificate_expiry_seconds` (the leaf).
-    match certs.first().map(|c| crate::observe::certs::describe(c)) {
-        Some(Ok(leaf)) => crate::observe::certs::set_served([leaf]),
-        Some(Err(e)) => tracing::warn!("server.tls.cert: no expiry metric: {e}"),
-        None => {}
-    }
+    // The certificates are chosen per handshake by the store (SNI), which reloads and ACME
+    // update in place: this config itself never changes until a binary upgrade.
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(p))
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("the certificate and key cannot be used together: {e}"))?;
+        .with_client_cert_verifier(certs.client_auth.clone())
+        .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.ignore_client_order = !t.cipher_suites.is_empty();
     Ok(cfg)
@@ -288,9 +346,13 @@ pub struct Terminator {
 }
 
 impl Terminator {
-    pub fn new(t: &TlsSettings) -> Result<Terminator, String> {
+    pub fn new(t: &TlsSettings, certs: Arc<store::CertStore>) -> Result<Terminator, String> {
         Ok(Terminator {
-            acceptor: Acceptor::from_server_config(Arc::new(server_config(t)?)),
+            // The verified client certificate rides on the connection's SslDigest.
+            acceptor: Acceptor::from_server_config_with_callbacks(
+                Arc::new(server_config(t, certs)?),
+                Box::new(client_auth::Identify),
+            ),
             ports: t.listen.iter().map(|a| a.port()).collect(),
         })
     }

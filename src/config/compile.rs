@@ -274,30 +274,26 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
                 Err(e) => c.error(&format!("server.tls.listen[{i}]"), e),
             }
         }
-        let cert = c.file(&t.cert);
-        let key = c.file(&t.key);
-        if !cert.is_file() {
-            c.error(
-                "server.tls.cert",
-                format!("certificate file {} not found", cert.display()),
-            );
-        }
-        if !key.is_file() {
-            c.error(
-                "server.tls.key",
-                format!("key file {} not found", key.display()),
-            );
-        }
         if !matches!(t.min_version.as_str(), "1.2" | "1.3") {
             c.error("server.tls.min_version", "must be \"1.2\" or \"1.3\"");
         }
-        let policy = crate::tls::compile_policy(c, t, &s.listen, &cert, &key);
+        let policy = crate::tls::compile_policy(c, t, &s.listen);
+        let certificates = crate::tls::compile_certificates(c, t);
+        let acme = t
+            .acme
+            .as_ref()
+            .and_then(|a| crate::acme::compile(c, a, &s.listen));
+        let client_auth = t
+            .client_auth
+            .as_ref()
+            .and_then(|a| crate::tls::client_auth::compile(c, a));
         TlsSettings {
             listen,
-            cert,
-            key,
+            client_auth,
             min_version: t.min_version.clone(),
             max_version: policy.max_version,
+            certificates,
+            acme,
             cipher_suites: policy.cipher_suites,
         }
     });

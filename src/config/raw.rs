@@ -143,8 +143,16 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub listen: Vec<String>,
-    pub cert: String,
-    pub key: String,
+    /// One certificate: the same as a one-entry `certificates` list.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Certificates chosen by the client's SNI; the first also answers clients without SNI.
+    #[serde(default)]
+    pub certificates: Vec<RawCertPair>,
+    /// Certificates issued and renewed automatically (HTTP-01).
+    pub acme: Option<RawAcme>,
+    /// Client certificates (mTLS) verified at the handshake.
+    pub client_auth: Option<RawClientAuth>,
     #[serde(default = "default_tls_min")]
     pub min_version: String,
     /// Extension: highest TLS version offered (`"1.2"` or `"1.3"`).
@@ -154,6 +162,50 @@ pub struct RawTls {
     /// rustls's defaults).
     #[serde(default)]
     pub cipher_suites: Vec<String>,
+}
+
+/// `server.tls.certificates[]`: a PEM certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `server.tls.acme`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// Contact address given to the ACME server (optional).
+    pub email: Option<String>,
+    pub domains: Vec<String>,
+    /// Directory of the account key and the issued certificates.
+    pub storage: String,
+    #[serde(default = "default_renew_before")]
+    pub renew_before: Dur,
+    /// PEM file of an extra root that the ACME directory's own certificate is checked against.
+    pub ca: Option<String>,
+}
+
+fn default_renew_before() -> Dur {
+    Dur::secs(30 * 86_400)
+}
+
+/// `server.tls.client_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    /// PEM file of the CAs client certificates must chain to.
+    pub ca: String,
+    /// `optional` (default) or `required`.
+    #[serde(default = "default_client_auth_mode")]
+    pub mode: String,
+}
+
+fn default_client_auth_mode() -> String {
+    "optional".into()
 }
 
 fn default_tls_max() -> String {

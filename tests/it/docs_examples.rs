@@ -109,6 +109,13 @@ fn example_dir() -> TempDir {
         ("tls/ca.pem", "certs/internal-ca.pem"),
         ("tls/server.crt", "certs/gateway.pem"),
         ("tls/server.key", "certs/gateway.key"),
+        // docs/tls.md's certificates chosen by SNI.
+        ("tls/server.crt", "tls/api.example.com.crt"),
+        ("tls/server.key", "tls/api.example.com.key"),
+        ("tls/server.crt", "tls/wildcard.example.net.crt"),
+        ("tls/server.key", "tls/wildcard.example.net.key"),
+        // docs/tls.md's client certificates.
+        ("tls/ca.pem", "tls/clients-ca.pem"),
     ] {
         std::fs::copy(dir.path().join(from), dir.path().join(to)).unwrap();
     }

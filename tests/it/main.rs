@@ -12,12 +12,14 @@ mod auth_support;
 mod common;
 
 mod access_log;
+mod acme;
 mod acl;
 mod auth_jwt;
 mod auth_key;
 mod balancing;
 mod build_info;
 mod cache;
+mod certificates;
 mod compression;
 mod concurrency;
 mod config_errors;

@@ -241,6 +241,20 @@ impl Acceptor {
         }
     }
 
+    /// PATCH (gatehouse): [`Self::from_server_config`] with post-handshake callbacks, whose
+    /// value lands in the connection's `SslDigest::extension` (as with
+    /// [`TlsSettings::with_callbacks`], which cannot take a `ServerConfig`).
+    pub fn from_server_config_with_callbacks(
+        config: Arc<ServerConfig>,
+        callbacks: TlsAcceptCallbacks,
+    ) -> Self {
+        Self {
+            acceptor: RusTlsAcceptor::from(config),
+            callbacks: Some(SharedTlsAcceptCallbacks::from(callbacks)),
+            offload: None,
+        }
+    }
+
     pub async fn tls_handshake<S: IO + 'static>(&self, stream: S) -> Result<TlsStream<S>> {
         debug!("new tls session");
         if let Some(offload) = self.offload.as_ref() {
