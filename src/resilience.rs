@@ -25,7 +25,7 @@ use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::runtime::Runtime;
 use crate::upstream::budget::{BudgetConfig, BudgetState};
-use crate::upstream::now_ms;
+use crate::util::clock::now_ms;
 use parking_lot::Mutex;
 use pingora::prelude::*;
 use serde::Deserialize;

@@ -28,7 +28,7 @@ static NODE: Lazy<String> = Lazy::new(|| {
     format!(
         "{:x}-{:x}",
         std::process::id(),
-        crate::limits::now_us() ^ 0x9e37_79b9_7f4a_7c15
+        crate::util::clock::now_us() ^ 0x9e37_79b9_7f4a_7c15
     )
 });
 

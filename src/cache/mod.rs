@@ -235,7 +235,7 @@ pub async fn purge_endpoint(
             if !path.starts_with('/') {
                 return bad("path must start with /".into());
             }
-            let Some(path) = crate::router::normalize_percent(path) else {
+            let Some(path) = crate::util::percent::normalize_percent(path) else {
                 return bad("path has an invalid percent-encoding".into());
             };
             let query = query.map(key::normalize_query);

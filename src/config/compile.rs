@@ -231,7 +231,7 @@ fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::runtime::Cache
         }
         ok.then(|| crate::runtime::PurgeBroadcast {
             url: Secret::new(b.url.clone()),
-            addr: crate::limits::redis::redact_url(&b.url),
+            addr: crate::util::redact::redact_url(&b.url),
             channel: b.channel.clone(),
             timeout: b.timeout.0,
         })

@@ -1204,7 +1204,7 @@ pub fn render(rt: &Runtime) -> String {
         &["upstream", "target"],
     )
     .expect("valid metric definition");
-    let now = crate::upstream::now_ms();
+    let now = crate::util::clock::now_ms();
     for u in &rt.upstreams {
         for t in &u.targets().targets {
             healthy

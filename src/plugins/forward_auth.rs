@@ -646,8 +646,12 @@ impl ForwardAuth {
             Some((certs, digest)) => (Some(certs), digest),
             None => (None, String::new()),
         };
-        let id =
-            crate::limits::identity(&["forward-auth", env.route.unwrap_or(""), &text, &ca_digest]);
+        let id = crate::util::digest::identity(&[
+            "forward-auth",
+            env.route.unwrap_or(""),
+            &text,
+            &ca_digest,
+        ]);
         let state = state_for(&id, || {
             let mut b = reqwest::Client::builder()
                 .timeout(timeout)

@@ -49,9 +49,6 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Header carrying the token's roles upstream (comma-separated).
-pub const ROLES_HEADER: HeaderName = HeaderName::from_static("x-authenticated-roles");
-
 /// Lifetime of a cached verification of a token without `exp` (allowed when `exp` is not in
 /// `claims_to_verify`).
 const NO_EXP_CACHE_MS: u64 = 300_000;
@@ -794,7 +791,7 @@ impl Jwt {
     pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::send_consumer(req, ctx)?;
         if let Some(roles) = ctx.jwt.as_ref().and_then(|t| t.roles.clone()) {
-            req.insert_header(ROLES_HEADER, roles)?;
+            req.insert_header(crate::owned_headers::ROLES_HEADER, roles)?;
         }
         if self.hide_credentials {
             for name in &self.header_names {

@@ -22,9 +22,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
-/// Header carrying the authenticated consumer's username upstream.
-pub const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-username");
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Config {

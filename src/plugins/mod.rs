@@ -412,7 +412,7 @@ pub fn build(
 /// call this; client-sent copies were already removed in `forward::rewrite_request`).
 pub(crate) fn send_consumer(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     if let Some(c) = ctx.consumer.and_then(|i| ctx.rt.consumers.get(i)) {
-        req.insert_header(key_auth::CONSUMER_HEADER, c.header.clone())?;
+        req.insert_header(crate::owned_headers::CONSUMER_HEADER, c.header.clone())?;
     }
     Ok(())
 }

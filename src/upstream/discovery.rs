@@ -17,10 +17,11 @@
 //! hickory-resolver does the lookups, with its cache off: the TTL is honoured by the schedule
 //! here, and a lookup always asks the server.
 
-use super::{now_ms, StateRegistry, Target, TargetSet, TargetState, Upstream};
+use super::{StateRegistry, Target, TargetSet, TargetState, Upstream};
 use crate::config::compile::Compiler;
 use crate::config::raw::{RawDiscovery, RawUpstream};
 use crate::runtime::Shared;
+use crate::util::clock::now_ms;
 use async_trait::async_trait;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, NameServerConfigGroup, Protocol, ResolverConfig,

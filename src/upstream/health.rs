@@ -3,8 +3,9 @@
 //! not follow a reload. Each tick looks at the current runtime, starts the checks that are
 //! due, and applies the healthy/unhealthy thresholds to the target's shared state.
 
-use super::{now_ms, HealthCheck, TargetState, Upstream};
+use super::{HealthCheck, TargetState, Upstream};
 use crate::runtime::Shared;
+use crate::util::clock::now_ms;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;

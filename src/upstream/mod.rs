@@ -16,21 +16,16 @@ pub mod peer;
 pub mod select;
 
 use crate::config::raw::Balance;
+use crate::util::clock::now_ms;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use select::{InflightGuard, Selection};
-
-/// Milliseconds since process start: a cheap monotonic clock for atomics.
-pub fn now_ms() -> u64 {
-    static START: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
-    START.elapsed().as_millis() as u64
-}
 
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
