@@ -16,7 +16,7 @@
 //! when it is not 443; behind a trusted proxy none is added (the proxy's HTTPS port is
 //! assumed to be 443).
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::RawRoute;
 use crate::ctx::RequestCtx;
 use crate::plugins::Reply;

@@ -19,7 +19,7 @@
 //! signals: [`crate::process::exit_on_sigint`]). systemd hears `STOPPING=1` when a shutdown
 //! starts, not on `SIGQUIT`: after a handover the service goes on in the new process.
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::RawRoute;
 use crate::ctx::RequestCtx;
 use crate::runtime::ServerSettings;

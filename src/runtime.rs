@@ -147,7 +147,7 @@ pub struct Route {
     /// `protocols: [https]`: how plain HTTP is answered ([`crate::https_redirect`]).
     pub https_only: Option<crate::https_redirect::HttpsOnly>,
     /// `timeout`: total time for the upstream exchange, retries included.
-    pub timeout: Option<crate::resilience::RouteTimeout>,
+    pub timeout: Option<crate::upstream::policy::RouteTimeout>,
     /// Identity and forwarding headers a client may not send on this route.
     pub owned_headers: crate::owned_headers::OwnedHeaders,
 }
@@ -329,8 +329,11 @@ impl Shared {
         let new = Arc::new(new);
         self.current.store(new.clone());
         self.states.retain(&keep);
-        self.states.resilience.retain(&new);
-        self.states.discovery.retain(&new);
+        self.states.resilience.retain(
+            new.upstreams.iter().map(|u| u.name.as_str()),
+            new.routes.iter().map(|r| r.name.as_str()),
+        );
+        self.states.discovery.retain(&new.upstreams);
         crate::observe::metrics::install(&new);
         crate::plugins::proxy_cache::install(&new);
         Ok(Reloaded {

@@ -20,7 +20,7 @@
 //! TLS alert (`protocol_version`, `handshake_failure`) and the connection is counted in
 //! `downstream_tls_handshake_failures_total`.
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::RawTls;
 use crate::runtime::TlsSettings;
 use pingora::listeners::tls::Acceptor;

@@ -3,6 +3,7 @@
 //! cross references. Collects every error (with YAML path and line) instead of stopping at
 //! the first.
 
+use super::diag::Compiler;
 use super::error::{ConfigError, ConfigErrors};
 use super::position::Positions;
 use super::raw::{self, RawConfig, RawPlugin};
@@ -19,104 +20,9 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-
-/// Error sink and helpers shared by the compile steps and plugin constructors.
-pub struct Compiler<'a> {
-    pos: &'a Positions,
-    errors: Vec<ConfigError>,
-    /// Values that came from the environment: redacted from every error message.
-    secrets: Vec<String>,
-    base_dir: PathBuf,
-}
-
-impl Compiler<'_> {
-    /// Errors found so far.
-    pub fn error_count(&self) -> usize {
-        self.errors.len()
-    }
-
-    pub fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            path: path.to_string(),
-            line: self.pos.line(path),
-            message: message.into(),
-        });
-    }
-
-    /// Like [`Compiler::error`], but an error identical to one already reported (same path,
-    /// same message) is dropped: for problems in a shared section (`consumers`) found by every
-    /// plugin instance that reads it.
-    pub fn error_once(&mut self, path: &str, message: impl Into<String>) {
-        let message = message.into();
-        if !self
-            .errors
-            .iter()
-            .any(|e| e.path == path && e.message == message)
-        {
-            self.error(path, message);
-        }
-    }
-
-    /// Line of a YAML path (or of its closest parent), for messages naming a second place.
-    pub fn line_of(&self, path: &str) -> Option<usize> {
-        self.pos.line(path)
-    }
-
-    /// A file path relative to the config file's directory.
-    pub fn file(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-
-    /// Deserializes a plugin's `config` value into its typed struct, with the YAML path of
-    /// the offending key in the error.
-    pub fn plugin_config<T: serde::de::DeserializeOwned + Default>(
-        &mut self,
-        path: &str,
-        value: Option<&serde_yaml::Value>,
-    ) -> Option<T> {
-        let Some(v) = value else {
-            return Some(T::default());
-        };
-        if v.is_null() {
-            return Some(T::default());
-        }
-        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = if inner == "." {
-                    format!("{path}.config")
-                } else {
-                    format!("{path}.config.{inner}")
-                };
-                self.error(&full, e.into_inner().to_string());
-                None
-            }
-        }
-    }
-}
-
-/// The [`Compiler`] of one plugin's build, remembering whether it reported anything: a
-/// constructor reports every error it finds, then gives up if there was one.
-pub struct ErrorSink<'x, 'a> {
-    pub c: &'x mut Compiler<'a>,
-    pub failed: bool,
-}
-
-impl ErrorSink<'_, '_> {
-    pub fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.failed = true;
-        self.c.error(path, message);
-    }
-}
 
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
@@ -153,12 +59,7 @@ pub fn compile(
     text: &str,
 ) -> Result<Runtime, ConfigErrors> {
     let raw: RawConfig = parsed.raw;
-    let mut c = Compiler {
-        pos,
-        errors: Vec::new(),
-        secrets: parsed.secrets,
-        base_dir: base_dir.to_path_buf(),
-    };
+    let mut c = Compiler::new(pos, parsed.secrets, base_dir.to_path_buf());
     let server = compile_server(&mut c, &raw.server);
     let admin = compile_admin(&mut c, &raw.admin);
     let cache = compile_cache(&mut c, &raw.cache);
@@ -189,11 +90,7 @@ pub fn compile(
     crate::probe::check_routes(&mut c, &server, &raw.routes);
     crate::https_redirect::check_listeners(&mut c, &server, &raw.routes);
 
-    if !c.errors.is_empty() {
-        let mut errs = ConfigErrors(std::mem::take(&mut c.errors));
-        errs.redact(&c.secrets);
-        return Err(errs);
-    }
+    c.finish()?;
     let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
     Ok(Runtime {
         version,
@@ -466,7 +363,7 @@ fn compile_upstreams(
             c.error(&format!("{p}.name"), "must not be empty");
         }
         if let Some(first) = seen.insert(&u.name, i) {
-            let line = c.pos.line(&format!("upstreams[{first}].name"));
+            let line = c.line_of(&format!("upstreams[{first}].name"));
             c.error(
                 &format!("{p}.name"),
                 format!(
@@ -760,7 +657,7 @@ fn compile_routes(
             c.error(&format!("{p}.name"), "must not be empty");
         }
         if let Some(first) = seen.insert(&r.name, i) {
-            let line = c.pos.line(&format!("routes[{first}].name")).unwrap_or(0);
+            let line = c.line_of(&format!("routes[{first}].name")).unwrap_or(0);
             c.error(
                 &format!("{p}.name"),
                 format!(

@@ -7,6 +7,7 @@
 //! error is looked up in [`position::Positions`] for its line.
 
 pub mod compile;
+pub mod diag;
 pub mod env;
 pub mod error;
 pub mod position;

@@ -5,7 +5,7 @@
 //! whether it was answered, failed or abandoned by the client.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use crate::limits::{ConcurrencyStore, KeyBuf};
 use serde::Deserialize;

@@ -41,7 +41,7 @@
 //! every plugin, and a cache hit neither calls nor boxes anything.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::{Compiler, ErrorSink};
+use crate::config::diag::{Compiler, ErrorSink};
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use http::header::{

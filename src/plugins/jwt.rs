@@ -25,7 +25,7 @@
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::runtime::JwtSecretSpec;

@@ -10,7 +10,7 @@
 //! header and query parameter are stripped before proxying.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;

@@ -40,7 +40,7 @@ pub mod response_transformer;
 pub mod security_headers;
 pub mod size_limit;
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use crate::runtime::{Consumer, Tier};
 use bytes::Bytes;

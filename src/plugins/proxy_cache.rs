@@ -19,7 +19,7 @@
 //! Stores outlive reloads (see [`crate::cache`]); [`install`] applies a new config to them.
 
 use crate::cache::{self, key, EntryTag, StoreId};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::plugins::Plugin;

@@ -15,7 +15,7 @@
 //! request through (counted in `rate_limit_backend_errors_total`), `false` answers 503.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::limits::{

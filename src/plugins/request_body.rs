@@ -33,7 +33,7 @@ use super::json_scan::{unquoted, Invalid, Scanner};
 use super::request_transformer::{push_json_escaped, Template};
 use super::response_transformer::is_json;
 use super::{Outcome, Reply};
-use crate::config::compile::{Compiler, ErrorSink};
+use crate::config::diag::{Compiler, ErrorSink};
 use crate::ctx::RequestCtx;
 use bytes::Bytes;
 use http::header;

@@ -43,7 +43,7 @@ use super::json_rewrite::{self, Envelope, JsonRules};
 use super::request_transformer::{
     header_names, header_pairs_in, header_renames, split_entry, HeaderOps, Scope,
 };
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use crate::plugins::Plugin;

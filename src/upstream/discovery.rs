@@ -18,7 +18,7 @@
 //! here, and a lookup always asks the server.
 
 use super::{StateRegistry, Target, TargetSet, TargetState, Upstream};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::{RawDiscovery, RawUpstream};
 use crate::runtime::Shared;
 use crate::util::clock::now_ms;
@@ -154,9 +154,9 @@ pub struct Registry {
 
 impl Registry {
     /// Forgets upstreams that no longer use discovery (after a reload is swapped in).
-    pub fn retain(&self, rt: &crate::runtime::Runtime) {
+    pub fn retain(&self, upstreams: &[Arc<Upstream>]) {
         self.by_upstream.lock().retain(|name, st| {
-            rt.upstreams.iter().any(|u| {
+            upstreams.iter().any(|u| {
                 u.name == *name
                     && u.discovery
                         .as_ref()

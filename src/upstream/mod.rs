@@ -13,6 +13,7 @@ pub mod budget;
 pub mod discovery;
 pub mod health;
 pub mod peer;
+pub mod policy;
 pub mod select;
 
 use crate::config::raw::Balance;
@@ -171,7 +172,7 @@ pub struct Upstream {
     /// Rotating start point for round robin, the weighted schedule and tie breaks.
     pub cursor: AtomicUsize,
     /// `retry_backoff`, `retry_budget` and their counters.
-    pub resilience: crate::resilience::UpstreamPolicy,
+    pub resilience: policy::UpstreamPolicy,
     /// `tls` and `protocol`: how connections to the targets are made.
     pub transport: peer::Transport,
 }
@@ -189,7 +190,7 @@ impl Upstream {
 pub struct StateRegistry {
     states: Mutex<HashMap<(String, String), Arc<TargetState>>>,
     /// Retry budgets and resilience counters by upstream and route name.
-    pub resilience: crate::resilience::Registry,
+    pub resilience: policy::Registry,
     /// Last good DNS answers by upstream, kept across reloads.
     pub discovery: discovery::Registry,
 }
