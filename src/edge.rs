@@ -17,7 +17,7 @@
 //!   so the wrapper tracks chunked framing and overwrites the `;` with a byte that makes
 //!   Pingora's own chunk parser fail (JSON 400, connection closed). See [`ChunkScan`].
 
-use crate::runtime::Shared;
+use crate::app::Shared;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::{

@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod app;
 pub mod cache;
 pub mod config;
 pub mod ctx;
@@ -18,6 +19,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod https_redirect;
 pub mod limits;
+pub mod model;
 pub mod observe;
 pub mod owned_headers;
 pub mod plugins;
@@ -36,4 +38,4 @@ pub mod upstream;
 pub mod util;
 pub mod websocket;
 
-pub use runtime::Shared;
+pub use app::Shared;

@@ -22,7 +22,7 @@
 use crate::config::diag::Compiler;
 use crate::config::raw::RawRoute;
 use crate::ctx::RequestCtx;
-use crate::runtime::ServerSettings;
+use crate::model::ServerSettings;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;

@@ -22,8 +22,8 @@
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
+use crate::ctx::Runtime;
 use crate::errors;
-use crate::runtime::Runtime;
 use crate::upstream::budget::BudgetConfig;
 use crate::upstream::policy::{Backoff, Budget, Registry, RouteTimeout, UpstreamPolicy};
 use crate::util::clock::now_ms;
@@ -127,17 +127,6 @@ pub fn compile_route_timeout(
 // Per request
 // ---------------------------------------------------------------------------------------------
 
-/// This request's deadline and pending back-off (in [`RequestCtx::resilience`]).
-#[derive(Debug, Default)]
-pub struct RequestState {
-    /// Arrival + `routes[].timeout`, set at the first attempt.
-    pub deadline: Option<Instant>,
-    /// To wait before the next attempt (decided with the retry).
-    backoff: Duration,
-    /// The deadline ended this request (counted once).
-    pub expired: bool,
-}
-
 fn expire(ctx: &mut RequestCtx) {
     if ctx.resilience.expired {
         return;
@@ -228,11 +217,7 @@ pub fn note_error(ctx: &mut RequestCtx, e: &Error) {
 /// expiry is counted only where a timeout fired, in [`note_error`]).
 pub fn allow_retry(ctx: &mut RequestCtx) -> bool {
     let rt = ctx.rt.clone();
-    let Some(up) = ctx
-        .route
-        .and_then(|i| rt.routes.get(i))
-        .map(|r| &r.upstream)
-    else {
+    let Some(up) = rt.route(ctx.route).map(|r| &r.upstream) else {
         return true;
     };
     let policy = &up.resilience;

@@ -22,7 +22,7 @@
 
 use crate::config::diag::Compiler;
 use crate::config::raw::RawTls;
-use crate::runtime::TlsSettings;
+use crate::model::TlsSettings;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;

@@ -7,12 +7,12 @@ use super::diag::Compiler;
 use super::error::{ConfigError, ConfigErrors};
 use super::position::Positions;
 use super::raw::{self, RawConfig, RawPlugin};
+use crate::ctx::{Route, Runtime};
+use crate::model::{
+    AccessLog, AdminSettings, Consumer, JwtSecretSpec, Secret, ServerSettings, Tier, TlsSettings,
+};
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
-use crate::runtime::{
-    AccessLog, AdminSettings, Consumer, JwtSecretSpec, Route, Runtime, Secret, ServerSettings,
-    Tier, TlsSettings,
-};
 use crate::upstream::{HealthCheck, Passive, StateRegistry, Target, TargetSet, Timeouts, Upstream};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
@@ -107,7 +107,7 @@ pub fn compile(
     })
 }
 
-fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::runtime::CacheSettings {
+fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::model::CacheSettings {
     let purge_broadcast = raw.purge_broadcast.as_ref().and_then(|b| {
         let mut ok = true;
         if ::redis::Client::open(b.url.as_str()).is_err() {
@@ -126,14 +126,14 @@ fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::runtime::Cache
             c.error("cache.purge_broadcast.timeout", "must be greater than 0");
             ok = false;
         }
-        ok.then(|| crate::runtime::PurgeBroadcast {
+        ok.then(|| crate::model::PurgeBroadcast {
             url: Secret::new(b.url.clone()),
             addr: crate::util::redact::redact_url(&b.url),
             channel: b.channel.clone(),
             timeout: b.timeout.0,
         })
     });
-    crate::runtime::CacheSettings { purge_broadcast }
+    crate::model::CacheSettings { purge_broadcast }
 }
 
 fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {

@@ -16,8 +16,8 @@ pub mod units;
 
 pub use error::{ConfigError, ConfigErrors};
 
+use crate::ctx::Runtime;
 use crate::limits::LimiterRegistry;
-use crate::runtime::Runtime;
 use crate::upstream::StateRegistry;
 use position::Positions;
 use serde_yaml::Value;

@@ -21,7 +21,7 @@
 //! "virtual scheduling" form of a token bucket): one timestamp per key, `burst` capacity,
 //! refilled at `rate` per second.
 //!
-//! **Surviving reloads.** A [`LimiterRegistry`] lives in [`crate::runtime::Shared`] next to
+//! **Surviving reloads.** A [`LimiterRegistry`] lives in [`crate::app::Shared`] next to
 //! the upstream state registry. Plugins look their store up by *identity* (the scope — route
 //! name or global — plus the full plugin config) when a config is compiled; the registry
 //! holds weak references, so a store lives exactly as long as some runtime uses it and an

@@ -391,7 +391,7 @@ pub fn gateway_body(ctx: &RequestCtx, status: u16, code: &str) -> Option<(Bytes,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Runtime;
+    use crate::ctx::Runtime;
     use crate::upstream::StateRegistry;
     use std::path::Path;
 

@@ -1010,9 +1010,9 @@ impl ForwardAuth {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::ctx::Runtime;
     use crate::limits::LimiterRegistry;
     use crate::plugins::Plugin;
-    use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
     use std::path::Path;
 

@@ -28,7 +28,7 @@ use super::{BuildEnv, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
-use crate::runtime::JwtSecretSpec;
+use crate::model::JwtSecretSpec;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::{HeaderName, HeaderValue};

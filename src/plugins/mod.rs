@@ -42,7 +42,7 @@ pub mod size_limit;
 
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::runtime::{Consumer, Tier};
+use crate::model::{Consumer, Tier};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -607,9 +607,9 @@ impl RateLimit {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::ctx::Runtime;
     use crate::limits::LimiterRegistry;
     use crate::plugins::Plugin;
-    use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
     use std::path::Path;
 

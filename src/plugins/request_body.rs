@@ -945,8 +945,8 @@ pub fn replay(body: &mut Option<Bytes>, ctx: &mut RequestCtx) -> bool {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::ctx::Runtime;
     use crate::plugins::Plugin;
-    use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
     use serde_json::{json, Value};
     use std::sync::Arc;

@@ -46,8 +46,8 @@ use super::request_transformer::{
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
+use crate::ctx::Runtime;
 use crate::plugins::Plugin;
-use crate::runtime::Runtime;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -28,6 +28,16 @@ use std::time::Duration;
 
 pub use select::{InflightGuard, Selection};
 
+/// The config in use now, as the background services here (health checks, DNS discovery)
+/// read it at every tick: the app's shared state implements it over the live snapshot. A
+/// trait, so this module stays below that snapshot (which holds the plugin chains).
+pub trait LiveConfig: Send + Sync + 'static {
+    /// Calls `f` with the upstreams of the snapshot in use now.
+    fn with_upstreams(&self, f: &mut dyn FnMut(&[Arc<Upstream>]));
+    /// State kept across snapshots.
+    fn states(&self) -> &StateRegistry;
+}
+
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
     /// `None`: TCP connect check.

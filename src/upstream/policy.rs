@@ -1,15 +1,16 @@
-//! What the resilience features keep per upstream and per route: the compiled retry
-//! back-off, retry budget and route timeout, and the counters that outlive a config snapshot
-//! ([`Registry`], held by [`super::StateRegistry`]). Compiled and used per request by
-//! [`crate::resilience`]; here, below it, because every [`super::Upstream`] holds its
-//! [`UpstreamPolicy`].
+//! What the resilience features keep per upstream, per route and per request: the
+//! compiled retry back-off, retry budget and route timeout, the counters that outlive a
+//! config snapshot ([`Registry`], held by [`super::StateRegistry`]) and a request's deadline.
+//! Compiled and decided on per request by [`crate::resilience`]; here, below it, because
+//! every [`super::Upstream`] holds its [`UpstreamPolicy`] and the request context its
+//! [`RequestState`].
 
 use super::budget::{BudgetConfig, BudgetState};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Exponential back-off with full jitter (AWS): before retry `n` (1-based) wait a uniformly
 /// random time in `[0, min(max, base × 2^(n-1))]`.
@@ -131,4 +132,16 @@ impl Registry {
         g.upstreams.retain(|k, _| ups.contains(k.as_str()));
         g.routes.retain(|k, _| routes.contains(k.as_str()));
     }
+}
+
+/// This request's deadline and pending back-off (in `RequestCtx::resilience`; decided by
+/// [`crate::resilience`]).
+#[derive(Debug, Default)]
+pub struct RequestState {
+    /// Arrival + `routes[].timeout`, set at the first attempt.
+    pub deadline: Option<Instant>,
+    /// To wait before the next attempt (decided with the retry).
+    pub backoff: Duration,
+    /// The deadline ended this request (counted once).
+    pub expired: bool,
 }
