@@ -6,7 +6,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::config;
-use gatehouse::runtime::Runtime;
+use gatehouse::ctx::Runtime;
 use gatehouse::upstream::StateRegistry;
 use http::{HeaderMap, Method};
 use std::fmt::Write;

@@ -10,11 +10,10 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::config;
 use gatehouse::ctx::RequestCtx;
-use gatehouse::limits::{
-    now_us, ConcurrencyStore, LimiterRegistry, Limits, LocalStore, TokenBucket,
-};
+use gatehouse::limits::{ConcurrencyStore, LimiterRegistry, Limits, LocalStore, TokenBucket};
 use gatehouse::plugins::{Outcome, Plugin};
 use gatehouse::upstream::StateRegistry;
+use gatehouse::util::clock::now_us;
 use pingora::http::RequestHeader;
 use std::future::Future;
 use std::path::Path;

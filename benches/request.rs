@@ -16,11 +16,11 @@
 //! `block_on` of a current-thread Tokio runtime (~0.1 µs; see `block_on_empty`).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use gatehouse::app::Shared;
 use gatehouse::config;
 use gatehouse::gateway::Gateway;
 use gatehouse::limits::LimiterRegistry;
 use gatehouse::observe::metrics;
-use gatehouse::runtime::Shared;
 use gatehouse::upstream::StateRegistry;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
@@ -62,7 +62,7 @@ fn gateway() -> Gateway {
     let rt = config::load_str(YAML, Path::new("."), &states, &limiters, 1).expect("bench config");
     let shared: Arc<Shared> =
         Shared::from_runtime(rt, states, limiters, PathBuf::from("/nonexistent.yaml"));
-    Gateway::new(shared)
+    Gateway::new(shared.live(), shared.acme.clone())
 }
 
 fn upstream_response() -> ResponseHeader {

@@ -11,7 +11,7 @@
 //! literals, `admin.allowed_hosts`), which defeats DNS rebinding; and without a token, a
 //! request carrying `Origin` (a page's cross-site `fetch` or form post) is refused.
 
-use crate::runtime::Shared;
+use crate::app::Shared;
 use crate::upstream::health;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -197,7 +197,13 @@ impl ServeHttp for AdminApp {
                         serde_json::json!({"error": "unauthorized", "message": "admin token required"}),
                     );
                 }
-                let (status, body) = crate::cache::purge_endpoint(s, &self.shared.snapshot()).await;
+                let rt = self.shared.snapshot();
+                let (status, body) = crate::cache::purge_endpoint(
+                    s,
+                    |name| rt.routes.iter().any(|r| r.name == name),
+                    rt.cache.purge_broadcast.as_ref(),
+                )
+                .await;
                 json(status, body)
             }
             (Method::POST, "/reload") => {

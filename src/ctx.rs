@@ -1,10 +1,17 @@
 //! Per-request state: everything the phases share lives in one [`RequestCtx`].
 
-use crate::runtime::{Route, Runtime};
 use crate::upstream::{InflightGuard, Target, TargetSet, Upstream};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The config snapshot with this build's plugin chains: the one instantiation of
+/// [`crate::runtime::Runtime`] (generic, so the snapshot layer names no plugin).
+pub type Runtime = crate::runtime::Runtime<crate::plugins::Chain>;
+/// A route of [`Runtime`].
+pub type Route = crate::runtime::Route<crate::plugins::Chain>;
+/// The handle to the snapshot in use now (held by the gateway, owned by the app).
+pub type Live = crate::runtime::Live<crate::plugins::Chain>;
 
 pub struct RequestCtx {
     /// The config snapshot this request runs on from start to end.
@@ -70,7 +77,7 @@ pub struct RequestCtx {
     /// in the request metrics or the access log.
     pub probe: bool,
     /// Route deadline and pending retry back-off.
-    pub resilience: crate::resilience::RequestState,
+    pub resilience: crate::upstream::policy::RequestState,
     /// `error-responses`: the body replacing this upstream answer's, if any.
     pub error_response: crate::plugins::error_responses::Pending,
     /// `request-transformer`: the JSON body read and rewritten in `request_filter`, sent to
@@ -123,17 +130,14 @@ impl RequestCtx {
 
     #[inline]
     pub fn route(&self) -> Option<&Route> {
-        self.route.and_then(|i| self.rt.routes.get(i))
+        self.rt.route(self.route)
     }
 
     /// The plugin chain for this request: the route's, or the global one when no route
     /// matched.
     #[inline]
     pub fn chain(&self) -> &crate::plugins::Chain {
-        match self.route() {
-            Some(r) => &r.plugins,
-            None => &self.rt.global_plugins,
-        }
+        self.rt.chain(self.route)
     }
 
     #[inline]

@@ -17,7 +17,7 @@
 //!   so the wrapper tracks chunked framing and overwrites the `;` with a byte that makes
 //!   Pingora's own chunk parser fail (JSON 400, connection closed). See [`ChunkScan`].
 
-use crate::runtime::Shared;
+use crate::app::Shared;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::{
@@ -112,7 +112,7 @@ where
         if max > 0 && n > max {
             CONNECTIONS_REFUSED.fetch_add(1, Ordering::Relaxed);
             // One line per second at most: a flood must not flood the log too.
-            let now = crate::upstream::now_ms() / 1000;
+            let now = crate::util::clock::now_ms() / 1000;
             if self.last_refusal_log.swap(now, Ordering::Relaxed) != now {
                 tracing::warn!(
                     open = n - 1,

@@ -112,10 +112,7 @@ pub async fn respond(
     // A refusal made before the plugins ran still gets the request's trace.
     crate::plugins::opentelemetry::ensure(session, ctx);
     let rt = ctx.rt.clone();
-    let chain = match ctx.route {
-        Some(i) => rt.routes.get(i).map_or(&rt.global_plugins, |r| &r.plugins),
-        None => &rt.global_plugins,
-    };
+    let chain = rt.chain(ctx.route);
     chain.response(&mut h, ctx, true)?;
     if close {
         h.insert_header(http::header::CONNECTION, "close")?;

@@ -43,7 +43,7 @@ fn over(cell: &'static OnceLock<Rate>, ip: IpAddr, cap: u32) -> bool {
 
 /// One warning a second at most: a flood must not flood the log too.
 fn log(what: &str, ip: IpAddr, cap: u32) {
-    let now = crate::upstream::now_ms() / 1000;
+    let now = crate::util::clock::now_ms() / 1000;
     if LAST_LOG.swap(now, Ordering::Relaxed) != now {
         tracing::warn!(
             client_ip = %ip,

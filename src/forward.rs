@@ -54,8 +54,8 @@ pub fn rewrite_request(session: &Session, req: &mut RequestHeader, ctx: &Request
     }
     // Identity headers are the gateway's to set (key-auth, jwt): a client's own copies never
     // reach an upstream, on any route.
-    req.remove_header(&crate::plugins::key_auth::CONSUMER_HEADER);
-    req.remove_header(&crate::plugins::jwt::ROLES_HEADER);
+    req.remove_header(&crate::owned_headers::CONSUMER_HEADER);
+    req.remove_header(&crate::owned_headers::ROLES_HEADER);
     let Some(route) = ctx.route() else {
         return Ok(());
     };

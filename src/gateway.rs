@@ -20,12 +20,12 @@
 //! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::observe`] upstream time |
 //! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline, retry back-off, retry budget |
 
+use crate::ctx::Live;
 use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::forward;
 use crate::plugins::{proxy_cache, Reply};
 use crate::request::{self, NoRoute};
-use crate::runtime::Shared;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
@@ -36,12 +36,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 
 pub struct Gateway {
-    shared: Arc<Shared>,
+    shared: Arc<Live>,
+    /// ACME's HTTP-01 challenge answers (the app's, kept across reloads).
+    acme: Arc<crate::acme::AcmeState>,
 }
 
 impl Gateway {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Gateway { shared }
+    pub fn new(shared: Arc<Live>, acme: Arc<crate::acme::AcmeState>) -> Self {
+        Gateway { shared, acme }
     }
 }
 
@@ -93,7 +95,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         // ACME's HTTP-01 validations, before routing and every plugin.
-        if crate::acme::answer_challenge(session, ctx, &self.shared.acme).await? {
+        if crate::acme::challenge::answer_challenge(session, ctx, &self.acme).await? {
             return Ok(true);
         }
         let reply = match request::route(session, ctx) {
@@ -101,7 +103,7 @@ impl ProxyHttp for Gateway {
                 // The snapshot is held by ctx; a clone of the Arc lets the chain borrow it
                 // while the hooks mutate ctx.
                 let rt = ctx.rt.clone();
-                let route = ctx.route.and_then(|i| rt.routes.get(i));
+                let route = rt.route(ctx.route);
                 // Before anything reads them: identity and forwarding headers the client may
                 // not send are gone, whatever their spelling.
                 if let Some(r) = route {
@@ -257,7 +259,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         proxy_cache::settle_status(session, ctx);
         let rt = ctx.rt.clone();
-        let chain = ctx.route.and_then(|i| rt.routes.get(i)).map(|r| &r.plugins);
+        let chain = rt.route(ctx.route).map(|r| &r.plugins);
         if let Some(chain) = chain {
             chain.response(upstream_response, ctx, false)?;
         }
@@ -275,7 +277,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<std::time::Duration>> {
         crate::resilience::check_body(ctx, end_of_stream)?;
         let rt = ctx.rt.clone();
-        if let Some(r) = ctx.route.and_then(|i| rt.routes.get(i)) {
+        if let Some(r) = rt.route(ctx.route) {
             r.plugins.response_body(body, end_of_stream, ctx)?;
         }
         Ok(None)

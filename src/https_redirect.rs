@@ -16,11 +16,11 @@
 //! when it is not 443; behind a trusted proxy none is added (the proxy's HTTPS port is
 //! assumed to be 443).
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::RawRoute;
 use crate::ctx::RequestCtx;
+use crate::model::{HttpsOnly, ServerSettings};
 use crate::plugins::Reply;
-use crate::runtime::ServerSettings;
 use http::header::{LOCATION, UPGRADE};
 use http::HeaderValue;
 use pingora::http::RequestHeader;
@@ -29,13 +29,6 @@ use std::fmt::Write;
 
 /// Kong's default `https_redirect_status_code`.
 const DEFAULT_STATUS: u16 = 426;
-
-/// A route that only accepts HTTPS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpsOnly {
-    /// 426, or the redirect status (301, 302, 307, 308).
-    pub status: u16,
-}
 
 /// The route's `protocols` and `https_redirect_status_code`; `None` when it accepts plain
 /// HTTP (the default).

@@ -7,6 +7,7 @@
 
 pub mod acme;
 pub mod admin;
+pub mod app;
 pub mod cache;
 pub mod config;
 pub mod ctx;
@@ -19,6 +20,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod https_redirect;
 pub mod limits;
+pub mod model;
 pub mod observe;
 pub mod owned_headers;
 pub mod plugins;
@@ -34,6 +36,7 @@ pub mod signals;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod util;
 pub mod websocket;
 
-pub use runtime::Shared;
+pub use app::Shared;

@@ -151,7 +151,7 @@ fn main() -> ExitCode {
         if rt.server.error_log.is_none() && !journal {
             eprintln!("gatehouse -d: server.error_log is not set: the process log is discarded");
         }
-        if rt.server.access_log == gatehouse::runtime::AccessLog::Stdout && !journal {
+        if rt.server.access_log == gatehouse::model::AccessLog::Stdout && !journal {
             eprintln!(
                 "gatehouse -d: server.access_log is stdout, which -d discards; set a file path"
             );

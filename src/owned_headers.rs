@@ -25,6 +25,12 @@ use http::header::CONNECTION;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
+/// Header carrying the authenticated consumer's username upstream (key-auth, jwt).
+pub const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-username");
+
+/// Header carrying a verified token's roles upstream (jwt; comma-separated).
+pub const ROLES_HEADER: HeaderName = HeaderName::from_static("x-authenticated-roles");
+
 /// Identity headers the gateway sets (key-auth / jwt consumer, jwt roles, the client IP).
 /// A future identity header (an mTLS subject, ...) is one more entry here.
 pub const IDENTITY: &[&str] = &["x-consumer-username", "x-authenticated-roles", "x-real-ip"];

@@ -19,10 +19,10 @@
 //! signals: [`crate::process::exit_on_sigint`]). systemd hears `STOPPING=1` when a shutdown
 //! starts, not on `SIGQUIT`: after a handover the service goes on in the new process.
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::RawRoute;
 use crate::ctx::RequestCtx;
-use crate::runtime::ServerSettings;
+use crate::model::ServerSettings;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;

@@ -17,6 +17,7 @@
 //! - `SIGINT` stops at once, also during a graceful drain, which Pingora spends in a plain
 //!   `sleep` of `grace_period` without watching signals: [`exit_on_sigint`].
 
+use crate::model::{AdminSettings, ServerSettings};
 use async_trait::async_trait;
 use once_cell::sync::OnceCell;
 use pingora::server::ShutdownWatch;
@@ -29,17 +30,17 @@ use std::time::{Duration, Instant};
 static PID_FILE: OnceCell<PathBuf> = OnceCell::new();
 
 /// Every address the process listens on, with its config key.
-pub fn listen_addrs(rt: &crate::runtime::Runtime) -> Vec<(String, SocketAddr)> {
+pub fn listen_addrs(server: &ServerSettings, admin: &AdminSettings) -> Vec<(String, SocketAddr)> {
     let mut addrs: Vec<(String, SocketAddr)> = Vec::new();
-    for (i, a) in rt.server.listen.iter().enumerate() {
+    for (i, a) in server.listen.iter().enumerate() {
         addrs.push((format!("server.listen[{i}]"), *a));
     }
-    if let Some(tls) = &rt.server.tls {
+    if let Some(tls) = &server.tls {
         for (i, a) in tls.listen.iter().enumerate() {
             addrs.push((format!("server.tls.listen[{i}]"), *a));
         }
     }
-    addrs.push(("admin.listen".to_string(), rt.admin.listen));
+    addrs.push(("admin.listen".to_string(), admin.listen));
     addrs
 }
 
@@ -100,11 +101,14 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    pub fn new(rt: &crate::runtime::Runtime, daemon: bool) -> Self {
-        let pid_file = rt.server.pid_file.clone();
+    pub fn new(server: &ServerSettings, admin: &AdminSettings, daemon: bool) -> Self {
+        let pid_file = server.pid_file.clone();
         let _ = PID_FILE.set(pid_file.clone());
         Readiness {
-            addrs: listen_addrs(rt).into_iter().map(|(_, a)| a).collect(),
+            addrs: listen_addrs(server, admin)
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect(),
             pid_file: (!daemon).then_some(pid_file),
         }
     }
@@ -174,8 +178,8 @@ pub fn remove_pid_file_if_ours() {
 /// Where `-d` sends the process log (Pingora's `error_log`; stdin and stdout go to
 /// `/dev/null`): `server.error_log`, else nowhere unless stderr already is the journal
 /// (then both streams are kept: they are not a terminal).
-pub fn daemon_error_log(rt: &crate::runtime::Runtime) -> Option<String> {
-    match &rt.server.error_log {
+pub fn daemon_error_log(server: &ServerSettings) -> Option<String> {
+    match &server.error_log {
         Some(p) => Some(p.to_string_lossy().into_owned()),
         None if stderr_is_journal() => None,
         None => Some("/dev/null".to_string()),

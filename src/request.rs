@@ -132,7 +132,7 @@ pub fn normalize_path(session: &mut Session, ctx: &mut RequestCtx) -> Option<u16
     if !scan.rewrite {
         return None;
     }
-    let normal = match router::normalize_percent(path) {
+    let normal = match crate::util::percent::normalize_percent(path) {
         None => return Some(400),
         Some(std::borrow::Cow::Borrowed(_)) => return None,
         Some(std::borrow::Cow::Owned(p)) => p,

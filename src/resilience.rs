@@ -14,24 +14,21 @@
 //! - `response_body_filter`: [`check_body`] ends a response whose body is still streaming
 //!   when the deadline passes.
 //!
-//! Counters live in [`Registry`] (by upstream and route name, so they survive reloads) and
+//! Counters live in [`crate::upstream::policy::Registry`] (by upstream and route name, so they survive reloads) and
 //! are read at scrape time by [`metric_families`]. With none of the features configured a
 //! request pays one branch per phase, plus the budget deposit (one compare-and-swap) while
 //! the budget is on.
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
+use crate::ctx::Runtime;
 use crate::errors;
-use crate::runtime::Runtime;
-use crate::upstream::budget::{BudgetConfig, BudgetState};
-use crate::upstream::now_ms;
-use parking_lot::Mutex;
+use crate::upstream::budget::BudgetConfig;
+use crate::upstream::policy::{Backoff, Budget, Registry, RouteTimeout, UpstreamPolicy};
+use crate::util::clock::now_ms;
 use pingora::prelude::*;
-use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A timeout that fires this close to the deadline is the deadline's doing.
@@ -47,161 +44,6 @@ const MAX_RATIO: f64 = 10.0;
 // ---------------------------------------------------------------------------------------------
 // Config
 // ---------------------------------------------------------------------------------------------
-
-/// `upstreams[].retry_backoff` (absent: retries start at once).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawBackoff {
-    pub base: Dur,
-    pub max: Dur,
-}
-
-impl Default for RawBackoff {
-    fn default() -> Self {
-        RawBackoff {
-            base: Dur(Duration::from_millis(25)),
-            max: Dur(Duration::from_millis(250)),
-        }
-    }
-}
-
-/// `upstreams[].retry_budget` (on by default with Linkerd's values).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawRetryBudget {
-    pub enabled: bool,
-    pub ratio: f64,
-    pub min_retries_per_second: u32,
-    pub window: Dur,
-}
-
-impl Default for RawRetryBudget {
-    fn default() -> Self {
-        RawRetryBudget {
-            enabled: true,
-            ratio: 0.2,
-            min_retries_per_second: 10,
-            window: Dur::secs(10),
-        }
-    }
-}
-
-/// Exponential back-off with full jitter (AWS): before retry `n` (1-based) wait a uniformly
-/// random time in `[0, min(max, base × 2^(n-1))]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The upper end of the wait before retry `n`.
-    pub fn ceiling(&self, retry: u32) -> Duration {
-        let shift = retry.saturating_sub(1).min(20);
-        self.base.saturating_mul(1 << shift).min(self.max)
-    }
-
-    /// A jittered wait before retry `n`.
-    pub fn delay(&self, retry: u32) -> Duration {
-        let ceiling = self.ceiling(retry).as_micros() as u64;
-        Duration::from_micros(rand::random_range(0..=ceiling))
-    }
-}
-
-/// The compiled `retry_budget` with its state.
-#[derive(Debug)]
-pub struct Budget {
-    pub config: BudgetConfig,
-    pub state: Arc<BudgetState>,
-}
-
-/// What an upstream adds to the retry policy.
-#[derive(Debug, Default)]
-pub struct UpstreamPolicy {
-    pub backoff: Option<Backoff>,
-    /// `None` when switched off or when the upstream never retries (`retries: 0`).
-    pub budget: Option<Budget>,
-    pub stats: Arc<UpstreamStats>,
-}
-
-/// `routes[].timeout`.
-#[derive(Debug)]
-pub struct RouteTimeout {
-    pub limit: Duration,
-    pub stats: Arc<RouteStats>,
-}
-
-/// Counters of one upstream (by name, across reloads).
-#[derive(Debug, Default)]
-pub struct UpstreamStats {
-    pub budget_refused: AtomicU64,
-    pub deadline_refused: AtomicU64,
-    pub backoffs: AtomicU64,
-    pub backoff_micros: AtomicU64,
-}
-
-/// Counters of one route (by name, across reloads).
-#[derive(Debug, Default)]
-pub struct RouteStats {
-    pub timeouts: AtomicU64,
-}
-
-/// Budget state and counters kept across config generations by upstream and route name
-/// (held by [`crate::upstream::StateRegistry`]). Only config loads take the lock.
-#[derive(Debug, Default)]
-pub struct Registry {
-    inner: Mutex<RegistryInner>,
-}
-
-#[derive(Debug, Default)]
-struct RegistryInner {
-    budgets: HashMap<String, Arc<BudgetState>>,
-    upstreams: HashMap<String, Arc<UpstreamStats>>,
-    routes: HashMap<String, Arc<RouteStats>>,
-}
-
-impl Registry {
-    /// The budget counts of `upstream`; a changed `window` (bucket length) starts afresh.
-    pub fn budget(&self, upstream: &str, bucket_ms: u64) -> Arc<BudgetState> {
-        let mut g = self.inner.lock();
-        match g.budgets.get(upstream) {
-            Some(b) if b.bucket_ms() == bucket_ms => b.clone(),
-            _ => {
-                let b = Arc::new(BudgetState::new(bucket_ms));
-                g.budgets.insert(upstream.to_string(), b.clone());
-                b
-            }
-        }
-    }
-
-    pub fn upstream_stats(&self, upstream: &str) -> Arc<UpstreamStats> {
-        self.inner
-            .lock()
-            .upstreams
-            .entry(upstream.to_string())
-            .or_default()
-            .clone()
-    }
-
-    pub fn route_stats(&self, route: &str) -> Arc<RouteStats> {
-        self.inner
-            .lock()
-            .routes
-            .entry(route.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// Forgets upstreams and routes `rt` no longer has (after a reload is swapped in).
-    pub fn retain(&self, rt: &Runtime) {
-        let ups: HashSet<&str> = rt.upstreams.iter().map(|u| u.name.as_str()).collect();
-        let routes: HashSet<&str> = rt.routes.iter().map(|r| r.name.as_str()).collect();
-        let mut g = self.inner.lock();
-        g.budgets.retain(|k, _| ups.contains(k.as_str()));
-        g.upstreams.retain(|k, _| ups.contains(k.as_str()));
-        g.routes.retain(|k, _| routes.contains(k.as_str()));
-    }
-}
 
 /// Compiles `retry_backoff` and `retry_budget` of upstream `u` at YAML path `p`.
 pub fn compile_upstream(
@@ -284,17 +126,6 @@ pub fn compile_route_timeout(
 // ---------------------------------------------------------------------------------------------
 // Per request
 // ---------------------------------------------------------------------------------------------
-
-/// This request's deadline and pending back-off (in [`RequestCtx::resilience`]).
-#[derive(Debug, Default)]
-pub struct RequestState {
-    /// Arrival + `routes[].timeout`, set at the first attempt.
-    pub deadline: Option<Instant>,
-    /// To wait before the next attempt (decided with the retry).
-    backoff: Duration,
-    /// The deadline ended this request (counted once).
-    pub expired: bool,
-}
 
 fn expire(ctx: &mut RequestCtx) {
     if ctx.resilience.expired {
@@ -386,11 +217,7 @@ pub fn note_error(ctx: &mut RequestCtx, e: &Error) {
 /// expiry is counted only where a timeout fired, in [`note_error`]).
 pub fn allow_retry(ctx: &mut RequestCtx) -> bool {
     let rt = ctx.rt.clone();
-    let Some(up) = ctx
-        .route
-        .and_then(|i| rt.routes.get(i))
-        .map(|r| &r.upstream)
-    else {
+    let Some(up) = rt.route(ctx.route).map(|r| &r.upstream) else {
         return true;
     };
     let policy = &up.resilience;
@@ -529,7 +356,9 @@ pub fn metric_families(rt: &Runtime) -> Vec<prometheus::proto::MetricFamily> {
 mod tests {
     use super::*;
     use crate::upstream::StateRegistry;
+    use std::collections::HashSet;
     use std::path::Path;
+    use std::sync::Arc;
 
     fn load(yaml: &str, states: &StateRegistry) -> Result<Runtime, String> {
         crate::config::load_str(
@@ -688,7 +517,10 @@ mod tests {
         assert!(b3.state.try_withdraw(&b3.config, now_ms()));
         // A renamed upstream is forgotten once the new config is in.
         let rt4 = load(&BASE.replace("name: u", "name: v"), &states).unwrap();
-        states.resilience.retain(&rt4);
+        states.resilience.retain(
+            rt4.upstreams.iter().map(|u| u.name.as_str()),
+            rt4.routes.iter().map(|r| r.name.as_str()),
+        );
         let rt5 = load(&y1, &states).unwrap();
         assert!(!Arc::ptr_eq(
             &rt1.upstreams[0].resilience.stats,

@@ -1,155 +1,32 @@
-//! The compiled, immutable runtime and the handle that swaps it.
+//! The config snapshot a request runs on: one compiled generation of the whole config
+//! (settings, upstreams, consumers, routes with their router and plugin chains), immutable,
+//! and the handle that swaps it ([`Live`]).
 //!
 //! A request loads the current [`Runtime`] once (one `ArcSwap` load in `new_ctx`) and keeps
-//! that snapshot to the end, so a reload never changes a request half-way. A reload builds
-//! and validates the new runtime off the request path and installs it with one pointer store;
-//! state that must survive (target health, circuit state, in-flight counts) lives in the
-//! [`StateRegistry`] keyed by stable names and is picked up by the new runtime.
+//! that snapshot to the end, so a reload never changes a request half-way. A reload (in
+//! [`crate::app`]) builds and validates the new runtime off the request path and installs
+//! it with one pointer store; state that must survive (target health, circuit state,
+//! in-flight counts) lives in [`crate::upstream::StateRegistry`] keyed by stable names and is
+//! picked up by the new runtime.
+//!
+//! **Why generic.** A route holds its plugin chain, and plugins sit above this layer (they
+//! read the per-request context, which holds this snapshot). So the snapshot is generic over
+//! the chain type `C` and never names a plugin; its one instantiation,
+//! `Runtime<plugins::Chain>`, is named in [`crate::ctx`] (`ctx::Runtime`, `ctx::Route`,
+//! `ctx::Live`): the module that the per-request loop with plugin state already ties to
+//! plugins. Every other module uses those aliases; the generic form costs nothing at run time
+//! (one monomorphization).
 
-use crate::config::{self, ConfigErrors};
-use crate::plugins::Chain;
+use crate::model::{AdminSettings, CacheSettings, Consumer, HttpsOnly, ServerSettings, Tier};
+use crate::owned_headers::OwnedHeaders;
 use crate::router::Router;
-use crate::upstream::{StateRegistry, Upstream};
+use crate::upstream::policy::RouteTimeout;
+use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
-use ipnet::IpNet;
-use parking_lot::Mutex;
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// A secret string (API key, token): never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLog {
-    Stdout,
-    Off,
-    File(PathBuf),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub listen: Vec<SocketAddr>,
-    pub min_version: String,
-    /// `"1.2"` or `"1.3"` (at least `min_version`).
-    pub max_version: String,
-    /// Canonical rustls names in preference order; empty: the provider's defaults.
-    pub cipher_suites: Vec<String>,
-    /// `cert`/`key` or `certificates`, loaded and checked: a reload swaps them into
-    /// [`Shared::certs`] for new handshakes.
-    pub certificates: crate::tls::store::Certificates,
-    /// `acme`: read by the ACME service at every turn, so a reload applies it.
-    pub acme: Option<crate::acme::AcmeSettings>,
-    /// `client_auth`: swapped into [`Shared::certs`]'s client verifier by a reload.
-    pub client_auth: Option<crate::tls::client_auth::ClientAuthSettings>,
-}
-
-impl TlsSettings {
-    /// What the listening sockets and the rustls config are built from, which only a binary
-    /// upgrade changes (certificates and ACME are swapped in by a reload).
-    pub fn listener_differs(&self, other: &TlsSettings) -> bool {
-        self.listen != other.listen
-            || self.min_version != other.min_version
-            || self.max_version != other.max_version
-            || self.cipher_suites != other.cipher_suites
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub listen: Vec<SocketAddr>,
-    pub tls: Option<TlsSettings>,
-    pub threads: usize,
-    pub max_body_bytes: u64,
-    pub max_header_bytes: usize,
-    pub max_uri_bytes: usize,
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub max_connections: usize,
-    pub max_requests_per_connection: u32,
-    pub work_stealing: bool,
-    pub trusted_proxies: Vec<IpNet>,
-    pub grace_period: u64,
-    pub pid_file: PathBuf,
-    pub upgrade_sock: PathBuf,
-    pub access_log: AccessLog,
-    /// `error_log`: where the process log goes with `-d` (read at startup).
-    pub error_log: Option<PathBuf>,
-    /// `health_check_path`: answered by [`crate::probe`] before routing.
-    pub health_check_path: Option<Box<str>>,
-    /// Read once at startup (like `grace_period`).
-    pub drain_delay: Duration,
-    /// `server.h2c`: HTTP/2 prior knowledge on the plain listeners (read at startup).
-    pub h2c: bool,
-    /// `server.flood` caps ([`crate::flood`]; 0: off).
-    pub flood: crate::config::raw::RawFlood,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminSettings {
-    pub listen: SocketAddr,
-    /// `None`: POST endpoints are open (the listener should then stay on loopback).
-    pub token: Option<Secret>,
-    /// `admin.allowed_hosts`, lower-case: `Host` names answered besides `localhost`,
-    /// `*.localhost` and IP literals.
-    pub allowed_hosts: Vec<String>,
-}
 
 #[derive(Debug)]
-pub struct Consumer {
-    pub username: String,
-    /// `username` as the `X-Consumer-Username` value, validated once at load.
-    pub header: http::HeaderValue,
-    /// Name of an entry of `Runtime::tiers` (checked at load).
-    pub tier: Option<String>,
-    pub roles: Vec<String>,
-    pub api_keys: Vec<Secret>,
-    pub jwt_secrets: Vec<JwtSecretSpec>,
-}
-
-/// One `jwt_secrets` entry as configured; the jwt plugin turns it into a verifying key.
-#[derive(Debug, Clone)]
-pub struct JwtSecretSpec {
-    /// Matched against the token's `key_claim_name` claim.
-    pub key: String,
-    pub algorithm: String,
-    pub secret: Option<Secret>,
-    pub secret_is_base64: bool,
-    /// `rsa_public_key_file` or `ecdsa_public_key_file`, resolved against the config dir.
-    pub public_key_file: Option<PathBuf>,
-}
-
-/// Request limits of a consumer tier (`tiers:`), per window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tier {
-    pub second: Option<u64>,
-    pub minute: Option<u64>,
-    pub hour: Option<u64>,
-    pub day: Option<u64>,
-}
-
-#[derive(Debug)]
-pub struct Route {
+pub struct Route<C> {
     pub name: String,
     pub upstream: Arc<Upstream>,
     pub strip_path: bool,
@@ -159,36 +36,18 @@ pub struct Route {
     pub allow_encoded_slashes: bool,
     /// `forwarded_host`: the client's `Host` goes upstream as `X-Forwarded-Host`.
     pub forwarded_host: bool,
-    pub plugins: Chain,
+    pub plugins: C,
     /// `protocols: [https]`: how plain HTTP is answered ([`crate::https_redirect`]).
-    pub https_only: Option<crate::https_redirect::HttpsOnly>,
+    pub https_only: Option<HttpsOnly>,
     /// `timeout`: total time for the upstream exchange, retries included.
-    pub timeout: Option<crate::resilience::RouteTimeout>,
+    pub timeout: Option<RouteTimeout>,
     /// Identity and forwarding headers a client may not send on this route.
-    pub owned_headers: crate::owned_headers::OwnedHeaders,
-}
-
-/// `cache:`: settings of the proxy-cache stores as a whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CacheSettings {
-    pub purge_broadcast: Option<PurgeBroadcast>,
-}
-
-/// `cache.purge_broadcast`: admin purges are published on `channel` of the Redis at `url`,
-/// and every node subscribed there applies them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PurgeBroadcast {
-    /// May hold a password: never logged (see `addr`).
-    pub url: Secret,
-    /// The URL without credentials, for logs and `/status`.
-    pub addr: String,
-    pub channel: String,
-    pub timeout: Duration,
+    pub owned_headers: OwnedHeaders,
 }
 
 /// One compiled config generation.
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Runtime<C> {
     /// Increments with every successful load in this process.
     pub version: u64,
     /// First 16 hex digits of the SHA-256 of the file.
@@ -198,17 +57,32 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<Upstream>>,
     pub consumers: Vec<Consumer>,
     pub tiers: std::collections::BTreeMap<String, Tier>,
-    pub routes: Vec<Route>,
+    pub routes: Vec<Route<C>>,
     pub router: Router,
     /// The global plugins alone: what runs for requests that match no route (404) and
     /// decorates the gateway's own answers to them.
-    pub global_plugins: Chain,
+    pub global_plugins: C,
     pub cache: CacheSettings,
 }
 
-impl Runtime {
+impl<C> Runtime<C> {
+    /// The route at `index` (a request's matched route, `RequestCtx::route`).
+    #[inline]
+    pub fn route(&self, index: Option<usize>) -> Option<&Route<C>> {
+        index.and_then(|i| self.routes.get(i))
+    }
+
+    /// The plugin chain of the route at `index`, or the global one when no route matched.
+    /// Takes the index rather than the request context, so a hook can hold the chain (through
+    /// its own `Arc` of the snapshot) while it hands the context to the chain mutably.
+    #[inline]
+    pub fn chain(&self, index: Option<usize>) -> &C {
+        self.route(index)
+            .map_or(&self.global_plugins, |r| &r.plugins)
+    }
+
     /// Listener settings differ: they only change with a binary upgrade (`-u`).
-    pub fn listeners_differ(&self, other: &Runtime) -> bool {
+    pub fn listeners_differ(&self, other: &Runtime<C>) -> bool {
         self.server.listen != other.server.listen
             || match (&self.server.tls, &other.server.tls) {
                 (Some(a), Some(b)) => a.listener_differs(b),
@@ -219,7 +93,8 @@ impl Runtime {
             || self.server.work_stealing != other.server.work_stealing
     }
 
-    fn target_keys(&self) -> Vec<(String, String)> {
+    /// `(upstream, target address)` of every target: the target states a reload keeps.
+    pub fn target_keys(&self) -> Vec<(String, String)> {
         self.upstreams
             .iter()
             .flat_map(|u| {
@@ -233,157 +108,32 @@ impl Runtime {
     }
 }
 
-/// Result of a successful reload.
-#[derive(Debug)]
-pub struct Reloaded {
-    pub version: u64,
-    pub hash: String,
-    /// Listener changes were found: they wait for a binary upgrade.
-    pub needs_upgrade: bool,
-    pub unchanged: bool,
-    /// Routes, upstreams, plugins, consumers and settings that differ from the previous file.
-    pub changes: crate::observe::changes::Changes,
+/// The snapshot in use now, swapped whole by a reload. The gateway holds it (one atomic
+/// load per request); the app's shared state ([`crate::app::Shared`]) owns it.
+pub struct Live<C> {
+    current: ArcSwap<Runtime<C>>,
 }
 
-/// Process-wide gateway state: the current runtime and what survives reloads.
-pub struct Shared {
-    current: ArcSwap<Runtime>,
-    pub states: StateRegistry,
-    /// Rate-limit and concurrency counters, kept across reloads by limit identity.
-    pub limiters: crate::limits::LimiterRegistry,
-    pub config_path: PathBuf,
-    /// The certificates the HTTPS listeners serve (configured and ACME-issued), chosen per
-    /// handshake by SNI; a reload swaps the configured ones.
-    pub certs: Arc<crate::tls::store::CertStore>,
-    /// ACME's HTTP-01 challenge answers and the state of its issuance.
-    pub acme: Arc<crate::acme::AcmeState>,
-    versions: AtomicU64,
-    /// Held during a reload; also keeps the fingerprint of the file in use (what the reload
-    /// summary compares against).
-    reload_lock: Mutex<crate::observe::changes::Fingerprint>,
-}
-
-impl Shared {
-    /// Loads the config file for the first time.
-    pub fn load(config_path: PathBuf) -> Result<Arc<Shared>, ConfigErrors> {
-        let states = StateRegistry::default();
-        let limiters = crate::limits::LimiterRegistry::default();
-        let rt = config::load_file(&config_path, &states, &limiters, 1)?;
-        Ok(Self::from_runtime(rt, states, limiters, config_path))
-    }
-
-    pub fn from_runtime(
-        rt: Runtime,
-        states: StateRegistry,
-        limiters: crate::limits::LimiterRegistry,
-        config_path: PathBuf,
-    ) -> Arc<Shared> {
-        let fingerprint = std::fs::read_to_string(&config_path)
-            .map(|t| crate::observe::changes::fingerprint(&t))
-            .unwrap_or_default();
-        let rt = Arc::new(rt);
-        crate::observe::metrics::install(&rt);
-        crate::plugins::proxy_cache::install(&rt);
-        let certs = Arc::new(crate::tls::store::CertStore::default());
-        if let Some(t) = &rt.server.tls {
-            certs.set_configured(&t.certificates);
-            certs.client_auth.set(t.client_auth.as_ref());
-        }
-        Arc::new(Shared {
-            certs,
-            acme: Arc::default(),
-            versions: AtomicU64::new(rt.version),
+impl<C> Live<C> {
+    pub fn new(rt: Arc<Runtime<C>>) -> Self {
+        Live {
             current: ArcSwap::new(rt),
-            states,
-            limiters,
-            config_path,
-            reload_lock: Mutex::new(fingerprint),
-        })
+        }
     }
 
     /// The current snapshot (one atomic load).
     #[inline]
-    pub fn snapshot(&self) -> Arc<Runtime> {
+    pub fn snapshot(&self) -> Arc<Runtime<C>> {
         self.current.load_full()
     }
 
-    /// Re-reads the file, compiles it off the request path and swaps it in. An invalid file
-    /// changes nothing.
-    /// Counted in `config_reloads_total{result}`; `config_info` and the per-route metric
-    /// handles follow the new runtime.
-    /// systemd hears `RELOADING=1` before and `READY=1` after (its reload protocol).
-    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
-        crate::sdnotify::reloading();
-        let res = self.reload_inner();
-        crate::observe::metrics::config_reload(res.is_ok());
-        crate::sdnotify::reloaded(match &res {
-            Ok(_) => "serving; config reloaded",
-            Err(_) => "serving; config reload rejected, the previous config stays",
-        });
-        res
+    /// The current snapshot's upstreams, without taking a reference count.
+    pub fn with_upstreams(&self, f: &mut dyn FnMut(&[Arc<Upstream>])) {
+        f(&self.current.load().upstreams)
     }
 
-    fn reload_inner(&self) -> Result<Reloaded, ConfigErrors> {
-        let mut fingerprint = self.reload_lock.lock();
-        let old = self.snapshot();
-        let version = self.versions.load(Ordering::Relaxed) + 1;
-        // Read once: the same text is compiled and fingerprinted for the change summary.
-        let text = std::fs::read_to_string(&self.config_path).map_err(|e| {
-            ConfigErrors::single(
-                "",
-                None,
-                format!("cannot read {}: {e}", self.config_path.display()),
-            )
-        })?;
-        let base = self
-            .config_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        let new = config::load_str(&text, base, &self.states, &self.limiters, version)?;
-        let certs_of = |rt: &Runtime| {
-            rt.server
-                .tls
-                .as_ref()
-                .map(|t| (t.certificates.clone(), t.client_auth.clone()))
-        };
-        // Certificate files can change under an unchanged config text (a rotation).
-        let certs_changed = certs_of(&new) != certs_of(&old);
-        if new.hash == old.hash && !certs_changed {
-            return Ok(Reloaded {
-                version: old.version,
-                hash: old.hash.clone(),
-                needs_upgrade: false,
-                unchanged: true,
-                changes: Default::default(),
-            });
-        }
-        let new_fingerprint = crate::observe::changes::fingerprint(&text);
-        let changes = crate::observe::changes::diff(&fingerprint, &new_fingerprint);
-        *fingerprint = new_fingerprint;
-        self.versions.store(version, Ordering::Relaxed);
-        let needs_upgrade = new.listeners_differ(&old);
-        let keep = new.target_keys();
-        let hash = new.hash.clone();
-        let new = Arc::new(new);
-        self.current.store(new.clone());
-        // New handshakes get the new certificates; open connections keep theirs.
-        if certs_changed {
-            let (certs, client_auth) = certs_of(&new).unwrap_or_default();
-            self.certs.set_configured(&certs);
-            self.certs.client_auth.set(client_auth.as_ref());
-        }
-        self.states.retain(&keep);
-        self.states.resilience.retain(&new);
-        self.states.discovery.retain(&new);
-        crate::observe::metrics::install(&new);
-        crate::plugins::proxy_cache::install(&new);
-        Ok(Reloaded {
-            version,
-            hash,
-            needs_upgrade,
-            unchanged: false,
-            changes,
-        })
+    /// Installs a new snapshot: requests that start from now on run on it.
+    pub fn store(&self, rt: Arc<Runtime<C>>) {
+        self.current.store(rt);
     }
 }

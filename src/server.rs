@@ -6,8 +6,9 @@
 //! [`crate::upgrade`]).
 
 use crate::admin::AdminApp;
+use crate::app::Shared;
+use crate::ctx::Runtime;
 use crate::gateway::Gateway;
-use crate::runtime::Shared;
 use crate::upstream::discovery::DiscoveryScheduler;
 use crate::upstream::health::HealthScheduler;
 use async_trait::async_trait;
@@ -29,8 +30,8 @@ pub struct RunOptions {
 /// the process lives on without serving: systemd would report a running gateway that
 /// answers nothing. Checked here, the process exits at once naming the config key. Skipped
 /// for `-u`, where the sockets come from the running instance.
-pub fn check_listeners(rt: &crate::runtime::Runtime) -> std::result::Result<(), String> {
-    for (key, addr) in crate::process::listen_addrs(rt) {
+pub fn check_listeners(rt: &Runtime) -> std::result::Result<(), String> {
+    for (key, addr) in crate::process::listen_addrs(&rt.server, &rt.admin) {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(format!("{key}: cannot listen on {addr}: {e}"));
         }
@@ -41,8 +42,8 @@ pub fn check_listeners(rt: &crate::runtime::Runtime) -> std::result::Result<(), 
 /// For `-u`: some configured address must be listening already (the running instance whose
 /// sockets are taken over). Without one, Pingora would wait on `upgrade_sock` for sockets
 /// nobody sends.
-pub fn check_takeover(rt: &crate::runtime::Runtime) -> std::result::Result<(), String> {
-    let addrs = crate::process::listen_addrs(rt);
+pub fn check_takeover(rt: &Runtime) -> std::result::Result<(), String> {
+    let addrs = crate::process::listen_addrs(&rt.server, &rt.admin);
     let bound = crate::process::listening_sockets();
     if addrs.iter().any(|(_, a)| bound.contains(a)) {
         return Ok(());
@@ -74,7 +75,7 @@ pub fn server_conf(shared: &Shared, opts: RunOptions) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(5),
         daemon: opts.daemon,
         error_log: if opts.daemon {
-            crate::process::daemon_error_log(&rt)
+            crate::process::daemon_error_log(&rt.server)
         } else {
             None
         },
@@ -104,7 +105,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     let rt = shared.snapshot();
 
     // The proxy app wrapped to count open connections (`http_active_connections`).
-    let mut app = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    let mut app = pingora::proxy::http_proxy(
+        &server.configuration,
+        Gateway::new(shared.live(), shared.acme.clone()),
+    );
     let limit = rt.server.max_requests_per_connection;
     let mut options = pingora::apps::HttpServerOptions::default();
     // Pingora counts reuses: N requests per connection are N - 1 reuses.
@@ -153,7 +157,7 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     ));
     server.add_service(background_service(
         "acme",
-        crate::acme::AcmeService::new(shared.clone()),
+        crate::acme::service::AcmeService::new(shared.clone()),
     ));
     server.add_service(background_service(
         "jwks refresh",
@@ -173,12 +177,14 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     ));
     server.add_service(background_service(
         "readiness",
-        crate::process::Readiness::new(&rt, opts.daemon),
+        crate::process::Readiness::new(&rt.server, &rt.admin, opts.daemon),
     ));
-    server.add_service(background_service(
-        "cache purge broadcast",
-        crate::cache::broadcast::Subscriber::new(shared.clone()),
-    ));
+    server.add_service(background_service("cache purge broadcast", {
+        let shared = shared.clone();
+        crate::cache::broadcast::Subscriber::new(move || {
+            shared.snapshot().cache.purge_broadcast.clone()
+        })
+    }));
     server.add_service(background_service(
         "config reload signal",
         ReloadOnSighup { shared },

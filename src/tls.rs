@@ -28,9 +28,9 @@
 pub mod client_auth;
 pub mod store;
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::RawTls;
-use crate::runtime::TlsSettings;
+use crate::model::TlsSettings;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
@@ -276,9 +276,8 @@ pub fn compile_certificates(c: &mut Compiler, t: &RawTls) -> store::Certificates
                 continue;
             }
         };
-        let until = crate::plugins::json_rewrite::rfc3339_millis(Duration::from_secs(
-            e.not_after.max(0) as u64,
-        ));
+        let until =
+            crate::util::clock::rfc3339_millis(Duration::from_secs(e.not_after.max(0) as u64));
         let names = e.names.join(", ");
         if e.not_after <= now {
             c.error(

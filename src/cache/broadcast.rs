@@ -8,7 +8,7 @@
 //! own. Pub/sub delivers at most once: a node whose subscription is down when a purge is
 //! published misses it (the subscriber reconnects by itself and logs the gap).
 
-use crate::runtime::{PurgeBroadcast, Shared};
+use crate::model::PurgeBroadcast;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -17,7 +17,6 @@ use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest message applied (a purge is a route name and a path).
@@ -28,7 +27,7 @@ static NODE: Lazy<String> = Lazy::new(|| {
     format!(
         "{:x}-{:x}",
         std::process::id(),
-        crate::limits::now_us() ^ 0x9e37_79b9_7f4a_7c15
+        crate::util::clock::now_us() ^ 0x9e37_79b9_7f4a_7c15
     )
 });
 
@@ -108,16 +107,19 @@ fn apply(payload: &[u8]) -> Option<usize> {
 /// Background service: keeps one subscription to the configured channel, following
 /// reloads (checked every second) and reconnecting after a failure.
 pub struct Subscriber {
-    shared: Arc<Shared>,
+    /// The `cache.purge_broadcast` of the config in use now.
+    wanted: Box<dyn Fn() -> Option<PurgeBroadcast> + Send + Sync>,
 }
 
 impl Subscriber {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Subscriber { shared }
+    pub fn new(wanted: impl Fn() -> Option<PurgeBroadcast> + Send + Sync + 'static) -> Self {
+        Subscriber {
+            wanted: Box::new(wanted),
+        }
     }
 
     fn wanted(&self) -> Option<PurgeBroadcast> {
-        self.shared.snapshot().cache.purge_broadcast.clone()
+        (self.wanted)()
     }
 }
 

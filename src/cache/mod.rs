@@ -14,6 +14,7 @@ pub mod store;
 
 pub use store::{EntryTag, Stats, Store};
 
+use crate::model::PurgeBroadcast;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -185,10 +186,12 @@ const PURGE_BODY_LIMIT: usize = 64 * 1024;
 /// Admin `POST /cache/purge` (the caller checked the admin token): reads the JSON body
 /// `{"route": "products"}` or `{"route": "products", "path": "/api/v1/products/1"}` and
 /// answers the status and JSON body. A path purges every variant of it (hosts, query strings,
-/// `Vary` variants); a path with `?query` only that (normalized) query.
+/// `Vary` variants); a path with `?query` only that (normalized) query. `has_route` tells
+/// the config's route names; `broadcast`: its `cache.purge_broadcast`.
 pub async fn purge_endpoint(
     s: &mut pingora::protocols::http::ServerSession,
-    rt: &crate::runtime::Runtime,
+    has_route: impl Fn(&str) -> bool,
+    broadcast: Option<&PurgeBroadcast>,
 ) -> (http::StatusCode, serde_json::Value) {
     use http::StatusCode;
     let bad = |msg: String| {
@@ -218,7 +221,7 @@ pub async fn purge_endpoint(
             ))
         }
     };
-    if !rt.routes.iter().any(|r| r.name == req.route) {
+    if !has_route(&req.route) {
         return (
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not_found", "message": format!("no route named {:?}", req.route)}),
@@ -235,7 +238,7 @@ pub async fn purge_endpoint(
             if !path.starts_with('/') {
                 return bad("path must start with /".into());
             }
-            let Some(path) = crate::router::normalize_percent(path) else {
+            let Some(path) = crate::util::percent::normalize_percent(path) else {
                 return bad("path has an invalid percent-encoding".into());
             };
             let query = query.map(key::normalize_query);
@@ -246,7 +249,7 @@ pub async fn purge_endpoint(
     };
     tracing::info!(route = %req.route, path = ?req.path, purged, "cache purge via admin API");
     let mut answer = serde_json::json!({"purged": purged, "route": req.route, "path": req.path});
-    if let Some(b) = &rt.cache.purge_broadcast {
+    if let Some(b) = broadcast {
         // The same purge, validated and normalized, for every other node.
         let (path, query) = match &normalized {
             Some((p, q)) => (Some(p.as_str()), q.as_deref()),

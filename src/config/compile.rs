@@ -3,15 +3,16 @@
 //! cross references. Collects every error (with YAML path and line) instead of stopping at
 //! the first.
 
+use super::diag::Compiler;
 use super::error::{ConfigError, ConfigErrors};
 use super::position::Positions;
 use super::raw::{self, RawConfig, RawPlugin};
+use crate::ctx::{Route, Runtime};
+use crate::model::{
+    AccessLog, AdminSettings, Consumer, JwtSecretSpec, Secret, ServerSettings, Tier, TlsSettings,
+};
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
-use crate::runtime::{
-    AccessLog, AdminSettings, Consumer, JwtSecretSpec, Route, Runtime, Secret, ServerSettings,
-    Tier, TlsSettings,
-};
 use crate::upstream::{HealthCheck, Passive, StateRegistry, Target, TargetSet, Timeouts, Upstream};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
@@ -19,104 +20,9 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-
-/// Error sink and helpers shared by the compile steps and plugin constructors.
-pub struct Compiler<'a> {
-    pos: &'a Positions,
-    errors: Vec<ConfigError>,
-    /// Values that came from the environment: redacted from every error message.
-    secrets: Vec<String>,
-    base_dir: PathBuf,
-}
-
-impl Compiler<'_> {
-    /// Errors found so far.
-    pub fn error_count(&self) -> usize {
-        self.errors.len()
-    }
-
-    pub fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            path: path.to_string(),
-            line: self.pos.line(path),
-            message: message.into(),
-        });
-    }
-
-    /// Like [`Compiler::error`], but an error identical to one already reported (same path,
-    /// same message) is dropped: for problems in a shared section (`consumers`) found by every
-    /// plugin instance that reads it.
-    pub fn error_once(&mut self, path: &str, message: impl Into<String>) {
-        let message = message.into();
-        if !self
-            .errors
-            .iter()
-            .any(|e| e.path == path && e.message == message)
-        {
-            self.error(path, message);
-        }
-    }
-
-    /// Line of a YAML path (or of its closest parent), for messages naming a second place.
-    pub fn line_of(&self, path: &str) -> Option<usize> {
-        self.pos.line(path)
-    }
-
-    /// A file path relative to the config file's directory.
-    pub fn file(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-
-    /// Deserializes a plugin's `config` value into its typed struct, with the YAML path of
-    /// the offending key in the error.
-    pub fn plugin_config<T: serde::de::DeserializeOwned + Default>(
-        &mut self,
-        path: &str,
-        value: Option<&serde_yaml::Value>,
-    ) -> Option<T> {
-        let Some(v) = value else {
-            return Some(T::default());
-        };
-        if v.is_null() {
-            return Some(T::default());
-        }
-        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = if inner == "." {
-                    format!("{path}.config")
-                } else {
-                    format!("{path}.config.{inner}")
-                };
-                self.error(&full, e.into_inner().to_string());
-                None
-            }
-        }
-    }
-}
-
-/// The [`Compiler`] of one plugin's build, remembering whether it reported anything: a
-/// constructor reports every error it finds, then gives up if there was one.
-pub struct ErrorSink<'x, 'a> {
-    pub c: &'x mut Compiler<'a>,
-    pub failed: bool,
-}
-
-impl ErrorSink<'_, '_> {
-    pub fn error(&mut self, path: &str, message: impl Into<String>) {
-        self.failed = true;
-        self.c.error(path, message);
-    }
-}
 
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
@@ -153,12 +59,7 @@ pub fn compile(
     text: &str,
 ) -> Result<Runtime, ConfigErrors> {
     let raw: RawConfig = parsed.raw;
-    let mut c = Compiler {
-        pos,
-        errors: Vec::new(),
-        secrets: parsed.secrets,
-        base_dir: base_dir.to_path_buf(),
-    };
+    let mut c = Compiler::new(pos, parsed.secrets, base_dir.to_path_buf());
     let server = compile_server(&mut c, &raw.server);
     let admin = compile_admin(&mut c, &raw.admin);
     let cache = compile_cache(&mut c, &raw.cache);
@@ -189,11 +90,7 @@ pub fn compile(
     crate::probe::check_routes(&mut c, &server, &raw.routes);
     crate::https_redirect::check_listeners(&mut c, &server, &raw.routes);
 
-    if !c.errors.is_empty() {
-        let mut errs = ConfigErrors(std::mem::take(&mut c.errors));
-        errs.redact(&c.secrets);
-        return Err(errs);
-    }
+    c.finish()?;
     let hash = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
     Ok(Runtime {
         version,
@@ -210,7 +107,7 @@ pub fn compile(
     })
 }
 
-fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::runtime::CacheSettings {
+fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::model::CacheSettings {
     let purge_broadcast = raw.purge_broadcast.as_ref().and_then(|b| {
         let mut ok = true;
         if ::redis::Client::open(b.url.as_str()).is_err() {
@@ -229,14 +126,14 @@ fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::runtime::Cache
             c.error("cache.purge_broadcast.timeout", "must be greater than 0");
             ok = false;
         }
-        ok.then(|| crate::runtime::PurgeBroadcast {
+        ok.then(|| crate::model::PurgeBroadcast {
             url: Secret::new(b.url.clone()),
-            addr: crate::limits::redis::redact_url(&b.url),
+            addr: crate::util::redact::redact_url(&b.url),
             channel: b.channel.clone(),
             timeout: b.timeout.0,
         })
     });
-    crate::runtime::CacheSettings { purge_broadcast }
+    crate::model::CacheSettings { purge_broadcast }
 }
 
 fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
@@ -462,7 +359,7 @@ fn compile_upstreams(
             c.error(&format!("{p}.name"), "must not be empty");
         }
         if let Some(first) = seen.insert(&u.name, i) {
-            let line = c.pos.line(&format!("upstreams[{first}].name"));
+            let line = c.line_of(&format!("upstreams[{first}].name"));
             c.error(
                 &format!("{p}.name"),
                 format!(
@@ -756,7 +653,7 @@ fn compile_routes(
             c.error(&format!("{p}.name"), "must not be empty");
         }
         if let Some(first) = seen.insert(&r.name, i) {
-            let line = c.pos.line(&format!("routes[{first}].name")).unwrap_or(0);
+            let line = c.line_of(&format!("routes[{first}].name")).unwrap_or(0);
             c.error(
                 &format!("{p}.name"),
                 format!(

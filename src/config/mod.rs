@@ -7,6 +7,7 @@
 //! error is looked up in [`position::Positions`] for its line.
 
 pub mod compile;
+pub mod diag;
 pub mod env;
 pub mod error;
 pub mod position;
@@ -15,8 +16,8 @@ pub mod units;
 
 pub use error::{ConfigError, ConfigErrors};
 
+use crate::ctx::Runtime;
 use crate::limits::LimiterRegistry;
-use crate::runtime::Runtime;
 use crate::upstream::StateRegistry;
 use position::Positions;
 use serde_yaml::Value;

@@ -7,6 +7,7 @@
 use super::units::{ByteSize, Dur, Secs};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -277,15 +278,53 @@ pub struct RawUpstream {
     pub health_check: Option<RawHealthCheck>,
     pub passive: Option<RawPassive>,
     /// Wait before each retry (extension; absent: retry at once).
-    pub retry_backoff: Option<crate::resilience::RawBackoff>,
+    pub retry_backoff: Option<RawBackoff>,
     /// Cap on retries per upstream pool (extension; on by default).
     #[serde(default)]
-    pub retry_budget: crate::resilience::RawRetryBudget,
+    pub retry_budget: RawRetryBudget,
     /// HTTPS to every target (absent: plain TCP).
     pub tls: Option<RawUpstreamTls>,
     /// The HTTP version spoken to the targets.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+}
+
+/// `upstreams[].retry_backoff` (absent: retries start at once).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBackoff {
+    pub base: Dur,
+    pub max: Dur,
+}
+
+impl Default for RawBackoff {
+    fn default() -> Self {
+        RawBackoff {
+            base: Dur(Duration::from_millis(25)),
+            max: Dur(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// `upstreams[].retry_budget` (on by default with Linkerd's values).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetryBudget {
+    pub enabled: bool,
+    pub ratio: f64,
+    pub min_retries_per_second: u32,
+    pub window: Dur,
+}
+
+impl Default for RawRetryBudget {
+    fn default() -> Self {
+        RawRetryBudget {
+            enabled: true,
+            ratio: 0.2,
+            min_retries_per_second: 10,
+            window: Dur::secs(10),
+        }
+    }
 }
 
 /// `upstreams[].protocol`.

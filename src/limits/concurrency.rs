@@ -55,7 +55,7 @@ impl Drop for ConcurrencyGuard {
 impl ConcurrencyStore {
     /// Takes one of `max` slots of `key`, or `None` when all are taken.
     pub fn try_acquire(&self, key: &[u8], max: u32) -> Option<ConcurrencyGuard> {
-        let now = super::now_us();
+        let now = crate::util::clock::now_us();
         let counter = self.map.with_entry(key, now, |s| Arc::clone(&s.0));
         counter
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -67,8 +67,9 @@ impl ConcurrencyStore {
 
     /// Requests in flight for `key` (tests).
     pub fn in_flight(&self, key: &[u8]) -> u32 {
-        self.map
-            .with_entry(key, super::now_us(), |s| s.0.load(Ordering::Acquire))
+        self.map.with_entry(key, crate::util::clock::now_us(), |s| {
+            s.0.load(Ordering::Acquire)
+        })
     }
 
     /// Keys held (tests).
@@ -78,7 +79,7 @@ impl ConcurrencyStore {
 
     /// Drops keys with nothing in flight (tests).
     pub fn sweep(&self) {
-        self.map.sweep(super::now_us())
+        self.map.sweep(crate::util::clock::now_us())
     }
 }
 

@@ -21,7 +21,7 @@
 //! "virtual scheduling" form of a token bucket): one timestamp per key, `burst` capacity,
 //! refilled at `rate` per second.
 //!
-//! **Surviving reloads.** A [`LimiterRegistry`] lives in [`crate::runtime::Shared`] next to
+//! **Surviving reloads.** A [`LimiterRegistry`] lives in [`crate::app::Shared`] next to
 //! the upstream state registry. Plugins look their store up by *identity* (the scope — route
 //! name or global — plus the full plugin config) when a config is compiled; the registry
 //! holds weak references, so a store lives exactly as long as some runtime uses it and an
@@ -35,25 +35,10 @@ use http::HeaderValue;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyStore};
 pub use local::LocalStore;
 pub use redis::{BackendError, RedisBackend, RedisSpec, Topology};
-
-/// Microseconds since the Unix epoch, read from the monotonic clock (wall time is sampled
-/// once, so a clock step does not move windows).
-#[inline]
-pub fn now_us() -> u64 {
-    static BASE: once_cell::sync::Lazy<(Instant, u64)> = once_cell::sync::Lazy::new(|| {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64;
-        (Instant::now(), wall)
-    });
-    BASE.1 + BASE.0.elapsed().as_micros() as u64
-}
 
 /// Fixed window lengths, the slots of a per-key entry.
 pub const WINDOWS: [(&str, u64); 4] = [
@@ -424,18 +409,6 @@ impl LimiterRegistry {
                 .filter(|w| w.strong_count() > 0)
                 .count()
     }
-}
-
-/// A stable identity string (hex SHA-256 prefix) of `parts`: registry keys and Redis key
-/// prefixes. Never holds the parts themselves (a config may hold a Redis password).
-pub fn identity(parts: &[&str]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    hex::encode(&h.finalize()[..12])
 }
 
 /// `rate_limit_hits_total{client_id,route}`: one request refused by rate-limiting.

@@ -30,7 +30,9 @@
 //! same name for the same client to share its count; SHA-256 is collision resistant
 //! without one, and 128 bits leave no collision to find or to stumble on.
 
-use super::{decide_token, decide_windows, now_us, Decision, Limits, TokenBucket, WindowCounts};
+use super::{decide_token, decide_windows, Decision, Limits, TokenBucket, WindowCounts};
+use crate::util::clock::now_us;
+use crate::util::redact::redact_url;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterConfig};
 use ::redis::cluster_async::ClusterConnection;
@@ -191,7 +193,7 @@ impl RedisSpec {
                 password,
             } => format!("sentinel {master} {nodes:?} {username:?} {password:?}"),
         };
-        super::identity(&[
+        crate::util::digest::identity(&[
             &topo,
             &format!("{:?} {:?}", self.username, self.password),
             &format!(
@@ -384,25 +386,6 @@ impl fmt::Debug for RedisBackend {
             .field("addr", &self.addr)
             .field("timeout", &self.timeout)
             .finish()
-    }
-}
-
-/// `redis://user:secret@host:6379/0?x=y` -> `redis://host:6379/0`.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (s, r),
-        None => ("", url),
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if scheme.is_empty() {
-        format!("{host}{path}")
-    } else {
-        format!("{scheme}://{host}{path}")
     }
 }
 
@@ -657,20 +640,6 @@ mod tests {
             full_key("", b'w', b"a"),
             b"w:ca978112ca1bbdcafac231b39a23dc4d".to_vec()
         );
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://user:s3cret@10.0.0.5:6380/2?pass=x"),
-            "redis://10.0.0.5:6380/2"
-        );
-        assert_eq!(
-            redact_url("redis://:p%40ss@cache:6379"),
-            "redis://cache:6379"
-        );
-        assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
-        assert_eq!(redact_url("rediss://a:b@h"), "rediss://h");
     }
 
     /// What Redis Cluster hashes: the text between the first `{` and the next `}` when

@@ -11,8 +11,9 @@
 //! parameters that look like credentials (`api_key`, `token`, `password`, ... see
 //! [`is_secret_param`]) are replaced by `REDACTED` with the name kept.
 
+use crate::app::Shared;
 use crate::ctx::RequestCtx;
-use crate::runtime::{AccessLog, Shared};
+use crate::model::AccessLog;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use once_cell::sync::Lazy;

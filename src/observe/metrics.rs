@@ -22,7 +22,7 @@
 // fail at run time (and would fail every test at startup if one were ever wrong).
 #![allow(clippy::expect_used)]
 
-use crate::runtime::Runtime;
+use crate::ctx::Runtime;
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -1204,7 +1204,7 @@ pub fn render(rt: &Runtime) -> String {
         &["upstream", "target"],
     )
     .expect("valid metric definition");
-    let now = crate::upstream::now_ms();
+    let now = crate::util::clock::now_ms();
     for u in &rt.upstreams {
         for t in &u.targets().targets {
             healthy

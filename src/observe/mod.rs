@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod otlp;
 
 use crate::ctx::RequestCtx;
-use crate::runtime::AccessLog;
+use crate::model::AccessLog;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::time::Instant;

@@ -93,7 +93,7 @@ impl ExportSettings {
             parts.push(v.clone());
         }
         let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-        crate::limits::identity(&refs)
+        crate::util::digest::identity(&refs)
     }
 
     /// The JSON around a batch's spans: `{"resourceSpans":[{"resource":…,"scopeSpans":

@@ -5,7 +5,7 @@
 //! 403 `forbidden`; no authenticated consumer at all: 401 `unauthorized`.
 
 use super::{Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use serde::Deserialize;
 

@@ -5,9 +5,9 @@
 //! whether it was answered, failed or abandoned by the client.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::limits::{self, ConcurrencyStore, KeyBuf};
+use crate::limits::{ConcurrencyStore, KeyBuf};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -64,7 +64,8 @@ impl Concurrency {
             return None;
         }
         let scope = env.route.unwrap_or("plugins");
-        let id = limits::identity(&["concurrency-limiting", scope, &format!("{cfg:?}")]);
+        let id =
+            crate::util::digest::identity(&["concurrency-limiting", scope, &format!("{cfg:?}")]);
         Some(Concurrency {
             max: cfg.max,
             limit_by: cfg.limit_by,

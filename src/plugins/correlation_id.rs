@@ -4,7 +4,7 @@
 //! only decides where it travels.
 
 use super::Outcome;
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use crate::request::valid_request_id;
 use http::HeaderName;

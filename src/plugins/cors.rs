@@ -24,7 +24,7 @@
 //! plugin (otherwise the preflight gets the router's 405), as in Kong (which answers 404).
 
 use super::{Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,

@@ -19,7 +19,7 @@
 //! so they need no escaping in JSON or HTML. Any other `$(` text stays literal (bodies may
 //! hold scripts). A body is at most [`MAX_BODY`] bytes.
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue};
@@ -391,7 +391,7 @@ pub fn gateway_body(ctx: &RequestCtx, status: u16, code: &str) -> Option<(Bytes,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::Runtime;
+    use crate::ctx::Runtime;
     use crate::upstream::StateRegistry;
     use std::path::Path;
 

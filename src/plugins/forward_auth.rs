@@ -41,7 +41,7 @@
 //! every plugin, and a cache hit neither calls nor boxes anything.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::{Compiler, ErrorSink};
+use crate::config::diag::{Compiler, ErrorSink};
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use http::header::{
@@ -646,8 +646,12 @@ impl ForwardAuth {
             Some((certs, digest)) => (Some(certs), digest),
             None => (None, String::new()),
         };
-        let id =
-            crate::limits::identity(&["forward-auth", env.route.unwrap_or(""), &text, &ca_digest]);
+        let id = crate::util::digest::identity(&[
+            "forward-auth",
+            env.route.unwrap_or(""),
+            &text,
+            &ca_digest,
+        ]);
         let state = state_for(&id, || {
             let mut b = reqwest::Client::builder()
                 .timeout(timeout)
@@ -1006,9 +1010,9 @@ impl ForwardAuth {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::ctx::Runtime;
     use crate::limits::LimiterRegistry;
     use crate::plugins::Plugin;
-    use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
     use std::path::Path;
 

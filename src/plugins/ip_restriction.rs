@@ -3,7 +3,7 @@
 //! everything else is refused. 403 `ip_forbidden`.
 
 use super::{Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use ipnet::IpNet;
 use serde::Deserialize;

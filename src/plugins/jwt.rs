@@ -25,10 +25,10 @@
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
-use crate::runtime::JwtSecretSpec;
+use crate::model::JwtSecretSpec;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
@@ -48,9 +48,6 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Header carrying the token's roles upstream (comma-separated).
-pub const ROLES_HEADER: HeaderName = HeaderName::from_static("x-authenticated-roles");
 
 /// Lifetime of a cached verification of a token without `exp` (allowed when `exp` is not in
 /// `claims_to_verify`).
@@ -794,7 +791,7 @@ impl Jwt {
     pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::send_consumer(req, ctx)?;
         if let Some(roles) = ctx.jwt.as_ref().and_then(|t| t.roles.clone()) {
-            req.insert_header(ROLES_HEADER, roles)?;
+            req.insert_header(crate::owned_headers::ROLES_HEADER, roles)?;
         }
         if self.hide_credentials {
             for name in &self.header_names {

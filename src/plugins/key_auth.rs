@@ -10,7 +10,7 @@
 //! header and query parameter are stripped before proxying.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -21,9 +21,6 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
-
-/// Header carrying the authenticated consumer's username upstream.
-pub const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-username");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

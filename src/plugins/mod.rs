@@ -40,9 +40,9 @@ pub mod response_transformer;
 pub mod security_headers;
 pub mod size_limit;
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::runtime::{Consumer, Tier};
+use crate::model::{Consumer, Tier};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -412,7 +412,7 @@ pub fn build(
 /// call this; client-sent copies were already removed in `forward::rewrite_request`).
 pub(crate) fn send_consumer(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     if let Some(c) = ctx.consumer.and_then(|i| ctx.rt.consumers.get(i)) {
-        req.insert_header(key_auth::CONSUMER_HEADER, c.header.clone())?;
+        req.insert_header(crate::owned_headers::CONSUMER_HEADER, c.header.clone())?;
     }
     Ok(())
 }

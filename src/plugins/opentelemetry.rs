@@ -46,7 +46,7 @@
 //! client's `traceparent` passes through untouched and the access log has no `trace_id`.
 
 use super::{Outcome, Plugin};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::observe::otlp::{self, ExportSettings, Exporter};

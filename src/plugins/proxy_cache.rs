@@ -19,11 +19,11 @@
 //! Stores outlive reloads (see [`crate::cache`]); [`install`] applies a new config to them.
 
 use crate::cache::{self, key, EntryTag, StoreId};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
+use crate::ctx::Runtime;
 use crate::plugins::Plugin;
-use crate::runtime::Runtime;
 use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE, VARY};
 use http::{HeaderName, Method};
 use once_cell::sync::OnceCell;

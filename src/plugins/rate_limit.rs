@@ -15,7 +15,7 @@
 //! request through (counted in `rate_limit_backend_errors_total`), `false` answers 503.
 
 use super::{BuildEnv, Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::limits::{
@@ -426,7 +426,8 @@ impl RateLimit {
             (PolicyKind::Local, None) => {
                 // The identity: route (or global list) and the whole config, defaults
                 // filled in. Unchanged identity = same counters after a reload.
-                let id = limits::identity(&["rate-limiting", scope, &format!("{cfg:?}")]);
+                let id =
+                    crate::util::digest::identity(&["rate-limiting", scope, &format!("{cfg:?}")]);
                 Some(Store::Local(env.limiters.local(&id)))
             }
             (PolicyKind::Redis, None) => {
@@ -441,7 +442,7 @@ impl RateLimit {
                         // Shared by every node configured alike: route and key settings
                         // only, so nodes agree even if their Redis URLs are spelled
                         // differently, and a changed limit keeps the counts.
-                        let id = limits::identity(&[
+                        let id = crate::util::digest::identity(&[
                             "rate-limiting",
                             scope,
                             &format!("{:?}", cfg.limit_by),
@@ -531,7 +532,7 @@ impl RateLimit {
         let k = key.as_bytes();
         match &self.store {
             Store::Local(s) => {
-                let now = limits::now_us();
+                let now = crate::util::clock::now_us();
                 Ok(match (tier, &self.algo) {
                     (Some(l), _) | (None, Algo::Windows(l)) => s.check_windows(k, l, now),
                     (None, Algo::Token(tb)) => s.check_token(k, tb, now),
@@ -606,9 +607,9 @@ impl RateLimit {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::ctx::Runtime;
     use crate::limits::LimiterRegistry;
     use crate::plugins::Plugin;
-    use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
     use std::path::Path;
 

@@ -33,7 +33,7 @@ use super::json_scan::{unquoted, Invalid, Scanner};
 use super::request_transformer::{push_json_escaped, Template};
 use super::response_transformer::is_json;
 use super::{Outcome, Reply};
-use crate::config::compile::{Compiler, ErrorSink};
+use crate::config::diag::{Compiler, ErrorSink};
 use crate::ctx::RequestCtx;
 use bytes::Bytes;
 use http::header;
@@ -945,8 +945,8 @@ pub fn replay(body: &mut Option<Bytes>, ctx: &mut RequestCtx) -> bool {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::ctx::Runtime;
     use crate::plugins::Plugin;
-    use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
     use serde_json::{json, Value};
     use std::sync::Arc;

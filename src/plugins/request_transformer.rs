@@ -24,7 +24,7 @@
 
 use super::request_body::{BodyRules, JsonConfig};
 use super::Outcome;
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use bytes::Bytes;

@@ -35,7 +35,7 @@
 //! `proxy_buffering off`: nothing is held back beyond the encoder's bounded window, and
 //! every byte the upstream sent reaches the client without waiting for more.
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use crate::plugins::held_body::HeldBody;

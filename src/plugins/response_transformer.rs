@@ -43,11 +43,11 @@ use super::json_rewrite::{self, Envelope, JsonRules};
 use super::request_transformer::{
     header_names, header_pairs_in, header_renames, split_entry, HeaderOps, Scope,
 };
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
+use crate::ctx::Runtime;
 use crate::plugins::Plugin;
-use crate::runtime::Runtime;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -2,7 +2,7 @@
 //! headers to every response and, with `hide_server`, removes the upstream's `Server` and
 //! `X-Powered-By`.
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;

@@ -3,7 +3,7 @@
 //! crosses the limit (the gateway's body filter enforces `ctx.body_limit`).
 
 use super::{Outcome, Reply};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use pingora::proxy::Session;

@@ -12,7 +12,7 @@
 //! serial), which Pingora keeps in the connection's `SslDigest::extension`; every request on
 //! the connection reads it from there into `RequestCtx::client_cert` ([`client_cert`]).
 
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::RawClientAuth;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -373,7 +373,7 @@ mod tests {
         store.set_configured(&Certificates(vec![Arc::new(entry)]));
         let auth = ClientAuthSettings::load(d.path().join("ca.pem"), Mode::Required).unwrap();
         store.client_auth.set(Some(&auth));
-        let t = crate::runtime::TlsSettings {
+        let t = crate::model::TlsSettings {
             listen: Vec::new(),
             min_version: "1.2".into(),
             max_version: "1.3".into(),

@@ -237,7 +237,7 @@ struct Sources {
     acme: Vec<Arc<CertEntry>>,
 }
 
-/// The served certificates: survives reloads (kept in [`crate::runtime::Shared`]).
+/// The served certificates: survives reloads (kept in [`crate::app::Shared`]).
 #[derive(Default)]
 pub struct CertStore {
     current: ArcSwap<Resolved>,
@@ -298,7 +298,7 @@ impl CertStore {
             .map(|e| {
                 serde_json::json!({
                     "names": e.names,
-                    "not_after": crate::plugins::json_rewrite::rfc3339_millis(
+                    "not_after": crate::util::clock::rfc3339_millis(
                         std::time::Duration::from_secs(e.not_after.max(0) as u64)
                     ),
                     "expires_in_seconds": e.not_after - now,

@@ -17,10 +17,10 @@
 //! hickory-resolver does the lookups, with its cache off: the TTL is honoured by the schedule
 //! here, and a lookup always asks the server.
 
-use super::{now_ms, StateRegistry, Target, TargetSet, TargetState, Upstream};
-use crate::config::compile::Compiler;
+use super::{LiveConfig, StateRegistry, Target, TargetSet, TargetState, Upstream};
+use crate::config::diag::Compiler;
 use crate::config::raw::{RawDiscovery, RawUpstream};
-use crate::runtime::Shared;
+use crate::util::clock::now_ms;
 use async_trait::async_trait;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, NameServerConfigGroup, Protocol, ResolverConfig,
@@ -153,9 +153,9 @@ pub struct Registry {
 
 impl Registry {
     /// Forgets upstreams that no longer use discovery (after a reload is swapped in).
-    pub fn retain(&self, rt: &crate::runtime::Runtime) {
+    pub fn retain(&self, upstreams: &[Arc<Upstream>]) {
         self.by_upstream.lock().retain(|name, st| {
-            rt.upstreams.iter().any(|u| {
+            upstreams.iter().any(|u| {
                 u.name == *name
                     && u.discovery
                         .as_ref()
@@ -533,43 +533,48 @@ fn lookup_now(disc: &Discovery) -> Result<(Vec<IpAddr>, Duration), (LookupResult
 
 /// The background service that runs the lookups of every upstream with `discovery`.
 pub struct DiscoveryScheduler {
-    shared: Arc<Shared>,
+    live: Arc<dyn LiveConfig>,
 }
 
 impl DiscoveryScheduler {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        DiscoveryScheduler { shared }
+    pub fn new(live: Arc<dyn LiveConfig>) -> Self {
+        DiscoveryScheduler { live }
     }
 
     fn run_due(&self) {
-        let rt = self.shared.snapshot();
+        self.live
+            .with_upstreams(&mut |upstreams| self.start_due(upstreams));
+    }
+
+    fn start_due(&self, upstreams: &[Arc<Upstream>]) {
         let now = now_ms();
-        for up in &rt.upstreams {
+        for up in upstreams {
             let Some(d) = &up.discovery else {
                 continue;
             };
             // A reload may have compiled this upstream from an answer older than the one a
             // lookup stored meanwhile: catch up.
-            d.sync(up, &self.shared.states);
+            d.sync(up, self.live.states());
             let st = &d.state;
             if st.next_ms.load(Ordering::Relaxed) > now || st.busy.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let (up, shared) = (up.clone(), self.shared.clone());
+            let (up, live) = (up.clone(), self.live.clone());
             tokio::spawn(async move {
                 let Some(d) = &up.discovery else {
                     return;
                 };
                 if d.refresh(&up.name).await {
                     // Apply to the config in use now (a reload may have replaced `up`).
-                    let rt = shared.snapshot();
-                    for u in &rt.upstreams {
-                        if let Some(ud) = &u.discovery {
-                            if Arc::ptr_eq(&ud.state, &d.state) {
-                                ud.sync(u, &shared.states);
+                    live.with_upstreams(&mut |upstreams| {
+                        for u in upstreams {
+                            if let Some(ud) = &u.discovery {
+                                if Arc::ptr_eq(&ud.state, &d.state) {
+                                    ud.sync(u, live.states());
+                                }
                             }
                         }
-                    }
+                    });
                 }
                 d.state.busy.store(false, Ordering::Release);
             });

@@ -3,8 +3,8 @@
 //! not follow a reload. Each tick looks at the current runtime, starts the checks that are
 //! due, and applies the healthy/unhealthy thresholds to the target's shared state.
 
-use super::{now_ms, HealthCheck, TargetState, Upstream};
-use crate::runtime::Shared;
+use super::{HealthCheck, LiveConfig, TargetState, Upstream};
+use crate::util::clock::now_ms;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -19,18 +19,22 @@ use tokio::net::TcpStream;
 const TICK: Duration = Duration::from_millis(50);
 
 pub struct HealthScheduler {
-    shared: Arc<Shared>,
+    live: Arc<dyn LiveConfig>,
 }
 
 impl HealthScheduler {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        HealthScheduler { shared }
+    pub fn new(live: Arc<dyn LiveConfig>) -> Self {
+        HealthScheduler { live }
     }
 
     fn run_due(&self) {
-        let rt = self.shared.snapshot();
+        self.live
+            .with_upstreams(&mut |upstreams| Self::start_due(upstreams));
+    }
+
+    fn start_due(upstreams: &[Arc<Upstream>]) {
         let now = now_ms();
-        for up in &rt.upstreams {
+        for up in upstreams {
             // The current set: addresses DNS discovery just added are checked at once.
             let set = up.targets();
             let Some(hc) = &up.health_check else {

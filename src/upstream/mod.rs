@@ -13,23 +13,29 @@ pub mod budget;
 pub mod discovery;
 pub mod health;
 pub mod peer;
+pub mod policy;
 pub mod select;
 
 use crate::config::raw::Balance;
+use crate::util::clock::now_ms;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use select::{InflightGuard, Selection};
 
-/// Milliseconds since process start: a cheap monotonic clock for atomics.
-pub fn now_ms() -> u64 {
-    static START: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
-    START.elapsed().as_millis() as u64
+/// The config in use now, as the background services here (health checks, DNS discovery)
+/// read it at every tick: the app's shared state implements it over the live snapshot. A
+/// trait, so this module stays below that snapshot (which holds the plugin chains).
+pub trait LiveConfig: Send + Sync + 'static {
+    /// Calls `f` with the upstreams of the snapshot in use now.
+    fn with_upstreams(&self, f: &mut dyn FnMut(&[Arc<Upstream>]));
+    /// State kept across snapshots.
+    fn states(&self) -> &StateRegistry;
 }
 
 #[derive(Debug, Clone)]
@@ -176,7 +182,7 @@ pub struct Upstream {
     /// Rotating start point for round robin, the weighted schedule and tie breaks.
     pub cursor: AtomicUsize,
     /// `retry_backoff`, `retry_budget` and their counters.
-    pub resilience: crate::resilience::UpstreamPolicy,
+    pub resilience: policy::UpstreamPolicy,
     /// `tls` and `protocol`: how connections to the targets are made.
     pub transport: peer::Transport,
 }
@@ -194,7 +200,7 @@ impl Upstream {
 pub struct StateRegistry {
     states: Mutex<HashMap<(String, String), Arc<TargetState>>>,
     /// Retry budgets and resilience counters by upstream and route name.
-    pub resilience: crate::resilience::Registry,
+    pub resilience: policy::Registry,
     /// Last good DNS answers by upstream, kept across reloads.
     pub discovery: discovery::Registry,
 }

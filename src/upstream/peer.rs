@@ -14,7 +14,7 @@
 //!   a connection verified under the old one).
 
 use super::Target;
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::raw::{RawUpstream, RawUpstreamTls, UpstreamProtocol};
 use pingora::protocols::tls::CaType;
 use pingora::tls::{

@@ -3,8 +3,9 @@
 //! available. Lock-free on the request path: counters are atomics, the weighted schedule is
 //! precomputed at config load.
 
-use super::{now_ms, Target, TargetSet};
+use super::{Target, TargetSet};
 use crate::config::raw::Balance;
+use crate::util::clock::now_ms;
 use pingora_ketama::{Bucket, Continuum};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -141,7 +141,7 @@ fn router_never_panics_and_matches_whole_segments() {
                 .clone();
             let path = format!("/{path}");
             let _ = router::scan_path(&path);
-            let _ = router::normalize_percent(&path);
+            let _ = gatehouse::util::percent::normalize_percent(&path);
             let _ = router::host_without_port(host);
             if let Some(found) = r.find(&method, Some(host), &http::HeaderMap::new(), &path) {
                 let prefix = &norm[found.route][0];

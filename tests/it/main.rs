@@ -12,8 +12,8 @@ mod auth_support;
 mod common;
 
 mod access_log;
-mod acme;
 mod acl;
+mod acme;
 mod auth_jwt;
 mod auth_key;
 mod balancing;
@@ -39,6 +39,7 @@ mod fuzz_plugins;
 mod golden_conf;
 mod health;
 mod jwks;
+mod layering;
 mod metrics;
 mod observability_assets;
 mod pipelining;

@@ -628,9 +628,9 @@ mod fuzz {
     use crate::common::{assert_rewrite_sound, damage, Src};
     use bolero::check;
     use gatehouse::ctx::RequestCtx;
+    use gatehouse::ctx::Runtime;
     use gatehouse::plugins::request_body::BodyRules;
     use gatehouse::plugins::Plugin;
-    use gatehouse::runtime::Runtime;
     use serde_json::{Map, Value};
     use std::sync::{Arc, OnceLock};
 

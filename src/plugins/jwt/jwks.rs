@@ -39,7 +39,7 @@
 //! with the refresh that removed it.
 
 use super::{check_signature, now, Failure, Jws, Jwt, TokenInfo, VerifyKey};
-use crate::config::compile::Compiler;
+use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::plugins::BuildEnv;
 use arc_swap::ArcSwap;

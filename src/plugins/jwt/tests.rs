@@ -2,8 +2,8 @@
 //! claim / cache logic of the plugin built from a real config.
 
 use super::*;
+use crate::ctx::Runtime;
 use crate::plugins::Plugin;
-use crate::runtime::Runtime;
 use crate::upstream::StateRegistry;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use std::path::Path;

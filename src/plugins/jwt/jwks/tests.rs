@@ -2,9 +2,9 @@
 //! refresh rate limit, on key sets read from files (no network).
 
 use super::*;
+use crate::ctx::Runtime;
 use crate::plugins::jwt::parse_jws;
 use crate::plugins::Plugin;
-use crate::runtime::Runtime;
 use crate::upstream::StateRegistry;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;

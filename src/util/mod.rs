@@ -1,0 +1,12 @@
+//! Helpers shared across layers, with no Pingora phase of their own: the bottom layer, so
+//! every module may use them and they use no other gatehouse module.
+//!
+//! - [`clock`]: the cheap monotonic clocks the atomics and limiters count in;
+//! - [`digest`]: stable identity strings of configuration parts (registry keys);
+//! - [`percent`]: canonical percent-encoding of request paths (router, cache keys, purges);
+//! - [`redact`]: URLs without credentials, for logs and `/status`.
+
+pub mod clock;
+pub mod digest;
+pub mod percent;
+pub mod redact;
