@@ -17,6 +17,7 @@ pub mod forward;
 pub mod gateway;
 pub mod grpc;
 pub mod https_redirect;
+pub mod import;
 pub mod limits;
 pub mod observe;
 pub mod owned_headers;

@@ -43,6 +43,69 @@ struct Cli {
 enum Command {
     /// Run an example config against built-in demo upstreams
     Demo,
+    /// Convert another gateway's configuration into gatehouse YAML
+    #[command(subcommand)]
+    Import(ImportSource),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportSource {
+    /// Convert a Kong declarative config (_format_version 1.1, 2.1 or 3.0) into gatehouse
+    /// YAML. Everything that cannot be carried over is named in a `# kong:` comment in the
+    /// output and in a `warning:` line on stderr. Exit 0 when converted (with or without
+    /// warnings), 1 when the file cannot be read.
+    #[command(
+        after_help = "Example:\n  gatehouse import kong kong.yml -o gatehouse.yaml\n  gatehouse -t -c gatehouse.yaml"
+    )]
+    Kong {
+        /// The Kong declarative config (kong.yml, or a decK dump)
+        file: PathBuf,
+        /// Write the gatehouse YAML here instead of stdout
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `gatehouse import kong FILE [-o OUT]`.
+fn run_import_kong(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let text = match std::fs::read(file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            eprintln!("gatehouse import kong: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let conv = match gatehouse::import::kong::convert(&text, &name) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse import kong: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &conv.warnings {
+        eprintln!("warning: {w}");
+    }
+    match output {
+        Some(out) => {
+            if let Err(e) = std::fs::write(out, &conv.yaml) {
+                eprintln!("gatehouse import kong: cannot write {}: {e}", out.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!(
+                "{}: written from {} ({} warnings); check it with: gatehouse -t -c {}",
+                out.display(),
+                file.display(),
+                conv.warnings.len(),
+                out.display()
+            );
+        }
+        None => print!("{}", conv.yaml),
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {
@@ -58,6 +121,9 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(Command::Import(ImportSource::Kong { file, output })) = &cli.command {
+        return run_import_kong(file, output.as_deref());
+    }
     let conf_given = std::env::args().any(|a| a == "-c" || a.starts_with("--conf"));
     let mut conf = cli.conf.clone();
     let is_demo = matches!(cli.command, Some(Command::Demo));

@@ -37,6 +37,7 @@ mod fuzz_plugins;
 mod golden_conf;
 mod health;
 mod jwks;
+mod kong_import;
 mod metrics;
 mod observability_assets;
 mod pipelining;
