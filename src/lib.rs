@@ -12,6 +12,7 @@ pub mod ctx;
 pub mod demo;
 pub mod edge;
 pub mod errors;
+pub mod explain;
 pub mod flood;
 pub mod forward;
 pub mod gateway;

@@ -46,6 +46,24 @@ enum Command {
     /// Convert another gateway's configuration into gatehouse YAML
     #[command(subcommand)]
     Import(ImportSource),
+    /// Show which route, plugins, limits, upstream and target a request would get, from the
+    /// config file (-c), without sending anything
+    #[command(
+        after_help = "Example:\n  gatehouse explain -c gatehouse.yaml 'GET https://api.example.com/v1/orders/7' -H 'X-API-Key: ...' --json"
+    )]
+    Explain {
+        /// The request: 'METHOD URL', URL absolute (https://host/path?q) or a path (/path?q)
+        request: String,
+        /// A request header, 'Name: value' (repeatable); credential values are masked in the output
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The client IP, for ip-restriction and per-IP rate limits
+        #[arg(long = "client-ip")]
+        client_ip: Option<String>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +82,66 @@ enum ImportSource {
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
     },
+}
+
+/// `gatehouse explain -c FILE 'METHOD URL' [-H ...] [--json]`: exit 0 with the explanation,
+/// 1 when the config is invalid or the request cannot be read.
+fn run_explain(
+    conf: &std::path::Path,
+    request: &str,
+    headers: &[String],
+    client_ip: Option<String>,
+    as_json: bool,
+) -> ExitCode {
+    use gatehouse::explain;
+    let (method, url) = match explain::parse_request_line(request) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("gatehouse explain: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut hs = Vec::new();
+    for h in headers {
+        match explain::parse_header(h) {
+            Ok(x) => hs.push(x),
+            Err(e) => {
+                eprintln!("gatehouse explain: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let conf = std::path::absolute(conf).unwrap_or_else(|_| conf.to_path_buf());
+    let shared = match Shared::load(conf.clone()) {
+        Ok(s) => s,
+        Err(errs) => {
+            eprintln!("{}: invalid configuration", conf.display());
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let ask = explain::Ask {
+        method,
+        url,
+        headers: hs,
+        client_ip,
+    };
+    let v = explain::explain(&shared.snapshot(), &ask, false);
+    if v.get("error").is_some() {
+        eprintln!(
+            "gatehouse explain: {}",
+            v["message"].as_str().unwrap_or("bad request")
+        );
+        return ExitCode::FAILURE;
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", explain::render_text(&v));
+    }
+    ExitCode::SUCCESS
 }
 
 /// `gatehouse import kong FILE [-o OUT]`.
@@ -123,6 +201,15 @@ fn main() -> ExitCode {
     init_logging();
     if let Some(Command::Import(ImportSource::Kong { file, output })) = &cli.command {
         return run_import_kong(file, output.as_deref());
+    }
+    if let Some(Command::Explain {
+        request,
+        headers,
+        client_ip,
+        json,
+    }) = &cli.command
+    {
+        return run_explain(&cli.conf, request, headers, client_ip.clone(), *json);
     }
     let conf_given = std::env::args().any(|a| a == "-c" || a.starts_with("--conf"));
     let mut conf = cli.conf.clone();

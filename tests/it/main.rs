@@ -28,6 +28,7 @@ mod docs_examples;
 mod edge_conveniences;
 mod error_responses;
 mod errors;
+mod explain;
 mod fleet;
 mod flood;
 mod forward_auth;
