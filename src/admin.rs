@@ -243,15 +243,80 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
-            (_, "/health" | "/status" | "/metrics" | "/reload" | "/cache/purge") => json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({"error": "method_not_allowed"}),
-            ),
+            (Method::POST, "/explain") => {
+                let (status, body) = explain_endpoint(s, &self.shared.snapshot()).await;
+                json(status, body)
+            }
+            (_, "/health" | "/status" | "/metrics" | "/reload" | "/cache/purge" | "/explain") => {
+                json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    serde_json::json!({"error": "method_not_allowed"}),
+                )
+            }
             _ => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found", "message": "unknown admin endpoint"}),
             ),
         }
+    }
+}
+
+/// Largest `POST /explain` body.
+const EXPLAIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// `POST /explain`: `{method, url, headers, client_ip}` explained against the live config.
+async fn explain_endpoint(
+    s: &mut ServerSession,
+    rt: &crate::ctx::Runtime,
+) -> (StatusCode, serde_json::Value) {
+    let bad = |msg: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "bad_request", "message": msg}),
+        )
+    };
+    let mut body = Vec::new();
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > EXPLAIN_BODY_LIMIT {
+                    return bad(format!("body over {EXPLAIN_BODY_LIMIT} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return bad("could not read the request body".into()),
+        }
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        method: String,
+        url: String,
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        client_ip: Option<String>,
+    }
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad(format!(
+                "body must be {{\"method\", \"url\", \"headers\"}}: {e}"
+            ))
+        }
+    };
+    let ask = crate::explain::Ask {
+        method: b.method,
+        url: b.url,
+        headers: b.headers.into_iter().collect(),
+        client_ip: b.client_ip,
+    };
+    let v = crate::explain::explain(rt, &ask, true);
+    if v.get("error").is_some() {
+        (StatusCode::BAD_REQUEST, v)
+    } else {
+        (StatusCode::OK, v)
     }
 }
 

@@ -43,6 +43,147 @@ struct Cli {
 enum Command {
     /// Run an example config against built-in demo upstreams
     Demo,
+    /// Convert another gateway's configuration into gatehouse YAML
+    #[command(subcommand)]
+    Import(ImportSource),
+    /// Show which route, plugins, limits, upstream and target a request would get, from the
+    /// config file (-c), without sending anything
+    #[command(
+        after_help = "Example:\n  gatehouse explain -c gatehouse.yaml 'GET https://api.example.com/v1/orders/7' -H 'X-API-Key: ...' --json"
+    )]
+    Explain {
+        /// The request: 'METHOD URL', URL absolute (https://host/path?q) or a path (/path?q)
+        request: String,
+        /// A request header, 'Name: value' (repeatable); credential values are masked in the output
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The client IP, for ip-restriction and per-IP rate limits
+        #[arg(long = "client-ip")]
+        client_ip: Option<String>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportSource {
+    /// Convert a Kong declarative config (_format_version 1.1, 2.1 or 3.0) into gatehouse
+    /// YAML. Everything that cannot be carried over is named in a `# kong:` comment in the
+    /// output and in a `warning:` line on stderr. Exit 0 when converted (with or without
+    /// warnings), 1 when the file cannot be read.
+    #[command(
+        after_help = "Example:\n  gatehouse import kong kong.yml -o gatehouse.yaml\n  gatehouse -t -c gatehouse.yaml"
+    )]
+    Kong {
+        /// The Kong declarative config (kong.yml, or a decK dump)
+        file: PathBuf,
+        /// Write the gatehouse YAML here instead of stdout
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `gatehouse explain -c FILE 'METHOD URL' [-H ...] [--json]`: exit 0 with the explanation,
+/// 1 when the config is invalid or the request cannot be read.
+fn run_explain(
+    conf: &std::path::Path,
+    request: &str,
+    headers: &[String],
+    client_ip: Option<String>,
+    as_json: bool,
+) -> ExitCode {
+    use gatehouse::explain;
+    let (method, url) = match explain::parse_request_line(request) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("gatehouse explain: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut hs = Vec::new();
+    for h in headers {
+        match explain::parse_header(h) {
+            Ok(x) => hs.push(x),
+            Err(e) => {
+                eprintln!("gatehouse explain: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let conf = std::path::absolute(conf).unwrap_or_else(|_| conf.to_path_buf());
+    let shared = match Shared::load(conf.clone()) {
+        Ok(s) => s,
+        Err(errs) => {
+            eprintln!("{}: invalid configuration", conf.display());
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let ask = explain::Ask {
+        method,
+        url,
+        headers: hs,
+        client_ip,
+    };
+    let v = explain::explain(&shared.snapshot(), &ask, false);
+    if v.get("error").is_some() {
+        eprintln!(
+            "gatehouse explain: {}",
+            v["message"].as_str().unwrap_or("bad request")
+        );
+        return ExitCode::FAILURE;
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", explain::render_text(&v));
+    }
+    ExitCode::SUCCESS
+}
+
+/// `gatehouse import kong FILE [-o OUT]`.
+fn run_import_kong(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let text = match std::fs::read(file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            eprintln!("gatehouse import kong: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let conv = match gatehouse::import::kong::convert(&text, &name) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse import kong: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &conv.warnings {
+        eprintln!("warning: {w}");
+    }
+    match output {
+        Some(out) => {
+            if let Err(e) = std::fs::write(out, &conv.yaml) {
+                eprintln!("gatehouse import kong: cannot write {}: {e}", out.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!(
+                "{}: written from {} ({} warnings); check it with: gatehouse -t -c {}",
+                out.display(),
+                file.display(),
+                conv.warnings.len(),
+                out.display()
+            );
+        }
+        None => print!("{}", conv.yaml),
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {
@@ -58,6 +199,18 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(Command::Import(ImportSource::Kong { file, output })) = &cli.command {
+        return run_import_kong(file, output.as_deref());
+    }
+    if let Some(Command::Explain {
+        request,
+        headers,
+        client_ip,
+        json,
+    }) = &cli.command
+    {
+        return run_explain(&cli.conf, request, headers, client_ip.clone(), *json);
+    }
     let conf_given = std::env::args().any(|a| a == "-c" || a.starts_with("--conf"));
     let mut conf = cli.conf.clone();
     let is_demo = matches!(cli.command, Some(Command::Demo));

@@ -40,6 +40,11 @@ pub enum Decision {
 }
 
 impl Acl {
+    /// The allowed roles, for `explain`.
+    pub fn allow_roles(&self) -> &[String] {
+        &self.allow
+    }
+
     pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let Some(allow) = cfg.allow_roles else {

@@ -238,6 +238,16 @@ impl KeyAuth {
     }
 
     /// Authenticates the request head: the consumer index or why not.
+    /// The headers that may carry a key, for `explain` (which masks them).
+    pub fn key_names(&self) -> &[HeaderName] {
+        &self.key_names
+    }
+
+    /// The query parameter that may carry a key, for `explain`.
+    pub fn query_param(&self) -> Option<&str> {
+        self.query_param.as_deref()
+    }
+
     pub fn check(&self, req: &RequestHeader) -> Result<usize, KeyFailure> {
         match self.presented(req) {
             Presented::None => Err(KeyFailure::Missing),

@@ -311,6 +311,15 @@ static X_RESET: &str = "X-RateLimit-Reset";
 static POLICY: &str = "RateLimit-Policy";
 
 impl RateLimit {
+    /// What `explain` says about this limiter: the key kind, the header, the algorithm.
+    pub fn explain_key(&self) -> (LimitBy, Option<&str>, String) {
+        (
+            self.limit_by,
+            self.header_name.as_ref().map(|h| h.as_str()),
+            format!("{:?}", self.algo),
+        )
+    }
+
     pub fn build(
         c: &mut Compiler,
         path: &str,

@@ -158,3 +158,119 @@ fn router_never_panics_and_matches_whole_segments() {
             }
         });
 }
+
+/// Kong declarative config lines for the `import kong` fuzz target: real keys at random
+/// indents, with values of the wrong type, regex paths, odd hosts and unknown plugins.
+const KONG_LINES: &[&str] = &[
+    "_format_version: \"3.0\"",
+    "_format_version: \"2.1\"",
+    "_format_version: 7",
+    "services:",
+    "- name: s",
+    "- name: s",
+    "  url: http://127.0.0.1:18080/base",
+    "  url: nope",
+    "  url: grpcs://[::1]",
+    "  host: u",
+    "  port: 99999",
+    "  protocol: tcp",
+    "  retries: 99",
+    "  connect_timeout: 0",
+    "  routes:",
+    "  - name: r",
+    "  - paths: [/a, \"~/b/\\\\d+\", \"/x//y\", \"\", \"/v[0-9]\"]",
+    "    hosts: [\"*.example.com\", \"a.*\", \"x:80\", \"..\"]",
+    "    headers: { x-v: [\"1\", \"2\"], y: \"~*re\" }",
+    "    methods: [get, \"B@D\"]",
+    "    protocols: [https]",
+    "    protocols: [tcp]",
+    "    strip_path: 3",
+    "  plugins:",
+    "plugins:",
+    "- name: key-auth",
+    "  config: { key_names: [\"bad header\", apikey], key_in_query: false }",
+    "- name: rate-limiting",
+    "  config: { minute: 0, month: 5, policy: redis, redis_host: \"h h\", limit_by: header }",
+    "  config: { second: 1.5, policy: redis, redis: { host: 127.0.0.1, password: \"p@ss\" } }",
+    "- name: acl",
+    "  config: { deny: [x] }",
+    "- name: cors",
+    "  config: { origins: [\"null\", \"*\"], credentials: true, max_age: -1 }",
+    "- name: proxy-cache",
+    "  config: { response_code: [99, 206, \"x\"], request_method: [] }",
+    "- name: request-transformer",
+    "  config: { add: { headers: [\"A:$(x)\", \"B:${Y}\"] }, append: 5 }",
+    "- name: request-size-limiting",
+    "  config: { allowed_payload_size: -3, size_unit: bytes }",
+    "- name: ip-restriction",
+    "  config: { allow: [\"10.0.0.0/33\"] }",
+    "- name: correlation-id",
+    "  config: { header_name: \"\" }",
+    "- name: jwt",
+    "  config: { secret_is_base64: true }",
+    "  route: r",
+    "  service: { name: s }",
+    "  consumer: c",
+    "  enabled: false",
+    "upstreams:",
+    "- name: u",
+    "  algorithm: consistent-hashing",
+    "  targets: [{ target: \"127.0.0.1:18081\", weight: 0 }, { target: \"127.0.0.1\" }, { target: 5 }]",
+    "  healthchecks: { active: { healthy: { interval: 0.01 }, type: grpc }, passive: { unhealthy: { timeouts: 2 } } }",
+    "consumers:",
+    "- username: c",
+    "- custom_id: c",
+    "  keyauth_credentials: [{ key: k }, { key: k }, {}]",
+    "  jwt_secrets: [{ key: j, secret: \"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0\" }, { algorithm: ES512 }]",
+    "  acls: [{ group: g }, 5]",
+    "routes:",
+    "- service: s",
+    "  paths: [/t]",
+    "- [",
+    "'",
+    "---",
+];
+
+/// `import kong` never panics on any YAML, and whatever it converts is YAML the gateway's
+/// loader accepts (every address in the vocabulary is a literal, so no DNS is involved).
+#[test]
+fn kong_import_never_panics_and_its_output_loads() {
+    check!()
+        .with_type::<Vec<(u8, u8)>>()
+        .with_iterations(3000)
+        .for_each(|picks| {
+            let mut text = String::new();
+            for (line, indent) in picks.iter().take(40) {
+                text.push_str(&" ".repeat((*indent % 3) as usize * 2));
+                text.push_str(KONG_LINES[*line as usize % KONG_LINES.len()]);
+                text.push('\n');
+            }
+            if let Ok(conv) = gatehouse::import::kong::convert(&text, "fuzz.yml") {
+                if let Err(errs) = config::load_str(
+                    &conv.yaml,
+                    Path::new("."),
+                    &StateRegistry::default(),
+                    &Default::default(),
+                    1,
+                ) {
+                    panic!(
+                        "converted config refused: {}\n--- kong ---\n{text}\n--- gatehouse ---\n{}",
+                        errs.0
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        conv.yaml
+                    );
+                }
+            }
+        });
+}
+
+#[test]
+fn kong_import_never_panics_on_raw_bytes() {
+    check!().with_iterations(3000).for_each(|bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let _ = gatehouse::import::kong::convert(&text, "fuzz.yml");
+    });
+}
