@@ -14,7 +14,7 @@ use gatehouse::config;
 use gatehouse::ctx::RequestCtx;
 use gatehouse::plugins::request_transformer::RequestTransformer;
 use gatehouse::plugins::response_transformer::ResponseTransformer;
-use gatehouse::plugins::Plugin;
+use gatehouse::plugins::{Hooks, Plugin};
 use gatehouse::runtime::Runtime;
 use gatehouse::upstream::StateRegistry;
 use pingora::http::{RequestHeader, ResponseHeader};

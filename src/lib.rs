@@ -33,6 +33,7 @@ pub mod signals;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod util;
 pub mod websocket;
 
 pub use runtime::Shared;

@@ -259,7 +259,7 @@ impl Shared {
             .unwrap_or_default();
         let rt = Arc::new(rt);
         crate::observe::metrics::install(&rt);
-        crate::plugins::proxy_cache::install(&rt);
+        crate::plugins::install(&rt);
         Arc::new(Shared {
             versions: AtomicU64::new(rt.version),
             current: ArcSwap::new(rt),
@@ -332,7 +332,7 @@ impl Shared {
         self.states.resilience.retain(&new);
         self.states.discovery.retain(&new);
         crate::observe::metrics::install(&new);
-        crate::plugins::proxy_cache::install(&new);
+        crate::plugins::install(&new);
         Ok(Reloaded {
             version,
             hash,

@@ -211,7 +211,7 @@ struct Line<'a> {
     error: Option<&'a str>,
     /// `opentelemetry`: the request's trace id; absent when the plugin is off.
     #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<crate::plugins::opentelemetry::HexId<16>>,
+    trace_id: Option<crate::util::hex_id::HexId<16>>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -254,7 +254,7 @@ pub fn format_line(
             .map(|c| c.username.as_str()),
         cache: ctx.cache_status,
         error,
-        trace_id: ctx.trace.as_ref().map(|t| t.trace_hex()),
+        trace_id: ctx.trace_id,
     };
     let mut out = Vec::with_capacity(384);
     if serde_json::to_writer(&mut out, &line).is_err() {

@@ -24,7 +24,7 @@
 //! 3.1: no error code when no credentials were sent), `invalid_token` or `token_expired`
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
 
-use super::{BuildEnv, Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::compile::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
@@ -550,95 +550,6 @@ fn load_key(c: &mut Compiler, sp: &str, spec: &JwtSecretSpec) -> Option<VerifyKe
 }
 
 impl Jwt {
-    pub fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        ensure_provider();
-        let cfg: Config = c.plugin_config(path, config)?;
-        let cp = format!("{path}.config");
-        let mut header_names = Vec::new();
-        for (i, n) in cfg.header_names.iter().enumerate() {
-            match HeaderName::from_bytes(n.as_bytes()) {
-                Ok(h) => header_names.push(h),
-                Err(_) => c.error(
-                    &format!("{cp}.header_names[{i}]"),
-                    format!("invalid header name {n:?}"),
-                ),
-            }
-        }
-        if cfg.header_names.is_empty() {
-            c.error(&format!("{cp}.header_names"), "needs at least one header");
-        }
-        let (mut require_exp, mut require_nbf) = (false, false);
-        for (i, claim) in cfg.claims_to_verify.iter().enumerate() {
-            match claim.as_str() {
-                "exp" => require_exp = true,
-                "nbf" => require_nbf = true,
-                other => c.error(
-                    &format!("{cp}.claims_to_verify[{i}]"),
-                    format!("unknown claim {other:?} (use exp, nbf)"),
-                ),
-            }
-        }
-        for (name, v) in [
-            ("key_claim_name", &cfg.key_claim_name),
-            ("roles_claim", &cfg.roles_claim),
-        ] {
-            if v.is_empty() {
-                c.error(&format!("{cp}.{name}"), "must not be empty");
-            }
-        }
-        if cfg.max_token_bytes.0 < 16 {
-            c.error(
-                &format!("{cp}.max_token_bytes"),
-                "must be at least 16 bytes",
-            );
-        }
-        let mut credentials: HashMap<String, Credential> = HashMap::new();
-        let mut seen: HashMap<&str, &str> = HashMap::new();
-        for (ci, cons) in env.consumers.iter().enumerate() {
-            for (j, spec) in cons.jwt_secrets.iter().enumerate() {
-                let sp = format!("consumers[{ci}].jwt_secrets[{j}]");
-                if let Some(prev) = seen.insert(&spec.key, &cons.username) {
-                    c.error_once(
-                        &format!("{sp}.key"),
-                        format!(
-                            "duplicate jwt_secrets key \"{}\" (also used by consumer \"{prev}\")",
-                            spec.key
-                        ),
-                    );
-                    continue;
-                }
-                if let Some(key) = load_key(c, &sp, spec) {
-                    credentials.insert(spec.key.clone(), Credential { consumer: ci, key });
-                }
-            }
-        }
-        let jwks = match cfg.jwks {
-            Some(j) => Some(jwks::Jwks::build(c, &format!("{cp}.jwks"), j, env)?),
-            None => None,
-        };
-        Some(Jwt {
-            header_names,
-            require_exp,
-            require_nbf,
-            key_claim: cfg.key_claim_name,
-            issuers: cfg.issuer.map(OneOrMany::into_vec).unwrap_or_default(),
-            audiences: cfg.audience.map(OneOrMany::into_vec).unwrap_or_default(),
-            leeway: cfg.leeway.0.as_secs_f64(),
-            max_token_bytes: usize::try_from(cfg.max_token_bytes.0).unwrap_or(usize::MAX),
-            roles_claim: cfg.roles_claim,
-            hide_credentials: cfg.hide_credentials,
-            credentials,
-            cache: VerifyCache::new(cfg.cache_entries),
-            run_on_preflight: cfg.run_on_preflight,
-            jwks,
-        })
-    }
-
     /// The token of the request: `Ok(None)` when there is none.
     fn find_token<'a>(&self, req: &'a RequestHeader) -> Result<Option<&'a str>, Failure> {
         for name in &self.header_names {
@@ -764,8 +675,102 @@ impl Jwt {
             jwks_generation,
         })
     }
+}
 
-    pub async fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+impl Hooks for Jwt {
+    /// The verified token (claims, roles) once this plugin authenticated the request.
+    type State = Option<Arc<TokenInfo>>;
+    const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        env: &BuildEnv,
+    ) -> Option<Self> {
+        ensure_provider();
+        let cfg: Config = c.plugin_config(path, config)?;
+        let cp = format!("{path}.config");
+        let mut header_names = Vec::new();
+        for (i, n) in cfg.header_names.iter().enumerate() {
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(h) => header_names.push(h),
+                Err(_) => c.error(
+                    &format!("{cp}.header_names[{i}]"),
+                    format!("invalid header name {n:?}"),
+                ),
+            }
+        }
+        if cfg.header_names.is_empty() {
+            c.error(&format!("{cp}.header_names"), "needs at least one header");
+        }
+        let (mut require_exp, mut require_nbf) = (false, false);
+        for (i, claim) in cfg.claims_to_verify.iter().enumerate() {
+            match claim.as_str() {
+                "exp" => require_exp = true,
+                "nbf" => require_nbf = true,
+                other => c.error(
+                    &format!("{cp}.claims_to_verify[{i}]"),
+                    format!("unknown claim {other:?} (use exp, nbf)"),
+                ),
+            }
+        }
+        for (name, v) in [
+            ("key_claim_name", &cfg.key_claim_name),
+            ("roles_claim", &cfg.roles_claim),
+        ] {
+            if v.is_empty() {
+                c.error(&format!("{cp}.{name}"), "must not be empty");
+            }
+        }
+        if cfg.max_token_bytes.0 < 16 {
+            c.error(
+                &format!("{cp}.max_token_bytes"),
+                "must be at least 16 bytes",
+            );
+        }
+        let mut credentials: HashMap<String, Credential> = HashMap::new();
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for (ci, cons) in env.consumers.iter().enumerate() {
+            for (j, spec) in cons.jwt_secrets.iter().enumerate() {
+                let sp = format!("consumers[{ci}].jwt_secrets[{j}]");
+                if let Some(prev) = seen.insert(&spec.key, &cons.username) {
+                    c.error_once(
+                        &format!("{sp}.key"),
+                        format!(
+                            "duplicate jwt_secrets key \"{}\" (also used by consumer \"{prev}\")",
+                            spec.key
+                        ),
+                    );
+                    continue;
+                }
+                if let Some(key) = load_key(c, &sp, spec) {
+                    credentials.insert(spec.key.clone(), Credential { consumer: ci, key });
+                }
+            }
+        }
+        let jwks = match cfg.jwks {
+            Some(j) => Some(jwks::Jwks::build(c, &format!("{cp}.jwks"), j, env)?),
+            None => None,
+        };
+        Some(Jwt {
+            header_names,
+            require_exp,
+            require_nbf,
+            key_claim: cfg.key_claim_name,
+            issuers: cfg.issuer.map(OneOrMany::into_vec).unwrap_or_default(),
+            audiences: cfg.audience.map(OneOrMany::into_vec).unwrap_or_default(),
+            leeway: cfg.leeway.0.as_secs_f64(),
+            max_token_bytes: usize::try_from(cfg.max_token_bytes.0).unwrap_or(usize::MAX),
+            roles_claim: cfg.roles_claim,
+            hide_credentials: cfg.hide_credentials,
+            credentials,
+            cache: VerifyCache::new(cfg.cache_entries),
+            run_on_preflight: cfg.run_on_preflight,
+            jwks,
+        })
+    }
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;
         }
@@ -780,7 +785,7 @@ impl Jwt {
                 if info.consumer.is_some() {
                     ctx.consumer = info.consumer;
                 }
-                ctx.jwt = Some(info);
+                ctx.plugins.jwt = Some(info);
                 Outcome::Continue
             }
             Err(f) => {
@@ -790,10 +795,9 @@ impl Jwt {
             }
         }
     }
-
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::send_consumer(req, ctx)?;
-        if let Some(roles) = ctx.jwt.as_ref().and_then(|t| t.roles.clone()) {
+        if let Some(roles) = ctx.plugins.jwt.as_ref().and_then(|t| t.roles.clone()) {
             req.insert_header(ROLES_HEADER, roles)?;
         }
         if self.hide_credentials {

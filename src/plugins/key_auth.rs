@@ -9,7 +9,7 @@
 //! removed for every route in `forward::rewrite_request`); with `hide_credentials` the key
 //! header and query parameter are stripped before proxying.
 
-use super::{BuildEnv, Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::compile::Compiler;
 use crate::ctx::RequestCtx;
 use http::{HeaderName, HeaderValue};
@@ -151,7 +151,59 @@ enum Presented<'a> {
 }
 
 impl KeyAuth {
-    pub fn build(
+    /// The consumer owning `key`, if any. Constant time in the key's content.
+    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
+        let stored = self.keys.get(&digest(key))?;
+        bool::from(stored.key.as_ref().ct_eq(key)).then_some(stored.consumer)
+    }
+
+    fn presented<'a>(&self, req: &'a RequestHeader) -> Presented<'a> {
+        for name in &self.key_names {
+            let mut values = req.headers.get_all(name).iter();
+            if let Some(v) = values.next() {
+                if values.next().is_some() {
+                    return Presented::Ambiguous;
+                }
+                if v.is_empty() {
+                    return Presented::None;
+                }
+                return Presented::Key(Cow::Borrowed(v.as_bytes()));
+            }
+        }
+        let (Some(param), Some(query)) = (&self.query_param, req.uri.query()) else {
+            return Presented::None;
+        };
+        let mut found = None;
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if form_decode(k).as_ref() == param.as_bytes() {
+                if found.is_some() {
+                    return Presented::Ambiguous;
+                }
+                found = Some(form_decode(v));
+            }
+        }
+        match found {
+            Some(v) if !v.is_empty() => Presented::Key(v),
+            _ => Presented::None,
+        }
+    }
+
+    /// Authenticates the request head: the consumer index or why not.
+    pub fn check(&self, req: &RequestHeader) -> Result<usize, KeyFailure> {
+        match self.presented(req) {
+            Presented::None => Err(KeyFailure::Missing),
+            Presented::Ambiguous => Err(KeyFailure::Invalid),
+            Presented::Key(k) => self.lookup(&k).ok_or(KeyFailure::Invalid),
+        }
+    }
+}
+
+impl Hooks for KeyAuth {
+    type State = ();
+    const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
+
+    fn build(
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
@@ -201,55 +253,7 @@ impl KeyAuth {
             run_on_preflight: cfg.run_on_preflight,
         })
     }
-
-    /// The consumer owning `key`, if any. Constant time in the key's content.
-    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
-        let stored = self.keys.get(&digest(key))?;
-        bool::from(stored.key.as_ref().ct_eq(key)).then_some(stored.consumer)
-    }
-
-    fn presented<'a>(&self, req: &'a RequestHeader) -> Presented<'a> {
-        for name in &self.key_names {
-            let mut values = req.headers.get_all(name).iter();
-            if let Some(v) = values.next() {
-                if values.next().is_some() {
-                    return Presented::Ambiguous;
-                }
-                if v.is_empty() {
-                    return Presented::None;
-                }
-                return Presented::Key(Cow::Borrowed(v.as_bytes()));
-            }
-        }
-        let (Some(param), Some(query)) = (&self.query_param, req.uri.query()) else {
-            return Presented::None;
-        };
-        let mut found = None;
-        for pair in query.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if form_decode(k).as_ref() == param.as_bytes() {
-                if found.is_some() {
-                    return Presented::Ambiguous;
-                }
-                found = Some(form_decode(v));
-            }
-        }
-        match found {
-            Some(v) if !v.is_empty() => Presented::Key(v),
-            _ => Presented::None,
-        }
-    }
-
-    /// Authenticates the request head: the consumer index or why not.
-    pub fn check(&self, req: &RequestHeader) -> Result<usize, KeyFailure> {
-        match self.presented(req) {
-            Presented::None => Err(KeyFailure::Missing),
-            Presented::Ambiguous => Err(KeyFailure::Invalid),
-            Presented::Key(k) => self.lookup(&k).ok_or(KeyFailure::Invalid),
-        }
-    }
-
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;
         }
@@ -265,8 +269,7 @@ impl KeyAuth {
             }
         }
     }
-
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::send_consumer(req, ctx)?;
         if self.hide_credentials {
             for name in &self.key_names {

@@ -6,14 +6,14 @@
 //!   auth and limit plugins are traced too): reads `traceparent`/`tracestate`, keeps the
 //!   incoming trace id or starts a trace, makes the gateway's span id and decides sampling;
 //!   answers the gateway makes before any plugin runs (404 without a route, 400/414/431 from
-//!   `early_request_filter`) start the trace in [`ensure`] (called by `errors::respond`)
-//!   when the plugin is global;
+//!   `early_request_filter`) start the trace in the `before_answer` hook (called by
+//!   `errors::respond`) when the plugin is global;
 //! - `upstream_request_filter`: sends `traceparent: 00-<trace id>-<gateway span id>-<flags>`
 //!   and the kept `tracestate` upstream;
 //! - `response_filter` and gateway-made answers: the trace id in
 //!   `http_response_header_for_traceid` when configured;
-//! - `logging` ([`export_span`], from `observe::on_logging`): encodes the span and hands it to
-//!   [`crate::observe::otlp`] (never blocking); the access log writes `trace_id`.
+//! - `logging`: encodes the span and hands it to [`crate::observe::otlp`] (never blocking);
+//!   the access log writes `trace_id` (`RequestCtx::trace_id`, set with the trace).
 //!
 //! **Parsing** follows W3C Trace Context level 1, strictly: `traceparent` must be exactly
 //! `00-` + 32 lowercase hex (not all zero) + `-` + 16 lowercase hex (not all zero) + `-` + 2
@@ -42,14 +42,16 @@
 //! span ids are hex strings, enums are integers, 64-bit integers and times (unix nanoseconds)
 //! are strings.
 //!
-//! With the plugin absent nothing here runs: `RequestCtx::trace` stays `None`, a
+//! With the plugin absent nothing here runs: `RequestCtx::trace_id` stays `None`, a
 //! client's `traceparent` passes through untouched and the access log has no `trace_id`.
 
-use super::{Outcome, Plugin};
+use super::{phase, BuildEnv, Hooks, Outcome};
 use crate::config::compile::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::observe::otlp::{self, ExportSettings, Exporter};
+use crate::observe::Finished;
+use crate::util::hex_id::HexId;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -59,7 +61,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -157,7 +159,7 @@ pub struct OpenTelemetry {
     exporter: Option<Arc<Exporter>>,
 }
 
-/// The trace of one request (in `RequestCtx::trace`).
+/// The trace of one request (`RequestCtx::plugins.opentelemetry`).
 #[derive(Debug, Clone)]
 pub struct TraceCtx {
     pub trace_id: [u8; 16],
@@ -188,34 +190,6 @@ impl TraceCtx {
         out[53] = b'0';
         out[54] = if self.sampled { b'1' } else { b'0' };
         out
-    }
-}
-
-/// An id written as lowercase hex (access log, OTLP JSON, response header) from the stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HexId<const N: usize>(pub [u8; N]);
-
-impl<const N: usize> HexId<N> {
-    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        let mut buf = [0u8; 64];
-        let s = buf
-            .get_mut(..2 * N)
-            .and_then(|out| hex::encode_to_slice(self.0, out).ok().map(|_| &*out))
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("");
-        f(s)
-    }
-}
-
-impl<const N: usize> fmt::Display for HexId<N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.with_str(|s| f.write_str(s))
-    }
-}
-
-impl<const N: usize> Serialize for HexId<N> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.with_str(|v| s.serialize_str(v))
     }
 }
 
@@ -350,7 +324,54 @@ fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 impl OpenTelemetry {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    /// Continues the incoming trace or starts one (once per request).
+    pub fn begin(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
+        if ctx.plugins.opentelemetry.is_some() {
+            return;
+        }
+        let (trace_id, parent_id, sampled, tracestate) = match incoming_traceparent(&req.headers) {
+            Some(tp) => (
+                tp.trace_id,
+                Some(tp.parent_id),
+                tp.flags & 1 == 1,
+                bounded_tracestate(&req.headers),
+            ),
+            None => {
+                let id = new_trace_id();
+                (id, None, self.sampler.sampled(&id), None)
+            }
+        };
+        let start = SystemTime::now()
+            .checked_sub(ctx.started.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        ctx.trace_id = Some(HexId(trace_id));
+        ctx.plugins.opentelemetry = Some(TraceCtx {
+            trace_id,
+            span_id: new_span_id(),
+            parent_id,
+            sampled,
+            export: sampled && self.exporter.is_some(),
+            tracestate,
+            start_unix_ns: unix_nanos(start),
+        });
+    }
+}
+
+impl Hooks for OpenTelemetry {
+    /// This request's trace (`None` until the plugin started it).
+    type State = Option<TraceCtx>;
+    const PHASES: u32 = phase::REQUEST
+        | phase::UPSTREAM_REQUEST
+        | phase::RESPONSE
+        | phase::BEFORE_ANSWER
+        | phase::LOGGING;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let p = |k: &str| format!("{path}.config.{k}");
         let mut ok = true;
@@ -456,47 +477,34 @@ impl OpenTelemetry {
             exporter,
         })
     }
-
     /// `request_filter`: starts the request's trace.
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         self.begin(session.req_header(), ctx);
         Outcome::Continue
     }
-
-    /// Continues the incoming trace or starts one (once per request).
-    pub fn begin(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
-        if ctx.trace.is_some() {
-            return;
-        }
-        let (trace_id, parent_id, sampled, tracestate) = match incoming_traceparent(&req.headers) {
-            Some(tp) => (
-                tp.trace_id,
-                Some(tp.parent_id),
-                tp.flags & 1 == 1,
-                bounded_tracestate(&req.headers),
-            ),
-            None => {
-                let id = new_trace_id();
-                (id, None, self.sampler.sampled(&id), None)
-            }
-        };
-        let start = SystemTime::now()
-            .checked_sub(ctx.started.elapsed())
-            .unwrap_or_else(SystemTime::now);
-        ctx.trace = Some(TraceCtx {
-            trace_id,
-            span_id: new_span_id(),
-            parent_id,
-            sampled,
-            export: sampled && self.exporter.is_some(),
-            tracestate,
-            start_unix_ns: unix_nanos(start),
-        });
+    /// For answers the gateway makes before the plugin's `request_filter` ran (no route,
+    /// early refusals): starts the trace so the answer, its access-log line and its span
+    /// carry it (nothing when the trace exists).
+    fn before_answer(&self, session: &Session, ctx: &mut RequestCtx) {
+        self.begin(session.req_header(), ctx);
     }
-
+    /// `logging`: encodes the request's server span and queues it for export (when the
+    /// trace is sampled and the plugin has an endpoint).
+    fn logging(&self, session: &Session, ctx: &mut RequestCtx, done: &Finished) {
+        let Some(t) = ctx.plugins.opentelemetry.as_ref().filter(|t| t.export) else {
+            return;
+        };
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        let end = t
+            .start_unix_ns
+            .saturating_add(u64::try_from(done.elapsed.as_nanos()).unwrap_or(u64::MAX));
+        exporter.submit(encode_span(session, ctx, t, done.status, end, done.error));
+    }
     /// `upstream_request_filter`: the gateway's span becomes the upstream's parent.
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-        let Some(t) = &ctx.trace else {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+        let Some(t) = &ctx.plugins.opentelemetry else {
             return Ok(());
         };
         let tp = HeaderValue::from_bytes(&t.traceparent())
@@ -512,10 +520,14 @@ impl OpenTelemetry {
         }
         Ok(())
     }
-
     /// `response_filter` and gateway-made answers: the trace id for the client, if asked.
-    pub fn response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-        if let (Some(name), Some(t)) = (&self.response_header, &ctx.trace) {
+    fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
+        if let (Some(name), Some(t)) = (&self.response_header, &ctx.plugins.opentelemetry) {
             let v = t.trace_hex().with_str(HeaderValue::from_str);
             if let Ok(v) = v {
                 resp.insert_header(name.clone(), v)?;
@@ -523,54 +535,6 @@ impl OpenTelemetry {
         }
         Ok(())
     }
-}
-
-/// The `opentelemetry` instance of the request's chain (first in `ORDER`, so the first
-/// entry when present).
-fn plugin_of(ctx: &RequestCtx) -> Option<&OpenTelemetry> {
-    match ctx.chain().plugins.first().map(|p| &**p) {
-        Some(Plugin::OpenTelemetry(p)) => Some(p),
-        _ => None,
-    }
-}
-
-/// For answers the gateway makes before the plugin's `request_filter` ran (no route, early
-/// refusals): starts the trace so the answer, its access-log line and its span carry it.
-/// Nothing when the chain has no `opentelemetry` or the trace exists.
-pub fn ensure(session: &Session, ctx: &mut RequestCtx) {
-    if ctx.trace.is_some() || plugin_of(ctx).is_none() {
-        return;
-    }
-    let rt = ctx.rt.clone();
-    let chain = match ctx.route.and_then(|i| rt.routes.get(i)) {
-        Some(r) => &r.plugins,
-        None => &rt.global_plugins,
-    };
-    if let Some(Plugin::OpenTelemetry(p)) = chain.plugins.first().map(|p| &**p) {
-        p.begin(session.req_header(), ctx);
-    }
-}
-
-/// `logging`: encodes the request's server span and queues it for export (when the trace
-/// is sampled and the plugin has an endpoint). `error`: the contract code of a gateway-made
-/// error answer.
-pub fn export_span(
-    session: &Session,
-    ctx: &RequestCtx,
-    status: u16,
-    elapsed: Duration,
-    error: Option<&str>,
-) {
-    let Some(t) = ctx.trace.as_ref().filter(|t| t.export) else {
-        return;
-    };
-    let Some(exporter) = plugin_of(ctx).and_then(|p| p.exporter.as_ref()) else {
-        return;
-    };
-    let end = t
-        .start_unix_ns
-        .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
-    exporter.submit(encode_span(session, ctx, t, status, end, error));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 //! window. Redis down or slower than `redis.timeout`: `fault_tolerant: true` lets the
 //! request through (counted in `rate_limit_backend_errors_total`), `false` answers 503.
 
-use super::{BuildEnv, Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::compile::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
@@ -311,7 +311,97 @@ static X_RESET: &str = "X-RateLimit-Reset";
 static POLICY: &str = "RateLimit-Policy";
 
 impl RateLimit {
-    pub fn build(
+    /// The key of this request, and the consumer tier's limits when they apply.
+    fn key(&self, req: &RequestHeader, ctx: &RequestCtx) -> (KeyBuf, Option<&Limits>) {
+        match self.limit_by {
+            LimitBy::Consumer => {
+                if let Some(i) = ctx.consumer {
+                    if let Some(c) = ctx.rt.consumers.get(i) {
+                        let tier = self.tiers.get(i).and_then(|t| t.as_deref());
+                        return (KeyBuf::new(b'c', &[c.username.as_bytes()]), tier);
+                    }
+                }
+                (KeyBuf::ip(ctx.client_ip), None)
+            }
+            LimitBy::Ip => (KeyBuf::ip(ctx.client_ip), None),
+            LimitBy::Header => {
+                let v = self.header_name.as_ref().and_then(|h| req.headers.get(h));
+                match v {
+                    Some(v) => (KeyBuf::new(b'h', &[v.as_bytes()]), None),
+                    None => (KeyBuf::ip(ctx.client_ip), None),
+                }
+            }
+            LimitBy::Route => {
+                let name = ctx.route().map_or("", |r| r.name.as_str());
+                (KeyBuf::new(b'r', &[name.as_bytes()]), None)
+            }
+            LimitBy::Global => (KeyBuf::new(b'g', &[]), None),
+        }
+    }
+
+    async fn check(&self, key: &KeyBuf, tier: Option<&Limits>) -> Result<Decision, BackendError> {
+        let k = key.as_bytes();
+        match &self.store {
+            Store::Local(s) => {
+                let now = limits::now_us();
+                Ok(match (tier, &self.algo) {
+                    (Some(l), _) | (None, Algo::Windows(l)) => s.check_windows(k, l, now),
+                    (None, Algo::Token(tb)) => s.check_token(k, tb, now),
+                })
+            }
+            Store::Redis { conn, prefix } => match (tier, &self.algo) {
+                (Some(l), _) | (None, Algo::Windows(l)) => conn.check_windows(prefix, k, l).await,
+                (None, Algo::Token(tb)) => conn.check_token(prefix, k, tb).await,
+            },
+        }
+    }
+
+    /// [`Self::request`] on the request head alone.
+    pub async fn check_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Outcome {
+        let (key, tier) = self.key(req, ctx);
+        match self.check(&key, tier).await {
+            Ok(d) => {
+                let retry_s = d.retry_after_ms.div_ceil(1000).max(1);
+                if !self.hide_client_headers {
+                    ctx.plugins.rate_limit = Some(d.status);
+                }
+                if d.allowed {
+                    return Outcome::Continue;
+                }
+                let route = ctx.route().map_or("", |r| r.name.as_str());
+                let consumer = ctx
+                    .consumer
+                    .and_then(|i| ctx.rt.consumers.get(i))
+                    .map(|c| c.username.as_str());
+                limits::record_hit(route, consumer);
+                Outcome::Respond(
+                    Reply::error_with(429, "rate_limit_exceeded", "API rate limit exceeded")
+                        .header(http::header::RETRY_AFTER, HeaderValue::from(retry_s)),
+                )
+            }
+            Err(e) => {
+                limits::record_backend_error();
+                tracing::debug!("rate-limiting backend: {e}");
+                if self.fault_tolerant {
+                    Outcome::Continue
+                } else {
+                    Outcome::Respond(Reply::error_with(
+                        503,
+                        "service_unavailable",
+                        "Rate limiting is unavailable",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl Hooks for RateLimit {
+    /// The tightest window's numbers for the `X-RateLimit-*` headers.
+    type State = Option<limits::RateLimitStatus>;
+    const PHASES: u32 = phase::REQUEST | phase::RESPONSE;
+
+    fn build(
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
@@ -498,101 +588,20 @@ impl RateLimit {
             hide_client_headers: cfg.hide_client_headers,
         })
     }
-
-    /// The key of this request, and the consumer tier's limits when they apply.
-    fn key(&self, req: &RequestHeader, ctx: &RequestCtx) -> (KeyBuf, Option<&Limits>) {
-        match self.limit_by {
-            LimitBy::Consumer => {
-                if let Some(i) = ctx.consumer {
-                    if let Some(c) = ctx.rt.consumers.get(i) {
-                        let tier = self.tiers.get(i).and_then(|t| t.as_deref());
-                        return (KeyBuf::new(b'c', &[c.username.as_bytes()]), tier);
-                    }
-                }
-                (KeyBuf::ip(ctx.client_ip), None)
-            }
-            LimitBy::Ip => (KeyBuf::ip(ctx.client_ip), None),
-            LimitBy::Header => {
-                let v = self.header_name.as_ref().and_then(|h| req.headers.get(h));
-                match v {
-                    Some(v) => (KeyBuf::new(b'h', &[v.as_bytes()]), None),
-                    None => (KeyBuf::ip(ctx.client_ip), None),
-                }
-            }
-            LimitBy::Route => {
-                let name = ctx.route().map_or("", |r| r.name.as_str());
-                (KeyBuf::new(b'r', &[name.as_bytes()]), None)
-            }
-            LimitBy::Global => (KeyBuf::new(b'g', &[]), None),
-        }
-    }
-
-    async fn check(&self, key: &KeyBuf, tier: Option<&Limits>) -> Result<Decision, BackendError> {
-        let k = key.as_bytes();
-        match &self.store {
-            Store::Local(s) => {
-                let now = limits::now_us();
-                Ok(match (tier, &self.algo) {
-                    (Some(l), _) | (None, Algo::Windows(l)) => s.check_windows(k, l, now),
-                    (None, Algo::Token(tb)) => s.check_token(k, tb, now),
-                })
-            }
-            Store::Redis { conn, prefix } => match (tier, &self.algo) {
-                (Some(l), _) | (None, Algo::Windows(l)) => conn.check_windows(prefix, k, l).await,
-                (None, Algo::Token(tb)) => conn.check_token(prefix, k, tb).await,
-            },
-        }
-    }
-
-    pub async fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         self.check_request(session.req_header(), ctx).await
     }
-
-    /// [`Self::request`] on the request head alone.
-    pub async fn check_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Outcome {
-        let (key, tier) = self.key(req, ctx);
-        match self.check(&key, tier).await {
-            Ok(d) => {
-                let retry_s = d.retry_after_ms.div_ceil(1000).max(1);
-                if !self.hide_client_headers {
-                    ctx.rate_limit = Some(d.status);
-                }
-                if d.allowed {
-                    return Outcome::Continue;
-                }
-                let route = ctx.route().map_or("", |r| r.name.as_str());
-                let consumer = ctx
-                    .consumer
-                    .and_then(|i| ctx.rt.consumers.get(i))
-                    .map(|c| c.username.as_str());
-                limits::record_hit(route, consumer);
-                Outcome::Respond(
-                    Reply::error_with(429, "rate_limit_exceeded", "API rate limit exceeded")
-                        .header(http::header::RETRY_AFTER, HeaderValue::from(retry_s)),
-                )
-            }
-            Err(e) => {
-                limits::record_backend_error();
-                tracing::debug!("rate-limiting backend: {e}");
-                if self.fault_tolerant {
-                    Outcome::Continue
-                } else {
-                    Outcome::Respond(Reply::error_with(
-                        503,
-                        "service_unavailable",
-                        "Rate limiting is unavailable",
-                    ))
-                }
-            }
-        }
-    }
-
     /// `X-RateLimit-*` and `RateLimit-Policy` on every response, gateway-made ones too.
-    pub fn response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
         if self.hide_client_headers {
             return Ok(());
         }
-        if let Some(s) = &ctx.rate_limit {
+        if let Some(s) = &ctx.plugins.rate_limit {
             resp.insert_header(X_LIMIT, s.limit)?;
             resp.insert_header(X_REMAINING, s.remaining)?;
             resp.insert_header(X_RESET, s.reset_s)?;
@@ -693,7 +702,7 @@ mod tests {
             .map(|(_, v)| v.to_str().unwrap().parse::<u64>().unwrap())
             .expect("Retry-After");
         assert!((1..=120).contains(&retry), "{retry}");
-        let st = c.rate_limit.expect("headers state");
+        let st = c.plugins.rate_limit.expect("headers state");
         assert_eq!((st.limit, st.remaining), (3, 0));
         assert_eq!(st.policy, "3;w=60");
     }
@@ -739,7 +748,7 @@ mod tests {
         let mut c = ctx(&rt, None, "10.1.1.1");
         plugin(&rt).check_request(&get(), &mut c).await;
         assert_eq!(
-            c.rate_limit.map(|s| s.policy),
+            c.plugins.rate_limit.map(|s| s.policy),
             Some("4;w=4".parse().unwrap())
         );
     }

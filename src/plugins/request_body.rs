@@ -4,7 +4,7 @@
 //! Pingora phases:
 //! - `request_filter` ([`BodyRules::read`]): reads the whole body (under `server.body_timeout`
 //!   per read, `max_body_bytes` and the request's body limit), rewrites it and keeps the
-//!   result in [`RequestCtx::req_body`].
+//!   result in `RequestCtx::plugins.request_transformer`.
 //! - `upstream_request_filter` ([`upstream_request`]): `Content-Length` of the rewritten
 //!   body; `Transfer-Encoding` and `Expect` removed.
 //! - `request_body_filter` ([`replay`]): hands the rewritten body to the upstream, once per
@@ -898,7 +898,7 @@ impl BodyRules {
                 ));
             }
         };
-        ctx.req_body = Some(Prepared { body, sent_in: 0 });
+        ctx.plugins.request_transformer = Some(Prepared { body, sent_in: 0 });
         Outcome::Continue
     }
 }
@@ -916,7 +916,7 @@ fn read_failed(session: &mut Session, e: &Error) -> Outcome {
 
 /// `upstream_request_filter`: the head of a request whose body was read and rewritten.
 pub fn upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-    let Some(p) = &ctx.req_body else {
+    let Some(p) = &ctx.plugins.request_transformer else {
         return Ok(());
     };
     req.remove_header(&header::TRANSFER_ENCODING);
@@ -929,7 +929,7 @@ pub fn upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()>
 /// upstream attempt. `false` when this request's body was not read by the transformer.
 pub fn replay(body: &mut Option<Bytes>, ctx: &mut RequestCtx) -> bool {
     let attempt = ctx.attempts;
-    let Some(p) = ctx.req_body.as_mut() else {
+    let Some(p) = ctx.plugins.request_transformer.as_mut() else {
         return false;
     };
     if p.sent_in == attempt {

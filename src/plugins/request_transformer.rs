@@ -23,7 +23,7 @@
 //! ...) cannot be transformed: changing them would desynchronize the body framing.
 
 use super::request_body::{BodyRules, JsonConfig};
-use super::Outcome;
+use super::{phase, BodyOutcome, BuildEnv, Hooks, Outcome};
 use crate::config::compile::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
@@ -773,7 +773,23 @@ pub struct RequestTransformer {
 }
 
 impl RequestTransformer {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    /// The JSON body rules, when configured.
+    pub fn body(&self) -> Option<&BodyRules> {
+        self.body.as_deref()
+    }
+}
+
+impl Hooks for RequestTransformer {
+    /// The JSON body read and rewritten in `request_filter`, sent to every upstream attempt.
+    type State = Option<super::request_body::Prepared>;
+    const PHASES: u32 = phase::REQUEST | phase::REQUEST_BODY | phase::UPSTREAM_REQUEST;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let body = BodyRules::build(
             c,
@@ -826,21 +842,29 @@ impl RequestTransformer {
             body,
         })
     }
-
-    /// The JSON body rules, when configured.
-    pub fn body(&self) -> Option<&BodyRules> {
-        self.body.as_deref()
-    }
-
     /// `request_filter`: reads and rewrites a JSON body when `json` rules are configured.
-    pub async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         match &self.body {
             Some(b) => b.read(session, ctx).await,
             None => Outcome::Continue,
         }
     }
+    /// `request_body_filter`: a body read and rewritten in `request_filter` goes to every
+    /// upstream attempt as rewritten ([`super::request_body::replay`]).
+    fn request_body(
+        &self,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<BodyOutcome> {
+        Ok(if super::request_body::replay(body, ctx) {
+            BodyOutcome::Supplied
+        } else {
+            BodyOutcome::Continue
+        })
+    }
 
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::request_body::upstream_request(req, ctx)?;
         self.headers.apply(req, ctx)?;
         if self.query.is_empty() {

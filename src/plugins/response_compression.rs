@@ -5,10 +5,11 @@
 //!
 //! | phase                     | here |
 //! |---------------------------|------|
-//! | `request_filter`          | [`ResponseCompression::request`]: negotiates the coding from `Accept-Encoding` ([`negotiate`]) |
-//! | `upstream_request_filter` | [`ResponseCompression::upstream_request`]: `Accept-Encoding: identity` upstream (`identity_upstream`) |
-//! | `cache_vary_filter`       | [`ignores_accept_encoding`]: the upstream's `Vary: Accept-Encoding` does not split cache objects |
-//! | `response_filter`         | [`ResponseCompression::response`]: decides from the head (after response-transformer), adds `Vary`; [`hand_off`] arms the module |
+//! | `request_filter`          | `request`: negotiates the coding from `Accept-Encoding` ([`negotiate`]) |
+//! | `upstream_request_filter` | `upstream_request`: `Accept-Encoding: identity` upstream (`identity_upstream`) |
+//! | `cache_vary_filter`       | [`State::ignores_accept_encoding`] (read by proxy-cache): the upstream's `Vary: Accept-Encoding` does not split cache objects |
+//! | `response_filter`         | `response`: decides from the head (after response-transformer), adds `Vary`; `hand_off` arms the module |
+//! | `init_downstream_modules` | installs [`CompressionModule`] |
 //! | downstream module header / body / done filters | [`CompressionModule`]: rewrites the head, encodes every chunk, finishes the stream |
 //! | (same module, before the encoder) | [`crate::plugins::held_body`]: response-transformer's rewrite and error-responses' replacement, held back until the end |
 //!
@@ -39,7 +40,7 @@ use crate::config::compile::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use crate::plugins::held_body::HeldBody;
-use crate::plugins::{Outcome, Plugin};
+use crate::plugins::{phase, BuildEnv, Hooks, Outcome};
 use bytes::Bytes;
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
@@ -384,16 +385,34 @@ pub struct ResponseCompression {
     identity_upstream: bool,
 }
 
-/// Per-request state (in [`RequestCtx::compression`]).
+/// Per-request state (`RequestCtx::plugins.response_compression`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub struct State {
+    step: Step,
+    /// The upstream is asked for identity bodies (`identity_upstream`).
+    identity_upstream: bool,
+}
+
+impl State {
+    /// For `cache_vary_filter`: the route asks its upstream for identity bodies, so an
+    /// upstream `Vary: Accept-Encoding` says nothing about this request (every request
+    /// reached the upstream with the same `Accept-Encoding`) and must not split the cache
+    /// into one object per client `Accept-Encoding` string.
+    pub fn ignores_accept_encoding(&self) -> bool {
+        self.identity_upstream
+    }
+}
+
+/// Where this request's answer stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Step {
     /// No compression for this request (no plugin, `HEAD`, already decided against).
     #[default]
     Off,
     /// `request_filter` ran: the coding the client gets if the answer qualifies (`None`:
     /// identity, but a compressible answer still gets `Vary: Accept-Encoding`).
     Negotiated(Option<Algo>),
-    /// `response_filter` decided to compress; [`hand_off`] gives it to the module.
+    /// `response_filter` decided to compress; `hand_off` gives it to the module.
     Decided(Decision),
 }
 
@@ -459,7 +478,43 @@ fn add_vary(resp: &mut ResponseHeader) -> Result<()> {
 }
 
 impl ResponseCompression {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    /// Whether an answer with this head may be compressed at all (for any client).
+    pub fn compressible(&self, resp: &ResponseHeader) -> bool {
+        let status = resp.status.as_u16();
+        if !(200..600).contains(&status) || matches!(status, 204 | 206 | 304) {
+            return false;
+        }
+        if resp.headers.contains_key(CONTENT_RANGE) || encoded(resp) || no_transform(resp) {
+            return false;
+        }
+        let Some(ct) = resp.headers.get(CONTENT_TYPE) else {
+            return false;
+        };
+        let media = media_type(ct.as_bytes());
+        if !self.types.iter().any(|t| t.matches(media)) {
+            return false;
+        }
+        match content_length(resp) {
+            // Nothing to compress, and a body-less head must keep its framing.
+            Some(0) => false,
+            Some(n) => n >= self.min_size,
+            // Unknown length (chunked, or close-delimited): compressed.
+            None => true,
+        }
+    }
+}
+
+impl Hooks for ResponseCompression {
+    type State = State;
+    const PHASES: u32 =
+        phase::REQUEST | phase::UPSTREAM_REQUEST | phase::RESPONSE | phase::HAND_OFF;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let mut ok = true;
         let mut preference = Vec::new();
@@ -537,63 +592,37 @@ impl ResponseCompression {
             identity_upstream: cfg.identity_upstream,
         })
     }
-
     /// `request_filter`: the coding this client gets. `HEAD` answers are left alone (their
     /// head describes the identity body, as with NGINX).
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         let req = session.req_header();
-        ctx.compression = if req.method == Method::HEAD {
-            State::Off
+        let state = &mut ctx.plugins.response_compression;
+        state.identity_upstream = self.identity_upstream;
+        state.step = if req.method == Method::HEAD {
+            Step::Off
         } else {
-            State::Negotiated(negotiate(
+            Step::Negotiated(negotiate(
                 req.headers.get_all(ACCEPT_ENCODING),
                 &self.preference,
             ))
         };
         Outcome::Continue
     }
-
     /// `upstream_request_filter`: with `identity_upstream`, ask for the identity body. The
     /// gateway compresses per client, and proxy-cache stores one identity object that serves
     /// every client (an upstream that compressed for one client would otherwise hand its
     /// coding to clients that cannot decode it).
-    pub fn upstream_request(&self, req: &mut RequestHeader) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, _ctx: &RequestCtx) -> Result<()> {
         if self.identity_upstream {
             req.insert_header(ACCEPT_ENCODING, "identity")?;
         }
         Ok(())
     }
-
-    /// Whether an answer with this head may be compressed at all (for any client).
-    pub fn compressible(&self, resp: &ResponseHeader) -> bool {
-        let status = resp.status.as_u16();
-        if !(200..600).contains(&status) || matches!(status, 204 | 206 | 304) {
-            return false;
-        }
-        if resp.headers.contains_key(CONTENT_RANGE) || encoded(resp) || no_transform(resp) {
-            return false;
-        }
-        let Some(ct) = resp.headers.get(CONTENT_TYPE) else {
-            return false;
-        };
-        let media = media_type(ct.as_bytes());
-        if !self.types.iter().any(|t| t.matches(media)) {
-            return false;
-        }
-        match content_length(resp) {
-            // Nothing to compress, and a body-less head must keep its framing.
-            Some(0) => false,
-            Some(n) => n >= self.min_size,
-            // Unknown length (chunked, or close-delimited): compressed.
-            None => true,
-        }
-    }
-
     /// `response_filter` (after response-transformer): decides from the head. A
     /// compressible answer gets `Vary: Accept-Encoding` whether or not this client gets a
     /// coding (a shared cache must not hand the compressed form to another client); the
     /// head itself is rewritten by the module, which knows whether a body follows.
-    pub fn response(
+    fn response(
         &self,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
@@ -602,21 +631,21 @@ impl ResponseCompression {
         if gateway_made {
             return Ok(());
         }
-        let State::Negotiated(choice) = ctx.compression else {
+        let Step::Negotiated(choice) = ctx.plugins.response_compression.step else {
             return Ok(());
         };
         if resp.status.is_informational() {
             // Wait for the final head.
             return Ok(());
         }
-        ctx.compression = State::Off;
+        ctx.plugins.response_compression.step = Step::Off;
         // The stale-while-revalidate refresh answers nobody: nothing to compress.
-        if ctx.cache.background || !self.compressible(resp) {
+        if ctx.plugins.proxy_cache.background || !self.compressible(resp) {
             return Ok(());
         }
         add_vary(resp)?;
         if let Some(algo) = choice {
-            ctx.compression = State::Decided(Decision {
+            ctx.plugins.response_compression.step = Step::Decided(Decision {
                 algo,
                 level: self.levels[algo.index()],
                 status: resp.status.as_u16(),
@@ -624,42 +653,30 @@ impl ResponseCompression {
         }
         Ok(())
     }
-}
 
-/// The response-compression entry of the request's route, if any.
-fn plugin(ctx: &RequestCtx) -> Option<&ResponseCompression> {
-    ctx.route()?
-        .plugins
-        .plugins
-        .iter()
-        .find_map(|p| match &**p {
-            Plugin::ResponseCompression(c) => Some(c),
-            _ => None,
-        })
-}
+    /// End of `response_filter`, after every plugin's response hook succeeded: hands the
+    /// decision to the session's [`CompressionModule`], which rewrites the head and encodes
+    /// the body.
+    fn hand_off(&self, session: &mut Session, _resp: &ResponseHeader, ctx: &mut RequestCtx) {
+        let Step::Decided(d) = std::mem::take(&mut ctx.plugins.response_compression.step) else {
+            return;
+        };
+        let counter = ctx
+            .route()
+            .map(|r| crate::observe::metrics::compressed_responses(&r.name, d.algo.token()));
+        if let Some(m) = session
+            .downstream_modules_ctx
+            .get_mut::<CompressionModule>()
+        {
+            m.armed = Some((d, counter));
+        }
+    }
 
-/// `cache_vary_filter`: true when the route asks its upstream for identity bodies, so an
-/// upstream `Vary: Accept-Encoding` says nothing about this request (every request reached
-/// the upstream with the same `Accept-Encoding`) and must not split the cache into one
-/// object per client `Accept-Encoding` string.
-pub fn ignores_accept_encoding(ctx: &RequestCtx) -> bool {
-    plugin(ctx).is_some_and(|p| p.identity_upstream)
-}
-
-/// `response_filter`, after every plugin's response hook succeeded: hands the decision to
-/// the session's [`CompressionModule`], which rewrites the head and encodes the body.
-pub fn hand_off(session: &mut Session, ctx: &mut RequestCtx) {
-    let State::Decided(d) = std::mem::take(&mut ctx.compression) else {
-        return;
-    };
-    let counter = ctx
-        .route()
-        .map(|r| crate::observe::metrics::compressed_responses(&r.name, d.algo.token()));
-    if let Some(m) = session
-        .downstream_modules_ctx
-        .get_mut::<CompressionModule>()
-    {
-        m.armed = Some((d, counter));
+    /// `init_downstream_modules`: installs [`CompressionModule`] in place of Pingora's
+    /// default (disabled) compression module. Installed whatever the config (a reload may
+    /// add the plugin); unarmed it does nothing.
+    fn init_downstream_modules(modules: &mut HttpModules) {
+        modules.add_module(Box::new(CompressionModuleBuilder));
     }
 }
 
@@ -828,9 +845,9 @@ static BYTES: Lazy<[(IntCounter, IntCounter); 3]> =
     Lazy::new(|| Algo::ALL.map(|a| crate::observe::metrics::compression_bytes(a.token())));
 
 /// Pingora downstream module: rewrites the head and encodes the body of an answer that
-/// [`hand_off`] armed it for. Unarmed (every other answer, gateway-made ones included) it
+/// `hand_off` armed it for. Unarmed (every other answer, gateway-made ones included) it
 /// does nothing. Before encoding, it runs the body a plugin holds back until its end
-/// ([`HeldBody`], given by [`crate::plugins::held_body::hand_off`]): one module must do both,
+/// ([`HeldBody`], given by the `hand_off` of response-transformer or error-responses): one module must do both,
 /// because Pingora never passes the bytes one module emits at `Done` through another's body
 /// filter.
 #[derive(Default)]
@@ -841,8 +858,8 @@ pub struct CompressionModule {
 }
 
 impl CompressionModule {
-    /// `response_filter` ([`crate::plugins::held_body::hand_off`]): hold this answer's body
-    /// back until its end.
+    /// `response_filter` (the `hand_off` of response-transformer and error-responses): hold
+    /// this answer's body back until its end.
     pub fn hold(&mut self, held: HeldBody) {
         self.held = Some(held);
     }
@@ -990,12 +1007,6 @@ impl HttpModuleBuilder for CompressionModuleBuilder {
     fn init(&self) -> Module {
         Box::<CompressionModule>::default()
     }
-}
-
-/// `init_downstream_modules`: installs [`CompressionModule`] in place of Pingora's default
-/// (disabled) compression module.
-pub fn init_modules(modules: &mut HttpModules) {
-    modules.add_module(Box::new(CompressionModuleBuilder));
 }
 
 #[cfg(test)]

@@ -1,0 +1,3 @@
+//! Small utilities every layer may use; nothing here imports a feature module.
+
+pub mod hex_id;
