@@ -226,6 +226,23 @@ pub struct Reloaded {
     pub changes: crate::observe::changes::Changes,
 }
 
+/// Every part of the gateway registers its metric families with the one registry
+/// ([`crate::observe::metrics::registry`]), once per process, before the first config is
+/// installed: the families exist (at 0) from the first scrape.
+fn register_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        crate::edge::register_metrics();
+        crate::flood::register_metrics();
+        crate::tls::register_metrics();
+        crate::probe::register_metrics();
+        crate::resilience::register_metrics();
+        crate::upstream::metrics::register_metrics();
+        crate::plugins::register_metrics();
+        crate::observe::metrics::registry().on_route_plugins(crate::plugins::route_series);
+    });
+}
+
 /// Process-wide gateway state: the current runtime and what survives reloads.
 pub struct Shared {
     current: ArcSwap<Runtime>,
@@ -258,6 +275,7 @@ impl Shared {
             .map(|t| crate::observe::changes::fingerprint(&t))
             .unwrap_or_default();
         let rt = Arc::new(rt);
+        register_metrics();
         crate::observe::metrics::install(&rt);
         crate::plugins::install(&rt);
         Arc::new(Shared {

@@ -161,13 +161,38 @@ pub fn stats(id: &StoreId) -> Option<Stats> {
         .map(|r| r.store.stats())
 }
 
+/// The store families: `cache_size_bytes`, `cache_evictions_total`.
+struct Families {
+    size_bytes: prometheus::IntGauge,
+    evictions: prometheus::IntCounter,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        size_bytes: r.gauge(
+            "cache_size_bytes",
+            "Bytes held by the proxy-cache memory store.",
+        ),
+        evictions: r.counter(
+            "cache_evictions_total",
+            "Entries evicted from the proxy-cache memory store.",
+        ),
+    }
+});
+
+/// Registers the store families (once, at startup; later calls do nothing).
+pub fn register_metrics() {
+    Lazy::force(&FAMILIES);
+}
+
 /// Size and eviction bookkeeping of every store change (the `cache_size_bytes` gauge and
 /// `cache_evictions_total` counter).
 pub(crate) fn note_usage(delta_bytes: isize, evicted: u64) {
     let total = TOTAL_BYTES.fetch_add(delta_bytes as i64, Ordering::Relaxed) + delta_bytes as i64;
-    crate::observe::metrics::set_cache_size_bytes(total.max(0) as u64);
+    FAMILIES.size_bytes.set(total.max(0));
     if evicted > 0 {
-        crate::observe::metrics::cache_evicted(evicted);
+        FAMILIES.evictions.inc_by(evicted);
     }
 }
 

@@ -438,14 +438,71 @@ pub fn identity(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..12])
 }
 
-/// `rate_limit_hits_total{client_id,route}`: one request refused by rate-limiting.
+// ---------------------------------------------------------------------------------------------
+// Metrics: the `rate_limit_*` families
+// ---------------------------------------------------------------------------------------------
+
+/// `rate_limit_hits_total{client_id}` for requests without a consumer.
+pub const ANONYMOUS: &str = "anonymous";
+
+struct Families {
+    hits: prometheus::IntCounterVec,
+    backend_errors: prometheus::IntCounter,
+}
+
+static FAMILIES: once_cell::sync::Lazy<Families> = once_cell::sync::Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    // Read at scrape time from the Redis backends' down-time bookkeeping.
+    r.on_scrape(|_, out| {
+        use prometheus::core::Collector;
+        if let Ok(c) = prometheus::Counter::new(
+            "rate_limit_backend_fallback_seconds_total",
+            "Time during which a rate-limit Redis backend gave no answers (from a failed call to the next answered one): requests took the fault_tolerant decision.",
+        ) {
+            c.inc_by(redis::fallback_seconds());
+            out.extend(c.collect());
+        }
+    });
+    Families {
+        hits: r.counter_vec(
+            "rate_limit_hits_total",
+            "Requests refused by rate-limiting, by consumer (or anonymous) and route.",
+            &["client_id", "route"],
+        ),
+        backend_errors: r.counter(
+            "rate_limit_backend_errors_total",
+            "Rate-limit backend (Redis) failures.",
+        ),
+    }
+});
+
+/// Registers the `rate_limit_*` families (once, at startup; later calls do nothing).
+pub fn register_metrics() {
+    once_cell::sync::Lazy::force(&FAMILIES);
+}
+
+/// Creates (at 0) or removes the anonymous `rate_limit_hits_total` series of `route`.
+pub fn hits_series(route: &str, create: bool) {
+    if create {
+        FAMILIES.hits.with_label_values(&[ANONYMOUS, route]);
+    } else {
+        let _ = FAMILIES.hits.remove_label_values(&[ANONYMOUS, route]);
+    }
+}
+
+/// `rate_limit_hits_total{client_id,route}`: one request refused by rate-limiting
+/// (`client_id`: the consumer's name, or [`ANONYMOUS`]; consumer names come from the config,
+/// so the label stays bounded).
 pub fn record_hit(route: &str, consumer: Option<&str>) {
-    crate::observe::metrics::rate_limit_hit(route, consumer);
+    FAMILIES
+        .hits
+        .with_label_values(&[consumer.unwrap_or(ANONYMOUS), route])
+        .inc();
 }
 
 /// `rate_limit_backend_errors_total`: the shared (Redis) backend failed or was too slow.
 pub fn record_backend_error() {
-    crate::observe::metrics::rate_limit_backend_error();
+    FAMILIES.backend_errors.inc();
 }
 
 #[cfg(test)]

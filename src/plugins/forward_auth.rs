@@ -54,7 +54,7 @@ use parking_lot::Mutex;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -87,6 +87,60 @@ const UNAVAILABLE: &str = "The authorization service is unavailable";
 
 /// `forward_auth_*_total{result}` values.
 pub const RESULTS: &[&str] = &["allow", "deny", "error"];
+
+/// The `forward_auth_*` families.
+struct Families {
+    calls: IntCounterVec,
+    cache_hits: IntCounterVec,
+    duration: HistogramVec,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        calls: r.counter_vec(
+            "forward_auth_calls_total",
+            "Calls to a forward-auth service by route and result (allow, deny, error: other status, connection failure or timeout).",
+            &["route", "result"],
+        ),
+        cache_hits: r.counter_vec(
+            "forward_auth_cache_hits_total",
+            "forward-auth decisions served from its cache without a call, by route and result (allow, deny).",
+            &["route", "result"],
+        ),
+        duration: r.histogram_vec(
+            "forward_auth_call_duration_seconds",
+            "Time of a call to a forward-auth service, by route, in seconds.",
+            &["route"],
+            crate::observe::metrics::UPSTREAM_BUCKETS,
+        ),
+    }
+});
+
+/// Creates (at 0) or removes the `forward_auth_*` series of `route`.
+fn route_series(route: &str, create: bool) {
+    let f = &*FAMILIES;
+    for r in RESULTS {
+        let labels = [route, r];
+        if create {
+            f.calls.with_label_values(&labels);
+        } else {
+            let _ = f.calls.remove_label_values(&labels);
+        }
+        if *r != "error" {
+            if create {
+                f.cache_hits.with_label_values(&labels);
+            } else {
+                let _ = f.cache_hits.remove_label_values(&labels);
+            }
+        }
+    }
+    if create {
+        f.duration.with_label_values(&[route]);
+    } else {
+        let _ = f.duration.remove_label_values(&[route]);
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -301,13 +355,13 @@ struct Handles {
 
 impl Handles {
     fn new(route: &str) -> Handles {
-        let m = crate::observe::metrics::metrics();
-        let call = |r: &str| m.forward_auth_calls.with_label_values(&[route, r]);
-        let hit = |r: &str| m.forward_auth_cache_hits.with_label_values(&[route, r]);
+        let f = &*FAMILIES;
+        let call = |r: &str| f.calls.with_label_values(&[route, r]);
+        let hit = |r: &str| f.cache_hits.with_label_values(&[route, r]);
         Handles {
             calls: [call("allow"), call("deny"), call("error")],
             hits: [hit("allow"), hit("deny")],
-            duration: m.forward_auth_duration.with_label_values(&[route]),
+            duration: f.duration.with_label_values(&[route]),
         }
     }
 }
@@ -452,20 +506,18 @@ impl ForwardAuth {
         }
         // A global entry serves many routes: label by the request's.
         let route = ctx.route().map_or("", |r| r.name.as_str());
-        let m = crate::observe::metrics::metrics();
+        let f = &*FAMILIES;
         match what {
             Count::Call(i, took) => {
                 let r = RESULTS.get(i).copied().unwrap_or("error");
-                m.forward_auth_calls.with_label_values(&[route, r]).inc();
-                m.forward_auth_duration
+                f.calls.with_label_values(&[route, r]).inc();
+                f.duration
                     .with_label_values(&[route])
                     .observe(took.as_secs_f64());
             }
             Count::Hit(i) => {
                 let r = RESULTS.get(i).copied().unwrap_or("allow");
-                m.forward_auth_cache_hits
-                    .with_label_values(&[route, r])
-                    .inc();
+                f.cache_hits.with_label_values(&[route, r]).inc();
             }
         }
     }
@@ -1002,6 +1054,15 @@ impl Hooks for ForwardAuth {
             super::send_consumer(req, ctx)?;
         }
         Ok(())
+    }
+
+    fn register_metrics() {
+        Lazy::force(&FAMILIES);
+    }
+
+    /// The `forward_auth_*` series of `route` exist from the start (at 0).
+    fn route_series(route: &str, create: bool) {
+        route_series(route, create);
     }
 }
 

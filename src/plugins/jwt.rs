@@ -807,6 +807,10 @@ impl Hooks for Jwt {
         }
         Ok(())
     }
+
+    fn register_metrics() {
+        jwks::register_metrics();
+    }
 }
 
 pub mod jwks;

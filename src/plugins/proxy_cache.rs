@@ -26,7 +26,7 @@ use crate::plugins::{phase, BuildEnv, Hooks};
 use crate::runtime::Runtime;
 use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE, VARY};
 use http::{HeaderName, Method};
-use once_cell::sync::OnceCell;
+use once_cell::sync::{Lazy, OnceCell};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheKeyLockImpl;
@@ -38,6 +38,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::ErrorSource;
+use prometheus::IntCounterVec;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +50,17 @@ pub const MISS: &str = "MISS";
 pub const STALE: &str = "STALE";
 pub const EXPIRED: &str = "EXPIRED";
 pub const BYPASS: &str = "BYPASS";
+/// Every `X-Cache-Status` value (the `status` label of `cache_requests_total`).
+pub const STATUSES: &[&str] = &[HIT, MISS, STALE, EXPIRED, BYPASS];
+
+/// `cache_requests_total{route,status}`.
+static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    crate::observe::metrics::registry().counter_vec(
+        "cache_requests_total",
+        "proxy-cache lookups by route and X-Cache-Status.",
+        &["route", "status"],
+    )
+});
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -322,7 +334,7 @@ impl Hooks for ProxyCache {
         if !ctx.plugins.proxy_cache.counted {
             ctx.plugins.proxy_cache.counted = true;
             if let Some(r) = ctx.route() {
-                crate::observe::metrics::cache_request(&r.name, status);
+                REQUESTS.with_label_values(&[r.name.as_str(), status]).inc();
             }
         }
         Ok(())
@@ -489,6 +501,23 @@ impl Hooks for ProxyCache {
         cache::apply(&wanted);
         for (route, pc) in instances {
             pc.store_for(route);
+        }
+    }
+
+    /// The cache families: `cache_requests_total` here, the stores' in [`crate::cache`].
+    fn register_metrics() {
+        Lazy::force(&REQUESTS);
+        cache::register_metrics();
+    }
+
+    /// `cache_requests_total{route,status}` exists from the start for every status.
+    fn route_series(route: &str, create: bool) {
+        for s in STATUSES {
+            if create {
+                REQUESTS.with_label_values(&[route, s]);
+            } else {
+                let _ = REQUESTS.remove_label_values(&[route, s]);
+            }
         }
     }
 }

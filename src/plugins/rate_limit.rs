@@ -609,6 +609,15 @@ impl Hooks for RateLimit {
         }
         Ok(())
     }
+
+    fn register_metrics() {
+        limits::register_metrics();
+    }
+
+    /// `rate_limit_hits_total{client_id="anonymous",route}` exists from the start.
+    fn route_series(route: &str, create: bool) {
+        limits::hits_series(route, create);
+    }
 }
 
 #[cfg(test)]

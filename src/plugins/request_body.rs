@@ -89,9 +89,37 @@ impl BodyResult {
     }
 }
 
+/// `request_transform_bodies_total{route,result}`.
+static BODIES: once_cell::sync::Lazy<prometheus::IntCounterVec> = once_cell::sync::Lazy::new(
+    || {
+        crate::observe::metrics::registry().counter_vec(
+        "request_transform_bodies_total",
+        "JSON request bodies request-transformer read, by route and result (rewritten, unchanged; refused: too_large, invalid_json, compressed).",
+        &["route", "result"],
+    )
+    },
+);
+
+/// Registers `request_transform_bodies_total` (once, at startup).
+pub(super) fn register_metrics() {
+    once_cell::sync::Lazy::force(&BODIES);
+}
+
+/// Creates (at 0) or removes the series of `route`, one per [`BodyResult`].
+pub(super) fn route_series(route: &str, create: bool) {
+    for r in BodyResult::ALL {
+        let labels = [route, r.as_str()];
+        if create {
+            BODIES.with_label_values(&labels);
+        } else {
+            let _ = BODIES.remove_label_values(&labels);
+        }
+    }
+}
+
 fn record(ctx: &RequestCtx, result: BodyResult) {
     let route = ctx.route().map_or("", |r| r.name.as_str());
-    crate::observe::metrics::request_body_transform(route, result.as_str());
+    BODIES.with_label_values(&[route, result.as_str()]).inc();
 }
 
 // ---------------------------------------------------------------------------------------------

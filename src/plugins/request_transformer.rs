@@ -893,6 +893,15 @@ impl Hooks for RequestTransformer {
         }
         Ok(())
     }
+
+    fn register_metrics() {
+        super::request_body::register_metrics();
+    }
+
+    /// `request_transform_bodies_total{route,result}` exists from the start (at 0).
+    fn route_series(route: &str, create: bool) {
+        super::request_body::route_series(route, create);
+    }
 }
 
 #[cfg(test)]

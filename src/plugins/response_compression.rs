@@ -52,7 +52,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use serde::Deserialize;
 use std::io::Write;
 
@@ -661,9 +661,11 @@ impl Hooks for ResponseCompression {
         let Step::Decided(d) = std::mem::take(&mut ctx.plugins.response_compression.step) else {
             return;
         };
-        let counter = ctx
-            .route()
-            .map(|r| crate::observe::metrics::compressed_responses(&r.name, d.algo.token()));
+        let counter = ctx.route().map(|r| {
+            FAMILIES
+                .compressed
+                .with_label_values(&[r.name.as_str(), d.algo.token()])
+        });
         if let Some(m) = session
             .downstream_modules_ctx
             .get_mut::<CompressionModule>()
@@ -677,6 +679,26 @@ impl Hooks for ResponseCompression {
     /// add the plugin); unarmed it does nothing.
     fn init_downstream_modules(modules: &mut HttpModules) {
         modules.add_module(Box::new(CompressionModuleBuilder));
+    }
+
+    fn register_metrics() {
+        Lazy::force(&FAMILIES);
+    }
+
+    /// `response_compressed_total{route,encoding}` exists from the start for every encoding
+    /// (and the byte counters, which are not per route, once a route compresses).
+    fn route_series(route: &str, create: bool) {
+        let f = &*FAMILIES;
+        for a in Algo::ALL {
+            let e = a.token();
+            if create {
+                f.compressed.with_label_values(&[route, e]);
+                f.bytes_in.with_label_values(&[e]);
+                f.bytes_out.with_label_values(&[e]);
+            } else {
+                let _ = f.compressed.remove_label_values(&[route, e]);
+            }
+        }
     }
 }
 
@@ -840,9 +862,44 @@ impl Encoder {
 // The downstream module
 // ---------------------------------------------------------------------------------------------
 
+/// `response_compressed_total{route,encoding}` and `response_compression_*_bytes_total{encoding}`
+/// (`encoding`: the `Content-Encoding` tokens of [`Algo`]).
+struct Families {
+    compressed: IntCounterVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        compressed: r.counter_vec(
+            "response_compressed_total",
+            "Answers response-compression compressed, by route and encoding (br, gzip, zstd).",
+            &["route", "encoding"],
+        ),
+        bytes_in: r.counter_vec(
+            "response_compression_in_bytes_total",
+            "Identity body bytes response-compression encoded, by encoding.",
+            &["encoding"],
+        ),
+        bytes_out: r.counter_vec(
+            "response_compression_out_bytes_total",
+            "Compressed body bytes response-compression produced, by encoding.",
+            &["encoding"],
+        ),
+    }
+});
+
 /// Process-wide byte counters per algorithm (identity in, encoded out), resolved once.
-static BYTES: Lazy<[(IntCounter, IntCounter); 3]> =
-    Lazy::new(|| Algo::ALL.map(|a| crate::observe::metrics::compression_bytes(a.token())));
+static BYTES: Lazy<[(IntCounter, IntCounter); 3]> = Lazy::new(|| {
+    Algo::ALL.map(|a| {
+        (
+            FAMILIES.bytes_in.with_label_values(&[a.token()]),
+            FAMILIES.bytes_out.with_label_values(&[a.token()]),
+        )
+    })
+});
 
 /// Pingora downstream module: rewrites the head and encodes the body of an answer that
 /// `hand_off` armed it for. Unarmed (every other answer, gateway-made ones included) it

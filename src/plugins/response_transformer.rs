@@ -51,9 +51,11 @@ use crate::plugins::{phase, BuildEnv, Hooks, Outcome};
 use crate::runtime::Runtime;
 use bytes::{Bytes, BytesMut};
 use http::header;
+use once_cell::sync::Lazy;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use prometheus::IntCounterVec;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -82,9 +84,34 @@ impl SkipReason {
     }
 }
 
+/// `response_transform_skipped_total{route,reason}` and `response_transform_refused_total{route}`.
+struct Families {
+    skipped: IntCounterVec,
+    refused: IntCounterVec,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        skipped: r.counter_vec(
+            "response_transform_skipped_total",
+            "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, invalid_json).",
+            &["route", "reason"],
+        ),
+        refused: r.counter_vec(
+            "response_transform_refused_total",
+            "Upstream answers refused with 502 because their JSON body came encoded (Content-Encoding other than identity) to a route with response-transformer body rules.",
+            &["route"],
+        ),
+    }
+});
+
 /// Counts a body passed through untouched: `response_transform_skipped_total{route,reason}`.
 pub fn record_skip(route: &str, reason: SkipReason) {
-    crate::observe::metrics::transform_skipped(route, reason.as_str());
+    FAMILIES
+        .skipped
+        .with_label_values(&[route, reason.as_str()])
+        .inc();
     tracing::debug!(
         route,
         reason = reason.as_str(),
@@ -95,7 +122,7 @@ pub fn record_skip(route: &str, reason: SkipReason) {
 /// Counts an answer refused because its body came encoded although rules must read it:
 /// `response_transform_refused_total{route}`.
 fn record_refused(route: &str, encoding: &[u8]) {
-    crate::observe::metrics::transform_refused(route);
+    FAMILIES.refused.with_label_values(&[route]).inc();
     // Debug only: the 502 itself is logged as a failed proxy attempt, with its reason.
     tracing::debug!(
         route,
@@ -490,6 +517,28 @@ impl Hooks for ResponseTransformer {
     fn hand_off(&self, session: &mut Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
         if let Some(r) = Rewrite::take(&self.rules, ctx) {
             super::held_body::hold(session, HeldBody::rewrite(resp, Box::new(r)));
+        }
+    }
+
+    fn register_metrics() {
+        Lazy::force(&FAMILIES);
+    }
+
+    /// The skip and refusal series of `route` exist from the start (at 0).
+    fn route_series(route: &str, create: bool) {
+        let f = &*FAMILIES;
+        for r in SkipReason::ALL {
+            let labels = [route, r.as_str()];
+            if create {
+                f.skipped.with_label_values(&labels);
+            } else {
+                let _ = f.skipped.remove_label_values(&labels);
+            }
+        }
+        if create {
+            f.refused.with_label_values(&[route]);
+        } else {
+            let _ = f.refused.remove_label_values(&[route]);
         }
     }
 }

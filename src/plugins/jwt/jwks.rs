@@ -403,9 +403,62 @@ enum UnknownKid {
 }
 
 /// `jwt_jwks_unknown_kid_refusals_total{reason}` values, by [`UnknownKid`].
-const UNKNOWN_KID_REASONS: [&str; 3] = crate::observe::metrics::JWKS_UNKNOWN_KID_REASONS;
+const UNKNOWN_KID_REASONS: [&str; 3] = ["rate_limited", "timeout", "not_in_set"];
 /// `jwt_jwks_fetches_total{outcome}` values: success, error, invalid.
-const FETCH_OUTCOMES: [&str; 3] = crate::observe::metrics::JWKS_FETCH_OUTCOMES;
+const FETCH_OUTCOMES: [&str; 3] = ["success", "error", "invalid"];
+
+/// The `jwt_jwks_*` families (labelled by source: a configured JWKS URL or file, so the
+/// label stays bounded by the config).
+struct Families {
+    fetches: prometheus::IntCounterVec,
+    keys: prometheus::IntGaugeVec,
+    ignored: prometheus::IntGaugeVec,
+    unknown_kid: prometheus::IntCounterVec,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        fetches: r.counter_vec(
+            "jwt_jwks_fetches_total",
+            "JWKS key set fetches (or file reads) by source and outcome (success, error, invalid).",
+            &["source", "outcome"],
+        ),
+        keys: r.gauge_vec(
+            "jwt_jwks_keys",
+            "Usable keys in the current JWKS key set, by source.",
+            &["source"],
+        ),
+        ignored: r.gauge_vec(
+            "jwt_jwks_keys_ignored",
+            "Keys of the last JWKS document that cannot be used (other use, type, curve or alg), by source.",
+            &["source"],
+        ),
+        unknown_kid: r.counter_vec(
+            "jwt_jwks_unknown_kid_refusals_total",
+            "Tokens refused because the JWKS key set has no key with their kid, by source and reason (rate_limited, timeout, not_in_set).",
+            &["source", "reason"],
+        ),
+    }
+});
+
+/// Registers the `jwt_jwks_*` families (once, at startup).
+pub(super) fn register_metrics() {
+    Lazy::force(&FAMILIES);
+}
+
+/// Removes the series of a JWKS source no config uses any more.
+fn forget_series(source: &str) {
+    let f = &*FAMILIES;
+    for o in FETCH_OUTCOMES {
+        let _ = f.fetches.remove_label_values(&[source, o]);
+    }
+    for r in UNKNOWN_KID_REASONS {
+        let _ = f.unknown_kid.remove_label_values(&[source, r]);
+    }
+    let _ = f.keys.remove_label_values(&[source]);
+    let _ = f.ignored.remove_label_values(&[source]);
+}
 
 // ---------------------------------------------------------------------------------------------
 // JWK parsing
@@ -732,12 +785,13 @@ static RUNTIME: OnceCell<tokio::runtime::Handle> = OnceCell::new();
 impl KeySet {
     fn new(source: Source, settings: Settings) -> KeySet {
         let label = source.label();
-        use crate::observe::metrics as m;
+        let f = &*FAMILIES;
         let metrics = SetMetrics {
-            fetches: FETCH_OUTCOMES.map(|o| m::jwks_fetches(&label, o)),
-            keys: m::jwks_keys(&label),
-            ignored: m::jwks_keys_ignored(&label),
-            unknown_kid: UNKNOWN_KID_REASONS.map(|r| m::jwks_unknown_kid(&label, r)),
+            fetches: FETCH_OUTCOMES.map(|o| f.fetches.with_label_values(&[label.as_str(), o])),
+            keys: f.keys.with_label_values(&[label.as_str()]),
+            ignored: f.ignored.with_label_values(&[label.as_str()]),
+            unknown_kid: UNKNOWN_KID_REASONS
+                .map(|r| f.unknown_kid.with_label_values(&[label.as_str(), r])),
         };
         metrics.keys.set(0);
         metrics.ignored.set(0);
@@ -994,7 +1048,7 @@ impl Drop for KeySet {
             .values()
             .any(|(label, w)| w.strong_count() > 0 && *label == self.label);
         if !taken {
-            crate::observe::metrics::jwks_forget(&self.label);
+            forget_series(&self.label);
         }
     }
 }
