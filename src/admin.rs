@@ -157,7 +157,7 @@ impl AdminApp {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
-            "cache": crate::cache::status(),
+            "cache": crate::cache::status(&self.shared.registry),
         })
     }
 }
@@ -194,7 +194,9 @@ impl ServeHttp for AdminApp {
                         serde_json::json!({"error": "unauthorized", "message": "admin token required"}),
                     );
                 }
-                let (status, body) = crate::cache::purge_endpoint(s, &self.shared.snapshot()).await;
+                let (status, body) =
+                    crate::cache::purge_endpoint(s, &self.shared.snapshot(), &self.shared.registry)
+                        .await;
                 json(status, body)
             }
             (Method::POST, "/reload") => {

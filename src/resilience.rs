@@ -541,7 +541,7 @@ mod tests {
             yaml,
             Path::new("."),
             states,
-            &crate::limits::LimiterRegistry::default(),
+            &crate::util::registry::Registry::default(),
             1,
         )
         .map_err(|e| e.to_string())

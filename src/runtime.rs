@@ -10,6 +10,7 @@ use crate::config::{self, ConfigErrors};
 use crate::plugins::Chain;
 use crate::router::Router;
 use crate::upstream::{StateRegistry, Upstream};
+use crate::util::registry::Registry;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use parking_lot::Mutex;
@@ -247,8 +248,9 @@ fn register_metrics() {
 pub struct Shared {
     current: ArcSwap<Runtime>,
     pub states: StateRegistry,
-    /// Rate-limit and concurrency counters, kept across reloads by limit identity.
-    pub limiters: crate::limits::LimiterRegistry,
+    /// State that survives reloads by identity (limiter counters, forward-auth clients, JWKS
+    /// key sets, OTLP exporters, cache stores), handed to every config compile.
+    pub registry: Registry,
     pub config_path: PathBuf,
     versions: AtomicU64,
     /// Held during a reload; also keeps the fingerprint of the file in use (what the reload
@@ -260,15 +262,15 @@ impl Shared {
     /// Loads the config file for the first time.
     pub fn load(config_path: PathBuf) -> Result<Arc<Shared>, ConfigErrors> {
         let states = StateRegistry::default();
-        let limiters = crate::limits::LimiterRegistry::default();
-        let rt = config::load_file(&config_path, &states, &limiters, 1)?;
-        Ok(Self::from_runtime(rt, states, limiters, config_path))
+        let registry = Registry::default();
+        let rt = config::load_file(&config_path, &states, &registry, 1)?;
+        Ok(Self::from_runtime(rt, states, registry, config_path))
     }
 
     pub fn from_runtime(
         rt: Runtime,
         states: StateRegistry,
-        limiters: crate::limits::LimiterRegistry,
+        registry: Registry,
         config_path: PathBuf,
     ) -> Arc<Shared> {
         let fingerprint = std::fs::read_to_string(&config_path)
@@ -277,12 +279,12 @@ impl Shared {
         let rt = Arc::new(rt);
         register_metrics();
         crate::observe::metrics::install(&rt);
-        crate::plugins::install(&rt);
+        crate::plugins::install(&rt, &registry);
         Arc::new(Shared {
             versions: AtomicU64::new(rt.version),
             current: ArcSwap::new(rt),
             states,
-            limiters,
+            registry,
             config_path,
             reload_lock: Mutex::new(fingerprint),
         })
@@ -327,7 +329,7 @@ impl Shared {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        let new = config::load_str(&text, base, &self.states, &self.limiters, version)?;
+        let new = config::load_str(&text, base, &self.states, &self.registry, version)?;
         if new.hash == old.hash {
             return Ok(Reloaded {
                 version: old.version,
@@ -350,7 +352,7 @@ impl Shared {
         self.states.resilience.retain(&new);
         self.states.discovery.retain(&new);
         crate::observe::metrics::install(&new);
-        crate::plugins::install(&new);
+        crate::plugins::install(&new, &self.registry);
         Ok(Reloaded {
             version,
             hash,

@@ -153,7 +153,7 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     ));
     server.add_service(background_service(
         "jwks refresh",
-        crate::plugins::jwt::jwks::Refreshers,
+        crate::plugins::jwt::jwks::Refreshers::new(shared.registry.clone()),
     ));
     server.add_service(background_service(
         "access log",

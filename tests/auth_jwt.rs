@@ -618,7 +618,7 @@ fn demo_sample_token_matches_the_demo_config() {
             gatehouse::demo::DEMO_CONFIG,
             std::path::Path::new("conf"),
             &gatehouse::upstream::StateRegistry::default(),
-            &gatehouse::limits::LimiterRegistry::default(),
+            &gatehouse::util::registry::Registry::default(),
             1,
         )
         .expect("demo config"),

@@ -148,7 +148,7 @@ pub fn compile(
     pos: &Positions,
     base_dir: &Path,
     states: &StateRegistry,
-    limiters: &crate::limits::LimiterRegistry,
+    registry: &crate::util::registry::Registry,
     version: u64,
     text: &str,
 ) -> Result<Runtime, ConfigErrors> {
@@ -180,7 +180,7 @@ pub fn compile(
     let env = plugins::BuildEnv {
         consumers: &consumers,
         tiers: &tiers,
-        limiters,
+        registry,
         route: None,
     };
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);

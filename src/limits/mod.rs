@@ -21,8 +21,8 @@
 //! "virtual scheduling" form of a token bucket): one timestamp per key, `burst` capacity,
 //! refilled at `rate` per second.
 //!
-//! **Surviving reloads.** A [`LimiterRegistry`] lives in [`crate::runtime::Shared`] next to
-//! the upstream state registry. Plugins look their store up by *identity* (the scope — route
+//! **Surviving reloads.** Stores live in the app's [`Registry`] (see
+//! [`crate::util::registry`]). Plugins look their store up by *identity* (the scope — route
 //! name or global — plus the full plugin config) when a config is compiled; the registry
 //! holds weak references, so a store lives exactly as long as some runtime uses it and an
 //! unchanged limit keeps its counters across a reload.
@@ -31,10 +31,9 @@ pub mod concurrency;
 pub mod local;
 pub mod redis;
 
+use crate::util::registry::Registry;
 use http::HeaderValue;
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyStore};
@@ -352,78 +351,29 @@ impl KeyBuf {
     }
 }
 
-/// Limiter state that outlives config generations, keyed by identity. Holds weak
-/// references: a store is dropped once no runtime uses it any more.
-#[derive(Default)]
-pub struct LimiterRegistry {
-    local: Mutex<HashMap<String, Weak<LocalStore>>>,
-    concurrency: Mutex<HashMap<String, Weak<ConcurrencyStore>>>,
-    redis: Mutex<HashMap<String, Weak<RedisBackend>>>,
+// Limiter state that outlives config generations lives in the app's
+// [`crate::util::registry::Registry`], keyed by identity: a store is dropped once no runtime
+// uses it any more.
+
+/// The local rate-limit counters of the limit named `id`.
+pub fn local_store(reg: &Registry, id: &str) -> Arc<LocalStore> {
+    reg.get_or_insert_with(id, LocalStore::default)
 }
 
-impl std::fmt::Debug for LimiterRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimiterRegistry")
-            .field("local", &self.local.lock().len())
-            .field("concurrency", &self.concurrency.lock().len())
-            .field("redis", &self.redis.lock().len())
-            .finish()
-    }
+/// The in-flight counters of the concurrency limit named `id`.
+pub fn concurrency_store(reg: &Registry, id: &str) -> Arc<ConcurrencyStore> {
+    reg.get_or_insert_with(id, ConcurrencyStore::default)
 }
 
-fn get_or_insert<T>(
-    map: &Mutex<HashMap<String, Weak<T>>>,
-    id: &str,
-    make: impl FnOnce() -> T,
-) -> Arc<T> {
-    let mut m = map.lock();
-    if let Some(s) = m.get(id).and_then(Weak::upgrade) {
-        return s;
-    }
-    m.retain(|_, w| w.strong_count() > 0);
-    let s = Arc::new(make());
-    m.insert(id.to_string(), Arc::downgrade(&s));
-    s
+/// The shared connection for a Redis deployment (one per distinct spec in the process).
+/// Fails (with a message free of secrets) on an invalid URL or address.
+pub fn redis_backend(reg: &Registry, spec: &redis::RedisSpec) -> Result<Arc<RedisBackend>, String> {
+    reg.try_get_or_insert_with(&spec.identity(), || RedisBackend::new(spec))
 }
 
-impl LimiterRegistry {
-    /// The local rate-limit counters of the limit named `id`.
-    pub fn local(&self, id: &str) -> Arc<LocalStore> {
-        get_or_insert(&self.local, id, LocalStore::default)
-    }
-
-    /// The in-flight counters of the concurrency limit named `id`.
-    pub fn concurrency(&self, id: &str) -> Arc<ConcurrencyStore> {
-        get_or_insert(&self.concurrency, id, ConcurrencyStore::default)
-    }
-
-    /// The shared connection for a Redis deployment (one per distinct spec in the process).
-    /// Fails (with a message free of secrets) on an invalid URL or address.
-    pub fn redis(&self, spec: &redis::RedisSpec) -> Result<Arc<RedisBackend>, String> {
-        let id = spec.identity();
-        let mut m = self.redis.lock();
-        if let Some(s) = m.get(&id).and_then(Weak::upgrade) {
-            return Ok(s);
-        }
-        m.retain(|_, w| w.strong_count() > 0);
-        let s = Arc::new(RedisBackend::new(spec)?);
-        m.insert(id, Arc::downgrade(&s));
-        Ok(s)
-    }
-
-    /// Number of live stores (tests).
-    pub fn live(&self) -> usize {
-        let n = |m: &Mutex<HashMap<String, Weak<LocalStore>>>| {
-            m.lock().values().filter(|w| w.strong_count() > 0).count()
-        };
-        n(&self.local)
-            + self
-                .concurrency
-                .lock()
-                .values()
-                .filter(|w| w.strong_count() > 0)
-                .count()
-    }
+/// Number of live local and concurrency stores (tests).
+pub fn live_stores(reg: &Registry) -> usize {
+    reg.count::<LocalStore>() + reg.count::<ConcurrencyStore>()
 }
 
 /// A stable identity string (hex SHA-256 prefix) of `parts`: registry keys and Redis key
@@ -634,12 +584,12 @@ mod tests {
 
     #[test]
     fn registry_keeps_stores_while_used() {
-        let r = LimiterRegistry::default();
-        let a = r.local("x");
-        let b = r.local("x");
+        let r = Registry::default();
+        let a = local_store(&r, "x");
+        let b = local_store(&r, "x");
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &r.local("y")));
+        assert!(!Arc::ptr_eq(&a, &local_store(&r, "y")));
         drop((a, b));
-        assert_eq!(r.live(), 0, "dropped when no runtime holds it");
+        assert_eq!(live_stores(&r), 0, "dropped when no runtime holds it");
     }
 }

@@ -13,9 +13,9 @@
 //! proxy's runtimes (one per worker thread when `work_stealing` is off) never run export
 //! I/O or JSON batch assembly. Each exporter spawns its batching task there on its first span.
 //!
-//! **Reloads.** Exporters live in a process-wide registry keyed by the identity of their
-//! settings (endpoint, headers, timeouts, batching, queue size, resource attributes; hashed,
-//! so no secret is kept as a key) and held weakly, like `limits::LimiterRegistry`: a reload
+//! **Reloads.** Exporters live in the app's registry ([`crate::util::registry`]) keyed by the
+//! identity of their settings (endpoint, headers, timeouts, batching, queue size, resource
+//! attributes; hashed, so no secret is kept as a key) and held weakly: a reload
 //! that keeps the plugin's settings gets the very same exporter, queue and task back, so
 //! nothing queued is lost and no task is added. A reload that changes them gets a new
 //! exporter; the old one is dropped with the last runtime that uses it, which closes its
@@ -33,11 +33,11 @@
 //! which usually carry the collector's credentials); recovery is logged once.
 
 use super::metrics;
-use once_cell::sync::{Lazy, OnceCell};
+use crate::util::registry::Registry;
+use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -182,30 +182,17 @@ impl Exporter {
     }
 }
 
-static EXPORTERS: Lazy<Mutex<HashMap<String, Weak<Exporter>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
-
-/// The exporter for `settings`: the live one with the same settings (a reload keeps its
-/// queue and task), else a new one. Starts nothing: the task starts with the first span.
-pub fn exporter(settings: ExportSettings) -> Arc<Exporter> {
+/// The exporter for `settings`: the live one with the same settings in `registry` (a reload
+/// keeps its queue and task), else a new one. Starts nothing: the task starts with the first
+/// span.
+pub fn exporter(registry: &Registry, settings: ExportSettings) -> Arc<Exporter> {
     let id = settings.identity();
-    let mut m = EXPORTERS.lock();
-    if let Some(e) = m.get(&id).and_then(Weak::upgrade) {
-        return e;
-    }
-    m.retain(|_, w| w.strong_count() > 0);
-    let e = Arc::new(Exporter::new(settings));
-    m.insert(id, Arc::downgrade(&e));
-    e
+    registry.get_or_insert_with(&id, || Exporter::new(settings))
 }
 
 /// Live exporters (tests).
-pub fn live_exporters() -> usize {
-    EXPORTERS
-        .lock()
-        .values()
-        .filter(|w| w.strong_count() > 0)
-        .count()
+pub fn live_exporters(registry: &Registry) -> usize {
+    registry.count::<Exporter>()
 }
 
 /// The runtime every export task runs on, created on first use.
@@ -372,19 +359,33 @@ mod tests {
 
     #[test]
     fn same_settings_share_one_exporter() {
-        let a = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer a"));
-        let b = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer a"));
+        let reg = Registry::default();
+        let a = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer a"),
+        );
+        let b = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer a"),
+        );
         assert!(
             Arc::ptr_eq(&a, &b),
             "a reload with the same settings keeps the queue"
         );
-        let c = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer b"));
+        let c = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer b"),
+        );
         assert!(!Arc::ptr_eq(&a, &c), "changed credentials: a new exporter");
         let id = settings("http://127.0.0.1:4318/v1/traces", "Bearer a").identity();
         assert!(!id.contains("Bearer"), "the key never holds the secret");
         drop((a, b));
-        let again = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer a"));
+        let again = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer a"),
+        );
         assert_eq!(Arc::strong_count(&again), 1, "dropped with its last user");
+        assert_eq!(live_exporters(&reg), 2);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::config::compile::Compiler;
 use crate::ctx::RequestCtx;
 use crate::observe::Finished;
 use crate::runtime::{Consumer, Runtime, Tier};
+use crate::util::registry::Registry;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::cache::key::HashBinary;
@@ -86,8 +87,9 @@ pub mod phase {
 pub struct BuildEnv<'a> {
     pub consumers: &'a [Consumer],
     pub tiers: &'a BTreeMap<String, Tier>,
-    /// Limiter state that survives reloads (rate-limiting, concurrency-limiting).
-    pub limiters: &'a crate::limits::LimiterRegistry,
+    /// State that survives reloads (limiter counters, clients, key sets, cache stores), by
+    /// identity; owned by the app.
+    pub registry: &'a Registry,
     /// Name of the route whose plugin list is being built; `None` for the global list.
     pub route: Option<&'a str>,
 }
@@ -250,8 +252,9 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
     fn init_downstream_modules(_modules: &mut HttpModules) {}
 
     /// After a config was loaded or reloaded and became current: `instances` are this
-    /// plugin's entries in the new config's routes, with their route names.
-    fn install(_rt: &Runtime, _instances: &[(&str, &Self)]) {}
+    /// plugin's entries in the new config's routes, with their route names; `registry` is
+    /// the app's state that survives reloads.
+    fn install(_rt: &Runtime, _registry: &Registry, _instances: &[(&str, &Self)]) {}
 
     /// Registers the plugin's metric families (once, at startup).
     fn register_metrics() {}

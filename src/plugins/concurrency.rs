@@ -74,7 +74,7 @@ impl Hooks for Concurrency {
         Some(Concurrency {
             max: cfg.max,
             limit_by: cfg.limit_by,
-            store: env.limiters.concurrency(&id),
+            store: limits::concurrency_store(env.registry, &id),
         })
     }
 

@@ -424,7 +424,7 @@ mod tests {
             yaml,
             dir,
             &StateRegistry::default(),
-            &crate::limits::LimiterRegistry::default(),
+            &crate::util::registry::Registry::default(),
             1,
         )
         .map_err(|e| e.to_string())

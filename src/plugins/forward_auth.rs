@@ -34,8 +34,9 @@
 //! sharded LRU keyed by the SHA-256 of the request headers named in `cache.key` (plus the
 //! method and path when asked), so credentials are never kept as map keys. The HTTP client
 //! (one pooled `reqwest` client per plugin entry) and the cache are kept by the identity of
-//! the entry (its place and its exact config) in a process-wide registry of weak references:
-//! a reload that leaves the entry unchanged keeps both; a changed entry starts afresh.
+//! the entry (its place and its exact config) in the app's registry of weak references
+//! ([`crate::util::registry`]): a reload that leaves the entry unchanged keeps both; a
+//! changed entry starts afresh.
 //!
 //! The network part of the hook is boxed, so the plugin enum's request future stays small for
 //! every plugin, and a cache hit neither calls nor boxes anything.
@@ -61,7 +62,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -330,20 +331,6 @@ impl State {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
-}
-
-/// Plugin states by identity; weak, so a state dies with the last runtime using it.
-static STATES: Lazy<Mutex<HashMap<String, Weak<State>>>> = Lazy::new(Default::default);
-
-fn state_for(id: &str, make: impl FnOnce() -> Result<State, String>) -> Result<Arc<State>, String> {
-    let mut m = STATES.lock();
-    if let Some(s) = m.get(id).and_then(Weak::upgrade) {
-        return Ok(s);
-    }
-    m.retain(|_, w| w.strong_count() > 0);
-    let s = Arc::new(make()?);
-    m.insert(id.to_string(), Arc::downgrade(&s));
-    Ok(s)
 }
 
 /// Metric handles of a route entry, resolved once at load.
@@ -968,34 +955,38 @@ impl Hooks for ForwardAuth {
         };
         let id =
             crate::limits::identity(&["forward-auth", env.route.unwrap_or(""), &text, &ca_digest]);
-        let state = state_for(&id, || {
-            let mut b = reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(connect_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                // The auth service is reached directly: HTTP(S)_PROXY of the environment
-                // must not reroute credentials.
-                .no_proxy()
-                .tcp_nodelay(true)
-                .pool_idle_timeout(POOL_IDLE)
-                .user_agent(concat!(
-                    "gatehouse/",
-                    env!("CARGO_PKG_VERSION"),
-                    " forward-auth"
-                ));
-            for cert in ca.into_iter().flatten() {
-                b = b.add_root_certificate(cert);
-            }
-            let client = b
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-            Ok(State {
-                client,
-                cache: DecisionCache::new(cache_cfg.ttl.0, cache_cfg.max_entries),
-                last_warn_ms: AtomicU64::new(0),
-                born: Instant::now(),
-            })
-        });
+        // Kept by identity in the app's registry: weak, so a state dies with the last runtime
+        // using it.
+        let state = env
+            .registry
+            .try_get_or_insert_with(&id, || -> Result<State, String> {
+                let mut b = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .connect_timeout(connect_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    // The auth service is reached directly: HTTP(S)_PROXY of the environment
+                    // must not reroute credentials.
+                    .no_proxy()
+                    .tcp_nodelay(true)
+                    .pool_idle_timeout(POOL_IDLE)
+                    .user_agent(concat!(
+                        "gatehouse/",
+                        env!("CARGO_PKG_VERSION"),
+                        " forward-auth"
+                    ));
+                for cert in ca.into_iter().flatten() {
+                    b = b.add_root_certificate(cert);
+                }
+                let client = b
+                    .build()
+                    .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+                Ok(State {
+                    client,
+                    cache: DecisionCache::new(cache_cfg.ttl.0, cache_cfg.max_entries),
+                    last_warn_ms: AtomicU64::new(0),
+                    born: Instant::now(),
+                })
+            });
         let state = match state {
             Ok(s) => s,
             Err(e) => {
@@ -1070,10 +1061,10 @@ impl Hooks for ForwardAuth {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::limits::LimiterRegistry;
     use crate::plugins::Plugin;
     use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
+    use crate::util::registry::Registry;
     use std::path::Path;
 
     /// A config whose forward-auth `config:` lines start at line 12.
@@ -1091,14 +1082,12 @@ mod tests {
     }
 
     fn load(y: &str) -> Result<Arc<Runtime>, config::ConfigErrors> {
-        config::load_str(
-            y,
-            Path::new("."),
-            &StateRegistry::default(),
-            &LimiterRegistry::default(),
-            1,
-        )
-        .map(Arc::new)
+        load_in(&Registry::default(), y)
+    }
+
+    /// [`load`] with the state that survives reloads in `reg`.
+    fn load_in(reg: &Registry, y: &str) -> Result<Arc<Runtime>, config::ConfigErrors> {
+        config::load_str(y, Path::new("."), &StateRegistry::default(), reg, 1).map(Arc::new)
     }
 
     fn plugin(rt: &Runtime) -> &ForwardAuth {
@@ -1261,12 +1250,14 @@ mod tests {
 
     #[test]
     fn state_survives_an_identical_entry_only() {
-        let a = load(&yaml("keep-r", "url: http://keep.local/a")).expect("valid");
-        let b = load(&yaml("keep-r", "url: http://keep.local/a")).expect("valid");
+        let reg = Registry::default();
+        let a = load_in(&reg, &yaml("keep-r", "url: http://keep.local/a")).expect("valid");
+        let b = load_in(&reg, &yaml("keep-r", "url: http://keep.local/a")).expect("valid");
         assert!(Arc::ptr_eq(&plugin(&a).state, &plugin(&b).state));
-        let other_cfg = load(&yaml("keep-r", "url: http://keep.local/b")).expect("valid");
+        let other_cfg = load_in(&reg, &yaml("keep-r", "url: http://keep.local/b")).expect("valid");
         assert!(!Arc::ptr_eq(&plugin(&a).state, &plugin(&other_cfg).state));
-        let other_route = load(&yaml("keep-s", "url: http://keep.local/a")).expect("valid");
+        let other_route =
+            load_in(&reg, &yaml("keep-s", "url: http://keep.local/a")).expect("valid");
         assert!(!Arc::ptr_eq(&plugin(&a).state, &plugin(&other_route).state));
         // Once no runtime holds it, the state goes.
         let weak = Arc::downgrade(&plugin(&a).state);

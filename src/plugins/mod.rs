@@ -44,6 +44,7 @@ use crate::config::compile::Compiler;
 use crate::ctx::RequestCtx;
 use crate::observe::Finished;
 use crate::runtime::Runtime;
+use crate::util::registry::Registry;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::cache::key::HashBinary;
@@ -113,8 +114,8 @@ macro_rules! plugin_table {
         }
 
         /// After `rt` was loaded or reloaded and became current: each plugin's `install`
-        /// with its entries in `rt`'s routes.
-        pub fn install(rt: &Runtime) {
+        /// with its entries in `rt`'s routes and the app's `registry`.
+        pub fn install(rt: &Runtime, registry: &Registry) {
             #[derive(Default)]
             #[allow(non_snake_case)]
             struct Instances<'a> {
@@ -128,7 +129,7 @@ macro_rules! plugin_table {
                     }
                 }
             }
-            $( <$module::$ty as Hooks>::install(rt, &all.$variant); )*
+            $( <$module::$ty as Hooks>::install(rt, registry, &all.$variant); )*
         }
 
         impl Plugin {

@@ -370,7 +370,7 @@ impl Hooks for OpenTelemetry {
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
+        env: &BuildEnv,
     ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let p = |k: &str| format!("{path}.config.{k}");
@@ -460,16 +460,19 @@ impl Hooks for OpenTelemetry {
         }
         resource_attributes.extend(cfg.resource_attributes);
         let exporter = endpoint.map(|endpoint| {
-            otlp::exporter(ExportSettings {
-                endpoint,
-                headers,
-                connect_timeout: cfg.connect_timeout.0,
-                timeout: cfg.timeout.0,
-                batch_span_count: cfg.batch_span_count,
-                batch_flush_delay: cfg.batch_flush_delay.0,
-                queue_size: cfg.queue_size,
-                resource_attributes,
-            })
+            otlp::exporter(
+                env.registry,
+                ExportSettings {
+                    endpoint,
+                    headers,
+                    connect_timeout: cfg.connect_timeout.0,
+                    timeout: cfg.timeout.0,
+                    batch_span_count: cfg.batch_span_count,
+                    batch_flush_delay: cfg.batch_flush_delay.0,
+                    queue_size: cfg.queue_size,
+                    resource_attributes,
+                },
+            )
         });
         Some(OpenTelemetry {
             sampler: Sampler::from_ratio(cfg.sampling_ratio),

@@ -24,6 +24,7 @@ use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::plugins::{phase, BuildEnv, Hooks};
 use crate::runtime::Runtime;
+use crate::util::registry::Registry;
 use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE, VARY};
 use http::{HeaderName, Method};
 use once_cell::sync::{Lazy, OnceCell};
@@ -125,6 +126,8 @@ pub struct ProxyCache {
     /// Forwarding and override headers (`X-Forwarded-Host`, `X-Original-URL`, ...) not in
     /// `vary_headers`: a request carrying one bypasses the cache.
     unkeyed_forwarding: Vec<HeaderName>,
+    /// Where the store lives (the app's registry).
+    registry: Registry,
     store: OnceCell<&'static cache::Store>,
 }
 
@@ -165,7 +168,7 @@ impl ProxyCache {
     /// This entry's store (bound by [`install`], or on first use).
     fn store_for(&self, route: &str) -> &'static cache::Store {
         self.store
-            .get_or_init(|| cache::store(&self.store_id(route), self.memory))
+            .get_or_init(|| cache::store(&self.registry, &self.store_id(route), self.memory))
     }
 
     fn method_cached(&self, m: &Method) -> bool {
@@ -242,7 +245,7 @@ impl Hooks for ProxyCache {
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
+        env: &BuildEnv,
     ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let mut ok = true;
@@ -308,10 +311,11 @@ impl Hooks for ProxyCache {
             vary,
             max_body: usize::try_from(cfg.max_body_bytes.0).unwrap_or(usize::MAX),
             memory: usize::try_from(cfg.memory.0).unwrap_or(usize::MAX),
-            lock: (!lock_timeout.is_zero()).then(|| cache::lock(lock_timeout)),
+            lock: (!lock_timeout.is_zero()).then(|| cache::lock(env.registry, lock_timeout)),
             lock_timeout,
             cache_authorized: cfg.cache_authorized,
             unkeyed_forwarding,
+            registry: env.registry.clone(),
             store: OnceCell::new(),
         })
     }
@@ -491,14 +495,14 @@ impl Hooks for ProxyCache {
     /// Applies a newly installed config to the stores: capacities, which routes use which
     /// store (objects of routes that left a store are dropped). Called at startup and after
     /// every successful reload.
-    fn install(_rt: &Runtime, instances: &[(&str, &Self)]) {
+    fn install(_rt: &Runtime, registry: &Registry, instances: &[(&str, &Self)]) {
         let mut wanted: HashMap<StoreId, cache::Wanted> = HashMap::new();
         for (route, pc) in instances {
             let w = wanted.entry(pc.store_id(route)).or_default();
             w.capacity = pc.memory;
             w.routes.push(route.to_string());
         }
-        cache::apply(&wanted);
+        cache::apply(registry, &wanted);
         for (route, pc) in instances {
             pc.store_for(route);
         }
@@ -589,6 +593,7 @@ mod tests {
             lock_timeout: Duration::ZERO,
             cache_authorized: false,
             unkeyed_forwarding: Vec::new(),
+            registry: Registry::default(),
             store: OnceCell::new(),
         }
     }

@@ -517,7 +517,7 @@ impl Hooks for RateLimit {
                 // The identity: route (or global list) and the whole config, defaults
                 // filled in. Unchanged identity = same counters after a reload.
                 let id = limits::identity(&["rate-limiting", scope, &format!("{cfg:?}")]);
-                Some(Store::Local(env.limiters.local(&id)))
+                Some(Store::Local(limits::local_store(env.registry, &id)))
             }
             (PolicyKind::Redis, None) => {
                 c.error(&format!("{cp}.redis"), "policy: redis needs redis: { url }");
@@ -526,7 +526,10 @@ impl Hooks for RateLimit {
             }
             (PolicyKind::Redis, Some(r)) => {
                 let rp = format!("{cp}.redis");
-                match r.compile(c, &rp).map(|spec| env.limiters.redis(&spec)) {
+                match r
+                    .compile(c, &rp)
+                    .map(|spec| limits::redis_backend(env.registry, &spec))
+                {
                     Some(Ok(conn)) => {
                         // Shared by every node configured alike: route and key settings
                         // only, so nodes agree even if their Redis URLs are spelled
@@ -624,10 +627,10 @@ impl Hooks for RateLimit {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::limits::LimiterRegistry;
     use crate::plugins::Plugin;
     use crate::runtime::Runtime;
     use crate::upstream::StateRegistry;
+    use crate::util::registry::Registry;
     use std::path::Path;
 
     const CONSUMERS: &str = "tiers:\n  premium: { minute: 3 }\nconsumers:\n  - { username: gold, tier: premium }\n  - { username: plain }\n";
@@ -638,13 +641,13 @@ mod tests {
         )
     }
 
-    fn load(y: &str, limiters: &LimiterRegistry) -> Result<Arc<Runtime>, String> {
+    fn load(y: &str, limiters: &Registry) -> Result<Arc<Runtime>, String> {
         config::load_str(y, Path::new("."), &StateRegistry::default(), limiters, 1)
             .map(Arc::new)
             .map_err(|e| format!("{e:?}"))
     }
 
-    fn rt(plugin: &str, extra: &str, limiters: &LimiterRegistry) -> Arc<Runtime> {
+    fn rt(plugin: &str, extra: &str, limiters: &Registry) -> Arc<Runtime> {
         load(&yaml(plugin, extra, ""), limiters).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -688,7 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn consumer_tier_overrides_plugin_windows() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let rt = rt("{ minute: 1 }", CONSUMERS, &reg);
         // gold has tier premium (minute: 3), plain has no tier (the plugin's minute: 1).
         assert_eq!(passed(&rt, 5, Some(0), "10.0.0.1").await, 3);
@@ -718,7 +721,7 @@ mod tests {
 
     #[tokio::test]
     async fn limit_by_header_and_fallback_to_ip() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let rt = rt(
             "{ minute: 2, limit_by: header, header_name: X-Tenant }",
             "",
@@ -747,7 +750,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_bucket_burst_then_refusal() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let rt = rt(
             "{ algorithm: token_bucket, rate: 1, burst: 4, limit_by: ip }",
             "",
@@ -764,7 +767,7 @@ mod tests {
 
     #[tokio::test]
     async fn counters_survive_a_reload_with_the_same_identity() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let old = rt("{ minute: 3, limit_by: ip }", "", &reg);
         assert_eq!(passed(&old, 2, None, "10.0.0.1").await, 2);
         // Another route added in front: same route name and config, same counters.
@@ -775,12 +778,16 @@ mod tests {
         let changed = rt("{ minute: 4, limit_by: ip }", "", &reg);
         assert_eq!(passed(&changed, 5, None, "10.0.0.1").await, 4);
         drop((old, new, changed));
-        assert_eq!(reg.live(), 0, "stores go with the last runtime using them");
+        assert_eq!(
+            crate::limits::live_stores(&reg),
+            0,
+            "stores go with the last runtime using them"
+        );
     }
 
     #[test]
     fn config_errors_name_the_key() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let cases = [
             ("{}", "routes[0].plugins[0].config", "sets no limit"),
             ("{ minute: 0 }", "config.minute", "at least 1"),

@@ -1,3 +1,4 @@
 //! Small utilities every layer may use; nothing here imports a feature module.
 
 pub mod hex_id;
+pub mod registry;
