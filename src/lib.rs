@@ -6,7 +6,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
-pub mod cache;
 pub mod config;
 pub mod ctx;
 pub mod demo;

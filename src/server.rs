@@ -173,7 +173,7 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     ));
     server.add_service(background_service(
         "cache purge broadcast",
-        crate::cache::broadcast::Subscriber::new(shared.clone()),
+        crate::plugins::proxy_cache::broadcast::Subscriber::new(shared.clone()),
     ));
     server.add_service(background_service(
         "config reload signal",

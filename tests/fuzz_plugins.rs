@@ -14,10 +14,10 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bolero::check;
-use gatehouse::cache::key::{self, KeyParts};
 use gatehouse::config;
 use gatehouse::plugins::json_rewrite::JsonRules;
 use gatehouse::plugins::jwt::{Failure, Jwt};
+use gatehouse::plugins::proxy_cache::key::{self, KeyParts};
 use gatehouse::plugins::Plugin;
 use gatehouse::runtime::Runtime;
 use gatehouse::upstream::StateRegistry;

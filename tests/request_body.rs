@@ -637,7 +637,7 @@ async fn http2_clients_get_the_same_rewrite() {
 mod fuzz {
     use bolero::check;
     use gatehouse::ctx::RequestCtx;
-    use gatehouse::plugins::request_body::BodyRules;
+    use gatehouse::plugins::request_transformer::body::BodyRules;
     use gatehouse::plugins::Plugin;
     use gatehouse::runtime::Runtime;
     use serde_json::{Map, Value};

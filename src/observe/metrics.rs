@@ -4,7 +4,7 @@
 //! families of the contract (`http_requests_total`, `http_request_duration_seconds`,
 //! `upstream_request_duration_seconds`, `http_active_connections`, `config_reloads_total`,
 //! `config_info`, retries, circuit-breaker ejections, health check results), the access-log
-//! and OTLP export counters, build info, certificate expiry and the process collector;
+//! drop counter, build info, certificate expiry and the process collector;
 //! features and plugins register theirs (`rate_limit_*`, `cache_*`, `forward_auth_*`, ...)
 //! from their own modules, at startup (the app calls each one's `register_metrics`), and
 //! families read at scrape time from state their owners keep (accept counters, target
@@ -190,11 +190,6 @@ pub struct Metrics {
     pub upstream_tls_failures: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub access_log_dropped: IntCounter,
-    /// `opentelemetry` export (`otel_*`); the dropped reasons resolved once.
-    pub otel_spans_exported: IntCounter,
-    pub otel_spans_dropped_queue_full: IntCounter,
-    pub otel_spans_dropped_export_failed: IntCounter,
-    pub otel_export_failures: IntCounter,
     table: ArcSwap<RouteTable>,
     /// Serializes [`install`] (reloads are already one at a time; this covers tests).
     install_lock: Mutex<Option<(String, String)>>,
@@ -204,11 +199,6 @@ impl Metrics {
     fn new() -> Metrics {
         let r = registry();
         let request_labels = &["method", "route", "status_code", "service"];
-        let otel_dropped = r.counter_vec(
-            "otel_spans_dropped_total",
-            "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector did not take them).",
-            &["reason"],
-        );
         let config_info = {
             let v = IntGaugeVec::new(
                 Opts::new(
@@ -275,16 +265,6 @@ impl Metrics {
             access_log_dropped: r.counter(
                 "access_log_dropped_total",
                 "Access log lines dropped because the writer could not keep up.",
-            ),
-            otel_spans_exported: r.counter(
-                "otel_spans_exported_total",
-                "Spans the OTLP collector accepted (opentelemetry plugin).",
-            ),
-            otel_spans_dropped_queue_full: otel_dropped.with_label_values(&["queue_full"]),
-            otel_spans_dropped_export_failed: otel_dropped.with_label_values(&["export_failed"]),
-            otel_export_failures: r.counter(
-                "otel_export_failures_total",
-                "OTLP export calls that failed (error, timeout or non-2xx answer).",
             ),
             table: ArcSwap::from_pointee(RouteTable::default()),
             install_lock: Mutex::new(None),
@@ -759,29 +739,9 @@ pub fn circuit_ejection(upstream: &str, target: &str) {
         .inc();
 }
 
-/// `otel_spans_exported_total`: the collector took `n` spans.
-pub fn otel_spans_exported(n: u64) {
-    metrics().otel_spans_exported.inc_by(n);
-}
-
-/// `otel_spans_dropped_total{reason="queue_full"}`: one span found the export queue full.
-pub fn otel_spans_dropped_queue_full() {
-    metrics().otel_spans_dropped_queue_full.inc();
-}
-
-/// `otel_spans_dropped_total{reason="export_failed"}`: `n` spans of a failed export.
-pub fn otel_spans_dropped_export_failed(n: u64) {
-    metrics().otel_spans_dropped_export_failed.inc_by(n);
-}
-
 /// `upgrade_handover_failures_total`: a SIGQUIT/SIGUSR2 handover failed, still serving.
 pub fn upgrade_handover_failed() {
     metrics().upgrade_handover_failures.inc();
-}
-
-/// `otel_export_failures_total`: one failed export call.
-pub fn otel_export_failure() {
-    metrics().otel_export_failures.inc();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ pub mod build_info;
 pub mod certs;
 pub mod changes;
 pub mod metrics;
-pub mod otlp;
 
 use crate::ctx::RequestCtx;
 use crate::runtime::AccessLog;

@@ -27,12 +27,12 @@ pub mod key_auth;
 pub mod opentelemetry;
 pub mod proxy_cache;
 pub mod rate_limit;
-pub mod request_body;
+pub mod request_size_limiting;
 pub mod request_transformer;
 pub mod response_compression;
 pub mod response_transformer;
 pub mod security_headers;
-pub mod size_limit;
+pub(crate) mod ttl_cache;
 
 pub mod api;
 mod chain;
@@ -299,7 +299,7 @@ plugin_table! {
     "correlation-id"        => CorrelationId(correlation_id::CorrelationId),
     "cors"                  => Cors(cors::Cors),
     "ip-restriction"        => IpRestriction(ip_restriction::IpRestriction),
-    "request-size-limiting" => RequestSizeLimiting(size_limit::SizeLimit),
+    "request-size-limiting" => RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
     "key-auth"              => KeyAuth(key_auth::KeyAuth),
     "jwt"                   => Jwt(jwt::Jwt),
     "forward-auth"          => ForwardAuth(forward_auth::ForwardAuth),

@@ -1,5 +1,6 @@
 //! `proxy-cache`: Pingora's HTTP cache in front of a route, backed by the bounded LRU store
-//! of [`crate::cache`].
+//! of [`store`]; [`key`] builds the cache key, [`stores`] keeps the stores across reloads
+//! (and purges them: admin `POST /cache/purge`, [`broadcast`] to the other nodes).
 //!
 //! Pingora runs its cache phases between `request_filter` and `upstream_peer`, so every
 //! request plugin (auth, ACL, rate limits) has already passed when a cached answer is
@@ -8,7 +9,7 @@
 //! | Pingora hook             | here                         |
 //! |--------------------------|------------------------------|
 //! | `request_cache_filter`   | enable, or `BYPASS` (method, `Authorization`, upgrade, unkeyed forwarding headers) |
-//! | `cache_key_callback`     | [`crate::cache::key`], keyed also on the chain's identity headers |
+//! | `cache_key_callback`     | [`key`], keyed also on the chain's identity headers |
 //! | `cache_miss`             | `MISS`                       |
 //! | `cache_hit_filter`       | `HIT` or `EXPIRED`           |
 //! | `response_cache_filter`  | `Cache-Control`, `Set-Cookie`, `Vary: *`, `status`, `ttl` |
@@ -16,9 +17,13 @@
 //! | `should_serve_stale`     | [`should_serve_stale`]       |
 //! | `response_filter`        | `settle_cache` (the status from the cache phase), then the `response` hook adds `X-Cache-Status` |
 //!
-//! Stores outlive reloads (see [`crate::cache`]); `install` applies a new config to them.
+//! Stores outlive reloads (see [`stores`]); `install` applies a new config to them.
 
-use crate::cache::{self, key, EntryTag, StoreId};
+pub mod broadcast;
+pub mod key;
+pub mod store;
+pub mod stores;
+
 use crate::config::compile::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
@@ -44,6 +49,8 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use store::EntryTag;
+use stores::StoreId;
 
 pub const X_CACHE_STATUS: &str = "x-cache-status";
 pub const HIT: &str = "HIT";
@@ -128,7 +135,7 @@ pub struct ProxyCache {
     unkeyed_forwarding: Vec<HeaderName>,
     /// Where the store lives (the app's registry).
     registry: Registry,
-    store: OnceCell<&'static cache::Store>,
+    store: OnceCell<&'static store::Store>,
 }
 
 impl std::fmt::Debug for ProxyCache {
@@ -166,9 +173,9 @@ impl ProxyCache {
     }
 
     /// This entry's store (bound by [`install`], or on first use).
-    fn store_for(&self, route: &str) -> &'static cache::Store {
+    fn store_for(&self, route: &str) -> &'static store::Store {
         self.store
-            .get_or_init(|| cache::store(&self.registry, &self.store_id(route), self.memory))
+            .get_or_init(|| stores::store(&self.registry, &self.store_id(route), self.memory))
     }
 
     fn method_cached(&self, m: &Method) -> bool {
@@ -311,7 +318,7 @@ impl Hooks for ProxyCache {
             vary,
             max_body: usize::try_from(cfg.max_body_bytes.0).unwrap_or(usize::MAX),
             memory: usize::try_from(cfg.memory.0).unwrap_or(usize::MAX),
-            lock: (!lock_timeout.is_zero()).then(|| cache::lock(env.registry, lock_timeout)),
+            lock: (!lock_timeout.is_zero()).then(|| stores::lock(env.registry, lock_timeout)),
             lock_timeout,
             cache_authorized: cfg.cache_authorized,
             unkeyed_forwarding,
@@ -496,22 +503,22 @@ impl Hooks for ProxyCache {
     /// store (objects of routes that left a store are dropped). Called at startup and after
     /// every successful reload.
     fn install(_rt: &Runtime, registry: &Registry, instances: &[(&str, &Self)]) {
-        let mut wanted: HashMap<StoreId, cache::Wanted> = HashMap::new();
+        let mut wanted: HashMap<StoreId, stores::Wanted> = HashMap::new();
         for (route, pc) in instances {
             let w = wanted.entry(pc.store_id(route)).or_default();
             w.capacity = pc.memory;
             w.routes.push(route.to_string());
         }
-        cache::apply(registry, &wanted);
+        stores::apply(registry, &wanted);
         for (route, pc) in instances {
             pc.store_for(route);
         }
     }
 
-    /// The cache families: `cache_requests_total` here, the stores' in [`crate::cache`].
+    /// The cache families: `cache_requests_total` here, the stores' in [`stores`].
     fn register_metrics() {
         Lazy::force(&REQUESTS);
-        cache::register_metrics();
+        stores::register_metrics();
     }
 
     /// `cache_requests_total{route,status}` exists from the start for every status.

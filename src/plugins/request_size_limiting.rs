@@ -24,11 +24,11 @@ impl Default for Config {
 }
 
 #[derive(Debug)]
-pub struct SizeLimit {
+pub struct RequestSizeLimiting {
     pub limit: u64,
 }
 
-impl Hooks for SizeLimit {
+impl Hooks for RequestSizeLimiting {
     type State = ();
     const PHASES: u32 = phase::REQUEST;
 
@@ -39,7 +39,7 @@ impl Hooks for SizeLimit {
         _env: &BuildEnv,
     ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
-        Some(SizeLimit {
+        Some(RequestSizeLimiting {
             limit: cfg.allowed_payload_size.0,
         })
     }

@@ -27,14 +27,14 @@
 //! that small tree in Kong's order (`remove`, `rename`, `replace`, `add`) and the result is
 //! written back: untouched values are copied byte for byte, edited objects come out compact.
 
-use super::body_buf::Chunks;
-use super::json_rewrite;
-use super::json_scan::{unquoted, Invalid, Scanner};
-use super::request_transformer::{push_json_escaped, Template};
-use super::response_transformer::is_json;
-use super::{Outcome, Reply};
+use super::{push_json_escaped, Template};
 use crate::config::compile::{Compiler, ErrorSink};
 use crate::ctx::RequestCtx;
+use crate::plugins::body_buf::Chunks;
+use crate::plugins::json_rewrite;
+use crate::plugins::json_scan::{unquoted, Invalid, Scanner};
+use crate::plugins::response_transformer::is_json;
+use crate::plugins::{Outcome, Reply};
 use bytes::Bytes;
 use http::header;
 use pingora::http::RequestHeader;
@@ -43,7 +43,7 @@ use pingora::proxy::Session;
 use std::borrow::Cow;
 
 /// Nesting deeper than this is refused as invalid (same limit as the response rewriter).
-pub const MAX_DEPTH: usize = super::json_scan::MAX_DEPTH;
+pub const MAX_DEPTH: usize = crate::plugins::json_scan::MAX_DEPTH;
 
 /// Pingora's retry buffer (`BODY_BUF_LIMIT` in pingora-core, not exported): the most body
 /// bytes it holds to replay to the upstream.

@@ -1,6 +1,5 @@
-//! Response cache machinery behind the `proxy-cache` plugin: the bounded object store
-//! ([`store`]), the key builder ([`key`]) and the stores and locks that outlive config
-//! reloads.
+//! The stores and cache locks of the `proxy-cache` plugin that outlive config reloads, and
+//! the admin and broadcast purges that act on them.
 //!
 //! Pingora's `HttpCache::enable` takes `'static` references, so stores and cache locks are
 //! created once and pinned in the app's registry ([`Registry::pinned`]): one [`Store`] per
@@ -9,11 +8,8 @@
 //! `lock_timeout`. Both sets are bounded by the configs ever loaded; a store no route uses
 //! any more is emptied, not freed.
 
-pub mod broadcast;
-pub mod key;
-pub mod store;
-
-pub use store::{EntryTag, Stats, Store};
+use super::store::{Stats, Store};
+use super::{broadcast, key};
 
 use crate::util::registry::Registry;
 use once_cell::sync::Lazy;

@@ -100,7 +100,7 @@ fn apply(reg: &crate::util::registry::Registry, payload: &[u8]) -> Option<usize>
     if m.node == *NODE {
         return None;
     }
-    let n = super::purge(reg, &m.route, m.path.as_deref(), m.query.as_deref());
+    let n = super::stores::purge(reg, &m.route, m.path.as_deref(), m.query.as_deref());
     tracing::info!(route = %m.route, path = ?m.path, purged = n, "cache purge via broadcast");
     Some(n)
 }

@@ -24,6 +24,7 @@
 //! 3.1: no error code when no credentials were sent), `invalid_token` or `token_expired`
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
 
+use super::ttl_cache::TtlCache;
 use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::compile::Compiler;
 use crate::config::units::{ByteSize, Dur};
@@ -33,8 +34,6 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
-use lru::LruCache;
-use parking_lot::Mutex;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -45,7 +44,6 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -400,46 +398,9 @@ struct Credential {
     key: VerifyKey,
 }
 
-type Shard = Mutex<LruCache<[u8; 32], Arc<TokenInfo>>>;
-
-/// Bounded LRU of verified tokens, sharded by the first byte of the token's SHA-256.
-struct VerifyCache {
-    shards: Vec<Shard>,
-}
-
-impl VerifyCache {
-    fn new(entries: usize) -> Option<VerifyCache> {
-        let per_shard = NonZeroUsize::new(entries.div_ceil(CACHE_SHARDS))?;
-        Some(VerifyCache {
-            shards: (0..CACHE_SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
-                .collect(),
-        })
-    }
-
-    fn shard(&self, digest: &[u8; 32]) -> &Shard {
-        &self.shards[digest[0] as usize % self.shards.len()]
-    }
-
-    fn get(&self, digest: &[u8; 32], now_ms: u64) -> Option<Arc<TokenInfo>> {
-        let mut shard = self.shard(digest).lock();
-        let fresh = shard
-            .get(digest)
-            .map(|t| (t.valid_until_ms > now_ms).then(|| t.clone()))?;
-        if fresh.is_none() {
-            shard.pop(digest);
-        }
-        fresh
-    }
-
-    fn put(&self, digest: [u8; 32], info: Arc<TokenInfo>) {
-        self.shard(&digest).lock().put(digest, info);
-    }
-
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
-    }
-}
+/// Bounded LRU of verified tokens (until each token's `valid_until_ms`), sharded by the
+/// first byte of the token's SHA-256.
+type VerifyCache = TtlCache<u64, Arc<TokenInfo>>;
 
 pub struct Jwt {
     header_names: Vec<HeaderName>,
@@ -466,7 +427,7 @@ impl fmt::Debug for Jwt {
             .field("header_names", &self.header_names)
             .field("key_claim", &self.key_claim)
             .field("credentials", &self.credentials.len())
-            .field("cache", &self.cache.as_ref().map(VerifyCache::len))
+            .field("cache", &self.cache.as_ref().map(TtlCache::len))
             .field("jwks", &self.jwks)
             .finish()
     }
@@ -598,7 +559,7 @@ impl Jwt {
             }
         }
         let info = Arc::new(self.verify(token, now)?);
-        cache.put(digest, info.clone());
+        cache.put(digest, info.valid_until_ms, info.clone());
         Ok(info)
     }
 
@@ -765,7 +726,7 @@ impl Hooks for Jwt {
             roles_claim: cfg.roles_claim,
             hide_credentials: cfg.hide_credentials,
             credentials,
-            cache: VerifyCache::new(cfg.cache_entries),
+            cache: VerifyCache::new(cfg.cache_entries, CACHE_SHARDS),
             run_on_preflight: cfg.run_on_preflight,
             jwks,
         })

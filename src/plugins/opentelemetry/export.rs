@@ -2,7 +2,7 @@
 //! batching task per queue, and the HTTP POST of OTLP's JSON encoding.
 //!
 //! Pingora phase served: `logging` hands finished spans (already encoded as one JSON object
-//! each, see `plugins::opentelemetry`) to [`Exporter::submit`], which never blocks and never
+//! each, see [`super::span`]) to [`Exporter::submit`], which never blocks and never
 //! waits: `try_send` on a bounded channel, and a full queue drops the span and counts it
 //! (`otel_spans_dropped_total{reason="queue_full"}`). Everything else happens off the proxy's
 //! workers, on a runtime of its own.
@@ -32,14 +32,49 @@
 //! the endpoint's scheme, host, port and path only (never userinfo, query or `headers`,
 //! which usually carry the collector's credentials); recovery is logged once.
 
-use super::metrics;
 use crate::util::registry::Registry;
+use once_cell::sync::Lazy;
 use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// The `otel_*` families; the dropped reasons resolved once.
+struct Families {
+    exported: IntCounter,
+    dropped_queue_full: IntCounter,
+    dropped_export_failed: IntCounter,
+    export_failures: IntCounter,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    let dropped = r.counter_vec(
+        "otel_spans_dropped_total",
+        "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector did not take them).",
+        &["reason"],
+    );
+    Families {
+        exported: r.counter(
+            "otel_spans_exported_total",
+            "Spans the OTLP collector accepted (opentelemetry plugin).",
+        ),
+        dropped_queue_full: dropped.with_label_values(&["queue_full"]),
+        dropped_export_failed: dropped.with_label_values(&["export_failed"]),
+        export_failures: r.counter(
+            "otel_export_failures_total",
+            "OTLP export calls that failed (error, timeout or non-2xx answer).",
+        ),
+    }
+});
+
+/// Registers the `otel_*` families (once, at startup).
+pub(super) fn register_metrics() {
+    Lazy::force(&FAMILIES);
+}
 
 /// Version reported as the instrumentation scope's `version`.
 const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -161,7 +196,7 @@ impl Exporter {
     pub fn submit(&self, span: Vec<u8>) {
         self.started.get_or_init(|| self.start());
         if self.tx.try_send(span).is_err() {
-            metrics::otel_spans_dropped_queue_full();
+            FAMILIES.dropped_queue_full.inc();
         }
     }
 
@@ -175,11 +210,6 @@ impl Exporter {
             rt.spawn(run(rx, settings));
         }
     }
-
-    /// The endpoint as logs may show it.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
 }
 
 /// The exporter for `settings`: the live one with the same settings in `registry` (a reload
@@ -188,11 +218,6 @@ impl Exporter {
 pub fn exporter(registry: &Registry, settings: ExportSettings) -> Arc<Exporter> {
     let id = settings.identity();
     registry.get_or_insert_with(&id, || Exporter::new(settings))
-}
-
-/// Live exporters (tests).
-pub fn live_exporters(registry: &Registry) -> usize {
-    registry.count::<Exporter>()
 }
 
 /// The runtime every export task runs on, created on first use.
@@ -237,7 +262,7 @@ async fn run(mut rx: mpsc::Receiver<Vec<u8>>, settings: Arc<ExportSettings>) {
             );
             // Keep draining so the queue never looks full forever; count what is lost.
             while let Some(_span) = rx.recv().await {
-                metrics::otel_spans_dropped_export_failed(1);
+                FAMILIES.dropped_export_failed.inc();
             }
             return;
         }
@@ -268,15 +293,15 @@ async fn run(mut rx: mpsc::Receiver<Vec<u8>>, settings: Arc<ExportSettings>) {
         let n = body.1;
         match post(&client, &settings.endpoint, body.0).await {
             Ok(()) => {
-                metrics::otel_spans_exported(n);
+                FAMILIES.exported.inc_by(n);
                 if failing {
                     failing = false;
                     tracing::info!(endpoint = %display_endpoint(&settings.endpoint), "opentelemetry: collector accepts spans again");
                 }
             }
             Err(reason) => {
-                metrics::otel_export_failure();
-                metrics::otel_spans_dropped_export_failed(n);
+                FAMILIES.export_failures.inc();
+                FAMILIES.dropped_export_failed.inc_by(n);
                 if !failing {
                     failing = true;
                     tracing::warn!(endpoint = %display_endpoint(&settings.endpoint), "opentelemetry: span export failed ({reason}); spans are dropped until it recovers");
@@ -385,7 +410,7 @@ mod tests {
             settings("http://127.0.0.1:4318/v1/traces", "Bearer a"),
         );
         assert_eq!(Arc::strong_count(&again), 1, "dropped with its last user");
-        assert_eq!(live_exporters(&reg), 2);
+        assert_eq!(reg.count::<Exporter>(), 2);
     }
 
     #[test]
