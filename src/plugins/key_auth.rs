@@ -12,6 +12,7 @@
 use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::compile::Compiler;
 use crate::ctx::RequestCtx;
+use crate::util::form;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -102,46 +103,6 @@ fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
-/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte; a `%` not
-/// followed by two hex digits stays as it is).
-pub(crate) fn form_decode(s: &str) -> Cow<'_, [u8]> {
-    let b = s.as_bytes();
-    if !b.iter().any(|&c| c == b'%' || c == b'+') {
-        return Cow::Borrowed(b);
-    }
-    fn hex(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let pair = b
-                    .get(i + 1)
-                    .copied()
-                    .and_then(hex)
-                    .zip(b.get(i + 2).copied().and_then(hex));
-                if let Some((h, l)) = pair {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    Cow::Owned(out)
-}
-
 /// What the request carries.
 enum Presented<'a> {
     None,
@@ -176,11 +137,11 @@ impl KeyAuth {
         let mut found = None;
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if form_decode(k).as_ref() == param.as_bytes() {
+            if form::decode(k).as_ref() == param.as_bytes() {
                 if found.is_some() {
                     return Presented::Ambiguous;
                 }
-                found = Some(form_decode(v));
+                found = Some(form::decode(v));
             }
         }
         match found {
@@ -292,7 +253,7 @@ fn strip_query_param(req: &mut RequestHeader, param: &str) -> Result<()> {
         .split('&')
         .filter(|pair| {
             let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            form_decode(k).as_ref() != param.as_bytes()
+            form::decode(k).as_ref() != param.as_bytes()
         })
         .collect();
     if keep.len() == query.split('&').count() {
@@ -395,11 +356,5 @@ mod tests {
         let mut r = req("/a?apikey=1", &[]);
         strip_query_param(&mut r, "api_key").unwrap();
         assert_eq!(r.uri.to_string(), "/a?apikey=1");
-    }
-
-    #[test]
-    fn form_decoding() {
-        assert_eq!(form_decode("a+b%20c%zz%4").as_ref(), b"a b c%zz%4");
-        assert!(matches!(form_decode("plain"), Cow::Borrowed(_)));
     }
 }

@@ -25,6 +25,7 @@ pub(crate) mod json_scan;
 pub mod jwt;
 pub mod key_auth;
 pub mod opentelemetry;
+pub(crate) mod outbound;
 pub mod proxy_cache;
 pub mod rate_limit;
 pub mod request_size_limiting;

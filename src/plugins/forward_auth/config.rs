@@ -8,7 +8,7 @@ use super::{
 };
 use crate::config::compile::{Compiler, ErrorSink};
 use crate::config::units::Dur;
-use crate::plugins::BuildEnv;
+use crate::plugins::{outbound, BuildEnv};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
@@ -143,16 +143,6 @@ fn header_list(
         }
     }
     out
-}
-
-/// `scheme://host[:port]/path` of `url`.
-fn redacted(url: &reqwest::Url) -> String {
-    let mut s = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
-    if let Some(p) = url.port() {
-        s.push_str(&format!(":{p}"));
-    }
-    s.push_str(url.path());
-    s
 }
 
 pub(super) fn build(
@@ -375,13 +365,11 @@ pub(super) fn build(
     let state = env
         .registry
         .try_get_or_insert_with(&id, || -> Result<State, String> {
-            let mut b = reqwest::Client::builder()
+            // The auth service is reached directly (no environment proxy: see `outbound`).
+            let mut b = outbound::client()
                 .timeout(timeout)
                 .connect_timeout(connect_timeout)
                 .redirect(reqwest::redirect::Policy::none())
-                // The auth service is reached directly: HTTP(S)_PROXY of the environment
-                // must not reroute credentials.
-                .no_proxy()
                 .tcp_nodelay(true)
                 .pool_idle_timeout(POOL_IDLE)
                 .user_agent(concat!(
@@ -415,7 +403,7 @@ pub(super) fn build(
         HashMap::new()
     };
     Some(ForwardAuth {
-        target: redacted(&url),
+        target: outbound::redacted(&url),
         url,
         method,
         request_headers,

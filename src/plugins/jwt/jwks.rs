@@ -14,7 +14,7 @@
 //! HS256 token "signed" with the public key, `alg: none` or an EC algorithm on an RSA key
 //! never verify. A token without `kid` is accepted only when the set holds exactly one key.
 //!
-//! **Sharing and reloads.** Key sets live in a process-wide registry keyed by their source
+//! **Sharing and reloads.** Key sets live in the app's registry ([`crate::util::registry`]) keyed by their source
 //! (the URL, or the absolute file path) that holds weak references: every plugin instance
 //! naming the same source, in this config or the next one, shares one set and one refresher.
 //! A reload keeps the keys; when no runtime uses a source any more, the set is dropped, its
@@ -1169,8 +1169,10 @@ impl FetchError {
     }
 }
 
+/// The fetching client: straight to the key server, whatever the environment's proxy
+/// settings (see [`crate::plugins::outbound`]).
 fn http_client() -> Result<reqwest::Client, FetchError> {
-    reqwest::Client::builder()
+    crate::plugins::outbound::client()
         .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION"), " (jwks)"))
         .redirect(reqwest::redirect::Policy::limited(3))
         .pool_max_idle_per_host(1)

@@ -32,6 +32,7 @@
 //! the endpoint's scheme, host, port and path only (never userinfo, query or `headers`,
 //! which usually carry the collector's credentials); recovery is logged once.
 
+use crate::plugins::outbound::{self, redacted};
 use crate::util::registry::Registry;
 use once_cell::sync::Lazy;
 use once_cell::sync::OnceCell;
@@ -81,7 +82,7 @@ const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Settings of one exporter, compiled at load.
 #[derive(Clone)]
-pub struct ExportSettings {
+pub(crate) struct ExportSettings {
     pub endpoint: reqwest::Url,
     /// Collector headers (credentials): marked sensitive, never logged or shown.
     pub headers: reqwest::header::HeaderMap,
@@ -97,7 +98,7 @@ pub struct ExportSettings {
 impl fmt::Debug for ExportSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExportSettings")
-            .field("endpoint", &display_endpoint(&self.endpoint))
+            .field("endpoint", &redacted(&self.endpoint))
             .field("headers", &self.headers.len())
             .field("timeout", &self.timeout)
             .field("batch_span_count", &self.batch_span_count)
@@ -151,21 +152,12 @@ impl ExportSettings {
     }
 }
 
-/// `scheme://host:port/path` of the endpoint: what logs and `Debug` may show.
-pub fn display_endpoint(u: &reqwest::Url) -> String {
-    let host = u.host_str().unwrap_or("");
-    match u.port() {
-        Some(p) => format!("{}://{host}:{p}{}", u.scheme(), u.path()),
-        None => format!("{}://{host}{}", u.scheme(), u.path()),
-    }
-}
-
 /// What the batching task takes over when it starts.
 type Pending = (mpsc::Receiver<Vec<u8>>, Arc<ExportSettings>);
 
 /// One collector queue. Shared by every plugin instance (and config generation) with the
 /// same settings.
-pub struct Exporter {
+pub(crate) struct Exporter {
     tx: mpsc::Sender<Vec<u8>>,
     /// Receiver and settings until the batching task takes them on the first span.
     pending: Mutex<Option<Pending>>,
@@ -186,14 +178,14 @@ impl Exporter {
         let (tx, rx) = mpsc::channel(settings.queue_size.max(1));
         Exporter {
             tx,
-            endpoint: display_endpoint(&settings.endpoint),
+            endpoint: redacted(&settings.endpoint),
             pending: Mutex::new(Some((rx, Arc::new(settings)))),
             started: OnceCell::new(),
         }
     }
 
     /// Queues one encoded span. Never blocks: a full queue drops it (counted).
-    pub fn submit(&self, span: Vec<u8>) {
+    pub(crate) fn submit(&self, span: Vec<u8>) {
         self.started.get_or_init(|| self.start());
         if self.tx.try_send(span).is_err() {
             FAMILIES.dropped_queue_full.inc();
@@ -215,7 +207,7 @@ impl Exporter {
 /// The exporter for `settings`: the live one with the same settings in `registry` (a reload
 /// keeps its queue and task), else a new one. Starts nothing: the task starts with the first
 /// span.
-pub fn exporter(registry: &Registry, settings: ExportSettings) -> Arc<Exporter> {
+pub(crate) fn exporter(registry: &Registry, settings: ExportSettings) -> Arc<Exporter> {
     let id = settings.identity();
     registry.get_or_insert_with(&id, || Exporter::new(settings))
 }
@@ -245,18 +237,18 @@ fn export_runtime() -> Option<&'static tokio::runtime::Runtime> {
 
 /// The batching loop of one exporter; ends when every sender is gone and the queue is empty.
 async fn run(mut rx: mpsc::Receiver<Vec<u8>>, settings: Arc<ExportSettings>) {
-    let client = match reqwest::Client::builder()
+    // The collector is reached directly (no environment proxy: see `outbound`).
+    let client = match outbound::client()
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.timeout)
         .default_headers(settings.headers.clone())
-        .no_proxy()
         .pool_max_idle_per_host(2)
         .build()
     {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(
-                endpoint = %display_endpoint(&settings.endpoint),
+                endpoint = %redacted(&settings.endpoint),
                 "opentelemetry: cannot build the export client, spans are dropped: {}",
                 e.without_url()
             );
@@ -296,7 +288,7 @@ async fn run(mut rx: mpsc::Receiver<Vec<u8>>, settings: Arc<ExportSettings>) {
                 FAMILIES.exported.inc_by(n);
                 if failing {
                     failing = false;
-                    tracing::info!(endpoint = %display_endpoint(&settings.endpoint), "opentelemetry: collector accepts spans again");
+                    tracing::info!(endpoint = %redacted(&settings.endpoint), "opentelemetry: collector accepts spans again");
                 }
             }
             Err(reason) => {
@@ -304,7 +296,7 @@ async fn run(mut rx: mpsc::Receiver<Vec<u8>>, settings: Arc<ExportSettings>) {
                 FAMILIES.dropped_export_failed.inc_by(n);
                 if !failing {
                     failing = true;
-                    tracing::warn!(endpoint = %display_endpoint(&settings.endpoint), "opentelemetry: span export failed ({reason}); spans are dropped until it recovers");
+                    tracing::warn!(endpoint = %redacted(&settings.endpoint), "opentelemetry: span export failed ({reason}); spans are dropped until it recovers");
                 } else {
                     tracing::debug!("opentelemetry: span export failed again ({reason})");
                 }
@@ -424,10 +416,7 @@ mod tests {
             !d.contains("pw") && !d.contains("tok") && !d.contains("secret"),
             "{d}"
         );
-        assert_eq!(
-            display_endpoint(&s.endpoint),
-            "http://collector:4318/v1/traces"
-        );
+        assert_eq!(redacted(&s.endpoint), "http://collector:4318/v1/traces");
     }
 
     #[test]

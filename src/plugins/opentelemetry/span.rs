@@ -159,7 +159,7 @@ fn protocol_version(v: http::Version) -> Option<&'static str> {
 
 /// One span as OTLP JSON (an element of `scopeSpans[].spans`). Attributes follow the OTel
 /// HTTP server semantic conventions; `gatehouse.*` carry what is the gateway's own.
-pub fn encode_span(
+pub(crate) fn encode_span(
     session: &Session,
     ctx: &RequestCtx,
     t: &TraceCtx,

@@ -302,11 +302,6 @@ pub fn header_name(c: &mut Compiler, path: &str, name: &str) -> Option<Name> {
     })
 }
 
-/// A header value (template) from the config.
-pub fn header_val(c: &mut Compiler, path: &str, value: &str) -> Option<HeaderVal> {
-    header_val_in(c, path, value, Scope::Request)
-}
-
 /// A header value (template) whose variables are those of `scope`.
 pub fn header_val_in(c: &mut Compiler, path: &str, value: &str, scope: Scope) -> Option<HeaderVal> {
     let t = match Template::parse_in(value, scope) {
