@@ -37,6 +37,8 @@ pub(crate) mod ttl_cache;
 
 pub mod api;
 mod chain;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use api::{phase, BodyOutcome, BuildEnv, Hooks, Outcome, Reply};
 pub use chain::Chain;
