@@ -11,12 +11,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::config;
-use gatehouse::ctx::Runtime;
-use gatehouse::limits::LimiterRegistry;
 use gatehouse::plugins::jwt::{self, Jwt};
 use gatehouse::plugins::key_auth::KeyAuth;
 use gatehouse::plugins::Plugin;
+use gatehouse::ctx::Runtime;
 use gatehouse::upstream::StateRegistry;
+use gatehouse::util::registry::Registry;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use std::fmt::Write;
 use std::path::Path;
@@ -40,7 +40,7 @@ fn load(yaml: &str, dir: &Path) -> Runtime {
         yaml,
         dir,
         &StateRegistry::default(),
-        &LimiterRegistry::default(),
+        &Registry::default(),
         1,
     )
     .unwrap_or_else(|e| panic!("bench config: {e}"))

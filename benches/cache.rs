@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use gatehouse::cache::key::{primary_hash, KeyParts};
-use gatehouse::cache::{EntryTag, Store};
+use gatehouse::plugins::proxy_cache::key::{primary_hash, KeyParts};
+use gatehouse::plugins::proxy_cache::store::{EntryTag, Store};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, Storage};

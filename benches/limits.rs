@@ -10,10 +10,10 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::config;
 use gatehouse::ctx::RequestCtx;
-use gatehouse::limits::{ConcurrencyStore, LimiterRegistry, Limits, LocalStore, TokenBucket};
+use gatehouse::limits::{ConcurrencyStore, Limits, LocalStore, TokenBucket};
+use gatehouse::util::clock::now_us;
 use gatehouse::plugins::{Outcome, Plugin};
 use gatehouse::upstream::StateRegistry;
-use gatehouse::util::clock::now_us;
 use pingora::http::RequestHeader;
 use std::future::Future;
 use std::path::Path;
@@ -136,7 +136,7 @@ fn ready<F: Future>(f: F) -> F::Output {
 
 fn plugin_hook(c: &mut Criterion) {
     let yaml = "server: { listen: [\"127.0.0.1:18080\"] }\nupstreams:\n  - name: u\n    targets: [{ addr: \"127.0.0.1:9\" }]\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n    plugins:\n      - name: rate-limiting\n        config: { second: 1000000000, minute: 1000000000, limit_by: ip }\n";
-    let reg = LimiterRegistry::default();
+    let reg = gatehouse::util::registry::Registry::default();
     let rt = Arc::new(
         config::load_str(yaml, Path::new("."), &StateRegistry::default(), &reg, 1)
             .expect("bench config"),

@@ -19,9 +19,9 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::app::Shared;
 use gatehouse::config;
 use gatehouse::gateway::Gateway;
-use gatehouse::limits::LimiterRegistry;
 use gatehouse::observe::metrics;
 use gatehouse::upstream::StateRegistry;
+use gatehouse::util::registry::Registry;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use std::io::Cursor;
@@ -58,7 +58,7 @@ const CHAIN: &[u8] = b"GET /api/v1/orders/42?x=1 HTTP/1.1\r\nHost: api.example.c
 
 fn gateway() -> Gateway {
     let states = StateRegistry::default();
-    let limiters = LimiterRegistry::default();
+    let limiters = Registry::default();
     let rt = config::load_str(YAML, Path::new("."), &states, &limiters, 1).expect("bench config");
     let shared: Arc<Shared> =
         Shared::from_runtime(rt, states, limiters, PathBuf::from("/nonexistent.yaml"));
@@ -138,7 +138,7 @@ fn bench(c: &mut Criterion) {
 
     let shared_rt = {
         let states = StateRegistry::default();
-        let limiters = LimiterRegistry::default();
+        let limiters = Registry::default();
         Arc::new(
             config::load_str(YAML, Path::new("."), &states, &limiters, 1).expect("bench config"),
         )

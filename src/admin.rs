@@ -4,7 +4,7 @@
 //! `GET /health`, `GET /status` (config version/hash, routes, targets with health; no
 //! secrets), `GET /metrics` (Prometheus text, see [`crate::observe::metrics`]), `POST /reload`
 //! (guarded by `admin.token` when set; answers the new version and a summary of what
-//! changed), `POST /cache/purge` (same guard; see [`crate::cache::purge_endpoint`]).
+//! changed), `POST /cache/purge` (same guard; see [`crate::plugins::proxy_cache::stores::purge_endpoint`]).
 //!
 //! Browsers are kept out ([`AdminApp::browser_refusal`]): every endpoint but `/health`
 //! answers only `Host` names that cannot be an attacker's DNS name (loopback names, IP
@@ -157,7 +157,7 @@ impl AdminApp {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
-            "cache": crate::cache::status(),
+            "cache": crate::plugins::proxy_cache::stores::status(&self.shared.registry),
             // Names and validity of the served certificates (never key material).
             "certificates": self.shared.certs.status(),
             "acme": self.shared.acme.status(rt.server.tls.as_ref().and_then(|t| t.acme.as_ref())),
@@ -197,11 +197,10 @@ impl ServeHttp for AdminApp {
                         serde_json::json!({"error": "unauthorized", "message": "admin token required"}),
                     );
                 }
-                let rt = self.shared.snapshot();
-                let (status, body) = crate::cache::purge_endpoint(
+                let (status, body) = crate::plugins::proxy_cache::stores::purge_endpoint(
                     s,
-                    |name| rt.routes.iter().any(|r| r.name == name),
-                    rt.cache.purge_broadcast.as_ref(),
+                    &self.shared.snapshot(),
+                    &self.shared.registry,
                 )
                 .await;
                 json(status, body)

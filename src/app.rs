@@ -8,6 +8,7 @@
 
 use crate::config::ConfigErrors;
 use crate::ctx::{Live, Runtime};
+use crate::util::registry::Registry;
 use crate::upstream::{LiveConfig, StateRegistry, Upstream};
 use parking_lot::Mutex;
 use std::path::PathBuf;
@@ -26,12 +27,29 @@ pub struct Reloaded {
     pub changes: crate::observe::changes::Changes,
 }
 
+/// Every part of the gateway registers its metric families with the one registry
+/// ([`crate::observe::metrics::registry`]), once per process, before the first config is
+/// installed: the families exist (at 0) from the first scrape.
+fn register_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        crate::flood::register_metrics();
+        crate::tls::register_metrics();
+        crate::probe::register_metrics();
+        crate::resilience::register_metrics();
+        crate::upstream::metrics::register_metrics();
+        crate::plugins::register_metrics();
+        crate::observe::metrics::registry().on_route_plugins(crate::plugins::route_series);
+    });
+}
+
 /// Process-wide gateway state: the current runtime and what survives reloads.
 pub struct Shared {
     live: Arc<Live>,
     pub states: StateRegistry,
-    /// Rate-limit and concurrency counters, kept across reloads by limit identity.
-    pub limiters: crate::limits::LimiterRegistry,
+    /// State that survives reloads by identity (limiter counters, forward-auth clients, JWKS
+    /// key sets, OTLP exporters, cache stores), handed to every config compile.
+    pub registry: Registry,
     pub config_path: PathBuf,
     /// The certificates the HTTPS listeners serve (configured and ACME-issued), chosen per
     /// handshake by SNI; a reload swaps the configured ones.
@@ -48,23 +66,24 @@ impl Shared {
     /// Loads the config file for the first time.
     pub fn load(config_path: PathBuf) -> Result<Arc<Shared>, ConfigErrors> {
         let states = StateRegistry::default();
-        let limiters = crate::limits::LimiterRegistry::default();
-        let rt = crate::config::load_file(&config_path, &states, &limiters, 1)?;
-        Ok(Self::from_runtime(rt, states, limiters, config_path))
+        let registry = Registry::default();
+        let rt = crate::config::load_file(&config_path, &states, &registry, 1)?;
+        Ok(Self::from_runtime(rt, states, registry, config_path))
     }
 
     pub fn from_runtime(
         rt: Runtime,
         states: StateRegistry,
-        limiters: crate::limits::LimiterRegistry,
+        registry: Registry,
         config_path: PathBuf,
     ) -> Arc<Shared> {
         let fingerprint = std::fs::read_to_string(&config_path)
             .map(|t| crate::observe::changes::fingerprint(&t))
             .unwrap_or_default();
         let rt = Arc::new(rt);
+        register_metrics();
         crate::observe::metrics::install(&rt);
-        crate::plugins::proxy_cache::install(&rt);
+        crate::plugins::install(&rt, &registry);
         let certs = Arc::new(crate::tls::store::CertStore::default());
         if let Some(t) = &rt.server.tls {
             certs.set_configured(&t.certificates);
@@ -76,7 +95,7 @@ impl Shared {
             versions: AtomicU64::new(rt.version),
             live: Arc::new(Live::new(rt)),
             states,
-            limiters,
+            registry,
             config_path,
             reload_lock: Mutex::new(fingerprint),
         })
@@ -126,7 +145,7 @@ impl Shared {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        let new = crate::config::load_str(&text, base, &self.states, &self.limiters, version)?;
+        let new = crate::config::load_str(&text, base, &self.states, &self.registry, version)?;
         let certs_of = |rt: &Runtime| {
             rt.server
                 .tls
@@ -166,7 +185,7 @@ impl Shared {
         );
         self.states.discovery.retain(&new.upstreams);
         crate::observe::metrics::install(&new);
-        crate::plugins::proxy_cache::install(&new);
+        crate::plugins::install(&new, &self.registry);
         Ok(Reloaded {
             version,
             hash,

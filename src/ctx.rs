@@ -1,6 +1,8 @@
 //! Per-request state: everything the phases share lives in one [`RequestCtx`].
 
+use crate::plugins::{Chain, PluginStates};
 use crate::upstream::{InflightGuard, Target, TargetSet, Upstream};
+use crate::util::hex_id::HexId;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,8 +20,6 @@ pub struct RequestCtx {
     pub rt: Arc<Runtime>,
     pub request_id: String,
     pub client_ip: Option<IpAddr>,
-    /// The client certificate verified in the TLS handshake (`server.tls.client_auth`).
-    pub client_cert: Option<Arc<crate::tls::client_auth::ClientCert>>,
     /// The TCP peer is one of `server.trusted_proxies`.
     pub peer_trusted: bool,
     /// Index into `rt.routes`.
@@ -44,14 +44,6 @@ pub struct RequestCtx {
     pub body_limit: u64,
     /// Index into `rt.consumers` once authenticated.
     pub consumer: Option<usize>,
-    /// The verified JWT (claims, roles) when `jwt` authenticated the request.
-    pub jwt: Option<std::sync::Arc<crate::plugins::jwt::TokenInfo>>,
-    /// forward-auth's allow decision (its `upstream_headers` values), set again upstream.
-    pub forward_auth: Option<std::sync::Arc<crate::plugins::forward_auth::Decision>>,
-    /// rate-limiting: the tightest window's numbers for the `X-RateLimit-*` headers.
-    pub rate_limit: Option<crate::limits::RateLimitStatus>,
-    /// concurrency-limiting: this request's in-flight slot, freed when dropped.
-    pub concurrency: Option<crate::limits::ConcurrencyGuard>,
     pub started: Instant,
     /// Start of the current upstream attempt (`upstream_peer`), for `upstream_ms`.
     pub upstream_started: Option<Instant>,
@@ -67,24 +59,18 @@ pub struct RequestCtx {
     /// The request's `Origin` header, captured in `early_request_filter` so `cors` can
     /// decorate every answer, including errors made before a route matched.
     pub origin: Option<http::HeaderValue>,
-    /// `response-transformer`: what the body filter does with this response.
-    pub resp_body: crate::plugins::response_transformer::BodyState,
-    /// proxy-cache state of this request (the status itself is `cache_status`).
-    pub cache: crate::plugins::proxy_cache::CacheState,
-    /// `opentelemetry`: this request's trace (`None` when the plugin is not on its chain).
-    pub trace: Option<crate::plugins::opentelemetry::TraceCtx>,
+    /// The client certificate verified in the TLS handshake (`server.tls.client_auth`).
+    pub client_cert: Option<Arc<crate::tls::client_auth::ClientCert>>,
+    /// The request's trace id once a plugin (opentelemetry) started or continued a trace,
+    /// for the access log.
+    pub trace_id: Option<HexId<16>>,
     /// Answered by the public health route ([`crate::probe`]): not a routed request, so not
     /// in the request metrics or the access log.
     pub probe: bool,
     /// Route deadline and pending retry back-off.
     pub resilience: crate::upstream::policy::RequestState,
-    /// `error-responses`: the body replacing this upstream answer's, if any.
-    pub error_response: crate::plugins::error_responses::Pending,
-    /// `request-transformer`: the JSON body read and rewritten in `request_filter`, sent to
-    /// every upstream attempt.
-    pub req_body: Option<crate::plugins::request_body::Prepared>,
-    /// `response-compression`: the negotiated coding, then the decision for the module.
-    pub compression: crate::plugins::response_compression::State,
+    /// Each plugin's state for this request, one field per plugin (named after its module).
+    pub plugins: PluginStates,
 }
 
 impl RequestCtx {
@@ -94,7 +80,6 @@ impl RequestCtx {
             rt,
             request_id: String::new(),
             client_ip: None,
-            client_cert: None,
             peer_trusted: false,
             route: None,
             prefix_len: 0,
@@ -106,10 +91,6 @@ impl RequestCtx {
             inflight: None,
             body_bytes: 0,
             consumer: None,
-            jwt: None,
-            forward_auth: None,
-            rate_limit: None,
-            concurrency: None,
             started: Instant::now(),
             upstream_started: None,
             upstream_status: None,
@@ -117,14 +98,11 @@ impl RequestCtx {
             cache_status: None,
             error_code: None,
             origin: None,
-            resp_body: Default::default(),
-            cache: Default::default(),
-            trace: None,
+            client_cert: None,
+            trace_id: None,
             probe: false,
             resilience: Default::default(),
-            error_response: Default::default(),
-            req_body: None,
-            compression: Default::default(),
+            plugins: Default::default(),
         }
     }
 
@@ -136,8 +114,18 @@ impl RequestCtx {
     /// The plugin chain for this request: the route's, or the global one when no route
     /// matched.
     #[inline]
-    pub fn chain(&self) -> &crate::plugins::Chain {
-        self.rt.chain(self.route)
+    pub fn chain(&self) -> &Chain {
+        self.chain_in(&self.rt)
+    }
+
+    /// [`Self::chain`] looked up in `rt` (a clone of `self.rt`): a chain the hooks can run
+    /// while they change `self`.
+    #[inline]
+    pub fn chain_in<'a>(&self, rt: &'a Runtime) -> &'a Chain {
+        match self.route.and_then(|i| rt.routes.get(i)) {
+            Some(r) => &r.plugins,
+            None => &rt.global_plugins,
+        }
     }
 
     #[inline]

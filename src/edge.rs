@@ -41,6 +41,31 @@ pub static HEADER_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 /// Requests refused because a chunk-size line carried an extension (`5;name=value`).
 pub static CHUNK_EXTENSIONS: AtomicU64 = AtomicU64::new(0);
 
+/// Registers the `downstream_*` counters above (read at scrape time; once, at startup).
+pub fn register_metrics() {
+    crate::observe::metrics::registry().on_scrape(|_, out| {
+        use crate::observe::metrics::scraped_counter;
+        scraped_counter(
+            "downstream_connections_refused_total",
+            "Connections closed at accept because server.max_connections was reached.",
+            CONNECTIONS_REFUSED.load(Ordering::Relaxed),
+            out,
+        );
+        scraped_counter(
+            "downstream_header_timeouts_total",
+            "Connections closed because a request head missed server.header_timeout.",
+            HEADER_TIMEOUTS.load(Ordering::Relaxed),
+            out,
+        );
+        scraped_counter(
+            "downstream_chunk_extensions_refused_total",
+            "Requests refused (400, connection closed) because a chunk-size line carried an extension.",
+            CHUNK_EXTENSIONS.load(Ordering::Relaxed),
+            out,
+        );
+    });
+}
+
 pub struct EdgeGuard<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,

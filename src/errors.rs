@@ -3,11 +3,49 @@
 //! constructor per code. Upstream addresses and upstream error text never appear here.
 
 use crate::ctx::RequestCtx;
-use crate::plugins::Reply;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use std::borrow::Cow;
+
+/// An answer the gateway gives itself instead of proxying.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// Contract error code; `None` for a non-error answer without body (CORS preflight).
+    pub code: Option<&'static str>,
+    pub message: Cow<'static, str>,
+    /// Extra headers (`WWW-Authenticate`, `Retry-After`, CORS preflight headers...).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    /// The contract's JSON error with its default message for `status`.
+    pub fn error(status: u16) -> Reply {
+        let (code, message) = code_for(status);
+        Reply::error_with(status, code, message)
+    }
+
+    pub fn error_with(
+        status: u16,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Reply {
+        Reply {
+            status,
+            code: Some(code),
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
 
 /// The contract's code and default message for a status the gateway answers itself.
 pub fn code_for(status: u16) -> (&'static str, &'static str) {
@@ -59,10 +97,10 @@ pub async fn respond(
 ) -> Result<()> {
     // The access log names the contract code of the refusal (`missing_api_key`, ...).
     ctx.error_code = reply.code.or(ctx.error_code);
-    // `error-responses` may have a body of its own for this status.
+    // A plugin (error-responses) may have a body of its own for this status.
     let custom = reply
         .code
-        .and_then(|code| crate::plugins::error_responses::gateway_body(ctx, reply.status, code));
+        .and_then(|code| ctx.chain().gateway_body(ctx, reply.status, code));
     let (body, content_type) = match custom {
         Some((b, ct)) => (Some(b), Some(ct)),
         None => (
@@ -109,10 +147,11 @@ pub async fn respond(
     for (n, v) in &reply.headers {
         h.append_header(n.clone(), v.clone())?;
     }
-    // A refusal made before the plugins ran still gets the request's trace.
-    crate::plugins::opentelemetry::ensure(session, ctx);
+    // The chain decorates the answer: a refusal made before the plugins ran still gets
+    // the request's trace (`before_answer`), then every response hook.
     let rt = ctx.rt.clone();
-    let chain = rt.chain(ctx.route);
+    let chain = ctx.chain_in(&rt);
+    chain.before_answer(session, ctx);
     chain.response(&mut h, ctx, true)?;
     if close {
         h.insert_header(http::header::CONNECTION, "close")?;

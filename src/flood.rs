@@ -20,6 +20,25 @@ pub static CONNECTIONS_REFUSED: AtomicU64 = AtomicU64::new(0);
 /// `server.flood.requests_per_ip_per_second`.
 pub static REQUESTS_REFUSED: AtomicU64 = AtomicU64::new(0);
 
+/// Registers the `downstream_flood_*` counters above (read at scrape time; once, at startup).
+pub fn register_metrics() {
+    crate::observe::metrics::registry().on_scrape(|_, out| {
+        use crate::observe::metrics::scraped_counter;
+        scraped_counter(
+            "downstream_flood_connections_refused_total",
+            "Connections closed at accept because their address was over server.flood.connections_per_ip_per_second.",
+            CONNECTIONS_REFUSED.load(Ordering::Relaxed),
+            out,
+        );
+        scraped_counter(
+            "downstream_flood_requests_refused_total",
+            "Requests answered 429 because their client IP was over server.flood.requests_per_ip_per_second.",
+            REQUESTS_REFUSED.load(Ordering::Relaxed),
+            out,
+        );
+    });
+}
+
 /// Sketch rows and columns: 4 x 16384 counters per window (two windows, 8 bytes each: 1 MB).
 /// Wide enough that thousands of addresses at once rarely share every row with one another.
 const HASHES: usize = 4;

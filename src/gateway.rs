@@ -3,29 +3,31 @@
 //! | Pingora hook              | module                                   |
 //! |---------------------------|------------------------------------------|
 //! | `new_ctx`                 | [`crate::ctx`] (one config snapshot load) |
+//! | `init_downstream_modules` | every plugin's modules ([`crate::plugins::init_downstream_modules`]) |
 //! | `early_request_filter`    | [`crate::request`]: id, client IP, limits |
-//! | `request_filter`          | [`crate::probe`] (health path), [`crate::acme`] (HTTP-01), [`crate::request::route`], [`crate::owned_headers`], [`crate::https_redirect`], plugins |
-//! | `request_body_filter`     | body size cap (`server.max_body_bytes`)   |
-//! | `request_body_filter` (read ahead) | request-transformer's rewritten JSON body ([`crate::plugins::request_body::replay`]) |
-//! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | [`crate::plugins::proxy_cache`] (Pingora's cache phases, run after `request_filter`) |
+//! | `request_filter`          | [`crate::probe`] (health path), [`crate::acme`] (HTTP-01), [`crate::request::route`], [`crate::owned_headers`], [`crate::https_redirect`], the chain's `request` hooks |
+//! | `request_body_filter`     | the chain's `request_body` hooks (a body a plugin read ahead and replays), then the body size cap (`server.max_body_bytes`) |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_miss`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | the chain's cache plugin (Pingora's cache phases, run after `request_filter`) |
 //! | `upstream_peer`           | [`crate::forward::peer`] -> [`crate::upstream::select`] |
-//! | `upstream_request_filter` | [`crate::forward::rewrite_request`]       |
-//! | `response_filter`         | `X-Cache-Status` ([`crate::plugins::proxy_cache::settle_status`]), plugins, then [`crate::plugins::response_compression::hand_off`] |
-//! | `init_downstream_modules` | [`crate::plugins::response_compression`]'s module (encodes bodies after every body filter) |
-//! | `response_filter` -> module body / done filters | [`crate::plugins::held_body`]: response-transformer's rewrite, error-responses' replacement (bodies held back until their end, `Done` included) |
+//! | `upstream_request_filter` | [`crate::forward::rewrite_request`], then the chain's `upstream_request` hooks |
+//! | `response_filter`         | the cache plugin's `settle_cache`, the chain's `response` hooks, then their `hand_off` to the downstream module |
 //! | `upstream_response_filter`| [`crate::websocket::check_switch`] (a 101 must complete the handshake), [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
-//! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
-//! | `logging`                 | releases the least_conn guard; [`crate::observe`]: metrics, access log |
+//! | `fail_to_proxy`           | [`crate::errors`] JSON error (the chain's `gateway_body`, `before_answer` and `response` hooks) |
+//! | `logging`                 | releases the least_conn guard; the chain's `logging` hooks; [`crate::observe`]: metrics, access log |
 //! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::observe`] upstream time |
 //! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline, retry back-off, retry budget |
+//!
+//! The plugin hooks are in [`crate::plugins::api`]; a [`Chain`] skips a phase none of its
+//! plugins serves, and the gateway only clones the snapshot handle (to run a chain while its
+//! hooks change `ctx`) when the phase has work.
 
-use crate::ctx::Live;
 use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::forward;
-use crate::plugins::{proxy_cache, Reply};
+use crate::plugins::{phase, BodyOutcome, Chain, Reply};
 use crate::request::{self, NoRoute};
+use crate::ctx::Live;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
@@ -57,7 +59,7 @@ impl ProxyHttp for Gateway {
 
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
         // In place of Pingora's default (disabled) compression module.
-        crate::plugins::response_compression::init_modules(modules);
+        crate::plugins::init_downstream_modules(modules);
     }
 
     async fn early_request_filter(
@@ -154,12 +156,15 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A body request-transformer already read (and counted) goes out as rewritten.
-        if crate::plugins::request_body::replay(body, ctx) {
-            return Ok(());
+        // A body a plugin already read (and counted) goes out as the plugin supplies it.
+        if ctx.chain().has(phase::REQUEST_BODY) {
+            let rt = ctx.rt.clone();
+            if ctx.chain_in(&rt).request_body(body, end_of_stream, ctx)? == BodyOutcome::Supplied {
+                return Ok(());
+            }
         }
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
@@ -175,31 +180,38 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    // Pingora's cache phases (between request_filter and upstream_peer): proxy-cache.
+    // Pingora's cache phases (between request_filter and upstream_peer): the chain's cache
+    // plugin. Pingora calls `request_cache_filter` for every request; the others only run
+    // once it enabled the cache.
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        proxy_cache::request_cache_filter(session, ctx);
+        if ctx.chain().has(phase::CACHE) {
+            let rt = ctx.rt.clone();
+            ctx.chain_in(&rt).request_cache_filter(session, ctx);
+        }
         Ok(())
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        proxy_cache::cache_key(session, ctx)
+        let rt = ctx.rt.clone();
+        ctx.chain_in(&rt).cache_key(session, ctx)
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
-        proxy_cache::cache_miss(session, ctx);
+        let rt = ctx.rt.clone();
+        ctx.chain_in(&rt).cache_miss(session, ctx);
     }
 
     async fn cache_hit_filter(
         &self,
         _session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        proxy_cache::hit_filter(is_fresh, ctx);
-        Ok(None)
+        let rt = ctx.rt.clone();
+        Ok(ctx.chain_in(&rt).cache_hit_filter(meta, is_fresh, ctx))
     }
 
     fn response_cache_filter(
@@ -208,7 +220,8 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        proxy_cache::response_cacheable(session, resp, ctx)
+        let rt = ctx.rt.clone();
+        Ok(ctx.chain_in(&rt).response_cache_filter(session, resp, ctx))
     }
 
     fn cache_vary_filter(
@@ -217,18 +230,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let skip = crate::plugins::response_compression::ignores_accept_encoding(ctx)
-            .then_some("accept-encoding");
-        proxy_cache::variance_except(meta, req, skip)
+        let rt = ctx.rt.clone();
+        ctx.chain_in(&rt).cache_vary_filter(meta, ctx, req)
     }
 
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        proxy_cache::should_serve_stale(error)
+        let rt = ctx.rt.clone();
+        ctx.chain_in(&rt).should_serve_stale(session, ctx, error)
     }
 
     async fn upstream_peer(
@@ -248,7 +261,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forward::rewrite_request(session, upstream_request, ctx)?;
-        ctx.chain().upstream_request(session, upstream_request, ctx)
+        ctx.chain().upstream_request(upstream_request, ctx)
     }
 
     async fn response_filter(
@@ -257,29 +270,24 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        proxy_cache::settle_status(session, ctx);
         let rt = ctx.rt.clone();
-        let chain = rt.route(ctx.route).map(|r| &r.plugins);
-        if let Some(chain) = chain {
-            chain.response(upstream_response, ctx, false)?;
-        }
-        crate::plugins::held_body::hand_off(session, upstream_response, ctx);
-        crate::plugins::response_compression::hand_off(session, ctx);
+        let chain: &Chain = ctx.chain_in(&rt);
+        chain.settle_cache(session, ctx);
+        chain.response(upstream_response, ctx, false)?;
+        chain.hand_off(session, upstream_response, ctx);
         Ok(())
     }
 
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        body: &mut Option<Bytes>,
+        _body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        // Plugins that change bodies do it in the downstream module (see `hand_off`), the
+        // only place that sees the end of a body served from the cache after a revalidation.
         crate::resilience::check_body(ctx, end_of_stream)?;
-        let rt = ctx.rt.clone();
-        if let Some(r) = rt.route(ctx.route) {
-            r.plugins.response_body(body, end_of_stream, ctx)?;
-        }
         Ok(None)
     }
 
@@ -349,10 +357,16 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.inflight = None;
-        ctx.concurrency = None;
         if ctx.probe {
             return;
         }
-        crate::observe::on_logging(session, e, ctx);
+        let done = crate::observe::finish(session, e, ctx);
+        // First the plugins (a concurrency slot is released, the span queued), then the
+        // metrics and the access-log line.
+        if ctx.chain().has(phase::LOGGING) {
+            let rt = ctx.rt.clone();
+            ctx.chain_in(&rt).logging(session, ctx, &done);
+        }
+        crate::observe::on_logging(session, ctx, &done);
     }
 }

@@ -3,12 +3,12 @@
 //! The library builds the whole gateway so the binary, the integration tests and the
 //! benchmarks share one code path. See `gateway.rs` for the map of Pingora phases to modules.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acme;
 pub mod admin;
 pub mod app;
-pub mod cache;
 pub mod config;
 pub mod ctx;
 pub mod demo;

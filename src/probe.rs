@@ -149,6 +149,11 @@ pub async fn answer(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool>
     Ok(true)
 }
 
+/// Registers [`metric_families`] (read at scrape time; once, at startup).
+pub fn register_metrics() {
+    crate::observe::metrics::registry().on_scrape(|_, out| out.extend(metric_families()));
+}
+
 /// `health_route_requests_total{status_code}`, for `GET /metrics`.
 pub fn metric_families() -> Vec<prometheus::proto::MetricFamily> {
     use prometheus::core::Collector;

@@ -272,6 +272,11 @@ pub fn check_body(ctx: &mut RequestCtx, end_of_stream: bool) -> Result<()> {
 // Metrics (read at scrape time)
 // ---------------------------------------------------------------------------------------------
 
+/// Registers [`metric_families`] (read at scrape time; once, at startup).
+pub fn register_metrics() {
+    crate::observe::metrics::registry().on_scrape(|rt, out| out.extend(metric_families(rt)));
+}
+
 /// `upstream_retries_skipped_total{service,reason}` (`budget`, `deadline`),
 /// `upstream_retry_backoffs_total{service}`, `upstream_retry_backoff_seconds_total{service}`
 /// for every upstream of `rt`, and `route_timeouts_total{route}` for every route with a
@@ -365,7 +370,7 @@ mod tests {
             yaml,
             Path::new("."),
             states,
-            &crate::limits::LimiterRegistry::default(),
+            &crate::util::registry::Registry::default(),
             1,
         )
         .map_err(|e| e.to_string())

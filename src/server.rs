@@ -92,6 +92,8 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     crate::signals::ignore_sighup_until_running();
     crate::observe::access_log::install_reopen_signal();
     crate::upgrade::ignore_sigusr2_until_running();
+    // The accept path's counters (the app registered everyone else's at load).
+    crate::edge::register_metrics();
     let conf = server_conf(&shared, opts);
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -161,7 +163,7 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     ));
     server.add_service(background_service(
         "jwks refresh",
-        crate::plugins::jwt::jwks::Refreshers,
+        crate::plugins::jwt::jwks::Refreshers::new(shared.registry.clone()),
     ));
     server.add_service(background_service(
         "access log",
@@ -181,9 +183,11 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     ));
     server.add_service(background_service("cache purge broadcast", {
         let shared = shared.clone();
-        crate::cache::broadcast::Subscriber::new(move || {
-            shared.snapshot().cache.purge_broadcast.clone()
-        })
+        let registry = shared.registry.clone();
+        crate::plugins::proxy_cache::broadcast::Subscriber::new(
+            move || shared.snapshot().cache.purge_broadcast.clone(),
+            registry,
+        )
     }));
     server.add_service(background_service(
         "config reload signal",

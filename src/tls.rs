@@ -43,6 +43,19 @@ use std::time::Duration;
 /// Handshakes that failed or timed out (exported as a metric).
 pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 
+/// Registers `downstream_tls_handshake_failures_total` (read at scrape time; once, at
+/// startup).
+pub fn register_metrics() {
+    crate::observe::metrics::registry().on_scrape(|_, out| {
+        crate::observe::metrics::scraped_counter(
+            "downstream_tls_handshake_failures_total",
+            "TLS handshakes on server.tls listeners that failed (outside the version or cipher suite policy, bad client) or timed out.",
+            HANDSHAKE_FAILURES.load(Ordering::Relaxed),
+            out,
+        );
+    });
+}
+
 /// Handshake time limit when `server.header_timeout` is 0 (Pingora's own).
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The chain and key files of the settings' certificate.
-pub fn cert_paths(s: &AcmeSettings) -> (PathBuf, PathBuf) {
+pub(super) fn cert_paths(s: &AcmeSettings) -> (PathBuf, PathBuf) {
     let dir = super::server_dir(s);
     let name = s
         .domains
@@ -31,7 +31,7 @@ fn account_path(s: &AcmeSettings) -> PathBuf {
 }
 
 /// Creates the storage directories (0700).
-pub fn prepare(s: &AcmeSettings) -> Result<(), String> {
+pub(super) fn prepare(s: &AcmeSettings) -> Result<(), String> {
     let dir = super::server_dir(s);
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -63,7 +63,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
 }
 
 /// The stored account of this ACME server, or a new one (stored before it is used).
-pub async fn account(s: &AcmeSettings) -> Result<instant_acme::Account, String> {
+pub(super) async fn account(s: &AcmeSettings) -> Result<instant_acme::Account, String> {
     use instant_acme::{Account, AccountCredentials, NewAccount};
     let builder = || {
         match &s.ca {
@@ -103,13 +103,13 @@ pub async fn account(s: &AcmeSettings) -> Result<instant_acme::Account, String> 
 }
 
 /// Removes the stored account (the ACME server no longer knows it).
-pub fn forget_account(s: &AcmeSettings) {
+pub(super) fn forget_account(s: &AcmeSettings) {
     let _ = std::fs::remove_file(account_path(s));
 }
 
 /// Stores an issued chain and its key, and loads them for serving (which checks that they
 /// fit together before anything is replaced).
-pub fn save_cert(s: &AcmeSettings, chain_pem: &str, key_pem: &str) -> Result<CertEntry, String> {
+pub(super) fn save_cert(s: &AcmeSettings, chain_pem: &str, key_pem: &str) -> Result<CertEntry, String> {
     let (cert, key) = cert_paths(s);
     let (new_cert, new_key) = (
         cert.with_extension("crt.new"),

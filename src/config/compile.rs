@@ -54,7 +54,7 @@ pub fn compile(
     pos: &Positions,
     base_dir: &Path,
     states: &StateRegistry,
-    limiters: &crate::limits::LimiterRegistry,
+    registry: &crate::util::registry::Registry,
     version: u64,
     text: &str,
 ) -> Result<Runtime, ConfigErrors> {
@@ -81,7 +81,7 @@ pub fn compile(
     let env = plugins::BuildEnv {
         consumers: &consumers,
         tiers: &tiers,
-        limiters,
+        registry,
         route: None,
     };
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
@@ -721,15 +721,7 @@ fn compile_routes(
         let timeout =
             crate::resilience::compile_route_timeout(c, &p, &r.name, r.timeout, &states.resilience);
         let owned_headers = crate::owned_headers::OwnedHeaders::new(
-            chain
-                .plugins
-                .iter()
-                .filter_map(|p| match &**p {
-                    plugins::Plugin::ForwardAuth(f) => Some(f.upstream_header_names()),
-                    _ => None,
-                })
-                .flatten()
-                .map(|h| h.as_str()),
+            chain.identity_headers().iter().map(|h| h.as_str()),
         );
         if let Some(upstream) = upstream {
             index.push((routes.len(), prefixes, matcher));
@@ -752,25 +744,17 @@ fn compile_routes(
 }
 
 /// Route entries replace global entries of the same name (`enabled: false` switches a global
-/// plugin off for that route); the result runs in the contract's order.
+/// plugin off for that route); the result runs in the table's order.
 fn merge_chain(globals: &PluginList, own: PluginList) -> Chain {
-    let mut merged: Vec<(String, Arc<plugins::Plugin>)> = globals
+    let mut merged: Vec<Arc<plugins::Plugin>> = globals
         .iter()
         .filter(|(n, enabled, _)| *enabled && !own.iter().any(|(o, ..)| o == n))
-        .filter_map(|(n, _, p)| p.clone().map(|p| (n.clone(), p)))
+        .filter_map(|(_, _, p)| p.clone())
         .collect();
     merged.extend(
         own.into_iter()
             .filter(|(_, enabled, _)| *enabled)
-            .filter_map(|(n, _, p)| p.map(|p| (n, p))),
+            .filter_map(|(_, _, p)| p),
     );
-    merged.sort_by_key(|(n, _)| {
-        plugins::ORDER
-            .iter()
-            .position(|o| o == n)
-            .unwrap_or(usize::MAX)
-    });
-    Chain {
-        plugins: merged.into_iter().map(|(_, p)| p).collect(),
-    }
+    Chain::new(merged)
 }

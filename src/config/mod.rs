@@ -17,8 +17,8 @@ pub mod units;
 pub use error::{ConfigError, ConfigErrors};
 
 use crate::ctx::Runtime;
-use crate::limits::LimiterRegistry;
 use crate::upstream::StateRegistry;
+use crate::util::registry::Registry;
 use position::Positions;
 use serde_yaml::Value;
 use std::path::Path;
@@ -28,7 +28,7 @@ use std::path::Path;
 pub fn load_file(
     path: &Path,
     states: &StateRegistry,
-    limiters: &LimiterRegistry,
+    registry: &Registry,
     version: u64,
 ) -> Result<Runtime, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -38,7 +38,7 @@ pub fn load_file(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    load_str(&text, base, states, limiters, version)
+    load_str(&text, base, states, registry, version)
 }
 
 /// Parses and compiles YAML text.
@@ -46,13 +46,13 @@ pub fn load_str(
     text: &str,
     base_dir: &Path,
     states: &StateRegistry,
-    limiters: &LimiterRegistry,
+    registry: &Registry,
     version: u64,
 ) -> Result<Runtime, ConfigErrors> {
     let positions = Positions::build(text);
     let parsed = parse_with(text, &positions, &|n| std::env::var(n).ok())?;
     compile::compile(
-        parsed, &positions, base_dir, states, limiters, version, text,
+        parsed, &positions, base_dir, states, registry, version, text,
     )
 }
 
@@ -262,7 +262,7 @@ mod tests {
             text,
             Path::new("."),
             &StateRegistry::default(),
-            &crate::limits::LimiterRegistry::default(),
+            &crate::util::registry::Registry::default(),
             1,
         )
         .unwrap_err();

@@ -21,8 +21,8 @@
 //! "virtual scheduling" form of a token bucket): one timestamp per key, `burst` capacity,
 //! refilled at `rate` per second.
 //!
-//! **Surviving reloads.** A [`LimiterRegistry`] lives in [`crate::app::Shared`] next to
-//! the upstream state registry. Plugins look their store up by *identity* (the scope — route
+//! **Surviving reloads.** Stores live in the app's [`Registry`] (see
+//! [`crate::util::registry`]). Plugins look their store up by *identity* (the scope — route
 //! name or global — plus the full plugin config) when a config is compiled; the registry
 //! holds weak references, so a store lives exactly as long as some runtime uses it and an
 //! unchanged limit keeps its counters across a reload.
@@ -31,14 +31,28 @@ pub mod concurrency;
 pub mod local;
 pub mod redis;
 
+use crate::util::registry::Registry;
 use http::HeaderValue;
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyStore};
 pub use local::LocalStore;
 pub use redis::{BackendError, RedisBackend, RedisSpec, Topology};
+
+/// Microseconds since the Unix epoch, read from the monotonic clock (wall time is sampled
+/// once, so a clock step does not move windows).
+#[inline]
+pub fn now_us() -> u64 {
+    static BASE: once_cell::sync::Lazy<(Instant, u64)> = once_cell::sync::Lazy::new(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        (Instant::now(), wall)
+    });
+    BASE.1 + BASE.0.elapsed().as_micros() as u64
+}
 
 /// Fixed window lengths, the slots of a per-key entry.
 pub const WINDOWS: [(&str, u64); 4] = [
@@ -337,88 +351,108 @@ impl KeyBuf {
     }
 }
 
-/// Limiter state that outlives config generations, keyed by identity. Holds weak
-/// references: a store is dropped once no runtime uses it any more.
-#[derive(Default)]
-pub struct LimiterRegistry {
-    local: Mutex<HashMap<String, Weak<LocalStore>>>,
-    concurrency: Mutex<HashMap<String, Weak<ConcurrencyStore>>>,
-    redis: Mutex<HashMap<String, Weak<RedisBackend>>>,
+// Limiter state that outlives config generations lives in the app's
+// [`crate::util::registry::Registry`], keyed by identity: a store is dropped once no runtime
+// uses it any more.
+
+/// The local rate-limit counters of the limit named `id`.
+pub fn local_store(reg: &Registry, id: &str) -> Arc<LocalStore> {
+    reg.get_or_insert_with(id, LocalStore::default)
 }
 
-impl std::fmt::Debug for LimiterRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimiterRegistry")
-            .field("local", &self.local.lock().len())
-            .field("concurrency", &self.concurrency.lock().len())
-            .field("redis", &self.redis.lock().len())
-            .finish()
-    }
+/// The in-flight counters of the concurrency limit named `id`.
+pub fn concurrency_store(reg: &Registry, id: &str) -> Arc<ConcurrencyStore> {
+    reg.get_or_insert_with(id, ConcurrencyStore::default)
 }
 
-fn get_or_insert<T>(
-    map: &Mutex<HashMap<String, Weak<T>>>,
-    id: &str,
-    make: impl FnOnce() -> T,
-) -> Arc<T> {
-    let mut m = map.lock();
-    if let Some(s) = m.get(id).and_then(Weak::upgrade) {
-        return s;
-    }
-    m.retain(|_, w| w.strong_count() > 0);
-    let s = Arc::new(make());
-    m.insert(id.to_string(), Arc::downgrade(&s));
-    s
+/// The shared connection for a Redis deployment (one per distinct spec in the process).
+/// Fails (with a message free of secrets) on an invalid URL or address.
+pub fn redis_backend(reg: &Registry, spec: &redis::RedisSpec) -> Result<Arc<RedisBackend>, String> {
+    reg.try_get_or_insert_with(&spec.identity(), || RedisBackend::new(spec))
 }
 
-impl LimiterRegistry {
-    /// The local rate-limit counters of the limit named `id`.
-    pub fn local(&self, id: &str) -> Arc<LocalStore> {
-        get_or_insert(&self.local, id, LocalStore::default)
-    }
+/// Number of live local and concurrency stores (tests).
+pub fn live_stores(reg: &Registry) -> usize {
+    reg.count::<LocalStore>() + reg.count::<ConcurrencyStore>()
+}
 
-    /// The in-flight counters of the concurrency limit named `id`.
-    pub fn concurrency(&self, id: &str) -> Arc<ConcurrencyStore> {
-        get_or_insert(&self.concurrency, id, ConcurrencyStore::default)
+/// A stable identity string (hex SHA-256 prefix) of `parts`: registry keys and Redis key
+/// prefixes. Never holds the parts themselves (a config may hold a Redis password).
+pub fn identity(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
     }
+    hex::encode(&h.finalize()[..12])
+}
 
-    /// The shared connection for a Redis deployment (one per distinct spec in the process).
-    /// Fails (with a message free of secrets) on an invalid URL or address.
-    pub fn redis(&self, spec: &redis::RedisSpec) -> Result<Arc<RedisBackend>, String> {
-        let id = spec.identity();
-        let mut m = self.redis.lock();
-        if let Some(s) = m.get(&id).and_then(Weak::upgrade) {
-            return Ok(s);
+// ---------------------------------------------------------------------------------------------
+// Metrics: the `rate_limit_*` families
+// ---------------------------------------------------------------------------------------------
+
+/// `rate_limit_hits_total{client_id}` for requests without a consumer.
+pub const ANONYMOUS: &str = "anonymous";
+
+struct Families {
+    hits: prometheus::IntCounterVec,
+    backend_errors: prometheus::IntCounter,
+}
+
+static FAMILIES: once_cell::sync::Lazy<Families> = once_cell::sync::Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    // Read at scrape time from the Redis backends' down-time bookkeeping.
+    r.on_scrape(|_, out| {
+        use prometheus::core::Collector;
+        if let Ok(c) = prometheus::Counter::new(
+            "rate_limit_backend_fallback_seconds_total",
+            "Time during which a rate-limit Redis backend gave no answers (from a failed call to the next answered one): requests took the fault_tolerant decision.",
+        ) {
+            c.inc_by(redis::fallback_seconds());
+            out.extend(c.collect());
         }
-        m.retain(|_, w| w.strong_count() > 0);
-        let s = Arc::new(RedisBackend::new(spec)?);
-        m.insert(id, Arc::downgrade(&s));
-        Ok(s)
+    });
+    Families {
+        hits: r.counter_vec(
+            "rate_limit_hits_total",
+            "Requests refused by rate-limiting, by consumer (or anonymous) and route.",
+            &["client_id", "route"],
+        ),
+        backend_errors: r.counter(
+            "rate_limit_backend_errors_total",
+            "Rate-limit backend (Redis) failures.",
+        ),
     }
+});
 
-    /// Number of live stores (tests).
-    pub fn live(&self) -> usize {
-        let n = |m: &Mutex<HashMap<String, Weak<LocalStore>>>| {
-            m.lock().values().filter(|w| w.strong_count() > 0).count()
-        };
-        n(&self.local)
-            + self
-                .concurrency
-                .lock()
-                .values()
-                .filter(|w| w.strong_count() > 0)
-                .count()
+/// Registers the `rate_limit_*` families (once, at startup; later calls do nothing).
+pub fn register_metrics() {
+    once_cell::sync::Lazy::force(&FAMILIES);
+}
+
+/// Creates (at 0) or removes the anonymous `rate_limit_hits_total` series of `route`.
+pub fn hits_series(route: &str, create: bool) {
+    if create {
+        FAMILIES.hits.with_label_values(&[ANONYMOUS, route]);
+    } else {
+        let _ = FAMILIES.hits.remove_label_values(&[ANONYMOUS, route]);
     }
 }
 
-/// `rate_limit_hits_total{client_id,route}`: one request refused by rate-limiting.
+/// `rate_limit_hits_total{client_id,route}`: one request refused by rate-limiting
+/// (`client_id`: the consumer's name, or [`ANONYMOUS`]; consumer names come from the config,
+/// so the label stays bounded).
 pub fn record_hit(route: &str, consumer: Option<&str>) {
-    crate::observe::metrics::rate_limit_hit(route, consumer);
+    FAMILIES
+        .hits
+        .with_label_values(&[consumer.unwrap_or(ANONYMOUS), route])
+        .inc();
 }
 
 /// `rate_limit_backend_errors_total`: the shared (Redis) backend failed or was too slow.
 pub fn record_backend_error() {
-    crate::observe::metrics::rate_limit_backend_error();
+    FAMILIES.backend_errors.inc();
 }
 
 #[cfg(test)]
@@ -550,12 +584,12 @@ mod tests {
 
     #[test]
     fn registry_keeps_stores_while_used() {
-        let r = LimiterRegistry::default();
-        let a = r.local("x");
-        let b = r.local("x");
+        let r = Registry::default();
+        let a = local_store(&r, "x");
+        let b = local_store(&r, "x");
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &r.local("y")));
+        assert!(!Arc::ptr_eq(&a, &local_store(&r, "y")));
         drop((a, b));
-        assert_eq!(r.live(), 0, "dropped when no runtime holds it");
+        assert_eq!(live_stores(&r), 0, "dropped when no runtime holds it");
     }
 }

@@ -86,7 +86,7 @@ pub fn register_secret_param(name: &str) {
 /// Whether a query parameter's value must not be logged. Deliberately broad: a redacted
 /// harmless value costs little, a logged credential is an incident.
 pub fn is_secret_param(raw_name: &str) -> bool {
-    let name = percent_decode(raw_name)
+    let name = String::from_utf8_lossy(&crate::util::form::decode(raw_name))
         .to_ascii_lowercase()
         .replace('-', "_");
     const CONTAINS: &[&str] = &[
@@ -103,41 +103,6 @@ pub fn is_secret_param(raw_name: &str) -> bool {
     CONTAINS.iter().any(|w| name.contains(w))
         || EXACT.contains(&name.as_str())
         || EXTRA_SECRET_PARAMS.load().contains(&name)
-}
-
-fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') && !s.contains('+') {
-        return Cow::Borrowed(s);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `path?query` with the values of secret parameters replaced by [`REDACTED`].
@@ -212,7 +177,7 @@ struct Line<'a> {
     error: Option<&'a str>,
     /// `opentelemetry`: the request's trace id; absent when the plugin is off.
     #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<crate::plugins::opentelemetry::HexId<16>>,
+    trace_id: Option<crate::util::hex_id::HexId<16>>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -255,7 +220,7 @@ pub fn format_line(
             .map(|c| c.username.as_str()),
         cache: ctx.cache_status,
         error,
-        trace_id: ctx.trace.as_ref().map(|t| t.trace_hex()),
+        trace_id: ctx.trace_id,
     };
     let mut out = Vec::with_capacity(384);
     if serde_json::to_writer(&mut out, &line).is_err() {

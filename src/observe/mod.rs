@@ -1,8 +1,8 @@
 //! Observability: Prometheus metrics ([`metrics`]), the JSON access log ([`access_log`]) and
 //! the reload change summary ([`changes`]).
 //!
-//! Pingora phases served: `logging` ([`on_logging`]: one metrics update and one access-log
-//! line per request, client aborts included), `upstream_peer` ([`upstream_attempt`]: start of
+//! Pingora phases served: `logging` ([`finish`], then [`on_logging`]: one metrics update and
+//! one access-log line per request, client aborts included), `upstream_peer` ([`upstream_attempt`]: start of
 //! an upstream attempt) and `upstream_response_filter` ([`upstream_response`]: upstream
 //! status and time to its response head). Nothing here takes a lock on the request path.
 
@@ -11,13 +11,12 @@ pub mod build_info;
 pub mod certs;
 pub mod changes;
 pub mod metrics;
-pub mod otlp;
 
 use crate::ctx::RequestCtx;
 use crate::model::AccessLog;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Status logged when the client went away before a response head was sent (NGINX's 499).
 pub const CLIENT_CLOSED: u16 = 499;
@@ -77,10 +76,32 @@ fn error_code(ctx: &RequestCtx, status: u16) -> Option<&'static str> {
     Some(crate::errors::code_for(status).0)
 }
 
-/// `logging`: counts the request in its route's series and queues its access-log line.
-pub fn on_logging(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+/// How a request ended, computed once in `logging` for the metrics, the access log and the
+/// plugins' `logging` hooks.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// The status sent (or 499 for a client that left first).
+    pub status: u16,
+    /// From the request head to now.
+    pub elapsed: Duration,
+    /// The contract code of a gateway-made error answer.
+    pub error: Option<&'static str>,
+}
+
+/// `logging`: how the request ended.
+pub fn finish(session: &Session, e: Option<&Error>, ctx: &RequestCtx) -> Finished {
     let status = final_status(session, e);
-    let elapsed = ctx.started.elapsed();
+    Finished {
+        status,
+        elapsed: ctx.started.elapsed(),
+        error: error_code(ctx, status),
+    }
+}
+
+/// `logging`: counts the request in its route's series and queues its access-log line.
+pub fn on_logging(session: &Session, ctx: &RequestCtx, done: &Finished) {
+    let status = done.status;
+    let elapsed = done.elapsed;
     let method = metrics::method_index(&session.req_header().method);
     let rm = metrics::route_metrics(&ctx.rt, ctx.route);
     rm.record(method, status, elapsed.as_secs_f64());
@@ -90,11 +111,7 @@ pub fn on_logging(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         }
     }
     if ctx.rt.server.access_log != AccessLog::Off {
-        let line = access_log::format_line(session, ctx, status, elapsed, error_code(ctx, status));
+        let line = access_log::format_line(session, ctx, status, elapsed, done.error);
         access_log::submit(line);
-    }
-    if ctx.trace.as_ref().is_some_and(|t| t.export) {
-        let error = error_code(ctx, status);
-        crate::plugins::opentelemetry::export_span(session, ctx, status, elapsed, error);
     }
 }

@@ -4,9 +4,10 @@
 //! by spaces or commas), otherwise from the consumer's `roles` (key-auth). No role matching:
 //! 403 `forbidden`; no authenticated consumer at all: 401 `unauthorized`.
 
-use super::{Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
+use pingora::proxy::Session;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -45,7 +46,39 @@ impl Acl {
         &self.allow
     }
 
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    fn allowed(&self, role: &str) -> bool {
+        self.allow.iter().any(|a| a == role)
+    }
+
+    pub fn decide(&self, ctx: &RequestCtx) -> Decision {
+        let ok = if let Some(token) = &ctx.plugins.jwt {
+            token
+                .claims
+                .get(&self.roles_claim)
+                .is_some_and(|v| super::jwt::roles_in(v).into_iter().any(|r| self.allowed(r)))
+        } else if let Some(consumer) = ctx.consumer.and_then(|i| ctx.rt.consumers.get(i)) {
+            consumer.roles.iter().any(|r| self.allowed(r))
+        } else {
+            return Decision::Unauthenticated;
+        };
+        if ok {
+            Decision::Allow
+        } else {
+            Decision::Forbidden
+        }
+    }
+}
+
+impl Hooks for Acl {
+    type State = ();
+    const PHASES: u32 = phase::REQUEST;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let Some(allow) = cfg.allow_roles else {
             c.error(
@@ -70,30 +103,7 @@ impl Acl {
             roles_claim: cfg.roles_claim,
         })
     }
-
-    fn allowed(&self, role: &str) -> bool {
-        self.allow.iter().any(|a| a == role)
-    }
-
-    pub fn decide(&self, ctx: &RequestCtx) -> Decision {
-        let ok = if let Some(token) = &ctx.jwt {
-            token
-                .claims
-                .get(&self.roles_claim)
-                .is_some_and(|v| super::jwt::roles_in(v).into_iter().any(|r| self.allowed(r)))
-        } else if let Some(consumer) = ctx.consumer.and_then(|i| ctx.rt.consumers.get(i)) {
-            consumer.roles.iter().any(|r| self.allowed(r))
-        } else {
-            return Decision::Unauthenticated;
-        };
-        if ok {
-            Decision::Allow
-        } else {
-            Decision::Forbidden
-        }
-    }
-
-    pub fn request(&self, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         let reply = match self.decide(ctx) {
             Decision::Allow => return Outcome::Continue,
             Decision::Forbidden => {

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 /// Body chunks as they arrive.
 #[derive(Debug, Default)]
-pub enum Chunks {
+pub(crate) enum Chunks {
     #[default]
     Empty,
     /// One chunk: kept as it is (no copy), the common case for small bodies.
@@ -16,7 +16,7 @@ pub enum Chunks {
 }
 
 impl Chunks {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Chunks::Empty => 0,
             Chunks::One(b) => b.len(),
@@ -26,7 +26,7 @@ impl Chunks {
 
     /// Appends `b`. On the second chunk a buffer of `capacity_hint` bytes (at least the two
     /// chunks) is allocated: the declared length when known, so it is not grown again.
-    pub fn push(&mut self, b: Bytes, capacity_hint: usize) {
+    pub(crate) fn push(&mut self, b: Bytes, capacity_hint: usize) {
         *self = match std::mem::take(self) {
             Chunks::Empty => Chunks::One(b),
             Chunks::One(first) => {
@@ -42,7 +42,7 @@ impl Chunks {
         }
     }
 
-    pub fn into_bytes(self) -> Bytes {
+    pub(crate) fn into_bytes(self) -> Bytes {
         match self {
             Chunks::Empty => Bytes::new(),
             Chunks::One(b) => b,

@@ -1,13 +1,15 @@
 //! `concurrency-limiting` (request_filter): at most `max` requests in flight per key (the
 //! client IP, the consumer — anonymous requests count by IP — or the route), like NGINX
 //! `limit_conn`. Over it: 429 `too_many_concurrent_requests`. The slot is an RAII guard in
-//! the request context ([`RequestCtx::concurrency`]): released when the request ends,
+//! the request context (`RequestCtx::plugins.concurrency`): released when the request ends,
 //! whether it was answered, failed or abandoned by the client.
 
-use super::{BuildEnv, Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::limits::{ConcurrencyStore, KeyBuf};
+use crate::limits::{self, ConcurrencyGuard, ConcurrencyStore, KeyBuf};
+use crate::observe::Finished;
+use pingora::proxy::Session;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -51,8 +53,12 @@ impl std::fmt::Debug for Concurrency {
     }
 }
 
-impl Concurrency {
-    pub fn build(
+impl Hooks for Concurrency {
+    /// This request's in-flight slot, freed when dropped.
+    type State = Option<ConcurrencyGuard>;
+    const PHASES: u32 = phase::REQUEST | phase::LOGGING;
+
+    fn build(
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
@@ -64,15 +70,36 @@ impl Concurrency {
             return None;
         }
         let scope = env.route.unwrap_or("plugins");
-        let id =
-            crate::util::digest::identity(&["concurrency-limiting", scope, &format!("{cfg:?}")]);
+        let id = crate::util::digest::identity(&["concurrency-limiting", scope, &format!("{cfg:?}")]);
         Some(Concurrency {
             max: cfg.max,
             limit_by: cfg.limit_by,
-            store: env.limiters.concurrency(&id),
+            store: limits::concurrency_store(env.registry, &id),
         })
     }
 
+    async fn request(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
+        let key = self.key(ctx);
+        match self.store.try_acquire(key.as_bytes(), self.max) {
+            Some(guard) => {
+                ctx.plugins.concurrency = Some(guard);
+                Outcome::Continue
+            }
+            None => Outcome::Respond(Reply::error_with(
+                429,
+                "too_many_concurrent_requests",
+                "Too many requests in flight for this client",
+            )),
+        }
+    }
+
+    /// `logging`: the slot is free as soon as the answer is out.
+    fn logging(&self, _session: &Session, ctx: &mut RequestCtx, _done: &Finished) {
+        ctx.plugins.concurrency = None;
+    }
+}
+
+impl Concurrency {
     fn key(&self, ctx: &RequestCtx) -> KeyBuf {
         match self.limit_by {
             LimitBy::Ip => KeyBuf::ip(ctx.client_ip),
@@ -84,21 +111,6 @@ impl Concurrency {
                 let name = ctx.route().map_or("", |r| r.name.as_str());
                 KeyBuf::new(b'r', &[name.as_bytes()])
             }
-        }
-    }
-
-    pub fn request(&self, ctx: &mut RequestCtx) -> Outcome {
-        let key = self.key(ctx);
-        match self.store.try_acquire(key.as_bytes(), self.max) {
-            Some(guard) => {
-                ctx.concurrency = Some(guard);
-                Outcome::Continue
-            }
-            None => Outcome::Respond(Reply::error_with(
-                429,
-                "too_many_concurrent_requests",
-                "Too many requests in flight for this client",
-            )),
         }
     }
 

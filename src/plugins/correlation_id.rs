@@ -3,7 +3,7 @@
 //! Every request has an id with or without this plugin (see `request::begin`); the plugin
 //! only decides where it travels.
 
-use super::Outcome;
+use super::{phase, BuildEnv, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use crate::request::valid_request_id;
@@ -35,8 +35,16 @@ pub struct CorrelationId {
     echo: bool,
 }
 
-impl CorrelationId {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+impl Hooks for CorrelationId {
+    type State = ();
+    const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST | phase::RESPONSE;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let Ok(header) = HeaderName::from_bytes(cfg.header_name.as_bytes()) else {
             c.error(&format!("{path}.config.header_name"), "invalid header name");
@@ -48,7 +56,7 @@ impl CorrelationId {
         })
     }
 
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         // With a custom header name the incoming id is read from that header instead.
         if self.header != crate::request::REQUEST_ID_HEADER {
             if let Some(v) = session.req_header().headers.get(&self.header) {
@@ -60,12 +68,17 @@ impl CorrelationId {
         Outcome::Continue
     }
 
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         req.insert_header(self.header.clone(), ctx.request_id.as_str())?;
         Ok(())
     }
 
-    pub fn response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
         if self.echo {
             resp.insert_header(self.header.clone(), ctx.request_id.as_str())?;
         }

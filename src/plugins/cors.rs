@@ -23,7 +23,7 @@
 //! A route restricted with `methods` must list `OPTIONS` for its preflights to reach this
 //! plugin (otherwise the preflight gets the router's 405), as in Kong (which answers 404).
 
-use super::{Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use http::header::{
@@ -116,7 +116,26 @@ fn joined(
 }
 
 impl Cors {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    #[inline]
+    fn allowed(&self, origin: &HeaderValue) -> bool {
+        self.any
+            || self
+                .origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin.as_bytes()))
+    }
+}
+
+impl Hooks for Cors {
+    type State = ();
+    const PHASES: u32 = phase::REQUEST | phase::RESPONSE | phase::RESPONSE_LAST;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let op = format!("{path}.config.origins");
         let Some(list) = cfg.origins else {
@@ -202,18 +221,8 @@ impl Cors {
             max_age: HeaderValue::from(cfg.max_age),
         })
     }
-
-    #[inline]
-    fn allowed(&self, origin: &HeaderValue) -> bool {
-        self.any
-            || self
-                .origins
-                .iter()
-                .any(|o| o.eq_ignore_ascii_case(origin.as_bytes()))
-    }
-
     /// `request_filter`: answers preflights.
-    pub fn request(&self, session: &Session, _ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Outcome {
         let req = session.req_header();
         if !is_cors_preflight(req) {
             return Outcome::Continue;
@@ -254,12 +263,11 @@ impl Cors {
         }
         Outcome::Respond(reply)
     }
-
     /// `response_filter` and gateway-made answers: the headers of an actual response.
-    pub fn response(
+    fn response(
         &self,
         resp: &mut ResponseHeader,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         gateway_made: bool,
     ) -> Result<()> {
         if !gateway_made {

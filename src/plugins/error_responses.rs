@@ -3,7 +3,7 @@
 //!
 //! Phases served:
 //! - every gateway-made error ([`crate::errors::respond`], from `request_filter`,
-//!   `fail_to_proxy`, ...): [`gateway_body`] gives the configured body and Content-Type in
+//!   `fail_to_proxy`, ...): the `gateway_body` hook gives the configured body and Content-Type in
 //!   place of the contract's JSON; the status, `Cache-Control: no-store`, extra headers
 //!   (`Retry-After`, `WWW-Authenticate`) and the chain's response headers (security-headers,
 //!   cors, correlation-id) stay as they are.
@@ -19,6 +19,8 @@
 //! so they need no escaping in JSON or HTML. Any other `$(` text stays literal (bodies may
 //! hold scripts). A body is at most [`MAX_BODY`] bytes.
 
+use super::held_body::HeldBody;
+use super::{phase, BuildEnv, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use bytes::{Bytes, BytesMut};
@@ -182,7 +184,7 @@ fn status_text(status: u16, buf: &mut [u8; 5]) -> &[u8] {
     &buf[i..]
 }
 
-/// This request's upstream-body replacement (in [`RequestCtx::error_response`]).
+/// This request's upstream-body replacement (`RequestCtx::plugins.error_responses`).
 #[derive(Debug, Default)]
 pub enum Pending {
     #[default]
@@ -191,7 +193,7 @@ pub enum Pending {
     Head,
     /// The upstream's body is dropped; this one leaves at its end.
     Replace(Bytes),
-    /// Handed to the downstream module ([`super::held_body::hand_off`]).
+    /// Handed to the downstream module (`hand_off`).
     Done,
 }
 
@@ -203,7 +205,25 @@ pub struct ErrorResponses {
 }
 
 impl ErrorResponses {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    fn find(&self, status: u16) -> Option<&Body> {
+        self.bodies
+            .binary_search_by_key(&status, |(s, _)| *s)
+            .ok()
+            .and_then(|i| self.bodies.get(i))
+            .map(|(_, b)| &**b)
+    }
+}
+
+impl Hooks for ErrorResponses {
+    type State = Pending;
+    const PHASES: u32 = phase::REQUEST | phase::RESPONSE | phase::HAND_OFF | phase::GATEWAY_BODY;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let cp = format!("{path}.config");
         if cfg.responses.is_empty() {
@@ -280,32 +300,23 @@ impl ErrorResponses {
             upstream: cfg.upstream,
         })
     }
-
-    fn find(&self, status: u16) -> Option<&Body> {
-        self.bodies
-            .binary_search_by_key(&status, |(s, _)| *s)
-            .ok()
-            .and_then(|i| self.bodies.get(i))
-            .map(|(_, b)| &**b)
-    }
-
     /// `request_filter`: a `HEAD` answer has no body to replace.
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if self.upstream && session.req_header().method == http::Method::HEAD {
-            ctx.error_response = Pending::Head;
+            ctx.plugins.error_responses = Pending::Head;
         }
+        Outcome::Continue
     }
-
     /// `response_filter` for upstream (and cached) answers with `upstream: true`. Only an
     /// answer that has a body is replaced (Content-Length above 0, or chunked): Pingora sends
     /// a body-less head as complete, with no body phase to put one in.
-    pub fn response(
+    fn response(
         &self,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
         gateway_made: bool,
     ) -> Result<()> {
-        if gateway_made || !self.upstream || !matches!(ctx.error_response, Pending::None) {
+        if gateway_made || !self.upstream || !matches!(ctx.plugins.error_responses, Pending::None) {
             return Ok(());
         }
         let status = resp.status.as_u16();
@@ -337,9 +348,37 @@ impl ErrorResponses {
         resp.insert_header(header::CONTENT_TYPE, b.content_type.clone())?;
         resp.insert_header(header::CONTENT_LENGTH, body.len())?;
         // response-transformer (earlier in the chain) must not rewrite a body that is dropped.
-        ctx.resp_body = Default::default();
-        ctx.error_response = Pending::Replace(body);
+        ctx.plugins.response_transformer = Default::default();
+        ctx.plugins.error_responses = Pending::Replace(body);
         Ok(())
+    }
+
+    /// End of `response_filter`: gives the replacement decided on to the downstream module,
+    /// which drops the upstream's body and sends this one at its end.
+    fn hand_off(&self, session: &mut Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+        match std::mem::take(&mut ctx.plugins.error_responses) {
+            Pending::Replace(b) => {
+                ctx.plugins.error_responses = Pending::Done;
+                super::held_body::hold(session, HeldBody::replace(resp, b));
+            }
+            other => ctx.plugins.error_responses = other,
+        }
+    }
+
+    /// For [`crate::errors::respond`]: the configured body and Content-Type for a
+    /// gateway-made error with `status` and contract `code`.
+    fn gateway_body(
+        &self,
+        ctx: &RequestCtx,
+        status: u16,
+        code: &str,
+    ) -> Option<(Bytes, HeaderValue)> {
+        self.find(status).map(|b| {
+            (
+                b.render(status, code, &ctx.request_id),
+                b.content_type.clone(),
+            )
+        })
     }
 }
 
@@ -373,21 +412,6 @@ fn read_body_file(c: &mut Compiler, path: &str, file: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// For [`crate::errors::respond`]: the configured body and Content-Type for a gateway-made
-/// error with `status` and contract `code`, when the request's chain has `error-responses`
-/// with that status.
-pub fn gateway_body(ctx: &RequestCtx, status: u16, code: &str) -> Option<(Bytes, HeaderValue)> {
-    ctx.chain().plugins.iter().find_map(|p| match &**p {
-        super::Plugin::ErrorResponses(e) => e.find(status).map(|b| {
-            (
-                b.render(status, code, &ctx.request_id),
-                b.content_type.clone(),
-            )
-        }),
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +424,7 @@ mod tests {
             yaml,
             dir,
             &StateRegistry::default(),
-            &crate::limits::LimiterRegistry::default(),
+            &crate::util::registry::Registry::default(),
             1,
         )
         .map_err(|e| e.to_string())

@@ -2,7 +2,8 @@
 //! replacement (`upstream: true`).
 //!
 //! Pingora phases: `response_filter` decides from the head (each plugin's `response` hook,
-//! then [`hand_off`]); the downstream module's header, body and done filters
+//! then its `hand_off`, which calls [`hold`]); the downstream module's header, body and done
+//! filters
 //! ([`crate::plugins::response_compression::CompressionModule`]) carry it out.
 //!
 //! **Why not in `response_body_filter`.** An answer served from the cache after a
@@ -19,10 +20,8 @@
 //! must still be compressed, so the one module does both, in this order: this stage first,
 //! then the encoder. (Body chunks pass the same order on every other path.)
 
-use super::error_responses::Pending;
 use super::response_compression::CompressionModule;
 use super::response_transformer::Rewrite;
-use crate::ctx::RequestCtx;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -46,24 +45,22 @@ enum Kind {
 }
 
 impl HeldBody {
-    /// What the plugins' `response` hooks decided, taken out of `ctx`. error-responses'
-    /// replacement comes first (it also cancels the rewrite of the body it drops).
-    fn take(resp: &ResponseHeader, ctx: &mut RequestCtx) -> Option<HeldBody> {
-        let kind = match std::mem::take(&mut ctx.error_response) {
-            Pending::Replace(b) => {
-                ctx.error_response = Pending::Done;
-                Kind::Replace(b)
-            }
-            other => {
-                ctx.error_response = other;
-                Kind::Rewrite(Box::new(Rewrite::take(ctx)?))
-            }
-        };
-        Some(HeldBody {
+    /// response-transformer's rewrite of the answer with head `resp`.
+    pub fn rewrite(resp: &ResponseHeader, rewrite: Box<Rewrite>) -> HeldBody {
+        HeldBody {
             status: resp.status.as_u16(),
             headed: false,
-            kind,
-        })
+            kind: Kind::Rewrite(rewrite),
+        }
+    }
+
+    /// error-responses' replacement of the body of the answer with head `resp`.
+    pub fn replace(resp: &ResponseHeader, body: Bytes) -> HeldBody {
+        HeldBody {
+            status: resp.status.as_u16(),
+            headed: false,
+            kind: Kind::Replace(body),
+        }
     }
 
     /// Module header filter: keeps the held body for the head it was decided on, when a
@@ -105,12 +102,10 @@ impl HeldBody {
     }
 }
 
-/// `response_filter`, after every plugin's response hook succeeded: hands a body that
-/// response-transformer or error-responses hold back to the session's module.
-pub fn hand_off(session: &mut Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
-    let Some(held) = HeldBody::take(resp, ctx) else {
-        return;
-    };
+/// A plugin's `hand_off` (end of `response_filter`): the session's module holds this
+/// answer's body back until its end. Only one body is held per answer: error-responses'
+/// replacement cancels response-transformer's rewrite in its `response` hook already.
+pub fn hold(session: &mut Session, held: HeldBody) {
     if let Some(m) = session
         .downstream_modules_ctx
         .get_mut::<CompressionModule>()

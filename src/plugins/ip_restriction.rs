@@ -2,10 +2,11 @@
 //! the X-Forwarded-For client behind `server.trusted_proxies`). Deny wins; with an allow list,
 //! everything else is refused. 403 `ip_forbidden`.
 
-use super::{Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use ipnet::IpNet;
+use pingora::proxy::Session;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -36,18 +37,6 @@ fn parse_list(c: &mut Compiler, path: &str, list: &[String]) -> Vec<IpNet> {
 }
 
 impl IpRestriction {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
-        if cfg.allow.is_empty() && cfg.deny.is_empty() {
-            c.error(&format!("{path}.config"), "needs an allow or a deny list");
-            return None;
-        }
-        Some(IpRestriction {
-            allow: parse_list(c, &format!("{path}.config.allow"), &cfg.allow),
-            deny: parse_list(c, &format!("{path}.config.deny"), &cfg.deny),
-        })
-    }
-
     pub fn allowed(&self, ip: Option<std::net::IpAddr>) -> bool {
         let Some(ip) = ip else {
             // No IP (not a TCP peer): only an open policy lets it through.
@@ -58,8 +47,29 @@ impl IpRestriction {
         }
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
     }
+}
 
-    pub fn request(&self, ctx: &RequestCtx) -> Outcome {
+impl Hooks for IpRestriction {
+    type State = ();
+    const PHASES: u32 = phase::REQUEST;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
+        let cfg: Config = c.plugin_config(path, config)?;
+        if cfg.allow.is_empty() && cfg.deny.is_empty() {
+            c.error(&format!("{path}.config"), "needs an allow or a deny list");
+            return None;
+        }
+        Some(IpRestriction {
+            allow: parse_list(c, &format!("{path}.config.allow"), &cfg.allow),
+            deny: parse_list(c, &format!("{path}.config.deny"), &cfg.deny),
+        })
+    }
+    async fn request(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if self.allowed(ctx.client_ip) {
             Outcome::Continue
         } else {

@@ -26,19 +26,19 @@ impl fmt::Display for Invalid {
 }
 
 /// A position in a JSON text.
-pub struct Scanner<'a> {
+pub(crate) struct Scanner<'a> {
     s: &'a [u8],
     /// Index of the next byte to read.
     pub i: usize,
 }
 
 impl<'a> Scanner<'a> {
-    pub fn new(s: &'a [u8]) -> Scanner<'a> {
+    pub(crate) fn new(s: &'a [u8]) -> Scanner<'a> {
         Scanner { s, i: 0 }
     }
 
     /// A scanner over `s`, which must be UTF-8 (checked once here for the whole text).
-    pub fn utf8(s: &'a [u8]) -> Result<Scanner<'a>, Invalid> {
+    pub(crate) fn utf8(s: &'a [u8]) -> Result<Scanner<'a>, Invalid> {
         match std::str::from_utf8(s) {
             Ok(_) => Ok(Scanner::new(s)),
             Err(_) => Err(Invalid),
@@ -46,7 +46,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Whether `s` is exactly one JSON value, with optional whitespace around it.
-    pub fn validate(s: &[u8]) -> Result<(), Invalid> {
+    pub(crate) fn validate(s: &[u8]) -> Result<(), Invalid> {
         let mut sc = Scanner::new(s);
         sc.ws();
         sc.skip(0)?;
@@ -54,25 +54,25 @@ impl<'a> Scanner<'a> {
     }
 
     #[inline]
-    pub fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
 
     /// Input bytes `a..b` (spans this scanner reported).
     #[inline]
-    pub fn span(&self, a: usize, b: usize) -> Result<&'a [u8], Invalid> {
+    pub(crate) fn span(&self, a: usize, b: usize) -> Result<&'a [u8], Invalid> {
         self.s.get(a..b).ok_or(Invalid)
     }
 
     #[inline]
-    pub fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.i += 1;
         }
     }
 
     #[inline]
-    pub fn expect(&mut self, b: u8) -> Result<(), Invalid> {
+    pub(crate) fn expect(&mut self, b: u8) -> Result<(), Invalid> {
         if self.peek() == Some(b) {
             self.i += 1;
             Ok(())
@@ -82,7 +82,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// After the top-level value: only whitespace may follow.
-    pub fn finish(&mut self) -> Result<(), Invalid> {
+    pub(crate) fn finish(&mut self) -> Result<(), Invalid> {
         self.ws();
         if self.i == self.s.len() {
             Ok(())
@@ -92,7 +92,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Validates and steps over one value at nesting `depth` (of its parent).
-    pub fn skip(&mut self, depth: usize) -> Result<(), Invalid> {
+    pub(crate) fn skip(&mut self, depth: usize) -> Result<(), Invalid> {
         match self.peek().ok_or(Invalid)? {
             b'{' | b'[' => self.container(depth + 1),
             b'"' => self.string().map(|_| ()),
@@ -101,7 +101,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// [`Scanner::skip`], returning the value's text.
-    pub fn skip_span(&mut self, depth: usize) -> Result<&'a [u8], Invalid> {
+    pub(crate) fn skip_span(&mut self, depth: usize) -> Result<&'a [u8], Invalid> {
         let a = self.i;
         self.skip(depth)?;
         self.span(a, self.i)
@@ -130,7 +130,7 @@ impl<'a> Scanner<'a> {
     /// `depth`; `close` is its closing byte. `Ok(true)` when it is empty (and was stepped
     /// over whole).
     #[inline]
-    pub fn open(&mut self, depth: usize, close: u8) -> Result<bool, Invalid> {
+    pub(crate) fn open(&mut self, depth: usize, close: u8) -> Result<bool, Invalid> {
         if depth > MAX_DEPTH {
             return Err(Invalid);
         }
@@ -146,7 +146,7 @@ impl<'a> Scanner<'a> {
     /// After a member or element: `Ok(true)` past a `,` (another one follows), `Ok(false)`
     /// past `close` (the end of the object or array).
     #[inline]
-    pub fn next(&mut self, close: u8) -> Result<bool, Invalid> {
+    pub(crate) fn next(&mut self, close: u8) -> Result<bool, Invalid> {
         self.ws();
         match self.peek() {
             Some(b',') => {
@@ -164,7 +164,7 @@ impl<'a> Scanner<'a> {
     /// A member's name and its `:` (whitespace around them skipped): the name's span, quotes
     /// included, and whether it has escapes. Leaves `self.i` on the value.
     #[inline]
-    pub fn member_name(&mut self) -> Result<(usize, usize, bool), Invalid> {
+    pub(crate) fn member_name(&mut self) -> Result<(usize, usize, bool), Invalid> {
         self.ws();
         if self.peek() != Some(b'"') {
             return Err(Invalid);
@@ -178,7 +178,7 @@ impl<'a> Scanner<'a> {
 
     /// A string at its opening quote: (start, end) quotes included, and whether it has
     /// escapes.
-    pub fn string(&mut self) -> Result<(usize, usize, bool), Invalid> {
+    pub(crate) fn string(&mut self) -> Result<(usize, usize, bool), Invalid> {
         let a = self.i;
         self.i += 1;
         let mut escaped = false;
@@ -208,7 +208,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `true`, `false`, `null` or a number.
-    pub fn scalar(&mut self) -> Result<(), Invalid> {
+    pub(crate) fn scalar(&mut self) -> Result<(), Invalid> {
         let rest = self.s.get(self.i..).unwrap_or_default();
         for lit in [&b"true"[..], b"false", b"null"] {
             if rest.starts_with(lit) {
@@ -255,7 +255,7 @@ impl<'a> Scanner<'a> {
 
 /// The text between a string's quotes (`raw` as [`Scanner::string`] spans it).
 #[inline]
-pub fn unquoted(raw: &[u8]) -> &[u8] {
+pub(crate) fn unquoted(raw: &[u8]) -> &[u8] {
     raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default()
 }
 

@@ -9,9 +9,10 @@
 //! removed for every route in `forward::rewrite_request`); with `hide_credentials` the key
 //! header and query parameter are stripped before proxying.
 
-use super::{BuildEnv, Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
+use crate::util::form;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
+
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -99,46 +101,6 @@ fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
-/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte; a `%` not
-/// followed by two hex digits stays as it is).
-pub(crate) fn form_decode(s: &str) -> Cow<'_, [u8]> {
-    let b = s.as_bytes();
-    if !b.iter().any(|&c| c == b'%' || c == b'+') {
-        return Cow::Borrowed(b);
-    }
-    fn hex(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let pair = b
-                    .get(i + 1)
-                    .copied()
-                    .and_then(hex)
-                    .zip(b.get(i + 2).copied().and_then(hex));
-                if let Some((h, l)) = pair {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    Cow::Owned(out)
-}
-
 /// What the request carries.
 enum Presented<'a> {
     None,
@@ -148,7 +110,69 @@ enum Presented<'a> {
 }
 
 impl KeyAuth {
-    pub fn build(
+    /// The headers that may carry a key, for `explain` (which masks them).
+    pub fn key_names(&self) -> &[HeaderName] {
+        &self.key_names
+    }
+
+    /// The query parameter that may carry a key, for `explain`.
+    pub fn query_param(&self) -> Option<&str> {
+        self.query_param.as_deref()
+    }
+
+    /// The consumer owning `key`, if any. Constant time in the key's content.
+    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
+        let stored = self.keys.get(&digest(key))?;
+        bool::from(stored.key.as_ref().ct_eq(key)).then_some(stored.consumer)
+    }
+
+    fn presented<'a>(&self, req: &'a RequestHeader) -> Presented<'a> {
+        for name in &self.key_names {
+            let mut values = req.headers.get_all(name).iter();
+            if let Some(v) = values.next() {
+                if values.next().is_some() {
+                    return Presented::Ambiguous;
+                }
+                if v.is_empty() {
+                    return Presented::None;
+                }
+                return Presented::Key(Cow::Borrowed(v.as_bytes()));
+            }
+        }
+        let (Some(param), Some(query)) = (&self.query_param, req.uri.query()) else {
+            return Presented::None;
+        };
+        let mut found = None;
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if form::decode(k).as_ref() == param.as_bytes() {
+                if found.is_some() {
+                    return Presented::Ambiguous;
+                }
+                found = Some(form::decode(v));
+            }
+        }
+        match found {
+            Some(v) if !v.is_empty() => Presented::Key(v),
+            _ => Presented::None,
+        }
+    }
+
+    /// Authenticates the request head: the consumer index or why not.
+    pub fn check(&self, req: &RequestHeader) -> Result<usize, KeyFailure> {
+        match self.presented(req) {
+            Presented::None => Err(KeyFailure::Missing),
+            Presented::Ambiguous => Err(KeyFailure::Invalid),
+            Presented::Key(k) => self.lookup(&k).ok_or(KeyFailure::Invalid),
+        }
+    }
+}
+
+impl Hooks for KeyAuth {
+    type State = ();
+    const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
+
+    fn build(
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
@@ -198,65 +222,7 @@ impl KeyAuth {
             run_on_preflight: cfg.run_on_preflight,
         })
     }
-
-    /// The consumer owning `key`, if any. Constant time in the key's content.
-    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
-        let stored = self.keys.get(&digest(key))?;
-        bool::from(stored.key.as_ref().ct_eq(key)).then_some(stored.consumer)
-    }
-
-    fn presented<'a>(&self, req: &'a RequestHeader) -> Presented<'a> {
-        for name in &self.key_names {
-            let mut values = req.headers.get_all(name).iter();
-            if let Some(v) = values.next() {
-                if values.next().is_some() {
-                    return Presented::Ambiguous;
-                }
-                if v.is_empty() {
-                    return Presented::None;
-                }
-                return Presented::Key(Cow::Borrowed(v.as_bytes()));
-            }
-        }
-        let (Some(param), Some(query)) = (&self.query_param, req.uri.query()) else {
-            return Presented::None;
-        };
-        let mut found = None;
-        for pair in query.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if form_decode(k).as_ref() == param.as_bytes() {
-                if found.is_some() {
-                    return Presented::Ambiguous;
-                }
-                found = Some(form_decode(v));
-            }
-        }
-        match found {
-            Some(v) if !v.is_empty() => Presented::Key(v),
-            _ => Presented::None,
-        }
-    }
-
-    /// Authenticates the request head: the consumer index or why not.
-    /// The headers that may carry a key, for `explain` (which masks them).
-    pub fn key_names(&self) -> &[HeaderName] {
-        &self.key_names
-    }
-
-    /// The query parameter that may carry a key, for `explain`.
-    pub fn query_param(&self) -> Option<&str> {
-        self.query_param.as_deref()
-    }
-
-    pub fn check(&self, req: &RequestHeader) -> Result<usize, KeyFailure> {
-        match self.presented(req) {
-            Presented::None => Err(KeyFailure::Missing),
-            Presented::Ambiguous => Err(KeyFailure::Invalid),
-            Presented::Key(k) => self.lookup(&k).ok_or(KeyFailure::Invalid),
-        }
-    }
-
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;
         }
@@ -272,8 +238,7 @@ impl KeyAuth {
             }
         }
     }
-
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::send_consumer(req, ctx)?;
         if self.hide_credentials {
             for name in &self.key_names {
@@ -296,7 +261,7 @@ fn strip_query_param(req: &mut RequestHeader, param: &str) -> Result<()> {
         .split('&')
         .filter(|pair| {
             let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            form_decode(k).as_ref() != param.as_bytes()
+            form::decode(k).as_ref() != param.as_bytes()
         })
         .collect();
     if keep.len() == query.split('&').count() {
@@ -399,11 +364,5 @@ mod tests {
         let mut r = req("/a?apikey=1", &[]);
         strip_query_param(&mut r, "api_key").unwrap();
         assert_eq!(r.uri.to_string(), "/a?apikey=1");
-    }
-
-    #[test]
-    fn form_decoding() {
-        assert_eq!(form_decode("a+b%20c%zz%4").as_ref(), b"a b c%zz%4");
-        assert!(matches!(form_decode("plain"), Cow::Borrowed(_)));
     }
 }

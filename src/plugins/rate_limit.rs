@@ -14,7 +14,7 @@
 //! window. Redis down or slower than `redis.timeout`: `fault_tolerant: true` lets the
 //! request through (counted in `rate_limit_backend_errors_total`), `false` answers 503.
 
-use super::{BuildEnv, Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
@@ -320,7 +320,97 @@ impl RateLimit {
         )
     }
 
-    pub fn build(
+    /// The key of this request, and the consumer tier's limits when they apply.
+    fn key(&self, req: &RequestHeader, ctx: &RequestCtx) -> (KeyBuf, Option<&Limits>) {
+        match self.limit_by {
+            LimitBy::Consumer => {
+                if let Some(i) = ctx.consumer {
+                    if let Some(c) = ctx.rt.consumers.get(i) {
+                        let tier = self.tiers.get(i).and_then(|t| t.as_deref());
+                        return (KeyBuf::new(b'c', &[c.username.as_bytes()]), tier);
+                    }
+                }
+                (KeyBuf::ip(ctx.client_ip), None)
+            }
+            LimitBy::Ip => (KeyBuf::ip(ctx.client_ip), None),
+            LimitBy::Header => {
+                let v = self.header_name.as_ref().and_then(|h| req.headers.get(h));
+                match v {
+                    Some(v) => (KeyBuf::new(b'h', &[v.as_bytes()]), None),
+                    None => (KeyBuf::ip(ctx.client_ip), None),
+                }
+            }
+            LimitBy::Route => {
+                let name = ctx.route().map_or("", |r| r.name.as_str());
+                (KeyBuf::new(b'r', &[name.as_bytes()]), None)
+            }
+            LimitBy::Global => (KeyBuf::new(b'g', &[]), None),
+        }
+    }
+
+    async fn check(&self, key: &KeyBuf, tier: Option<&Limits>) -> Result<Decision, BackendError> {
+        let k = key.as_bytes();
+        match &self.store {
+            Store::Local(s) => {
+                let now = crate::util::clock::now_us();
+                Ok(match (tier, &self.algo) {
+                    (Some(l), _) | (None, Algo::Windows(l)) => s.check_windows(k, l, now),
+                    (None, Algo::Token(tb)) => s.check_token(k, tb, now),
+                })
+            }
+            Store::Redis { conn, prefix } => match (tier, &self.algo) {
+                (Some(l), _) | (None, Algo::Windows(l)) => conn.check_windows(prefix, k, l).await,
+                (None, Algo::Token(tb)) => conn.check_token(prefix, k, tb).await,
+            },
+        }
+    }
+
+    /// [`Self::request`] on the request head alone.
+    pub async fn check_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Outcome {
+        let (key, tier) = self.key(req, ctx);
+        match self.check(&key, tier).await {
+            Ok(d) => {
+                let retry_s = d.retry_after_ms.div_ceil(1000).max(1);
+                if !self.hide_client_headers {
+                    ctx.plugins.rate_limit = Some(d.status);
+                }
+                if d.allowed {
+                    return Outcome::Continue;
+                }
+                let route = ctx.route().map_or("", |r| r.name.as_str());
+                let consumer = ctx
+                    .consumer
+                    .and_then(|i| ctx.rt.consumers.get(i))
+                    .map(|c| c.username.as_str());
+                limits::record_hit(route, consumer);
+                Outcome::Respond(
+                    Reply::error_with(429, "rate_limit_exceeded", "API rate limit exceeded")
+                        .header(http::header::RETRY_AFTER, HeaderValue::from(retry_s)),
+                )
+            }
+            Err(e) => {
+                limits::record_backend_error();
+                tracing::debug!("rate-limiting backend: {e}");
+                if self.fault_tolerant {
+                    Outcome::Continue
+                } else {
+                    Outcome::Respond(Reply::error_with(
+                        503,
+                        "service_unavailable",
+                        "Rate limiting is unavailable",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl Hooks for RateLimit {
+    /// The tightest window's numbers for the `X-RateLimit-*` headers.
+    type State = Option<limits::RateLimitStatus>;
+    const PHASES: u32 = phase::REQUEST | phase::RESPONSE;
+
+    fn build(
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
@@ -435,9 +525,8 @@ impl RateLimit {
             (PolicyKind::Local, None) => {
                 // The identity: route (or global list) and the whole config, defaults
                 // filled in. Unchanged identity = same counters after a reload.
-                let id =
-                    crate::util::digest::identity(&["rate-limiting", scope, &format!("{cfg:?}")]);
-                Some(Store::Local(env.limiters.local(&id)))
+                let id = crate::util::digest::identity(&["rate-limiting", scope, &format!("{cfg:?}")]);
+                Some(Store::Local(limits::local_store(env.registry, &id)))
             }
             (PolicyKind::Redis, None) => {
                 c.error(&format!("{cp}.redis"), "policy: redis needs redis: { url }");
@@ -446,7 +535,10 @@ impl RateLimit {
             }
             (PolicyKind::Redis, Some(r)) => {
                 let rp = format!("{cp}.redis");
-                match r.compile(c, &rp).map(|spec| env.limiters.redis(&spec)) {
+                match r
+                    .compile(c, &rp)
+                    .map(|spec| limits::redis_backend(env.registry, &spec))
+                {
                     Some(Ok(conn)) => {
                         // Shared by every node configured alike: route and key settings
                         // only, so nodes agree even if their Redis URLs are spelled
@@ -508,101 +600,20 @@ impl RateLimit {
             hide_client_headers: cfg.hide_client_headers,
         })
     }
-
-    /// The key of this request, and the consumer tier's limits when they apply.
-    fn key(&self, req: &RequestHeader, ctx: &RequestCtx) -> (KeyBuf, Option<&Limits>) {
-        match self.limit_by {
-            LimitBy::Consumer => {
-                if let Some(i) = ctx.consumer {
-                    if let Some(c) = ctx.rt.consumers.get(i) {
-                        let tier = self.tiers.get(i).and_then(|t| t.as_deref());
-                        return (KeyBuf::new(b'c', &[c.username.as_bytes()]), tier);
-                    }
-                }
-                (KeyBuf::ip(ctx.client_ip), None)
-            }
-            LimitBy::Ip => (KeyBuf::ip(ctx.client_ip), None),
-            LimitBy::Header => {
-                let v = self.header_name.as_ref().and_then(|h| req.headers.get(h));
-                match v {
-                    Some(v) => (KeyBuf::new(b'h', &[v.as_bytes()]), None),
-                    None => (KeyBuf::ip(ctx.client_ip), None),
-                }
-            }
-            LimitBy::Route => {
-                let name = ctx.route().map_or("", |r| r.name.as_str());
-                (KeyBuf::new(b'r', &[name.as_bytes()]), None)
-            }
-            LimitBy::Global => (KeyBuf::new(b'g', &[]), None),
-        }
-    }
-
-    async fn check(&self, key: &KeyBuf, tier: Option<&Limits>) -> Result<Decision, BackendError> {
-        let k = key.as_bytes();
-        match &self.store {
-            Store::Local(s) => {
-                let now = crate::util::clock::now_us();
-                Ok(match (tier, &self.algo) {
-                    (Some(l), _) | (None, Algo::Windows(l)) => s.check_windows(k, l, now),
-                    (None, Algo::Token(tb)) => s.check_token(k, tb, now),
-                })
-            }
-            Store::Redis { conn, prefix } => match (tier, &self.algo) {
-                (Some(l), _) | (None, Algo::Windows(l)) => conn.check_windows(prefix, k, l).await,
-                (None, Algo::Token(tb)) => conn.check_token(prefix, k, tb).await,
-            },
-        }
-    }
-
-    pub async fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         self.check_request(session.req_header(), ctx).await
     }
-
-    /// [`Self::request`] on the request head alone.
-    pub async fn check_request(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Outcome {
-        let (key, tier) = self.key(req, ctx);
-        match self.check(&key, tier).await {
-            Ok(d) => {
-                let retry_s = d.retry_after_ms.div_ceil(1000).max(1);
-                if !self.hide_client_headers {
-                    ctx.rate_limit = Some(d.status);
-                }
-                if d.allowed {
-                    return Outcome::Continue;
-                }
-                let route = ctx.route().map_or("", |r| r.name.as_str());
-                let consumer = ctx
-                    .consumer
-                    .and_then(|i| ctx.rt.consumers.get(i))
-                    .map(|c| c.username.as_str());
-                limits::record_hit(route, consumer);
-                Outcome::Respond(
-                    Reply::error_with(429, "rate_limit_exceeded", "API rate limit exceeded")
-                        .header(http::header::RETRY_AFTER, HeaderValue::from(retry_s)),
-                )
-            }
-            Err(e) => {
-                limits::record_backend_error();
-                tracing::debug!("rate-limiting backend: {e}");
-                if self.fault_tolerant {
-                    Outcome::Continue
-                } else {
-                    Outcome::Respond(Reply::error_with(
-                        503,
-                        "service_unavailable",
-                        "Rate limiting is unavailable",
-                    ))
-                }
-            }
-        }
-    }
-
     /// `X-RateLimit-*` and `RateLimit-Policy` on every response, gateway-made ones too.
-    pub fn response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
         if self.hide_client_headers {
             return Ok(());
         }
-        if let Some(s) = &ctx.rate_limit {
+        if let Some(s) = &ctx.plugins.rate_limit {
             resp.insert_header(X_LIMIT, s.limit)?;
             resp.insert_header(X_REMAINING, s.remaining)?;
             resp.insert_header(X_RESET, s.reset_s)?;
@@ -610,16 +621,25 @@ impl RateLimit {
         }
         Ok(())
     }
+
+    fn register_metrics() {
+        limits::register_metrics();
+    }
+
+    /// `rate_limit_hits_total{client_id="anonymous",route}` exists from the start.
+    fn route_series(route: &str, create: bool) {
+        limits::hits_series(route, create);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config;
-    use crate::ctx::Runtime;
-    use crate::limits::LimiterRegistry;
     use crate::plugins::Plugin;
+    use crate::ctx::Runtime;
     use crate::upstream::StateRegistry;
+    use crate::util::registry::Registry;
     use std::path::Path;
 
     const CONSUMERS: &str = "tiers:\n  premium: { minute: 3 }\nconsumers:\n  - { username: gold, tier: premium }\n  - { username: plain }\n";
@@ -630,13 +650,13 @@ mod tests {
         )
     }
 
-    fn load(y: &str, limiters: &LimiterRegistry) -> Result<Arc<Runtime>, String> {
+    fn load(y: &str, limiters: &Registry) -> Result<Arc<Runtime>, String> {
         config::load_str(y, Path::new("."), &StateRegistry::default(), limiters, 1)
             .map(Arc::new)
             .map_err(|e| format!("{e:?}"))
     }
 
-    fn rt(plugin: &str, extra: &str, limiters: &LimiterRegistry) -> Arc<Runtime> {
+    fn rt(plugin: &str, extra: &str, limiters: &Registry) -> Arc<Runtime> {
         load(&yaml(plugin, extra, ""), limiters).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -680,7 +700,7 @@ mod tests {
 
     #[tokio::test]
     async fn consumer_tier_overrides_plugin_windows() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let rt = rt("{ minute: 1 }", CONSUMERS, &reg);
         // gold has tier premium (minute: 3), plain has no tier (the plugin's minute: 1).
         assert_eq!(passed(&rt, 5, Some(0), "10.0.0.1").await, 3);
@@ -703,14 +723,14 @@ mod tests {
             .map(|(_, v)| v.to_str().unwrap().parse::<u64>().unwrap())
             .expect("Retry-After");
         assert!((1..=120).contains(&retry), "{retry}");
-        let st = c.rate_limit.expect("headers state");
+        let st = c.plugins.rate_limit.expect("headers state");
         assert_eq!((st.limit, st.remaining), (3, 0));
         assert_eq!(st.policy, "3;w=60");
     }
 
     #[tokio::test]
     async fn limit_by_header_and_fallback_to_ip() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let rt = rt(
             "{ minute: 2, limit_by: header, header_name: X-Tenant }",
             "",
@@ -739,7 +759,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_bucket_burst_then_refusal() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let rt = rt(
             "{ algorithm: token_bucket, rate: 1, burst: 4, limit_by: ip }",
             "",
@@ -749,14 +769,14 @@ mod tests {
         let mut c = ctx(&rt, None, "10.1.1.1");
         plugin(&rt).check_request(&get(), &mut c).await;
         assert_eq!(
-            c.rate_limit.map(|s| s.policy),
+            c.plugins.rate_limit.map(|s| s.policy),
             Some("4;w=4".parse().unwrap())
         );
     }
 
     #[tokio::test]
     async fn counters_survive_a_reload_with_the_same_identity() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let old = rt("{ minute: 3, limit_by: ip }", "", &reg);
         assert_eq!(passed(&old, 2, None, "10.0.0.1").await, 2);
         // Another route added in front: same route name and config, same counters.
@@ -767,12 +787,16 @@ mod tests {
         let changed = rt("{ minute: 4, limit_by: ip }", "", &reg);
         assert_eq!(passed(&changed, 5, None, "10.0.0.1").await, 4);
         drop((old, new, changed));
-        assert_eq!(reg.live(), 0, "stores go with the last runtime using them");
+        assert_eq!(
+            crate::limits::live_stores(&reg),
+            0,
+            "stores go with the last runtime using them"
+        );
     }
 
     #[test]
     fn config_errors_name_the_key() {
-        let reg = LimiterRegistry::default();
+        let reg = Registry::default();
         let cases = [
             ("{}", "routes[0].plugins[0].config", "sets no limit"),
             ("{ minute: 0 }", "config.minute", "at least 1"),

@@ -19,7 +19,7 @@
 //!
 //! Then `Content-Length` is removed and `Transfer-Encoding: chunked` set (Pingora only adds
 //! it itself before `response_filter`; HTTP/2 drops it), `Accept-Ranges` is removed and a
-//! strong `ETag` is made weak. [`super::held_body::hand_off`] then gives the rewrite
+//! strong `ETag` is made weak. The `hand_off` hook then gives the rewrite
 //! ([`Rewrite`]) to the downstream module, which collects the chunks and sends the new body
 //! at the end of the stream: a body chunk with `end_of_stream`, or Pingora's `Done` for an
 //! answer served from the cache after a revalidation or as stale on an upstream 5xx (which
@@ -39,6 +39,7 @@
 //! counted in `response_transform_refused_total{route}`.
 
 use super::body_buf::Chunks;
+use super::held_body::HeldBody;
 use super::json_rewrite::{self, Envelope, JsonRules};
 use super::request_transformer::{
     header_names, header_pairs_in, header_renames, split_entry, HeaderOps, Scope,
@@ -46,15 +47,16 @@ use super::request_transformer::{
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
+use crate::plugins::{phase, BuildEnv, Hooks, Outcome};
 use crate::ctx::Runtime;
-use crate::plugins::Plugin;
 use bytes::{Bytes, BytesMut};
 use http::header;
+use once_cell::sync::Lazy;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use prometheus::IntCounterVec;
 use serde::Deserialize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
@@ -82,12 +84,34 @@ impl SkipReason {
     }
 }
 
-static SKIPPED: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+/// `response_transform_skipped_total{route,reason}` and `response_transform_refused_total{route}`.
+struct Families {
+    skipped: IntCounterVec,
+    refused: IntCounterVec,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        skipped: r.counter_vec(
+            "response_transform_skipped_total",
+            "JSON bodies response-transformer passed through unmodified, by route and reason (too_large, invalid_json).",
+            &["route", "reason"],
+        ),
+        refused: r.counter_vec(
+            "response_transform_refused_total",
+            "Upstream answers refused with 502 because their JSON body came encoded (Content-Encoding other than identity) to a route with response-transformer body rules.",
+            &["route"],
+        ),
+    }
+});
 
 /// Counts a body passed through untouched: `response_transform_skipped_total{route,reason}`.
 pub fn record_skip(route: &str, reason: SkipReason) {
-    SKIPPED[reason as usize].fetch_add(1, Ordering::Relaxed);
-    crate::observe::metrics::transform_skipped(route, reason.as_str());
+    FAMILIES
+        .skipped
+        .with_label_values(&[route, reason.as_str()])
+        .inc();
     tracing::debug!(
         route,
         reason = reason.as_str(),
@@ -98,7 +122,7 @@ pub fn record_skip(route: &str, reason: SkipReason) {
 /// Counts an answer refused because its body came encoded although rules must read it:
 /// `response_transform_refused_total{route}`.
 fn record_refused(route: &str, encoding: &[u8]) {
-    crate::observe::metrics::transform_refused(route);
+    FAMILIES.refused.with_label_values(&[route]).inc();
     // Debug only: the 502 itself is logged as a failed proxy attempt, with its reason.
     tracing::debug!(
         route,
@@ -107,13 +131,8 @@ fn record_refused(route: &str, encoding: &[u8]) {
     );
 }
 
-/// Process-wide count of skips for `reason` (all routes).
-pub fn skipped(reason: SkipReason) -> u64 {
-    SKIPPED[reason as usize].load(Ordering::Relaxed)
-}
-
 // ---------------------------------------------------------------------------------------------
-// Per-response state (lives in RequestCtx)
+// Per-response state (`RequestCtx::plugins.response_transformer`)
 // ---------------------------------------------------------------------------------------------
 
 /// What `response_filter` decided for this response's body.
@@ -124,7 +143,7 @@ pub enum BodyState {
     Stream,
     /// A `HEAD` request: the answer has no body, its head stays as it is.
     Head,
-    /// To be rewritten; [`super::held_body::hand_off`] turns it into a [`Rewrite`].
+    /// To be rewritten; `hand_off` turns it into a [`Rewrite`].
     Rewrite {
         status: u16,
         /// Bytes to reserve once a second chunk arrives (the declared length when known).
@@ -135,8 +154,8 @@ pub enum BodyState {
 /// A body held back for the rewrite, in the downstream module ([`super::held_body`]).
 #[derive(Debug)]
 pub struct Rewrite {
-    /// The route's `response-transformer` entry.
-    plugin: Arc<Plugin>,
+    /// The body rules of the route's `response-transformer` entry.
+    rules: Arc<BodyRewrite>,
     /// The request's config snapshot and route, for the route label of the skip counter.
     rt: Arc<Runtime>,
     route: Option<usize>,
@@ -149,23 +168,19 @@ pub struct Rewrite {
 
 impl Rewrite {
     /// The rewrite `response` decided on for this request, if any (taken out of `ctx`).
-    pub fn take(ctx: &mut RequestCtx) -> Option<Rewrite> {
-        let BodyState::Rewrite { status, hint } = std::mem::take(&mut ctx.resp_body) else {
+    fn take(rules: &Arc<BodyRewrite>, ctx: &mut RequestCtx) -> Option<Rewrite> {
+        let BodyState::Rewrite { status, hint } =
+            std::mem::take(&mut ctx.plugins.response_transformer)
+        else {
             return None;
         };
-        let plugin = ctx
-            .route()?
-            .plugins
-            .plugins
-            .iter()
-            .find(|p| matches!(***p, Plugin::ResponseTransformer(_)))?
-            .clone();
-        let request_id = match &*plugin {
-            Plugin::ResponseTransformer(p) if p.envelope.is_some() => ctx.request_id.clone(),
-            _ => String::new(),
+        let request_id = if rules.envelope.is_some() {
+            ctx.request_id.clone()
+        } else {
+            String::new()
         };
         Some(Rewrite {
-            plugin,
+            rules: rules.clone(),
             rt: ctx.rt.clone(),
             route: ctx.route,
             request_id,
@@ -173,13 +188,6 @@ impl Rewrite {
             hint,
             chunks: Chunks::Empty,
         })
-    }
-
-    fn transformer(&self) -> Option<&ResponseTransformer> {
-        match &*self.plugin {
-            Plugin::ResponseTransformer(p) => Some(p),
-            _ => None,
-        }
     }
 
     fn route_name(&self) -> &str {
@@ -192,9 +200,7 @@ impl Rewrite {
     /// Returns false once nothing is held any more: the stream ended, or the body outgrew
     /// `max_body_bytes`, and then what was held goes out as it came (the rest passes too).
     pub fn push(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> bool {
-        let Some(max_body) = self.transformer().map(|p| p.max_body) else {
-            return false;
-        };
+        let max_body = self.rules.max_body;
         if let Some(b) = body.take() {
             let held = self.chunks.len();
             if held + b.len() > max_body {
@@ -226,10 +232,8 @@ impl Rewrite {
     /// The new body from everything collected (at the end of the stream, however it ends).
     pub fn finish(&mut self) -> Bytes {
         let input = std::mem::take(&mut self.chunks).into_bytes();
-        match self.transformer() {
-            Some(p) => p.rewrite_as(input, self.status, &self.request_id, self.route_name()),
-            None => input,
-        }
+        self.rules
+            .rewrite_as(input, self.status, &self.request_id, self.route_name())
     }
 }
 
@@ -297,12 +301,19 @@ impl Default for Config {
 #[derive(Debug)]
 pub struct ResponseTransformer {
     headers: HeaderOps,
+    /// Shared with the [`Rewrite`]s in flight.
+    rules: Arc<BodyRewrite>,
+    /// A JSON rule or the envelope is configured.
+    body: bool,
+}
+
+/// The body part of the config.
+#[derive(Debug)]
+struct BodyRewrite {
     json: JsonRules,
     /// The envelope's `version` as a JSON string literal, when the envelope is on.
     envelope: Option<Box<[u8]>>,
     max_body: usize,
-    /// A JSON rule or the envelope is configured.
-    body: bool,
 }
 
 /// `application/json` or `application/<anything>+json`, parameters ignored.
@@ -338,7 +349,25 @@ fn content_length(resp: &ResponseHeader) -> Option<u64> {
 }
 
 impl ResponseTransformer {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    /// The new body for `input` (or `input` itself when it is not JSON or nothing changes).
+    pub fn rewrite(&self, input: Bytes, status: u16, ctx: &RequestCtx) -> Bytes {
+        let route = ctx.route().map_or("", |r| r.name.as_str());
+        self.rules.rewrite_as(input, status, &ctx.request_id, route)
+    }
+}
+
+impl Hooks for ResponseTransformer {
+    /// What `response_filter` decided for this response's body.
+    type State = BodyState;
+    const PHASES: u32 =
+        phase::REQUEST | phase::UPSTREAM_REQUEST | phase::RESPONSE | phase::HAND_OFF;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let p = |op: &str, kind: &str| format!("{path}.config.{op}.{kind}");
         let headers = HeaderOps {
@@ -396,31 +425,31 @@ impl ResponseTransformer {
         Some(ResponseTransformer {
             body: !json.is_empty() || envelope.is_some(),
             headers,
-            json,
-            envelope,
-            max_body,
+            rules: Arc::new(BodyRewrite {
+                json,
+                envelope,
+                max_body,
+            }),
         })
     }
-
     /// `request_filter`: remember a `HEAD` request (its answer has no body).
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if self.body && session.req_header().method == http::Method::HEAD {
-            ctx.resp_body = BodyState::Head;
+            ctx.plugins.response_transformer = BodyState::Head;
         }
+        Outcome::Continue
     }
-
     /// `upstream_request_filter`: with body rules, ask for the identity body. The rules can
     /// only read an identity body, and a compressed one must not pass unmasked (see the
     /// module doc); response-compression compresses for the client after the rewrite.
-    pub fn upstream_request(&self, req: &mut RequestHeader) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, _ctx: &RequestCtx) -> Result<()> {
         if self.body {
             req.insert_header(header::ACCEPT_ENCODING, "identity")?;
         }
         Ok(())
     }
-
     /// `response_filter`: header rules, and the decision to rewrite the body.
-    pub fn response(
+    fn response(
         &self,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
@@ -430,7 +459,7 @@ impl ResponseTransformer {
             return Ok(());
         }
         self.headers.apply(resp, ctx)?;
-        if !self.body || matches!(ctx.resp_body, BodyState::Head) {
+        if !self.body || matches!(ctx.plugins.response_transformer, BodyState::Head) {
             return Ok(());
         }
         let status = resp.status.as_u16();
@@ -458,7 +487,7 @@ impl ResponseTransformer {
             ));
         }
         match declared {
-            Some(n) if n > self.max_body as u64 => {
+            Some(n) if n > self.rules.max_body as u64 => {
                 record_skip(route(), SkipReason::TooLarge);
                 return Ok(());
             }
@@ -478,18 +507,44 @@ impl ResponseTransformer {
         }
         let hint = declared
             .map_or(64 * 1024, |n| n as usize)
-            .min(self.max_body);
-        ctx.resp_body = BodyState::Rewrite { status, hint };
+            .min(self.rules.max_body);
+        ctx.plugins.response_transformer = BodyState::Rewrite { status, hint };
         Ok(())
     }
 
-    /// The new body for `input` (or `input` itself when it is not JSON or nothing changes).
-    pub fn rewrite(&self, input: Bytes, status: u16, ctx: &RequestCtx) -> Bytes {
-        let route = ctx.route().map_or("", |r| r.name.as_str());
-        self.rewrite_as(input, status, &ctx.request_id, route)
+    /// End of `response_filter`: gives the body rewrite decided on to the downstream
+    /// module, which holds the body back until its end ([`super::held_body`]).
+    fn hand_off(&self, session: &mut Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+        if let Some(r) = Rewrite::take(&self.rules, ctx) {
+            super::held_body::hold(session, HeldBody::rewrite(resp, Box::new(r)));
+        }
     }
 
-    /// [`Self::rewrite`] for the request with `request_id` on route `route`.
+    fn register_metrics() {
+        Lazy::force(&FAMILIES);
+    }
+
+    /// The skip and refusal series of `route` exist from the start (at 0).
+    fn route_series(route: &str, create: bool) {
+        let f = &*FAMILIES;
+        for r in SkipReason::ALL {
+            let labels = [route, r.as_str()];
+            if create {
+                f.skipped.with_label_values(&labels);
+            } else {
+                let _ = f.skipped.remove_label_values(&labels);
+            }
+        }
+        if create {
+            f.refused.with_label_values(&[route]);
+        } else {
+            let _ = f.refused.remove_label_values(&[route]);
+        }
+    }
+}
+
+impl BodyRewrite {
+    /// [`ResponseTransformer::rewrite`] for the request with `request_id` on route `route`.
     fn rewrite_as(&self, input: Bytes, status: u16, request_id: &str, route: &str) -> Bytes {
         if input.is_empty() {
             return input;

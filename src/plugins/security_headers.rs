@@ -2,7 +2,9 @@
 //! headers to every response and, with `hide_server`, removes the upstream's `Server` and
 //! `X-Powered-By`.
 
+use super::{phase, BuildEnv, Hooks};
 use crate::config::diag::Compiler;
+use crate::ctx::RequestCtx;
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -34,8 +36,16 @@ pub struct SecurityHeaders {
     hide_server: bool,
 }
 
-impl SecurityHeaders {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+impl Hooks for SecurityHeaders {
+    type State = ();
+    const PHASES: u32 = phase::RESPONSE;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
@@ -55,8 +65,12 @@ impl SecurityHeaders {
             hide_server: cfg.hide_server,
         })
     }
-
-    pub fn response(&self, resp: &mut ResponseHeader) -> Result<()> {
+    fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
         if self.hide_server {
             resp.remove_header(&http::header::SERVER);
             resp.remove_header("x-powered-by");

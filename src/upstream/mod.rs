@@ -12,6 +12,7 @@
 pub mod budget;
 pub mod discovery;
 pub mod health;
+pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod select;

@@ -4,9 +4,15 @@
 //! - [`clock`]: the cheap monotonic clocks the atomics and limiters count in;
 //! - [`digest`]: stable identity strings of configuration parts (registry keys);
 //! - [`percent`]: canonical percent-encoding of request paths (router, cache keys, purges);
-//! - [`redact`]: URLs without credentials, for logs and `/status`.
+//! - [`redact`]: URLs without credentials, for logs and `/status`;
+//! - [`form`]: `application/x-www-form-urlencoded` decoding;
+//! - [`hex_id`]: fixed-size lower-case hex ids (trace and span ids);
+//! - [`registry`]: the weak registry of state that survives reloads.
 
 pub mod clock;
 pub mod digest;
+pub mod form;
+pub mod hex_id;
 pub mod percent;
 pub mod redact;
+pub mod registry;

@@ -610,7 +610,7 @@ fn demo_sample_token_matches_the_demo_config() {
             gatehouse::demo::DEMO_CONFIG,
             std::path::Path::new("conf"),
             &gatehouse::upstream::StateRegistry::default(),
-            &gatehouse::limits::LimiterRegistry::default(),
+            &gatehouse::util::registry::Registry::default(),
             1,
         )
         .expect("demo config"),
@@ -640,7 +640,7 @@ fn demo_sample_token_matches_the_demo_config() {
             .expect("sample token verifies");
         let mut ctx = gatehouse::ctx::RequestCtx::new(rt.clone());
         ctx.consumer = info.consumer;
-        ctx.jwt = Some(info);
+        ctx.plugins.jwt = Some(info);
         assert_eq!(acl.decide(&ctx), want, "{name}");
         assert_eq!(rt.consumers[ctx.consumer.unwrap()].username, "demo-app");
     }

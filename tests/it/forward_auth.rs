@@ -725,7 +725,7 @@ async fn demo_auth_service_and_demo_route() {
         gatehouse::demo::DEMO_CONFIG,
         std::path::Path::new("conf"),
         &gatehouse::upstream::StateRegistry::default(),
-        &gatehouse::limits::LimiterRegistry::default(),
+        &gatehouse::util::registry::Registry::default(),
         1,
     )
     .expect("demo config");

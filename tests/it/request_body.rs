@@ -629,7 +629,7 @@ mod fuzz {
     use bolero::check;
     use gatehouse::ctx::RequestCtx;
     use gatehouse::ctx::Runtime;
-    use gatehouse::plugins::request_body::BodyRules;
+    use gatehouse::plugins::request_transformer::body::BodyRules;
     use gatehouse::plugins::Plugin;
     use serde_json::{Map, Value};
     use std::sync::{Arc, OnceLock};

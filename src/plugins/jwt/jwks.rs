@@ -14,7 +14,7 @@
 //! HS256 token "signed" with the public key, `alg: none` or an EC algorithm on an RSA key
 //! never verify. A token without `kid` is accepted only when the set holds exactly one key.
 //!
-//! **Sharing and reloads.** Key sets live in a process-wide registry keyed by their source
+//! **Sharing and reloads.** Key sets live in the app's registry ([`crate::util::registry`]) keyed by their source
 //! (the URL, or the absolute file path) that holds weak references: every plugin instance
 //! naming the same source, in this config or the next one, shares one set and one refresher.
 //! A reload keeps the keys; when no runtime uses a source any more, the set is dropped, its
@@ -42,6 +42,7 @@ use super::{check_signature, now, Failure, Jws, Jwt, TokenInfo, VerifyKey};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::plugins::BuildEnv;
+use crate::util::registry::Registry;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -294,7 +295,7 @@ impl Jwks {
         if !ok {
             return None;
         }
-        let set = match KeySet::get_or_create(source, settings) {
+        let set = match KeySet::get_or_create(env.registry, source, settings) {
             Ok(s) => s,
             Err(e) => {
                 c.error(&format!("{path}.file"), e);
@@ -403,9 +404,62 @@ enum UnknownKid {
 }
 
 /// `jwt_jwks_unknown_kid_refusals_total{reason}` values, by [`UnknownKid`].
-const UNKNOWN_KID_REASONS: [&str; 3] = crate::observe::metrics::JWKS_UNKNOWN_KID_REASONS;
+const UNKNOWN_KID_REASONS: [&str; 3] = ["rate_limited", "timeout", "not_in_set"];
 /// `jwt_jwks_fetches_total{outcome}` values: success, error, invalid.
-const FETCH_OUTCOMES: [&str; 3] = crate::observe::metrics::JWKS_FETCH_OUTCOMES;
+const FETCH_OUTCOMES: [&str; 3] = ["success", "error", "invalid"];
+
+/// The `jwt_jwks_*` families (labelled by source: a configured JWKS URL or file, so the
+/// label stays bounded by the config).
+struct Families {
+    fetches: prometheus::IntCounterVec,
+    keys: prometheus::IntGaugeVec,
+    ignored: prometheus::IntGaugeVec,
+    unknown_kid: prometheus::IntCounterVec,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        fetches: r.counter_vec(
+            "jwt_jwks_fetches_total",
+            "JWKS key set fetches (or file reads) by source and outcome (success, error, invalid).",
+            &["source", "outcome"],
+        ),
+        keys: r.gauge_vec(
+            "jwt_jwks_keys",
+            "Usable keys in the current JWKS key set, by source.",
+            &["source"],
+        ),
+        ignored: r.gauge_vec(
+            "jwt_jwks_keys_ignored",
+            "Keys of the last JWKS document that cannot be used (other use, type, curve or alg), by source.",
+            &["source"],
+        ),
+        unknown_kid: r.counter_vec(
+            "jwt_jwks_unknown_kid_refusals_total",
+            "Tokens refused because the JWKS key set has no key with their kid, by source and reason (rate_limited, timeout, not_in_set).",
+            &["source", "reason"],
+        ),
+    }
+});
+
+/// Registers the `jwt_jwks_*` families (once, at startup).
+pub(super) fn register_metrics() {
+    Lazy::force(&FAMILIES);
+}
+
+/// Removes the series of a JWKS source no key set uses any more.
+fn forget_series(source: &str) {
+    let f = &*FAMILIES;
+    for o in FETCH_OUTCOMES {
+        let _ = f.fetches.remove_label_values(&[source, o]);
+    }
+    for r in UNKNOWN_KID_REASONS {
+        let _ = f.unknown_kid.remove_label_values(&[source, r]);
+    }
+    let _ = f.keys.remove_label_values(&[source]);
+    let _ = f.ignored.remove_label_values(&[source]);
+}
 
 // ---------------------------------------------------------------------------------------------
 // JWK parsing
@@ -695,11 +749,40 @@ struct Signals {
     running: AtomicBool,
 }
 
+/// The series of one source label, shared by the key sets with that label (kept in the
+/// registry by label): removed when the last of them goes.
 struct SetMetrics {
     fetches: [IntCounter; 3],
     keys: IntGauge,
     ignored: IntGauge,
     unknown_kid: [IntCounter; 3],
+    registry: Registry,
+    label: String,
+}
+
+impl SetMetrics {
+    /// Runs under the registry's lock (from `get_or_insert_with`), like the check in `drop`:
+    /// series created for a new set of the label are never removed by an old one going.
+    fn new(registry: Registry, label: String) -> SetMetrics {
+        let f = &*FAMILIES;
+        SetMetrics {
+            fetches: FETCH_OUTCOMES.map(|o| f.fetches.with_label_values(&[label.as_str(), o])),
+            keys: f.keys.with_label_values(&[label.as_str()]),
+            ignored: f.ignored.with_label_values(&[label.as_str()]),
+            unknown_kid: UNKNOWN_KID_REASONS
+                .map(|r| f.unknown_kid.with_label_values(&[label.as_str(), r])),
+            registry,
+            label,
+        }
+    }
+}
+
+impl Drop for SetMetrics {
+    fn drop(&mut self) {
+        let label = &self.label;
+        self.registry
+            .unless_live::<SetMetrics>(label, || forget_series(label));
+    }
 }
 
 /// The keys of one source, shared by every plugin instance that names it.
@@ -716,29 +799,16 @@ pub struct KeySet {
     signals: Arc<Signals>,
     /// What was logged about ignored keys last (logged again only when it changes).
     last_ignored: Mutex<Vec<String>>,
-    metrics: SetMetrics,
+    metrics: Arc<SetMetrics>,
 }
-
-/// Source id -> (metric label, set).
-type Registry = Mutex<HashMap<String, (String, Weak<KeySet>)>>;
-
-/// Every live key set by source: weak, so a set lives exactly as long as a runtime uses it.
-static REGISTRY: Lazy<Registry> = Lazy::new(Default::default);
 
 /// The runtime refreshers are spawned on once the server runs (the background service's);
 /// before that, the current one, if any.
 static RUNTIME: OnceCell<tokio::runtime::Handle> = OnceCell::new();
 
 impl KeySet {
-    fn new(source: Source, settings: Settings) -> KeySet {
+    fn new(source: Source, settings: Settings, metrics: Arc<SetMetrics>) -> KeySet {
         let label = source.label();
-        use crate::observe::metrics as m;
-        let metrics = SetMetrics {
-            fetches: FETCH_OUTCOMES.map(|o| m::jwks_fetches(&label, o)),
-            keys: m::jwks_keys(&label),
-            ignored: m::jwks_keys_ignored(&label),
-            unknown_kid: UNKNOWN_KID_REASONS.map(|r| m::jwks_unknown_kid(&label, r)),
-        };
         metrics.keys.set(0);
         metrics.ignored.set(0);
         KeySet {
@@ -760,25 +830,20 @@ impl KeySet {
         }
     }
 
-    /// The set of `source`, created on first use; `settings` replace the previous ones. A
-    /// file source is (re-)read now: a load error is returned for the config.
-    fn get_or_create(source: Source, settings: Settings) -> Result<Arc<KeySet>, String> {
-        let set = {
-            let mut reg = REGISTRY.lock();
-            let id = source.id();
-            match reg.get(&id).and_then(|(_, w)| w.upgrade()) {
-                Some(s) => {
-                    *s.settings.lock() = settings;
-                    s
-                }
-                None => {
-                    reg.retain(|_, (_, w)| w.strong_count() > 0);
-                    let s = Arc::new(KeySet::new(source, settings));
-                    reg.insert(id, (s.label.clone(), Arc::downgrade(&s)));
-                    s
-                }
-            }
-        };
+    /// The set of `source` in `registry` (weak: a set lives exactly as long as a runtime
+    /// uses it), created on first use; `settings` replace the previous ones. A file source is
+    /// (re-)read now: a load error is returned for the config.
+    fn get_or_create(
+        registry: &Registry,
+        source: Source,
+        settings: Settings,
+    ) -> Result<Arc<KeySet>, String> {
+        let label = source.label();
+        let metrics = registry
+            .get_or_insert_with(&label, || SetMetrics::new(registry.clone(), label.clone()));
+        let id = source.id();
+        let set = registry.get_or_insert_with(&id, || KeySet::new(source, settings, metrics));
+        *set.settings.lock() = settings;
         if let Source::File(p) = &set.source {
             let parsed = read_file(p).and_then(|b| parse_jwks(&b).map_err(FetchError::Invalid));
             match parsed {
@@ -984,18 +1049,9 @@ impl KeySet {
 
 impl Drop for KeySet {
     fn drop(&mut self) {
+        // The refresher ends; the series go with the last set of this label (`SetMetrics`).
         self.signals.stopped.store(true, Ordering::Release);
         self.signals.wake.notify_one();
-        // Under the registry lock, which a set's creation (and its series) also takes: a set
-        // of the same source created meanwhile keeps its series. No upgrade here: dropping
-        // an upgraded set under the lock would re-enter it.
-        let reg = REGISTRY.lock();
-        let taken = reg
-            .values()
-            .any(|(label, w)| w.strong_count() > 0 && *label == self.label);
-        if !taken {
-            crate::observe::metrics::jwks_forget(&self.label);
-        }
     }
 }
 
@@ -1063,16 +1119,26 @@ async fn refresher(set: Weak<KeySet>, signals: Arc<Signals>) {
 /// Starts the refreshers of the key sets loaded before the server ran (the initial config
 /// is compiled before Pingora's runtimes exist, and before `-d` forks), and runs those of
 /// sets added by reloads.
-pub struct Refreshers;
+pub struct Refreshers {
+    registry: Registry,
+}
+
+impl Refreshers {
+    /// For the key sets of the app's `registry`.
+    pub fn new(registry: Registry) -> Refreshers {
+        Refreshers { registry }
+    }
+}
 
 #[async_trait]
 impl BackgroundService for Refreshers {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _ = RUNTIME.set(tokio::runtime::Handle::current());
-        let sets: Vec<Arc<KeySet>> = REGISTRY
-            .lock()
-            .values()
-            .filter_map(|(_, w)| w.upgrade())
+        let sets: Vec<Arc<KeySet>> = self
+            .registry
+            .live::<KeySet>()
+            .into_iter()
+            .map(|(_, s)| s)
             .collect();
         for s in &sets {
             s.ensure_started();
@@ -1103,8 +1169,10 @@ impl FetchError {
     }
 }
 
+/// The fetching client: straight to the key server, whatever the environment's proxy
+/// settings (see [`crate::plugins::outbound`]).
 fn http_client() -> Result<reqwest::Client, FetchError> {
-    reqwest::Client::builder()
+    crate::plugins::outbound::client()
         .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION"), " (jwks)"))
         .redirect(reqwest::redirect::Policy::limited(3))
         .pool_max_idle_per_host(1)

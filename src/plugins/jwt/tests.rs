@@ -218,7 +218,7 @@ routes:
             &yaml,
             dir.path(),
             &StateRegistry::default(),
-            &crate::limits::LimiterRegistry::default(),
+            &crate::util::registry::Registry::default(),
             1,
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -469,7 +469,7 @@ routes:
         &yaml,
         dir.path(),
         &StateRegistry::default(),
-        &crate::limits::LimiterRegistry::default(),
+        &crate::util::registry::Registry::default(),
         1,
     ) {
         Ok(_) => panic!("config should fail:\n{yaml}"),

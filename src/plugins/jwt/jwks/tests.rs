@@ -314,6 +314,7 @@ fn jitter_takes_at_most_a_tenth() {
 // ---------------------------------------------------------------------------------------------
 
 struct Fixture {
+    registry: Registry,
     rt: Runtime,
     dir: tempfile::TempDir,
 }
@@ -342,11 +343,16 @@ routes:
 }
 
 fn load(dir: &Path, jwt_config: &str) -> Result<Runtime, String> {
+    load_in(&Registry::default(), dir, jwt_config)
+}
+
+/// [`load`] with the state that survives reloads in `registry`.
+fn load_in(registry: &Registry, dir: &Path, jwt_config: &str) -> Result<Runtime, String> {
     crate::config::load_str(
         &yaml(jwt_config),
         dir,
         &StateRegistry::default(),
-        &crate::limits::LimiterRegistry::default(),
+        registry,
         1,
     )
     .map_err(|e| e.to_string())
@@ -356,8 +362,9 @@ impl Fixture {
     fn new(jwks_doc: &str, jwt_config: &str) -> Fixture {
         let dir = tempfile::TempDir::new().unwrap();
         std::fs::write(dir.path().join("jwks.json"), jwks_doc).unwrap();
-        let rt = load(dir.path(), jwt_config).unwrap_or_else(|e| panic!("{e}"));
-        Fixture { rt, dir }
+        let registry = Registry::default();
+        let rt = load_in(&registry, dir.path(), jwt_config).unwrap_or_else(|e| panic!("{e}"));
+        Fixture { rt, dir, registry }
     }
 
     fn jwt(&self) -> &Jwt {
@@ -586,7 +593,8 @@ fn a_source_is_one_key_set_across_plugins_and_loads() {
     let rsa = rsa_key();
     let doc = set_of(&[with(&rsa.jwk, json!({"kid": "A"}))]);
     let f = Fixture::new(&doc, "jwks: { file: jwks.json, refresh_interval: 1h }");
-    let again = load(
+    let again = load_in(
+        &f.registry,
         f.dir.path(),
         "jwks: { file: jwks.json, refresh_interval: 2h }",
     )
@@ -599,17 +607,15 @@ fn a_source_is_one_key_set_across_plugins_and_loads() {
     assert_eq!(f.set().settings().refresh, Duration::from_secs(7200));
     // A load re-reads the file: a broken file is a load error and the keys stay.
     std::fs::write(f.dir.path().join("jwks.json"), "{").unwrap();
-    let e = load(f.dir.path(), "jwks: { file: jwks.json }").unwrap_err();
+    let e = load_in(&f.registry, f.dir.path(), "jwks: { file: jwks.json }").unwrap_err();
     assert!(e.contains("jwks.json: not JSON"), "{e}");
     assert_eq!(f.set().table.load().len(), 1);
     drop(again);
     // Once no runtime uses it, the registry forgets the set.
     let id = f.set().source.id();
+    let registry = f.registry.clone();
     drop(f);
-    assert!(REGISTRY
-        .lock()
-        .get(&id)
-        .is_none_or(|(_, w)| w.strong_count() == 0));
+    assert!(registry.get::<KeySet>(&id).is_none());
 }
 
 #[test]

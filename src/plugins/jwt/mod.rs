@@ -24,7 +24,8 @@
 //! 3.1: no error code when no credentials were sent), `invalid_token` or `token_expired`
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
 
-use super::{BuildEnv, Outcome, Reply};
+use super::ttl_cache::TtlCache;
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
@@ -33,8 +34,6 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
-use lru::LruCache;
-use parking_lot::Mutex;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -45,9 +44,11 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Header carrying the token's roles upstream (comma-separated).
+pub const ROLES_HEADER: HeaderName = HeaderName::from_static("x-authenticated-roles");
 
 /// Lifetime of a cached verification of a token without `exp` (allowed when `exp` is not in
 /// `claims_to_verify`).
@@ -397,46 +398,9 @@ struct Credential {
     key: VerifyKey,
 }
 
-type Shard = Mutex<LruCache<[u8; 32], Arc<TokenInfo>>>;
-
-/// Bounded LRU of verified tokens, sharded by the first byte of the token's SHA-256.
-struct VerifyCache {
-    shards: Vec<Shard>,
-}
-
-impl VerifyCache {
-    fn new(entries: usize) -> Option<VerifyCache> {
-        let per_shard = NonZeroUsize::new(entries.div_ceil(CACHE_SHARDS))?;
-        Some(VerifyCache {
-            shards: (0..CACHE_SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
-                .collect(),
-        })
-    }
-
-    fn shard(&self, digest: &[u8; 32]) -> &Shard {
-        &self.shards[digest[0] as usize % self.shards.len()]
-    }
-
-    fn get(&self, digest: &[u8; 32], now_ms: u64) -> Option<Arc<TokenInfo>> {
-        let mut shard = self.shard(digest).lock();
-        let fresh = shard
-            .get(digest)
-            .map(|t| (t.valid_until_ms > now_ms).then(|| t.clone()))?;
-        if fresh.is_none() {
-            shard.pop(digest);
-        }
-        fresh
-    }
-
-    fn put(&self, digest: [u8; 32], info: Arc<TokenInfo>) {
-        self.shard(&digest).lock().put(digest, info);
-    }
-
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
-    }
-}
+/// Bounded LRU of verified tokens (until each token's `valid_until_ms`), sharded by the
+/// first byte of the token's SHA-256.
+type VerifyCache = TtlCache<u64, Arc<TokenInfo>>;
 
 pub struct Jwt {
     header_names: Vec<HeaderName>,
@@ -463,7 +427,7 @@ impl fmt::Debug for Jwt {
             .field("header_names", &self.header_names)
             .field("key_claim", &self.key_claim)
             .field("credentials", &self.credentials.len())
-            .field("cache", &self.cache.as_ref().map(VerifyCache::len))
+            .field("cache", &self.cache.as_ref().map(TtlCache::len))
             .field("jwks", &self.jwks)
             .finish()
     }
@@ -547,7 +511,139 @@ fn load_key(c: &mut Compiler, sp: &str, spec: &JwtSecretSpec) -> Option<VerifyKe
 }
 
 impl Jwt {
-    pub fn build(
+    /// The token of the request: `Ok(None)` when there is none.
+    fn find_token<'a>(&self, req: &'a RequestHeader) -> Result<Option<&'a str>, Failure> {
+        for name in &self.header_names {
+            let mut values = req.headers.get_all(name).iter();
+            let Some(v) = values.next() else {
+                continue;
+            };
+            if values.next().is_some() {
+                return Err(Failure::Malformed);
+            }
+            let s = v.to_str().map_err(|_| Failure::Malformed)?.trim();
+            let bearer = s.len() >= 6 && s.as_bytes()[..6].eq_ignore_ascii_case(b"bearer");
+            let token = if bearer && (s.len() == 6 || s.as_bytes()[6] == b' ') {
+                s[6..].trim()
+            } else if name == http::header::AUTHORIZATION {
+                // Another scheme (Basic...): not a token for this plugin.
+                continue;
+            } else {
+                s
+            };
+            return Ok((!token.is_empty()).then_some(token));
+        }
+        Ok(None)
+    }
+
+    /// Verifies `token` at time `now` (Unix seconds), from the cache when it was verified
+    /// before by this instance.
+    pub fn authenticate(&self, token: &str, now: f64) -> Result<Arc<TokenInfo>, Failure> {
+        if token.len() > self.max_token_bytes {
+            return Err(Failure::TooLarge);
+        }
+        let now_ms = (now * 1000.0) as u64;
+        let Some(cache) = &self.cache else {
+            return self.verify(token, now).map(Arc::new);
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = cache.get(&digest, now_ms) {
+            // A JWKS verification holds while no key was removed from the set since.
+            let current = hit.jwks_generation == 0
+                || self
+                    .jwks
+                    .as_ref()
+                    .is_some_and(|j| j.current(hit.jwks_generation));
+            if current {
+                return Ok(hit);
+            }
+        }
+        let info = Arc::new(self.verify(token, now)?);
+        cache.put(digest, info.valid_until_ms, info.clone());
+        Ok(info)
+    }
+
+    fn verify(&self, token: &str, now: f64) -> Result<TokenInfo, Failure> {
+        let jws = parse_jws(token)?;
+        let Claims(claims) =
+            serde_json::from_slice(&jws.payload).map_err(|_| Failure::Malformed)?;
+        let cred = match claims.get(&self.key_claim) {
+            Some(Value::String(k)) => self.credentials.get(k),
+            _ => None,
+        };
+        let (consumer, jwks_generation) = match (cred, &self.jwks) {
+            (Some(cred), _) => {
+                check_signature(&jws, &cred.key)?;
+                (Some(cred.consumer), 0)
+            }
+            (None, Some(jwks)) => (None, jwks.check_signature(&jws)?),
+            (None, None) => return Err(Failure::UnknownKey),
+        };
+        // Only authentic tokens get past here: claim errors do not help forgers.
+        let exp = number(&claims, "exp")?;
+        let nbf = number(&claims, "nbf")?;
+        if (self.require_exp && exp.is_none()) || (self.require_nbf && nbf.is_none()) {
+            return Err(Failure::MissingClaim);
+        }
+        if let Some(nbf) = nbf {
+            if now + self.leeway < nbf {
+                return Err(Failure::NotYetValid);
+            }
+        }
+        if let Some(exp) = exp {
+            if now >= exp + self.leeway {
+                return Err(Failure::Expired);
+            }
+        }
+        if !self.issuers.is_empty() {
+            let ok = claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .is_some_and(|iss| self.issuers.iter().any(|i| i == iss));
+            if !ok {
+                return Err(Failure::Issuer);
+            }
+        }
+        if !self.audiences.is_empty() {
+            let accepted = |a: &str| self.audiences.iter().any(|x| x == a);
+            let ok = match claims.get("aud") {
+                Some(Value::String(a)) => accepted(a),
+                Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
+                _ => false,
+            };
+            if !ok {
+                return Err(Failure::Audience);
+            }
+        }
+        let roles = claims.get(&self.roles_claim).and_then(|v| {
+            let joined = roles_in(v).join(",");
+            (!joined.is_empty())
+                .then(|| HeaderValue::from_str(&joined).ok())
+                .flatten()
+        });
+        let now_ms = (now * 1000.0) as u64;
+        let valid_until_ms = match exp {
+            // Saturating float-to-int conversion: a far-future exp stays far.
+            Some(exp) => ((exp + self.leeway) * 1000.0) as u64,
+            None => now_ms.saturating_add(NO_EXP_CACHE_MS),
+        };
+        let consumer = consumer.or_else(|| self.jwks.as_ref()?.consumer_of(&claims));
+        Ok(TokenInfo {
+            consumer,
+            claims,
+            roles,
+            valid_until_ms,
+            jwks_generation,
+        })
+    }
+}
+
+impl Hooks for Jwt {
+    /// The verified token (claims, roles) once this plugin authenticated the request.
+    type State = Option<Arc<TokenInfo>>;
+    const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
+
+    fn build(
         c: &mut Compiler,
         path: &str,
         config: Option<&serde_yaml::Value>,
@@ -630,139 +726,12 @@ impl Jwt {
             roles_claim: cfg.roles_claim,
             hide_credentials: cfg.hide_credentials,
             credentials,
-            cache: VerifyCache::new(cfg.cache_entries),
+            cache: VerifyCache::new(cfg.cache_entries, CACHE_SHARDS),
             run_on_preflight: cfg.run_on_preflight,
             jwks,
         })
     }
-
-    /// The token of the request: `Ok(None)` when there is none.
-    fn find_token<'a>(&self, req: &'a RequestHeader) -> Result<Option<&'a str>, Failure> {
-        for name in &self.header_names {
-            let mut values = req.headers.get_all(name).iter();
-            let Some(v) = values.next() else {
-                continue;
-            };
-            if values.next().is_some() {
-                return Err(Failure::Malformed);
-            }
-            let s = v.to_str().map_err(|_| Failure::Malformed)?.trim();
-            let bearer = s.len() >= 6 && s.as_bytes()[..6].eq_ignore_ascii_case(b"bearer");
-            let token = if bearer && (s.len() == 6 || s.as_bytes()[6] == b' ') {
-                s[6..].trim()
-            } else if name == http::header::AUTHORIZATION {
-                // Another scheme (Basic...): not a token for this plugin.
-                continue;
-            } else {
-                s
-            };
-            return Ok((!token.is_empty()).then_some(token));
-        }
-        Ok(None)
-    }
-
-    /// Verifies `token` at time `now` (Unix seconds), from the cache when it was verified
-    /// before by this instance.
-    pub fn authenticate(&self, token: &str, now: f64) -> Result<Arc<TokenInfo>, Failure> {
-        if token.len() > self.max_token_bytes {
-            return Err(Failure::TooLarge);
-        }
-        let now_ms = (now * 1000.0) as u64;
-        let Some(cache) = &self.cache else {
-            return self.verify(token, now).map(Arc::new);
-        };
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = cache.get(&digest, now_ms) {
-            // A JWKS verification holds while no key was removed from the set since.
-            let current = hit.jwks_generation == 0
-                || self
-                    .jwks
-                    .as_ref()
-                    .is_some_and(|j| j.current(hit.jwks_generation));
-            if current {
-                return Ok(hit);
-            }
-        }
-        let info = Arc::new(self.verify(token, now)?);
-        cache.put(digest, info.clone());
-        Ok(info)
-    }
-
-    fn verify(&self, token: &str, now: f64) -> Result<TokenInfo, Failure> {
-        let jws = parse_jws(token)?;
-        let Claims(claims) =
-            serde_json::from_slice(&jws.payload).map_err(|_| Failure::Malformed)?;
-        let cred = match claims.get(&self.key_claim) {
-            Some(Value::String(k)) => self.credentials.get(k),
-            _ => None,
-        };
-        let (consumer, jwks_generation) = match (cred, &self.jwks) {
-            (Some(cred), _) => {
-                check_signature(&jws, &cred.key)?;
-                (Some(cred.consumer), 0)
-            }
-            (None, Some(jwks)) => (None, jwks.check_signature(&jws)?),
-            (None, None) => return Err(Failure::UnknownKey),
-        };
-        // Only authentic tokens get past here: claim errors do not help forgers.
-        let exp = number(&claims, "exp")?;
-        let nbf = number(&claims, "nbf")?;
-        if (self.require_exp && exp.is_none()) || (self.require_nbf && nbf.is_none()) {
-            return Err(Failure::MissingClaim);
-        }
-        if let Some(nbf) = nbf {
-            if now + self.leeway < nbf {
-                return Err(Failure::NotYetValid);
-            }
-        }
-        if let Some(exp) = exp {
-            if now >= exp + self.leeway {
-                return Err(Failure::Expired);
-            }
-        }
-        if !self.issuers.is_empty() {
-            let ok = claims
-                .get("iss")
-                .and_then(Value::as_str)
-                .is_some_and(|iss| self.issuers.iter().any(|i| i == iss));
-            if !ok {
-                return Err(Failure::Issuer);
-            }
-        }
-        if !self.audiences.is_empty() {
-            let accepted = |a: &str| self.audiences.iter().any(|x| x == a);
-            let ok = match claims.get("aud") {
-                Some(Value::String(a)) => accepted(a),
-                Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
-                _ => false,
-            };
-            if !ok {
-                return Err(Failure::Audience);
-            }
-        }
-        let roles = claims.get(&self.roles_claim).and_then(|v| {
-            let joined = roles_in(v).join(",");
-            (!joined.is_empty())
-                .then(|| HeaderValue::from_str(&joined).ok())
-                .flatten()
-        });
-        let now_ms = (now * 1000.0) as u64;
-        let valid_until_ms = match exp {
-            // Saturating float-to-int conversion: a far-future exp stays far.
-            Some(exp) => ((exp + self.leeway) * 1000.0) as u64,
-            None => now_ms.saturating_add(NO_EXP_CACHE_MS),
-        };
-        let consumer = consumer.or_else(|| self.jwks.as_ref()?.consumer_of(&claims));
-        Ok(TokenInfo {
-            consumer,
-            claims,
-            roles,
-            valid_until_ms,
-            jwks_generation,
-        })
-    }
-
-    pub async fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;
         }
@@ -777,7 +746,7 @@ impl Jwt {
                 if info.consumer.is_some() {
                     ctx.consumer = info.consumer;
                 }
-                ctx.jwt = Some(info);
+                ctx.plugins.jwt = Some(info);
                 Outcome::Continue
             }
             Err(f) => {
@@ -787,11 +756,10 @@ impl Jwt {
             }
         }
     }
-
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::send_consumer(req, ctx)?;
-        if let Some(roles) = ctx.jwt.as_ref().and_then(|t| t.roles.clone()) {
-            req.insert_header(crate::owned_headers::ROLES_HEADER, roles)?;
+        if let Some(roles) = ctx.plugins.jwt.as_ref().and_then(|t| t.roles.clone()) {
+            req.insert_header(ROLES_HEADER, roles)?;
         }
         if self.hide_credentials {
             for name in &self.header_names {
@@ -799,6 +767,10 @@ impl Jwt {
             }
         }
         Ok(())
+    }
+
+    fn register_metrics() {
+        jwks::register_metrics();
     }
 }
 

@@ -2,7 +2,7 @@
 //! batching task per queue, and the HTTP POST of OTLP's JSON encoding.
 //!
 //! Pingora phase served: `logging` hands finished spans (already encoded as one JSON object
-//! each, see `plugins::opentelemetry`) to [`Exporter::submit`], which never blocks and never
+//! each, see [`super::span`]) to [`Exporter::submit`], which never blocks and never
 //! waits: `try_send` on a bounded channel, and a full queue drops the span and counts it
 //! (`otel_spans_dropped_total{reason="queue_full"}`). Everything else happens off the proxy's
 //! workers, on a runtime of its own.
@@ -13,9 +13,9 @@
 //! proxy's runtimes (one per worker thread when `work_stealing` is off) never run export
 //! I/O or JSON batch assembly. Each exporter spawns its batching task there on its first span.
 //!
-//! **Reloads.** Exporters live in a process-wide registry keyed by the identity of their
-//! settings (endpoint, headers, timeouts, batching, queue size, resource attributes; hashed,
-//! so no secret is kept as a key) and held weakly, like `limits::LimiterRegistry`: a reload
+//! **Reloads.** Exporters live in the app's registry ([`crate::util::registry`]) keyed by the
+//! identity of their settings (endpoint, headers, timeouts, batching, queue size, resource
+//! attributes; hashed, so no secret is kept as a key) and held weakly: a reload
 //! that keeps the plugin's settings gets the very same exporter, queue and task back, so
 //! nothing queued is lost and no task is added. A reload that changes them gets a new
 //! exporter; the old one is dropped with the last runtime that uses it, which closes its
@@ -32,21 +32,57 @@
 //! the endpoint's scheme, host, port and path only (never userinfo, query or `headers`,
 //! which usually carry the collector's credentials); recovery is logged once.
 
-use super::metrics;
-use once_cell::sync::{Lazy, OnceCell};
+use crate::plugins::outbound::{self, redacted};
+use crate::util::registry::Registry;
+use once_cell::sync::Lazy;
+use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use prometheus::IntCounter;
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// The `otel_*` families; the dropped reasons resolved once.
+struct Families {
+    exported: IntCounter,
+    dropped_queue_full: IntCounter,
+    dropped_export_failed: IntCounter,
+    export_failures: IntCounter,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    let dropped = r.counter_vec(
+        "otel_spans_dropped_total",
+        "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector did not take them).",
+        &["reason"],
+    );
+    Families {
+        exported: r.counter(
+            "otel_spans_exported_total",
+            "Spans the OTLP collector accepted (opentelemetry plugin).",
+        ),
+        dropped_queue_full: dropped.with_label_values(&["queue_full"]),
+        dropped_export_failed: dropped.with_label_values(&["export_failed"]),
+        export_failures: r.counter(
+            "otel_export_failures_total",
+            "OTLP export calls that failed (error, timeout or non-2xx answer).",
+        ),
+    }
+});
+
+/// Registers the `otel_*` families (once, at startup).
+pub(super) fn register_metrics() {
+    Lazy::force(&FAMILIES);
+}
 
 /// Version reported as the instrumentation scope's `version`.
 const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Settings of one exporter, compiled at load.
 #[derive(Clone)]
-pub struct ExportSettings {
+pub(crate) struct ExportSettings {
     pub endpoint: reqwest::Url,
     /// Collector headers (credentials): marked sensitive, never logged or shown.
     pub headers: reqwest::header::HeaderMap,
@@ -62,7 +98,7 @@ pub struct ExportSettings {
 impl fmt::Debug for ExportSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExportSettings")
-            .field("endpoint", &display_endpoint(&self.endpoint))
+            .field("endpoint", &redacted(&self.endpoint))
             .field("headers", &self.headers.len())
             .field("timeout", &self.timeout)
             .field("batch_span_count", &self.batch_span_count)
@@ -116,21 +152,12 @@ impl ExportSettings {
     }
 }
 
-/// `scheme://host:port/path` of the endpoint: what logs and `Debug` may show.
-pub fn display_endpoint(u: &reqwest::Url) -> String {
-    let host = u.host_str().unwrap_or("");
-    match u.port() {
-        Some(p) => format!("{}://{host}:{p}{}", u.scheme(), u.path()),
-        None => format!("{}://{host}{}", u.scheme(), u.path()),
-    }
-}
-
 /// What the batching task takes over when it starts.
 type Pending = (mpsc::Receiver<Vec<u8>>, Arc<ExportSettings>);
 
 /// One collector queue. Shared by every plugin instance (and config generation) with the
 /// same settings.
-pub struct Exporter {
+pub(crate) struct Exporter {
     tx: mpsc::Sender<Vec<u8>>,
     /// Receiver and settings until the batching task takes them on the first span.
     pending: Mutex<Option<Pending>>,
@@ -151,17 +178,17 @@ impl Exporter {
         let (tx, rx) = mpsc::channel(settings.queue_size.max(1));
         Exporter {
             tx,
-            endpoint: display_endpoint(&settings.endpoint),
+            endpoint: redacted(&settings.endpoint),
             pending: Mutex::new(Some((rx, Arc::new(settings)))),
             started: OnceCell::new(),
         }
     }
 
     /// Queues one encoded span. Never blocks: a full queue drops it (counted).
-    pub fn submit(&self, span: Vec<u8>) {
+    pub(crate) fn submit(&self, span: Vec<u8>) {
         self.started.get_or_init(|| self.start());
         if self.tx.try_send(span).is_err() {
-            metrics::otel_spans_dropped_queue_full();
+            FAMILIES.dropped_queue_full.inc();
         }
     }
 
@@ -175,37 +202,14 @@ impl Exporter {
             rt.spawn(run(rx, settings));
         }
     }
-
-    /// The endpoint as logs may show it.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
 }
 
-static EXPORTERS: Lazy<Mutex<HashMap<String, Weak<Exporter>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
-
-/// The exporter for `settings`: the live one with the same settings (a reload keeps its
-/// queue and task), else a new one. Starts nothing: the task starts with the first span.
-pub fn exporter(settings: ExportSettings) -> Arc<Exporter> {
+/// The exporter for `settings`: the live one with the same settings in `registry` (a reload
+/// keeps its queue and task), else a new one. Starts nothing: the task starts with the first
+/// span.
+pub(crate) fn exporter(registry: &Registry, settings: ExportSettings) -> Arc<Exporter> {
     let id = settings.identity();
-    let mut m = EXPORTERS.lock();
-    if let Some(e) = m.get(&id).and_then(Weak::upgrade) {
-        return e;
-    }
-    m.retain(|_, w| w.strong_count() > 0);
-    let e = Arc::new(Exporter::new(settings));
-    m.insert(id, Arc::downgrade(&e));
-    e
-}
-
-/// Live exporters (tests).
-pub fn live_exporters() -> usize {
-    EXPORTERS
-        .lock()
-        .values()
-        .filter(|w| w.strong_count() > 0)
-        .count()
+    registry.get_or_insert_with(&id, || Exporter::new(settings))
 }
 
 /// The runtime every export task runs on, created on first use.
@@ -233,24 +237,24 @@ fn export_runtime() -> Option<&'static tokio::runtime::Runtime> {
 
 /// The batching loop of one exporter; ends when every sender is gone and the queue is empty.
 async fn run(mut rx: mpsc::Receiver<Vec<u8>>, settings: Arc<ExportSettings>) {
-    let client = match reqwest::Client::builder()
+    // The collector is reached directly (no environment proxy: see `outbound`).
+    let client = match outbound::client()
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.timeout)
         .default_headers(settings.headers.clone())
-        .no_proxy()
         .pool_max_idle_per_host(2)
         .build()
     {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(
-                endpoint = %display_endpoint(&settings.endpoint),
+                endpoint = %redacted(&settings.endpoint),
                 "opentelemetry: cannot build the export client, spans are dropped: {}",
                 e.without_url()
             );
             // Keep draining so the queue never looks full forever; count what is lost.
             while let Some(_span) = rx.recv().await {
-                metrics::otel_spans_dropped_export_failed(1);
+                FAMILIES.dropped_export_failed.inc();
             }
             return;
         }
@@ -281,18 +285,18 @@ async fn run(mut rx: mpsc::Receiver<Vec<u8>>, settings: Arc<ExportSettings>) {
         let n = body.1;
         match post(&client, &settings.endpoint, body.0).await {
             Ok(()) => {
-                metrics::otel_spans_exported(n);
+                FAMILIES.exported.inc_by(n);
                 if failing {
                     failing = false;
-                    tracing::info!(endpoint = %display_endpoint(&settings.endpoint), "opentelemetry: collector accepts spans again");
+                    tracing::info!(endpoint = %redacted(&settings.endpoint), "opentelemetry: collector accepts spans again");
                 }
             }
             Err(reason) => {
-                metrics::otel_export_failure();
-                metrics::otel_spans_dropped_export_failed(n);
+                FAMILIES.export_failures.inc();
+                FAMILIES.dropped_export_failed.inc_by(n);
                 if !failing {
                     failing = true;
-                    tracing::warn!(endpoint = %display_endpoint(&settings.endpoint), "opentelemetry: span export failed ({reason}); spans are dropped until it recovers");
+                    tracing::warn!(endpoint = %redacted(&settings.endpoint), "opentelemetry: span export failed ({reason}); spans are dropped until it recovers");
                 } else {
                     tracing::debug!("opentelemetry: span export failed again ({reason})");
                 }
@@ -372,19 +376,33 @@ mod tests {
 
     #[test]
     fn same_settings_share_one_exporter() {
-        let a = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer a"));
-        let b = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer a"));
+        let reg = Registry::default();
+        let a = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer a"),
+        );
+        let b = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer a"),
+        );
         assert!(
             Arc::ptr_eq(&a, &b),
             "a reload with the same settings keeps the queue"
         );
-        let c = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer b"));
+        let c = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer b"),
+        );
         assert!(!Arc::ptr_eq(&a, &c), "changed credentials: a new exporter");
         let id = settings("http://127.0.0.1:4318/v1/traces", "Bearer a").identity();
         assert!(!id.contains("Bearer"), "the key never holds the secret");
         drop((a, b));
-        let again = exporter(settings("http://127.0.0.1:4318/v1/traces", "Bearer a"));
+        let again = exporter(
+            &reg,
+            settings("http://127.0.0.1:4318/v1/traces", "Bearer a"),
+        );
         assert_eq!(Arc::strong_count(&again), 1, "dropped with its last user");
+        assert_eq!(reg.count::<Exporter>(), 2);
     }
 
     #[test]
@@ -398,10 +416,7 @@ mod tests {
             !d.contains("pw") && !d.contains("tok") && !d.contains("secret"),
             "{d}"
         );
-        assert_eq!(
-            display_endpoint(&s.endpoint),
-            "http://collector:4318/v1/traces"
-        );
+        assert_eq!(redacted(&s.endpoint), "http://collector:4318/v1/traces");
     }
 
     #[test]

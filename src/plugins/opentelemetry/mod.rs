@@ -6,14 +6,14 @@
 //!   auth and limit plugins are traced too): reads `traceparent`/`tracestate`, keeps the
 //!   incoming trace id or starts a trace, makes the gateway's span id and decides sampling;
 //!   answers the gateway makes before any plugin runs (404 without a route, 400/414/431 from
-//!   `early_request_filter`) start the trace in [`ensure`] (called by `errors::respond`)
-//!   when the plugin is global;
+//!   `early_request_filter`) start the trace in the `before_answer` hook (called by
+//!   `errors::respond`) when the plugin is global;
 //! - `upstream_request_filter`: sends `traceparent: 00-<trace id>-<gateway span id>-<flags>`
 //!   and the kept `tracestate` upstream;
 //! - `response_filter` and gateway-made answers: the trace id in
 //!   `http_response_header_for_traceid` when configured;
-//! - `logging` ([`export_span`], from `observe::on_logging`): encodes the span and hands it to
-//!   [`crate::observe::otlp`] (never blocking); the access log writes `trace_id`.
+//! - `logging`: encodes the span and hands it to [`export`] (never blocking);
+//!   the access log writes `trace_id` (`RequestCtx::trace_id`, set with the trace).
 //!
 //! **Parsing** follows W3C Trace Context level 1, strictly: `traceparent` must be exactly
 //! `00-` + 32 lowercase hex (not all zero) + `-` + 16 lowercase hex (not all zero) + `-` + 2
@@ -34,7 +34,7 @@
 //! span processor with its own thread or runtime and a global tracer provider, and its OTLP
 //! exporter brings protobuf/tonic or a pinned HTTP client. The gateway emits exactly one span
 //! kind with a fixed attribute set from data it already has in the request context, and its
-//! exporter must follow config reloads (keyed by settings, see `otlp`). So the span is
+//! exporter must follow config reloads (keyed by settings, see [`export`]). So the span is
 //! serialized here straight from borrowed request data into one `Vec<u8>` of OTLP JSON (the
 //! only allocation per exported span), batched by a small task of our own, and POSTed with
 //! the `reqwest` client the gateway already has: no new crate, no per-span object graph, and
@@ -42,24 +42,28 @@
 //! span ids are hex strings, enums are integers, 64-bit integers and times (unix nanoseconds)
 //! are strings.
 //!
-//! With the plugin absent nothing here runs: `RequestCtx::trace` stays `None`, a
+//! With the plugin absent nothing here runs: `RequestCtx::trace_id` stays `None`, a
 //! client's `traceparent` passes through untouched and the access log has no `trace_id`.
 
-use super::{Outcome, Plugin};
+use super::{phase, BuildEnv, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
-use crate::observe::otlp::{self, ExportSettings, Exporter};
+mod export;
+mod span;
+
+use crate::observe::Finished;
+use crate::util::hex_id::HexId;
+use export::{ExportSettings, Exporter};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use serde::ser::{SerializeMap, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
+use span::encode_span;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -69,15 +73,6 @@ pub const TRACESTATE_MAX_LEN: usize = 512;
 pub const TRACESTATE_MAX_MEMBERS: usize = 32;
 /// Members longer than this are the first dropped when `tracestate` is too long (W3C).
 const TRACESTATE_LONG_MEMBER: usize = 128;
-
-/// OTLP `SpanKind.SPAN_KIND_SERVER`.
-const KIND_SERVER: u8 = 2;
-/// OTLP `Status.StatusCode`.
-const STATUS_UNSET: u8 = 0;
-const STATUS_ERROR: u8 = 2;
-/// OTLP `SpanFlags`: the span knows whether its parent is remote, and whether it is.
-const FLAG_HAS_IS_REMOTE: u32 = 0x100;
-const FLAG_IS_REMOTE: u32 = 0x200;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -157,7 +152,7 @@ pub struct OpenTelemetry {
     exporter: Option<Arc<Exporter>>,
 }
 
-/// The trace of one request (in `RequestCtx::trace`).
+/// The trace of one request (`RequestCtx::plugins.opentelemetry`).
 #[derive(Debug, Clone)]
 pub struct TraceCtx {
     pub trace_id: [u8; 16],
@@ -188,34 +183,6 @@ impl TraceCtx {
         out[53] = b'0';
         out[54] = if self.sampled { b'1' } else { b'0' };
         out
-    }
-}
-
-/// An id written as lowercase hex (access log, OTLP JSON, response header) from the stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HexId<const N: usize>(pub [u8; N]);
-
-impl<const N: usize> HexId<N> {
-    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        let mut buf = [0u8; 64];
-        let s = buf
-            .get_mut(..2 * N)
-            .and_then(|out| hex::encode_to_slice(self.0, out).ok().map(|_| &*out))
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("");
-        f(s)
-    }
-}
-
-impl<const N: usize> fmt::Display for HexId<N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.with_str(|s| f.write_str(s))
-    }
-}
-
-impl<const N: usize> Serialize for HexId<N> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.with_str(|v| s.serialize_str(v))
     }
 }
 
@@ -350,7 +317,54 @@ fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 impl OpenTelemetry {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    /// Continues the incoming trace or starts one (once per request).
+    pub fn begin(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
+        if ctx.plugins.opentelemetry.is_some() {
+            return;
+        }
+        let (trace_id, parent_id, sampled, tracestate) = match incoming_traceparent(&req.headers) {
+            Some(tp) => (
+                tp.trace_id,
+                Some(tp.parent_id),
+                tp.flags & 1 == 1,
+                bounded_tracestate(&req.headers),
+            ),
+            None => {
+                let id = new_trace_id();
+                (id, None, self.sampler.sampled(&id), None)
+            }
+        };
+        let start = SystemTime::now()
+            .checked_sub(ctx.started.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        ctx.trace_id = Some(HexId(trace_id));
+        ctx.plugins.opentelemetry = Some(TraceCtx {
+            trace_id,
+            span_id: new_span_id(),
+            parent_id,
+            sampled,
+            export: sampled && self.exporter.is_some(),
+            tracestate,
+            start_unix_ns: unix_nanos(start),
+        });
+    }
+}
+
+impl Hooks for OpenTelemetry {
+    /// This request's trace (`None` until the plugin started it).
+    type State = Option<TraceCtx>;
+    const PHASES: u32 = phase::REQUEST
+        | phase::UPSTREAM_REQUEST
+        | phase::RESPONSE
+        | phase::BEFORE_ANSWER
+        | phase::LOGGING;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let p = |k: &str| format!("{path}.config.{k}");
         let mut ok = true;
@@ -439,16 +453,19 @@ impl OpenTelemetry {
         }
         resource_attributes.extend(cfg.resource_attributes);
         let exporter = endpoint.map(|endpoint| {
-            otlp::exporter(ExportSettings {
-                endpoint,
-                headers,
-                connect_timeout: cfg.connect_timeout.0,
-                timeout: cfg.timeout.0,
-                batch_span_count: cfg.batch_span_count,
-                batch_flush_delay: cfg.batch_flush_delay.0,
-                queue_size: cfg.queue_size,
-                resource_attributes,
-            })
+            export::exporter(
+                env.registry,
+                ExportSettings {
+                    endpoint,
+                    headers,
+                    connect_timeout: cfg.connect_timeout.0,
+                    timeout: cfg.timeout.0,
+                    batch_span_count: cfg.batch_span_count,
+                    batch_flush_delay: cfg.batch_flush_delay.0,
+                    queue_size: cfg.queue_size,
+                    resource_attributes,
+                },
+            )
         });
         Some(OpenTelemetry {
             sampler: Sampler::from_ratio(cfg.sampling_ratio),
@@ -456,47 +473,34 @@ impl OpenTelemetry {
             exporter,
         })
     }
-
     /// `request_filter`: starts the request's trace.
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         self.begin(session.req_header(), ctx);
         Outcome::Continue
     }
-
-    /// Continues the incoming trace or starts one (once per request).
-    pub fn begin(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
-        if ctx.trace.is_some() {
-            return;
-        }
-        let (trace_id, parent_id, sampled, tracestate) = match incoming_traceparent(&req.headers) {
-            Some(tp) => (
-                tp.trace_id,
-                Some(tp.parent_id),
-                tp.flags & 1 == 1,
-                bounded_tracestate(&req.headers),
-            ),
-            None => {
-                let id = new_trace_id();
-                (id, None, self.sampler.sampled(&id), None)
-            }
-        };
-        let start = SystemTime::now()
-            .checked_sub(ctx.started.elapsed())
-            .unwrap_or_else(SystemTime::now);
-        ctx.trace = Some(TraceCtx {
-            trace_id,
-            span_id: new_span_id(),
-            parent_id,
-            sampled,
-            export: sampled && self.exporter.is_some(),
-            tracestate,
-            start_unix_ns: unix_nanos(start),
-        });
+    /// For answers the gateway makes before the plugin's `request_filter` ran (no route,
+    /// early refusals): starts the trace so the answer, its access-log line and its span
+    /// carry it (nothing when the trace exists).
+    fn before_answer(&self, session: &Session, ctx: &mut RequestCtx) {
+        self.begin(session.req_header(), ctx);
     }
-
+    /// `logging`: encodes the request's server span and queues it for export (when the
+    /// trace is sampled and the plugin has an endpoint).
+    fn logging(&self, session: &Session, ctx: &mut RequestCtx, done: &Finished) {
+        let Some(t) = ctx.plugins.opentelemetry.as_ref().filter(|t| t.export) else {
+            return;
+        };
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        let end = t
+            .start_unix_ns
+            .saturating_add(u64::try_from(done.elapsed.as_nanos()).unwrap_or(u64::MAX));
+        exporter.submit(encode_span(session, ctx, t, done.status, end, done.error));
+    }
     /// `upstream_request_filter`: the gateway's span becomes the upstream's parent.
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-        let Some(t) = &ctx.trace else {
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+        let Some(t) = &ctx.plugins.opentelemetry else {
             return Ok(());
         };
         let tp = HeaderValue::from_bytes(&t.traceparent())
@@ -512,10 +516,14 @@ impl OpenTelemetry {
         }
         Ok(())
     }
-
     /// `response_filter` and gateway-made answers: the trace id for the client, if asked.
-    pub fn response(&self, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-        if let (Some(name), Some(t)) = (&self.response_header, &ctx.trace) {
+    fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
+        if let (Some(name), Some(t)) = (&self.response_header, &ctx.plugins.opentelemetry) {
             let v = t.trace_hex().with_str(HeaderValue::from_str);
             if let Ok(v) = v {
                 resp.insert_header(name.clone(), v)?;
@@ -523,292 +531,10 @@ impl OpenTelemetry {
         }
         Ok(())
     }
-}
 
-/// The `opentelemetry` instance of the request's chain (first in `ORDER`, so the first
-/// entry when present).
-fn plugin_of(ctx: &RequestCtx) -> Option<&OpenTelemetry> {
-    match ctx.chain().plugins.first().map(|p| &**p) {
-        Some(Plugin::OpenTelemetry(p)) => Some(p),
-        _ => None,
+    fn register_metrics() {
+        export::register_metrics();
     }
-}
-
-/// For answers the gateway makes before the plugin's `request_filter` ran (no route, early
-/// refusals): starts the trace so the answer, its access-log line and its span carry it.
-/// Nothing when the chain has no `opentelemetry` or the trace exists.
-pub fn ensure(session: &Session, ctx: &mut RequestCtx) {
-    if ctx.trace.is_some() || plugin_of(ctx).is_none() {
-        return;
-    }
-    let rt = ctx.rt.clone();
-    let chain = match ctx.route.and_then(|i| rt.routes.get(i)) {
-        Some(r) => &r.plugins,
-        None => &rt.global_plugins,
-    };
-    if let Some(Plugin::OpenTelemetry(p)) = chain.plugins.first().map(|p| &**p) {
-        p.begin(session.req_header(), ctx);
-    }
-}
-
-/// `logging`: encodes the request's server span and queues it for export (when the trace
-/// is sampled and the plugin has an endpoint). `error`: the contract code of a gateway-made
-/// error answer.
-pub fn export_span(
-    session: &Session,
-    ctx: &RequestCtx,
-    status: u16,
-    elapsed: Duration,
-    error: Option<&str>,
-) {
-    let Some(t) = ctx.trace.as_ref().filter(|t| t.export) else {
-        return;
-    };
-    let Some(exporter) = plugin_of(ctx).and_then(|p| p.exporter.as_ref()) else {
-        return;
-    };
-    let end = t
-        .start_unix_ns
-        .saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
-    exporter.submit(encode_span(session, ctx, t, status, end, error));
-}
-
-// ---------------------------------------------------------------------------------------------
-// OTLP JSON encoding of one span, straight from borrowed request data
-// ---------------------------------------------------------------------------------------------
-
-/// An OTLP `AnyValue`.
-enum Val<'a> {
-    Str(&'a str),
-    Disp(&'a dyn fmt::Display),
-    Int(i64),
-}
-
-impl Serialize for Val<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(1))?;
-        match self {
-            Val::Str(v) => m.serialize_entry("stringValue", v)?,
-            Val::Disp(v) => m.serialize_entry("stringValue", &DisplayStr(*v))?,
-            // OTLP JSON: int64 as a decimal string.
-            Val::Int(v) => m.serialize_entry("intValue", &DisplayStr(v))?,
-        }
-        m.end()
-    }
-}
-
-struct DisplayStr<'a>(&'a dyn fmt::Display);
-
-impl Serialize for DisplayStr<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self.0)
-    }
-}
-
-/// An OTLP `KeyValue`.
-struct Attr<'a>(&'static str, Val<'a>);
-
-impl Serialize for Attr<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("key", self.0)?;
-        m.serialize_entry("value", &self.1)?;
-        m.end()
-    }
-}
-
-struct Attrs<'a, const N: usize>([Option<Attr<'a>>; N]);
-
-impl<const N: usize> Serialize for Attrs<'_, N> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().flatten())
-    }
-}
-
-struct SpanName<'a>(&'a str, Option<&'a str>);
-
-impl fmt::Display for SpanName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.1 {
-            Some(route) => write!(f, "{} {route}", self.0),
-            None => f.write_str(self.0),
-        }
-    }
-}
-
-struct SpanJson<'a, const N: usize> {
-    t: &'a TraceCtx,
-    name: SpanName<'a>,
-    end_unix_ns: u64,
-    attributes: Attrs<'a, N>,
-    status_code: u8,
-    status_message: Option<&'a str>,
-}
-
-struct Status<'a>(u8, Option<&'a str>);
-
-impl Serialize for Status<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("code", &self.0)?;
-        if let Some(msg) = self.1 {
-            m.serialize_entry("message", msg)?;
-        }
-        m.end()
-    }
-}
-
-impl<const N: usize> Serialize for SpanJson<'_, N> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.t;
-        let mut st = s.serialize_struct("Span", 12)?;
-        st.serialize_field("traceId", &t.trace_hex())?;
-        st.serialize_field("spanId", &HexId(t.span_id))?;
-        if let Some(ts) = t.tracestate.as_ref().and_then(|v| v.to_str().ok()) {
-            st.serialize_field("traceState", ts)?;
-        }
-        if let Some(p) = t.parent_id {
-            st.serialize_field("parentSpanId", &HexId(p))?;
-        }
-        let remote = if t.parent_id.is_some() {
-            FLAG_IS_REMOTE
-        } else {
-            0
-        };
-        st.serialize_field(
-            "flags",
-            &(u32::from(t.sampled) | FLAG_HAS_IS_REMOTE | remote),
-        )?;
-        st.serialize_field("name", &DisplayStr(&self.name))?;
-        st.serialize_field("kind", &KIND_SERVER)?;
-        st.serialize_field("startTimeUnixNano", &DisplayStr(&t.start_unix_ns))?;
-        st.serialize_field("endTimeUnixNano", &DisplayStr(&self.end_unix_ns))?;
-        st.serialize_field("attributes", &self.attributes)?;
-        st.serialize_field("status", &Status(self.status_code, self.status_message))?;
-        st.end()
-    }
-}
-
-/// OTel's `http.request.method`: the known methods, else `_OTHER` (the original goes in
-/// `http.request.method_original`).
-fn semconv_method(m: &http::Method) -> Option<&'static str> {
-    Some(match *m {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => return None,
-    })
-}
-
-fn protocol_version(v: http::Version) -> Option<&'static str> {
-    match v {
-        http::Version::HTTP_10 => Some("1.0"),
-        http::Version::HTTP_11 => Some("1.1"),
-        http::Version::HTTP_2 => Some("2"),
-        _ => None,
-    }
-}
-
-/// One span as OTLP JSON (an element of `scopeSpans[].spans`). Attributes follow the OTel
-/// HTTP server semantic conventions; `gatehouse.*` carry what is the gateway's own.
-pub fn encode_span(
-    session: &Session,
-    ctx: &RequestCtx,
-    t: &TraceCtx,
-    status: u16,
-    end_unix_ns: u64,
-    error: Option<&str>,
-) -> Vec<u8> {
-    let req = session.req_header();
-    let path = req.uri.path();
-    let route = ctx.route();
-    // The matched prefix: low-cardinality like a route template (a config path prefix).
-    let http_route = route.map(|_| match path.get(..ctx.prefix_len) {
-        Some(p) if !p.is_empty() => p,
-        _ => "/",
-    });
-    let method = semconv_method(&req.method);
-    let peer = session.client_addr().and_then(|a| a.as_inet());
-    let tls = session
-        .digest()
-        .and_then(|d| d.ssl_digest.as_ref())
-        .is_some();
-    let host = crate::request::host(req);
-    let user_agent = req
-        .headers
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    let upstream = route.map(|r| &r.upstream);
-    let target = ctx.selected_target().map(|t| t.addr.as_str());
-    let peer_ip = peer.map(|a| a.ip());
-    let client_ip = ctx.client_ip;
-    let server_error = status >= 500 && status != crate::observe::CLIENT_CLOSED;
-    let error_type = server_error.then_some(status);
-    let attributes = Attrs([
-        Some(Attr(
-            "http.request.method",
-            Val::Str(method.unwrap_or("_OTHER")),
-        )),
-        method.is_none().then(|| {
-            Attr(
-                "http.request.method_original",
-                Val::Str(req.method.as_str()),
-            )
-        }),
-        Some(Attr("url.path", Val::Str(path))),
-        Some(Attr(
-            "url.scheme",
-            Val::Str(if tls { "https" } else { "http" }),
-        )),
-        http_route.map(|r| Attr("http.route", Val::Str(r))),
-        Some(Attr(
-            "http.response.status_code",
-            Val::Int(i64::from(status)),
-        )),
-        protocol_version(req.version).map(|v| Attr("network.protocol.version", Val::Str(v))),
-        host.map(|h| Attr("server.address", Val::Str(h))),
-        client_ip
-            .as_ref()
-            .map(|ip| Attr("client.address", Val::Disp(ip))),
-        peer_ip
-            .as_ref()
-            .map(|ip| Attr("network.peer.address", Val::Disp(ip))),
-        peer.map(|a| Attr("network.peer.port", Val::Int(i64::from(a.port())))),
-        user_agent.map(|u| Attr("user_agent.original", Val::Str(u))),
-        error_type
-            .as_ref()
-            .map(|s| Attr("error.type", Val::Disp(s))),
-        route.map(|r| Attr("gatehouse.route", Val::Str(&r.name))),
-        upstream.map(|u| Attr("gatehouse.upstream", Val::Str(&u.name))),
-        target.map(|a| Attr("gatehouse.upstream.address", Val::Str(a))),
-        error.map(|e| Attr("gatehouse.error", Val::Str(e))),
-        ctx.cache_status
-            .map(|c| Attr("gatehouse.cache", Val::Str(c))),
-        Some(Attr("gatehouse.request_id", Val::Str(&ctx.request_id))),
-    ]);
-    let span = SpanJson {
-        t,
-        name: SpanName(method.unwrap_or("HTTP"), http_route),
-        end_unix_ns,
-        attributes,
-        status_code: if server_error {
-            STATUS_ERROR
-        } else {
-            STATUS_UNSET
-        },
-        status_message: if server_error { error } else { None },
-    };
-    let mut out = Vec::with_capacity(1024);
-    if serde_json::to_writer(&mut out, &span).is_err() {
-        out.clear();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //!   `HeaderValue` (or percent-encoded query text) and costs nothing per request. When a
 //!   variable has no value for a request (`$(consumer)` on an anonymous request, no client
 //!   address) that entry is skipped for that request rather than sent empty.
-//! - `json` entries edit JSON request bodies ([`super::request_body`]): the body is read in
+//! - `json` entries edit JSON request bodies ([`body`]): the body is read in
 //!   `request_filter` (so the upstream gets an exact `Content-Length`), rewritten, and
 //!   handed to the upstream from `request_body_filter`.
 //! - Query keys are compared percent-decoded (`+` is a space); keys and values written by
@@ -22,11 +22,13 @@
 //! Hop-by-hop and framing headers (`Content-Length`, `Transfer-Encoding`, `Connection`,
 //! ...) cannot be transformed: changing them would desynchronize the body framing.
 
-use super::request_body::{BodyRules, JsonConfig};
-use super::Outcome;
+pub mod body;
+
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
+use crate::plugins::{phase, BodyOutcome, BuildEnv, Hooks, Outcome};
+use body::{BodyRules, JsonConfig};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -215,7 +217,10 @@ impl Template {
                     Some(c) => push(out, &c.username),
                     None => return false,
                 },
-                Seg::Now => push(out, &super::json_rewrite::rfc3339_millis(arrival_time(ctx))),
+                Seg::Now => push(
+                    out,
+                    &crate::plugins::json_rewrite::rfc3339_millis(arrival_time(ctx)),
+                ),
                 Seg::Latency => {
                     // "12.345": at most ~20 digits before the point for any real uptime.
                     let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
@@ -295,11 +300,6 @@ pub fn header_name(c: &mut Compiler, path: &str, name: &str) -> Option<Name> {
         name: h,
         case: Bytes::copy_from_slice(name.as_bytes()),
     })
-}
-
-/// A header value (template) from the config.
-pub fn header_val(c: &mut Compiler, path: &str, value: &str) -> Option<HeaderVal> {
-    header_val_in(c, path, value, Scope::Request)
 }
 
 /// A header value (template) whose variables are those of `scope`.
@@ -773,7 +773,23 @@ pub struct RequestTransformer {
 }
 
 impl RequestTransformer {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+    /// The JSON body rules, when configured.
+    pub fn body(&self) -> Option<&BodyRules> {
+        self.body.as_deref()
+    }
+}
+
+impl Hooks for RequestTransformer {
+    /// The JSON body read and rewritten in `request_filter`, sent to every upstream attempt.
+    type State = Option<body::Prepared>;
+    const PHASES: u32 = phase::REQUEST | phase::REQUEST_BODY | phase::UPSTREAM_REQUEST;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
         let body = BodyRules::build(
             c,
@@ -826,22 +842,30 @@ impl RequestTransformer {
             body,
         })
     }
-
-    /// The JSON body rules, when configured.
-    pub fn body(&self) -> Option<&BodyRules> {
-        self.body.as_deref()
-    }
-
     /// `request_filter`: reads and rewrites a JSON body when `json` rules are configured.
-    pub async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         match &self.body {
             Some(b) => b.read(session, ctx).await,
             None => Outcome::Continue,
         }
     }
+    /// `request_body_filter`: a body read and rewritten in `request_filter` goes to every
+    /// upstream attempt as rewritten ([`body::replay`]).
+    fn request_body(
+        &self,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<BodyOutcome> {
+        Ok(if body::replay(body, ctx) {
+            BodyOutcome::Supplied
+        } else {
+            BodyOutcome::Continue
+        })
+    }
 
-    pub fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-        super::request_body::upstream_request(req, ctx)?;
+    fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+        body::upstream_request(req, ctx)?;
         self.headers.apply(req, ctx)?;
         if self.query.is_empty() {
             return Ok(());
@@ -868,6 +892,15 @@ impl RequestTransformer {
             req.set_uri(uri);
         }
         Ok(())
+    }
+
+    fn register_metrics() {
+        body::register_metrics();
+    }
+
+    /// `request_transform_bodies_total{route,result}` exists from the start (at 0).
+    fn route_series(route: &str, create: bool) {
+        body::route_series(route, create);
     }
 }
 

@@ -4,7 +4,7 @@
 //! Pingora phases:
 //! - `request_filter` ([`BodyRules::read`]): reads the whole body (under `server.body_timeout`
 //!   per read, `max_body_bytes` and the request's body limit), rewrites it and keeps the
-//!   result in [`RequestCtx::req_body`].
+//!   result in `RequestCtx::plugins.request_transformer`.
 //! - `upstream_request_filter` ([`upstream_request`]): `Content-Length` of the rewritten
 //!   body; `Transfer-Encoding` and `Expect` removed.
 //! - `request_body_filter` ([`replay`]): hands the rewritten body to the upstream, once per
@@ -27,14 +27,14 @@
 //! that small tree in Kong's order (`remove`, `rename`, `replace`, `add`) and the result is
 //! written back: untouched values are copied byte for byte, edited objects come out compact.
 
-use super::body_buf::Chunks;
-use super::json_rewrite;
-use super::json_scan::{unquoted, Invalid, Scanner};
-use super::request_transformer::{push_json_escaped, Template};
-use super::response_transformer::is_json;
-use super::{Outcome, Reply};
+use super::{push_json_escaped, Template};
 use crate::config::diag::{Compiler, ErrorSink};
 use crate::ctx::RequestCtx;
+use crate::plugins::body_buf::Chunks;
+use crate::plugins::json_rewrite;
+use crate::plugins::json_scan::{unquoted, Invalid, Scanner};
+use crate::plugins::response_transformer::is_json;
+use crate::plugins::{Outcome, Reply};
 use bytes::Bytes;
 use http::header;
 use pingora::http::RequestHeader;
@@ -43,7 +43,7 @@ use pingora::proxy::Session;
 use std::borrow::Cow;
 
 /// Nesting deeper than this is refused as invalid (same limit as the response rewriter).
-pub const MAX_DEPTH: usize = super::json_scan::MAX_DEPTH;
+pub const MAX_DEPTH: usize = crate::plugins::json_scan::MAX_DEPTH;
 
 /// Pingora's retry buffer (`BODY_BUF_LIMIT` in pingora-core, not exported): the most body
 /// bytes it holds to replay to the upstream.
@@ -89,9 +89,37 @@ impl BodyResult {
     }
 }
 
+/// `request_transform_bodies_total{route,result}`.
+static BODIES: once_cell::sync::Lazy<prometheus::IntCounterVec> = once_cell::sync::Lazy::new(
+    || {
+        crate::observe::metrics::registry().counter_vec(
+        "request_transform_bodies_total",
+        "JSON request bodies request-transformer read, by route and result (rewritten, unchanged; refused: too_large, invalid_json, compressed).",
+        &["route", "result"],
+    )
+    },
+);
+
+/// Registers `request_transform_bodies_total` (once, at startup).
+pub(super) fn register_metrics() {
+    once_cell::sync::Lazy::force(&BODIES);
+}
+
+/// Creates (at 0) or removes the series of `route`, one per [`BodyResult`].
+pub(super) fn route_series(route: &str, create: bool) {
+    for r in BodyResult::ALL {
+        let labels = [route, r.as_str()];
+        if create {
+            BODIES.with_label_values(&labels);
+        } else {
+            let _ = BODIES.remove_label_values(&labels);
+        }
+    }
+}
+
 fn record(ctx: &RequestCtx, result: BodyResult) {
     let route = ctx.route().map_or("", |r| r.name.as_str());
-    crate::observe::metrics::request_body_transform(route, result.as_str());
+    BODIES.with_label_values(&[route, result.as_str()]).inc();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -898,7 +926,7 @@ impl BodyRules {
                 ));
             }
         };
-        ctx.req_body = Some(Prepared { body, sent_in: 0 });
+        ctx.plugins.request_transformer = Some(Prepared { body, sent_in: 0 });
         Outcome::Continue
     }
 }
@@ -916,7 +944,7 @@ fn read_failed(session: &mut Session, e: &Error) -> Outcome {
 
 /// `upstream_request_filter`: the head of a request whose body was read and rewritten.
 pub fn upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-    let Some(p) = &ctx.req_body else {
+    let Some(p) = &ctx.plugins.request_transformer else {
         return Ok(());
     };
     req.remove_header(&header::TRANSFER_ENCODING);
@@ -929,7 +957,7 @@ pub fn upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()>
 /// upstream attempt. `false` when this request's body was not read by the transformer.
 pub fn replay(body: &mut Option<Bytes>, ctx: &mut RequestCtx) -> bool {
     let attempt = ctx.attempts;
-    let Some(p) = ctx.req_body.as_mut() else {
+    let Some(p) = ctx.plugins.request_transformer.as_mut() else {
         return false;
     };
     if p.sent_in == attempt {
@@ -945,8 +973,8 @@ pub fn replay(body: &mut Option<Bytes>, ctx: &mut RequestCtx) -> bool {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::ctx::Runtime;
     use crate::plugins::Plugin;
+    use crate::ctx::Runtime;
     use crate::upstream::StateRegistry;
     use serde_json::{json, Value};
     use std::sync::Arc;

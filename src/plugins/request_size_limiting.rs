@@ -2,7 +2,7 @@
 //! before connecting upstream when Content-Length says so; a chunked body is cut off as it
 //! crosses the limit (the gateway's body filter enforces `ctx.body_limit`).
 
-use super::{Outcome, Reply};
+use super::{phase, BuildEnv, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
@@ -24,19 +24,27 @@ impl Default for Config {
 }
 
 #[derive(Debug)]
-pub struct SizeLimit {
+pub struct RequestSizeLimiting {
     pub limit: u64,
 }
 
-impl SizeLimit {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
+impl Hooks for RequestSizeLimiting {
+    type State = ();
+    const PHASES: u32 = phase::REQUEST;
+
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        _env: &BuildEnv,
+    ) -> Option<Self> {
         let cfg: Config = c.plugin_config(path, config)?;
-        Some(SizeLimit {
+        Some(RequestSizeLimiting {
             limit: cfg.allowed_payload_size.0,
         })
     }
 
-    pub fn request(&self, session: &Session, ctx: &mut RequestCtx) -> Outcome {
+    async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         ctx.body_limit = ctx.body_limit.min(self.limit);
         // Content-Length was checked to be plain digits in early_request_filter.
         let declared = session

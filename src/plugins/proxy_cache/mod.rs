@@ -1,47 +1,56 @@
 //! `proxy-cache`: Pingora's HTTP cache in front of a route, backed by the bounded LRU store
-//! of [`crate::cache`].
+//! of [`store`]; [`key`] builds the cache key, [`stores`] keeps the stores across reloads
+//! (and purges them: admin `POST /cache/purge`, [`broadcast`] to the other nodes).
 //!
 //! Pingora runs its cache phases between `request_filter` and `upstream_peer`, so every
 //! request plugin (auth, ACL, rate limits) has already passed when a cached answer is
-//! served. The gateway's cache hooks delegate here:
+//! served. The plugin serves the cache phases of its chain ([`phase::CACHE`]):
 //!
 //! | Pingora hook             | here                         |
 //! |--------------------------|------------------------------|
-//! | `request_cache_filter`   | [`request_cache_filter`]: enable, or `BYPASS` (method, `Authorization`, upgrade, unkeyed forwarding headers) |
-//! | `cache_key_callback`     | [`cache_key`] ([`crate::cache::key`]) |
-//! | `cache_miss`             | [`cache_miss`]               |
-//! | `cache_hit_filter`       | [`hit_filter`]               |
-//! | `response_cache_filter`  | [`response_cacheable`]: `Cache-Control`, `Set-Cookie`, `Vary: *`, `status`, `ttl` |
+//! | `request_cache_filter`   | enable, or `BYPASS` (method, `Authorization`, upgrade, unkeyed forwarding headers) |
+//! | `cache_key_callback`     | [`key`], keyed also on the chain's identity headers |
+//! | `cache_miss`             | `MISS`                       |
+//! | `cache_hit_filter`       | `HIT` or `EXPIRED`           |
+//! | `response_cache_filter`  | `Cache-Control`, `Set-Cookie`, `Vary: *`, `status`, `ttl` |
 //! | `cache_vary_filter`      | [`variance`]: the upstream's `Vary` |
 //! | `should_serve_stale`     | [`should_serve_stale`]       |
-//! | `response_filter`        | [`settle_status`], then the plugin's `response` hook adds `X-Cache-Status` |
+//! | `response_filter`        | `settle_cache` (the status from the cache phase), then the `response` hook adds `X-Cache-Status` |
 //!
-//! Stores outlive reloads (see [`crate::cache`]); [`install`] applies a new config to them.
+//! Stores outlive reloads (see [`stores`]); `install` applies a new config to them.
 
-use crate::cache::{self, key, EntryTag, StoreId};
+pub mod broadcast;
+pub mod key;
+pub mod store;
+pub mod stores;
+
 use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
+use crate::plugins::{phase, BuildEnv, Hooks};
 use crate::ctx::Runtime;
-use crate::plugins::Plugin;
+use crate::util::registry::Registry;
 use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE, VARY};
 use http::{HeaderName, Method};
-use once_cell::sync::OnceCell;
+use once_cell::sync::{Lazy, OnceCell};
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheKeyLockImpl;
 use pingora::cache::{
     filters, CacheKey, CacheMeta, CacheMetaDefaults, CacheOptionOverrides, CachePhase,
-    NoCacheReason, RespCacheable, VarianceBuilder,
+    ForcedFreshness, NoCacheReason, RespCacheable, VarianceBuilder,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::ErrorSource;
+use prometheus::IntCounterVec;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use store::EntryTag;
+use stores::StoreId;
 
 pub const X_CACHE_STATUS: &str = "x-cache-status";
 pub const HIT: &str = "HIT";
@@ -49,6 +58,17 @@ pub const MISS: &str = "MISS";
 pub const STALE: &str = "STALE";
 pub const EXPIRED: &str = "EXPIRED";
 pub const BYPASS: &str = "BYPASS";
+/// Every `X-Cache-Status` value (the `status` label of `cache_requests_total`).
+pub const STATUSES: &[&str] = &[HIT, MISS, STALE, EXPIRED, BYPASS];
+
+/// `cache_requests_total{route,status}`.
+static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    crate::observe::metrics::registry().counter_vec(
+        "cache_requests_total",
+        "proxy-cache lookups by route and X-Cache-Status.",
+        &["route", "status"],
+    )
+});
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,7 +102,8 @@ impl Default for Config {
     }
 }
 
-/// Per-request cache state (in [`RequestCtx`]).
+/// Per-request cache state (`RequestCtx::plugins.proxy_cache`; the status itself is
+/// `RequestCtx::cache_status`, which the access log reads).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CacheState {
     /// Pingora's cache was enabled for this request.
@@ -112,7 +133,9 @@ pub struct ProxyCache {
     /// Forwarding and override headers (`X-Forwarded-Host`, `X-Original-URL`, ...) not in
     /// `vary_headers`: a request carrying one bypasses the cache.
     unkeyed_forwarding: Vec<HeaderName>,
-    store: OnceCell<&'static cache::Store>,
+    /// Where the store lives (the app's registry).
+    registry: Registry,
+    store: OnceCell<&'static store::Store>,
 }
 
 impl std::fmt::Debug for ProxyCache {
@@ -141,79 +164,6 @@ fn secs_ceil(d: Duration) -> u32 {
 }
 
 impl ProxyCache {
-    pub fn build(c: &mut Compiler, path: &str, config: Option<&serde_yaml::Value>) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
-        let mut ok = true;
-        let (mut get, mut head) = (false, false);
-        for (i, m) in cfg.methods.iter().enumerate() {
-            match m.to_ascii_uppercase().as_str() {
-                "GET" => get = true,
-                "HEAD" => head = true,
-                _ => {
-                    c.error(
-                        &format!("{path}.config.methods[{i}]"),
-                        format!("only GET and HEAD responses can be cached, not {m:?}"),
-                    );
-                    ok = false;
-                }
-            }
-        }
-        for (i, s) in cfg.status.iter().enumerate() {
-            if !(200..=599).contains(s) || matches!(s, 206 | 304) {
-                c.error(
-                    &format!("{path}.config.status[{i}]"),
-                    format!("status {s} cannot be cached (200-599 except 206 and 304)"),
-                );
-                ok = false;
-            }
-        }
-        let mut vary = Vec::new();
-        for (i, h) in cfg.vary_headers.iter().enumerate() {
-            match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => vary.push(n),
-                Err(_) => {
-                    c.error(
-                        &format!("{path}.config.vary_headers[{i}]"),
-                        format!("invalid header name {h:?}"),
-                    );
-                    ok = false;
-                }
-            }
-        }
-        vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        vary.dedup();
-        if cfg.memory.0 == 0 {
-            c.error(&format!("{path}.config.memory"), "must be greater than 0");
-            ok = false;
-        }
-        if !ok {
-            return None;
-        }
-        let lock_timeout = cfg.lock_timeout.0;
-        let unkeyed_forwarding = crate::owned_headers::CACHE_SENSITIVE
-            .iter()
-            .map(|n| HeaderName::from_static(n))
-            .filter(|n| !vary.contains(n))
-            .collect();
-        Some(ProxyCache {
-            global: !path.starts_with("routes["),
-            ttl: cfg.ttl.0,
-            get,
-            head,
-            status: cfg.status,
-            swr: secs_ceil(cfg.stale_while_revalidate.0),
-            sie: secs_ceil(cfg.stale_if_error.0),
-            vary,
-            max_body: usize::try_from(cfg.max_body_bytes.0).unwrap_or(usize::MAX),
-            memory: usize::try_from(cfg.memory.0).unwrap_or(usize::MAX),
-            lock: (!lock_timeout.is_zero()).then(|| cache::lock(lock_timeout)),
-            lock_timeout,
-            cache_authorized: cfg.cache_authorized,
-            unkeyed_forwarding,
-            store: OnceCell::new(),
-        })
-    }
-
     fn store_id(&self, route: &str) -> StoreId {
         if self.global {
             StoreId::Global
@@ -223,32 +173,13 @@ impl ProxyCache {
     }
 
     /// This entry's store (bound by [`install`], or on first use).
-    fn store_for(&self, route: &str) -> &'static cache::Store {
+    fn store_for(&self, route: &str) -> &'static store::Store {
         self.store
-            .get_or_init(|| cache::store(&self.store_id(route), self.memory))
+            .get_or_init(|| stores::store(&self.registry, &self.store_id(route), self.memory))
     }
 
     fn method_cached(&self, m: &Method) -> bool {
         (*m == Method::GET && self.get) || (*m == Method::HEAD && self.head)
-    }
-
-    /// `response_filter` (and gateway-made answers): `X-Cache-Status` and
-    /// `cache_requests_total{route,status}`.
-    pub fn response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(status) = ctx.cache_status else {
-            return Ok(());
-        };
-        if ctx.cache.background {
-            return Ok(());
-        }
-        resp.insert_header(X_CACHE_STATUS, status)?;
-        if !ctx.cache.counted {
-            ctx.cache.counted = true;
-            if let Some(r) = ctx.route() {
-                crate::observe::metrics::cache_request(&r.name, status);
-            }
-        }
-        Ok(())
     }
 
     /// Decides whether and for how long a response is stored.
@@ -313,117 +244,292 @@ fn vary_names(resp: &ResponseHeader) -> impl Iterator<Item = &str> {
         .filter(|n| !n.is_empty())
 }
 
-/// The proxy-cache entry of the request's route, if any.
-fn plugin(ctx: &RequestCtx) -> Option<&ProxyCache> {
-    ctx.route()?
-        .plugins
-        .plugins
-        .iter()
-        .find_map(|p| match &**p {
-            Plugin::ProxyCache(c) => Some(c),
-            _ => None,
-        })
-}
+impl Hooks for ProxyCache {
+    type State = CacheState;
+    const PHASES: u32 = phase::RESPONSE | phase::CACHE;
 
-/// The `upstream_headers` of the route's forward-auth: the upstream answers each identity
-/// differently, so each gets its own object.
-fn identity_headers(ctx: &RequestCtx) -> &[HeaderName] {
-    ctx.route()
-        .and_then(|r| {
-            r.plugins.plugins.iter().find_map(|p| match &**p {
-                Plugin::ForwardAuth(f) => Some(f.upstream_header_names()),
-                _ => None,
-            })
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        env: &BuildEnv,
+    ) -> Option<Self> {
+        let cfg: Config = c.plugin_config(path, config)?;
+        let mut ok = true;
+        let (mut get, mut head) = (false, false);
+        for (i, m) in cfg.methods.iter().enumerate() {
+            match m.to_ascii_uppercase().as_str() {
+                "GET" => get = true,
+                "HEAD" => head = true,
+                _ => {
+                    c.error(
+                        &format!("{path}.config.methods[{i}]"),
+                        format!("only GET and HEAD responses can be cached, not {m:?}"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        for (i, s) in cfg.status.iter().enumerate() {
+            if !(200..=599).contains(s) || matches!(s, 206 | 304) {
+                c.error(
+                    &format!("{path}.config.status[{i}]"),
+                    format!("status {s} cannot be cached (200-599 except 206 and 304)"),
+                );
+                ok = false;
+            }
+        }
+        let mut vary = Vec::new();
+        for (i, h) in cfg.vary_headers.iter().enumerate() {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => vary.push(n),
+                Err(_) => {
+                    c.error(
+                        &format!("{path}.config.vary_headers[{i}]"),
+                        format!("invalid header name {h:?}"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        vary.dedup();
+        if cfg.memory.0 == 0 {
+            c.error(&format!("{path}.config.memory"), "must be greater than 0");
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        let lock_timeout = cfg.lock_timeout.0;
+        let unkeyed_forwarding = crate::owned_headers::CACHE_SENSITIVE
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .filter(|n| !vary.contains(n))
+            .collect();
+        Some(ProxyCache {
+            global: !path.starts_with("routes["),
+            ttl: cfg.ttl.0,
+            get,
+            head,
+            status: cfg.status,
+            swr: secs_ceil(cfg.stale_while_revalidate.0),
+            sie: secs_ceil(cfg.stale_if_error.0),
+            vary,
+            max_body: usize::try_from(cfg.max_body_bytes.0).unwrap_or(usize::MAX),
+            memory: usize::try_from(cfg.memory.0).unwrap_or(usize::MAX),
+            lock: (!lock_timeout.is_zero()).then(|| stores::lock(env.registry, lock_timeout)),
+            lock_timeout,
+            cache_authorized: cfg.cache_authorized,
+            unkeyed_forwarding,
+            registry: env.registry.clone(),
+            store: OnceCell::new(),
         })
-        .unwrap_or(&[])
-}
-
-/// `request_cache_filter`: enables Pingora's cache for a cacheable request of a cached route;
-/// a request with a method not cached, with `Authorization` (unless `cache_authorized`),
-/// asking for a protocol upgrade (WebSocket) or carrying a forwarding or override header
-/// that is not in `vary_headers` (only a trusted proxy's survive [`crate::owned_headers`])
-/// bypasses it entirely: not served from the cache, not stored.
-pub fn request_cache_filter(session: &mut Session, ctx: &mut RequestCtx) {
-    let Some(route) = ctx.route() else {
-        return;
-    };
-    let Some(pc) = plugin(ctx) else {
-        return;
-    };
-    let req = session.req_header();
-    if !pc.method_cached(&req.method)
-        || (!pc.cache_authorized && req.headers.contains_key(AUTHORIZATION))
-        || req.headers.contains_key(UPGRADE)
-        || (ctx.peer_trusted
-            && pc
-                .unkeyed_forwarding
-                .iter()
-                .any(|n| req.headers.contains_key(n)))
-    {
-        ctx.cache_status = Some(BYPASS);
-        return;
     }
-    let store = pc.store_for(&route.name);
-    let mut overrides = CacheOptionOverrides::default();
-    overrides.wait_timeout = pc.lock.map(|_| pc.lock_timeout);
-    let max_body = pc.max_body;
-    session
-        .cache
-        .enable(store, None, None, pc.lock, Some(overrides));
-    session.cache.set_max_file_size_bytes(max_body);
-    ctx.cache.enabled = true;
-    ctx.cache_status = Some(MISS);
-}
 
-/// `cache_key_callback`.
-pub fn cache_key(session: &Session, ctx: &RequestCtx) -> Result<CacheKey> {
-    let (Some(route), Some(pc)) = (ctx.route(), plugin(ctx)) else {
-        return Error::e_explain(ErrorType::InternalError, "cache key without proxy-cache");
-    };
-    let req = session.req_header();
-    let parts = key::KeyParts {
-        route: &route.name,
-        host: key::request_host(&req.uri, &req.headers),
-        path: req.uri.path(),
-        query: req.uri.query(),
-        consumer: ctx
-            .consumer
-            .and_then(|i| ctx.rt.consumers.get(i))
-            .map(|c| c.username.as_str()),
-        roles: ctx
-            .jwt
-            .as_ref()
-            .and_then(|t| t.roles.as_ref())
-            .map(|r| r.as_bytes()),
-    };
-    let hash = key::primary_hash_with(&parts, &req.headers, &pc.vary, identity_headers(ctx));
-    let mut k = CacheKey::new(Vec::new(), String::new());
-    k.set_primary_bin_override(hash);
-    Ok(k)
-}
+    /// `response_filter` (and gateway-made answers): `X-Cache-Status` and
+    /// `cache_requests_total{route,status}`.
+    fn response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
+        let Some(status) = ctx.cache_status else {
+            return Ok(());
+        };
+        if ctx.plugins.proxy_cache.background {
+            return Ok(());
+        }
+        resp.insert_header(X_CACHE_STATUS, status)?;
+        if !ctx.plugins.proxy_cache.counted {
+            ctx.plugins.proxy_cache.counted = true;
+            if let Some(r) = ctx.route() {
+                REQUESTS.with_label_values(&[r.name.as_str(), status]).inc();
+            }
+        }
+        Ok(())
+    }
 
-/// `cache_miss`: the object was not found (or not usable); this request fetches it.
-pub fn cache_miss(session: &mut Session, ctx: &mut RequestCtx) {
-    session.cache.cache_miss();
-    ctx.cache_status = Some(MISS);
-}
+    /// `request_cache_filter`: enables Pingora's cache for a cacheable request of a cached
+    /// route; a request with a method not cached, with `Authorization` (unless
+    /// `cache_authorized`), asking for a protocol upgrade (WebSocket) or carrying a forwarding
+    /// or override header that is not in `vary_headers` (only a trusted proxy's survive
+    /// [`crate::owned_headers`]) bypasses it entirely: not served from the cache, not stored.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        let Some(route) = ctx.route() else {
+            return;
+        };
+        let req = session.req_header();
+        if !self.method_cached(&req.method)
+            || (!self.cache_authorized && req.headers.contains_key(AUTHORIZATION))
+            || req.headers.contains_key(UPGRADE)
+            || (ctx.peer_trusted
+                && self
+                    .unkeyed_forwarding
+                    .iter()
+                    .any(|n| req.headers.contains_key(n)))
+        {
+            ctx.cache_status = Some(BYPASS);
+            return;
+        }
+        let store = self.store_for(&route.name);
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = self.lock.map(|_| self.lock_timeout);
+        session
+            .cache
+            .enable(store, None, None, self.lock, Some(overrides));
+        session.cache.set_max_file_size_bytes(self.max_body);
+        ctx.plugins.proxy_cache.enabled = true;
+        ctx.cache_status = Some(MISS);
+    }
 
-/// `cache_hit_filter`: remembers whether the object found was fresh.
-pub fn hit_filter(is_fresh: bool, ctx: &mut RequestCtx) {
-    ctx.cache_status = Some(if is_fresh { HIT } else { EXPIRED });
-}
+    /// `cache_key_callback`: also keyed on the chain's identity headers (forward-auth's
+    /// `upstream_headers`: the upstream answers each identity differently, so each gets its
+    /// own object).
+    fn cache_key(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let Some(route) = ctx.route() else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a route");
+        };
+        let req = session.req_header();
+        let parts = key::KeyParts {
+            route: &route.name,
+            host: key::request_host(&req.uri, &req.headers),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            consumer: ctx
+                .consumer
+                .and_then(|i| ctx.rt.consumers.get(i))
+                .map(|c| c.username.as_str()),
+            roles: ctx
+                .plugins
+                .jwt
+                .as_ref()
+                .and_then(|t| t.roles.as_ref())
+                .map(|r| r.as_bytes()),
+        };
+        let identity = route.plugins.identity_headers();
+        let hash = key::primary_hash_with(&parts, &req.headers, &self.vary, identity);
+        let mut k = CacheKey::new(Vec::new(), String::new());
+        k.set_primary_bin_override(hash);
+        Ok(k)
+    }
 
-/// `response_cache_filter`.
-pub fn response_cacheable(
-    session: &Session,
-    resp: &ResponseHeader,
-    ctx: &RequestCtx,
-) -> Result<RespCacheable> {
-    match (ctx.route(), plugin(ctx)) {
-        (Some(route), Some(pc)) => Ok(pc.cacheable(session.req_header(), resp, &route.name)),
-        _ => Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
-            "no proxy-cache",
-        ))),
+    /// `cache_miss`: the object was not found (or not usable); this request fetches it.
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        session.cache.cache_miss();
+        ctx.cache_status = Some(MISS);
+    }
+
+    /// `cache_hit_filter`: remembers whether the object found was fresh.
+    fn cache_hit_filter(
+        &self,
+        _meta: &CacheMeta,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Option<ForcedFreshness> {
+        ctx.cache_status = Some(if is_fresh { HIT } else { EXPIRED });
+        None
+    }
+
+    /// `response_cache_filter`.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> RespCacheable {
+        match ctx.route() {
+            Some(route) => self.cacheable(session.req_header(), resp, &route.name),
+            None => RespCacheable::Uncacheable(NoCacheReason::Custom("no route")),
+        }
+    }
+
+    /// `cache_vary_filter`: [`variance`]; when response-compression asks the upstream for
+    /// identity bodies, without `Accept-Encoding`.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let skip = ctx
+            .plugins
+            .response_compression
+            .ignores_accept_encoding()
+            .then_some("accept-encoding");
+        variance_except(meta, req, skip)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        should_serve_stale(error)
+    }
+
+    /// Start of `response_filter`: the final `X-Cache-Status` from Pingora's cache phase.
+    fn settle_cache(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if !ctx.plugins.proxy_cache.enabled {
+            return;
+        }
+        if session.subrequest_ctx.is_some() {
+            ctx.plugins.proxy_cache.background = true;
+        }
+        let status = match session.cache.phase() {
+            CachePhase::Hit => HIT,
+            CachePhase::StaleUpdating => STALE,
+            CachePhase::Stale => {
+                // Served because the upstream failed: Pingora does not reuse the client
+                // connection after a failed attempt, so say so instead of closing silently.
+                session.set_keepalive(None);
+                STALE
+            }
+            CachePhase::Miss => MISS,
+            CachePhase::Expired | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+                EXPIRED
+            }
+            CachePhase::Bypass => BYPASS,
+            // Disabled on the way (uncacheable response, lock timeout, too large): what the
+            // lookup found.
+            _ => ctx.cache_status.unwrap_or(MISS),
+        };
+        ctx.cache_status = Some(status);
+    }
+
+    /// Applies a newly installed config to the stores: capacities, which routes use which
+    /// store (objects of routes that left a store are dropped). Called at startup and after
+    /// every successful reload.
+    fn install(_rt: &Runtime, registry: &Registry, instances: &[(&str, &Self)]) {
+        let mut wanted: HashMap<StoreId, stores::Wanted> = HashMap::new();
+        for (route, pc) in instances {
+            let w = wanted.entry(pc.store_id(route)).or_default();
+            w.capacity = pc.memory;
+            w.routes.push(route.to_string());
+        }
+        stores::apply(registry, &wanted);
+        for (route, pc) in instances {
+            pc.store_for(route);
+        }
+    }
+
+    /// The cache families: `cache_requests_total` here, the stores' in [`stores`].
+    fn register_metrics() {
+        Lazy::force(&REQUESTS);
+        stores::register_metrics();
+    }
+
+    /// `cache_requests_total{route,status}` exists from the start for every status.
+    fn route_series(route: &str, create: bool) {
+        for s in STATUSES {
+            if create {
+                REQUESTS.with_label_values(&[route, s]);
+            } else {
+                let _ = REQUESTS.remove_label_values(&[route, s]);
+            }
+        }
     }
 }
 
@@ -474,58 +580,6 @@ pub fn should_serve_stale(error: Option<&Error>) -> bool {
     }
 }
 
-/// `response_filter`: the final `X-Cache-Status` from Pingora's cache phase.
-pub fn settle_status(session: &mut Session, ctx: &mut RequestCtx) {
-    if !ctx.cache.enabled {
-        return;
-    }
-    if session.subrequest_ctx.is_some() {
-        ctx.cache.background = true;
-    }
-    let status = match session.cache.phase() {
-        CachePhase::Hit => HIT,
-        CachePhase::StaleUpdating => STALE,
-        CachePhase::Stale => {
-            // Served because the upstream failed: Pingora does not reuse the client
-            // connection after a failed attempt, so say so instead of closing silently.
-            session.set_keepalive(None);
-            STALE
-        }
-        CachePhase::Miss => MISS,
-        CachePhase::Expired | CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
-            EXPIRED
-        }
-        CachePhase::Bypass => BYPASS,
-        // Disabled on the way (uncacheable response, lock timeout, too large): what the
-        // lookup found.
-        _ => ctx.cache_status.unwrap_or(MISS),
-    };
-    ctx.cache_status = Some(status);
-}
-
-/// Applies a newly installed config to the stores: capacities, which routes use which store
-/// (objects of routes that left a store are dropped). Called at startup and after every
-/// successful reload.
-pub fn install(rt: &Runtime) {
-    let mut wanted: HashMap<StoreId, cache::Wanted> = HashMap::new();
-    let mut entries = Vec::new();
-    for r in &rt.routes {
-        for p in &r.plugins.plugins {
-            if let Plugin::ProxyCache(pc) = &**p {
-                let id = pc.store_id(&r.name);
-                let w = wanted.entry(id).or_default();
-                w.capacity = pc.memory;
-                w.routes.push(r.name.clone());
-                entries.push((pc, r.name.as_str()));
-            }
-        }
-    }
-    cache::apply(&wanted);
-    for (pc, route) in entries {
-        pc.store_for(route);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,6 +600,7 @@ mod tests {
             lock_timeout: Duration::ZERO,
             cache_authorized: false,
             unkeyed_forwarding: Vec::new(),
+            registry: Registry::default(),
             store: OnceCell::new(),
         }
     }

@@ -91,7 +91,7 @@ pub async fn publish(
 }
 
 /// Applies one received message; returns how many objects it removed (None: ignored).
-fn apply(payload: &[u8]) -> Option<usize> {
+fn apply(reg: &crate::util::registry::Registry, payload: &[u8]) -> Option<usize> {
     if payload.len() > MAX_MESSAGE {
         return None;
     }
@@ -99,7 +99,7 @@ fn apply(payload: &[u8]) -> Option<usize> {
     if m.node == *NODE {
         return None;
     }
-    let n = super::purge(&m.route, m.path.as_deref(), m.query.as_deref());
+    let n = super::stores::purge(reg, &m.route, m.path.as_deref(), m.query.as_deref());
     tracing::info!(route = %m.route, path = ?m.path, purged = n, "cache purge via broadcast");
     Some(n)
 }
@@ -109,12 +109,18 @@ fn apply(payload: &[u8]) -> Option<usize> {
 pub struct Subscriber {
     /// The `cache.purge_broadcast` of the config in use now.
     wanted: Box<dyn Fn() -> Option<PurgeBroadcast> + Send + Sync>,
+    /// The app's registry, where the cache stores live.
+    registry: crate::util::registry::Registry,
 }
 
 impl Subscriber {
-    pub fn new(wanted: impl Fn() -> Option<PurgeBroadcast> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        wanted: impl Fn() -> Option<PurgeBroadcast> + Send + Sync + 'static,
+        registry: crate::util::registry::Registry,
+    ) -> Self {
         Subscriber {
             wanted: Box::new(wanted),
+            registry,
         }
     }
 
@@ -176,7 +182,7 @@ impl BackgroundService for Subscriber {
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     msg = stream.next() => match msg {
-                        Some(m) => { apply(m.get_payload_bytes()); }
+                        Some(m) => { apply(&self.registry, m.get_payload_bytes()); }
                         None => {
                             tracing::warn!(redis = %b.addr, "cache purge broadcast: subscription lost; reconnecting");
                             failing = true;
@@ -200,11 +206,12 @@ mod tests {
 
     #[test]
     fn own_and_bad_messages_are_ignored() {
+        let reg = crate::util::registry::Registry::default();
         let own = serde_json::json!({"node": *NODE, "route": "r", "path": null, "query": null});
-        assert_eq!(apply(own.to_string().as_bytes()), None);
-        assert_eq!(apply(b"not json"), None);
-        assert_eq!(apply(&vec![b' '; MAX_MESSAGE + 1]), None);
+        assert_eq!(apply(&reg, own.to_string().as_bytes()), None);
+        assert_eq!(apply(&reg, b"not json"), None);
+        assert_eq!(apply(&reg, &vec![b' '; MAX_MESSAGE + 1]), None);
         let other = serde_json::json!({"node": "elsewhere", "route": "nowhere", "path": "/x", "query": null});
-        assert_eq!(apply(other.to_string().as_bytes()), Some(0));
+        assert_eq!(apply(&reg, other.to_string().as_bytes()), Some(0));
     }
 }

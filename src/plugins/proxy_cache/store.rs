@@ -18,7 +18,7 @@
 //! - **No fill resurrects purged content.** A fill that started before a purge that covers
 //!   it is dropped when it finishes (a bounded log of recent purges is checked at commit).
 
-use super::note_usage;
+use super::stores::note_usage;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;

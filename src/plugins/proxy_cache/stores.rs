@@ -1,20 +1,17 @@
-//! Response cache machinery behind the `proxy-cache` plugin: the bounded object store
-//! ([`store`]), the key builder ([`key`]) and the process-wide registries that outlive config
-//! reloads.
+//! The stores and cache locks of the `proxy-cache` plugin that outlive config reloads, and
+//! the admin and broadcast purges that act on them.
 //!
 //! Pingora's `HttpCache::enable` takes `'static` references, so stores and cache locks are
-//! created once and leaked: one [`Store`] per proxy-cache entry, named by what is stable
-//! across reloads ([`StoreId`]: the route name for a route's entry, `Global` for the global
-//! entry), and one `CacheLock` per distinct `lock_timeout`. Both sets are bounded by the
-//! configs ever loaded; a store no route uses any more is emptied, not freed.
+//! created once and pinned in the app's registry ([`Registry::pinned`]): one [`Store`] per
+//! proxy-cache entry, named by what is stable across reloads ([`StoreId`]: the route name
+//! for a route's entry, `Global` for the global entry), and one `CacheLock` per distinct
+//! `lock_timeout`. Both sets are bounded by the configs ever loaded; a store no route uses
+//! any more is emptied, not freed.
 
-pub mod broadcast;
-pub mod key;
-pub mod store;
+use super::store::{Stats, Store};
+use super::{broadcast, key};
 
-pub use store::{EntryTag, Stats, Store};
-
-use crate::model::PurgeBroadcast;
+use crate::util::registry::Registry;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -40,40 +37,45 @@ impl StoreId {
     }
 }
 
-struct Registered {
-    id: StoreId,
-    store: &'static Store,
-    /// Routes using it in the current config.
-    routes: Vec<String>,
+impl StoreId {
+    /// Registry key (a route may be named like the global store's label).
+    fn key(&self) -> String {
+        match self {
+            StoreId::Global => "global".into(),
+            StoreId::Route(r) => format!("route {r}"),
+        }
+    }
 }
 
-static STORES: Lazy<Mutex<Vec<Registered>>> = Lazy::new(|| Mutex::new(Vec::new()));
-static LOCKS: Lazy<Mutex<HashMap<Duration, &'static CacheLock>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
+/// One store, pinned in the app's registry for the life of the process.
+struct Registered {
+    id: StoreId,
+    store: Store,
+    /// Routes using it in the current config.
+    routes: Mutex<Vec<String>>,
+}
+
 /// Bytes held by all stores (the `cache_size_bytes` gauge).
 static TOTAL_BYTES: AtomicI64 = AtomicI64::new(0);
 
-/// The store for `id`, created with `capacity` bytes the first time.
-pub fn store(id: &StoreId, capacity: usize) -> &'static Store {
-    let mut stores = STORES.lock();
-    if let Some(r) = stores.iter().find(|r| r.id == *id) {
-        return r.store;
-    }
-    let store: &'static Store = Box::leak(Box::new(Store::new(id.label(), capacity)));
-    stores.push(Registered {
+fn registered(reg: &Registry, id: &StoreId, capacity: usize) -> &'static Registered {
+    reg.pinned(&id.key(), || Registered {
         id: id.clone(),
-        store,
-        routes: Vec::new(),
-    });
-    store
+        store: Store::new(id.label(), capacity),
+        routes: Mutex::new(Vec::new()),
+    })
+}
+
+/// The store for `id` in `reg`, created with `capacity` bytes the first time.
+pub fn store(reg: &Registry, id: &StoreId, capacity: usize) -> &'static Store {
+    &registered(reg, id, capacity).store
 }
 
 /// The cache lock whose writers may hold a key for `timeout` (readers wait at most as long).
-pub fn lock(timeout: Duration) -> &'static CacheKeyLockImpl {
-    let mut locks = LOCKS.lock();
-    *locks
-        .entry(timeout)
-        .or_insert_with(|| Box::leak(CacheLock::new_boxed(timeout)))
+pub fn lock(reg: &Registry, timeout: Duration) -> &'static CacheKeyLockImpl {
+    reg.pinned(&format!("{}ns", timeout.as_nanos()), || {
+        CacheLock::new(timeout)
+    })
 }
 
 /// What the current config wants of one store.
@@ -85,35 +87,28 @@ pub struct Wanted {
 
 /// Applies a newly installed config: capacities, which routes use which store. Objects of
 /// routes that no longer use a store are dropped; a store nobody uses is emptied.
-pub fn apply(wanted: &HashMap<StoreId, Wanted>) {
-    let mut stores = STORES.lock();
+pub fn apply(reg: &Registry, wanted: &HashMap<StoreId, Wanted>) {
     for (id, w) in wanted {
-        if !stores.iter().any(|r| r.id == *id) {
-            let store: &'static Store = Box::leak(Box::new(Store::new(id.label(), w.capacity)));
-            stores.push(Registered {
-                id: id.clone(),
-                store,
-                routes: Vec::new(),
-            });
-        }
+        registered(reg, id, w.capacity);
     }
-    for r in stores.iter_mut() {
+    for r in reg.all_pinned::<Registered>() {
+        let mut current = r.routes.lock();
         match wanted.get(&r.id) {
             Some(w) => {
                 r.store.set_capacity(w.capacity);
                 let mut routes = w.routes.clone();
                 routes.sort();
                 routes.dedup();
-                if routes != r.routes && !r.store.is_empty() {
+                if routes != *current && !r.store.is_empty() {
                     r.store.retain_routes(&routes);
                 }
-                r.routes = routes;
+                *current = routes;
             }
             None => {
                 if !r.store.is_empty() {
                     r.store.clear();
                 }
-                r.routes.clear();
+                current.clear();
             }
         }
     }
@@ -121,27 +116,26 @@ pub fn apply(wanted: &HashMap<StoreId, Wanted>) {
 
 /// Purges `route`'s objects from every store: all of them, or every variant of `path`
 /// (only those with the normalized `query` when given). Returns how many were removed.
-pub fn purge(route: &str, path: Option<&str>, query: Option<&str>) -> usize {
-    let stores: Vec<&'static Store> = STORES.lock().iter().map(|r| r.store).collect();
-    stores
+pub fn purge(reg: &Registry, route: &str, path: Option<&str>, query: Option<&str>) -> usize {
+    reg.all_pinned::<Registered>()
         .iter()
-        .map(|s| match path {
-            Some(p) => s.purge_path(route, p, query),
-            None => s.purge_route(route),
+        .map(|r| match path {
+            Some(p) => r.store.purge_path(route, p, query),
+            None => r.store.purge_route(route),
         })
         .sum()
 }
 
 /// One line per store for admin `/status`.
-pub fn status() -> serde_json::Value {
-    let stores = STORES.lock();
-    let list: Vec<serde_json::Value> = stores
+pub fn status(reg: &Registry) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = reg
+        .all_pinned::<Registered>()
         .iter()
         .map(|r| {
             let st = r.store.stats();
             serde_json::json!({
                 "store": r.id.label(),
-                "routes": r.routes,
+                "routes": *r.routes.lock(),
                 "capacity_bytes": st.capacity,
                 "used_bytes": st.used,
                 "objects": st.objects,
@@ -154,21 +148,45 @@ pub fn status() -> serde_json::Value {
 }
 
 /// Stats of the store registered under `id`.
-pub fn stats(id: &StoreId) -> Option<Stats> {
-    STORES
-        .lock()
+pub fn stats(reg: &Registry, id: &StoreId) -> Option<Stats> {
+    reg.all_pinned::<Registered>()
         .iter()
         .find(|r| r.id == *id)
         .map(|r| r.store.stats())
+}
+
+/// The store families: `cache_size_bytes`, `cache_evictions_total`.
+struct Families {
+    size_bytes: prometheus::IntGauge,
+    evictions: prometheus::IntCounter,
+}
+
+static FAMILIES: Lazy<Families> = Lazy::new(|| {
+    let r = crate::observe::metrics::registry();
+    Families {
+        size_bytes: r.gauge(
+            "cache_size_bytes",
+            "Bytes held by the proxy-cache memory store.",
+        ),
+        evictions: r.counter(
+            "cache_evictions_total",
+            "Entries evicted from the proxy-cache memory store.",
+        ),
+    }
+});
+
+/// Registers the store families (once, at startup; later calls do nothing).
+pub fn register_metrics() {
+    Lazy::force(&FAMILIES);
 }
 
 /// Size and eviction bookkeeping of every store change (the `cache_size_bytes` gauge and
 /// `cache_evictions_total` counter).
 pub(crate) fn note_usage(delta_bytes: isize, evicted: u64) {
     let total = TOTAL_BYTES.fetch_add(delta_bytes as i64, Ordering::Relaxed) + delta_bytes as i64;
-    crate::observe::metrics::set_cache_size_bytes(total.max(0) as u64);
+    FAMILIES.size_bytes.set(total.max(0));
     if evicted > 0 {
-        crate::observe::metrics::cache_evicted(evicted);
+        FAMILIES.evictions.inc_by(evicted);
     }
 }
 
@@ -186,12 +204,11 @@ const PURGE_BODY_LIMIT: usize = 64 * 1024;
 /// Admin `POST /cache/purge` (the caller checked the admin token): reads the JSON body
 /// `{"route": "products"}` or `{"route": "products", "path": "/api/v1/products/1"}` and
 /// answers the status and JSON body. A path purges every variant of it (hosts, query strings,
-/// `Vary` variants); a path with `?query` only that (normalized) query. `has_route` tells
-/// the config's route names; `broadcast`: its `cache.purge_broadcast`.
+/// `Vary` variants); a path with `?query` only that (normalized) query.
 pub async fn purge_endpoint(
     s: &mut pingora::protocols::http::ServerSession,
-    has_route: impl Fn(&str) -> bool,
-    broadcast: Option<&PurgeBroadcast>,
+    rt: &crate::ctx::Runtime,
+    reg: &Registry,
 ) -> (http::StatusCode, serde_json::Value) {
     use http::StatusCode;
     let bad = |msg: String| {
@@ -221,7 +238,7 @@ pub async fn purge_endpoint(
             ))
         }
     };
-    if !has_route(&req.route) {
+    if !rt.routes.iter().any(|r| r.name == req.route) {
         return (
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not_found", "message": format!("no route named {:?}", req.route)}),
@@ -229,7 +246,7 @@ pub async fn purge_endpoint(
     }
     let mut normalized: Option<(String, Option<String>)> = None;
     let purged = match &req.path {
-        None => purge(&req.route, None, None),
+        None => purge(reg, &req.route, None, None),
         Some(p) => {
             let (path, query) = match p.split_once('?') {
                 Some((path, q)) => (path, Some(q)),
@@ -242,14 +259,14 @@ pub async fn purge_endpoint(
                 return bad("path has an invalid percent-encoding".into());
             };
             let query = query.map(key::normalize_query);
-            let n = purge(&req.route, Some(&path), query.as_deref());
+            let n = purge(reg, &req.route, Some(&path), query.as_deref());
             normalized = Some((path.to_string(), query.map(|q| q.to_string())));
             n
         }
     };
     tracing::info!(route = %req.route, path = ?req.path, purged, "cache purge via admin API");
     let mut answer = serde_json::json!({"purged": purged, "route": req.route, "path": req.path});
-    if let Some(b) = broadcast {
+    if let Some(b) = &rt.cache.purge_broadcast {
         // The same purge, validated and normalized, for every other node.
         let (path, query) = match &normalized {
             Some((p, q)) => (Some(p.as_str()), q.as_deref()),

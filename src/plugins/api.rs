@@ -1,0 +1,266 @@
+//! The plugin interface: one trait, [`Hooks`], with a no-op default for every phase a plugin
+//! may serve. A plugin implements the hooks it needs and names them in [`Hooks::PHASES`]; a
+//! [`super::Chain`] skips every phase none of its plugins asked for (no call per body chunk,
+//! no cache hook, no lookup).
+//!
+//! | hook                       | Pingora phase (caller)                                      |
+//! |----------------------------|-------------------------------------------------------------|
+//! | [`Hooks::request`]         | `request_filter`: `Continue` or answer with a [`Reply`]      |
+//! | [`Hooks::request_body`]    | `request_body_filter`: may supply the body itself (replay)  |
+//! | [`Hooks::upstream_request`]| `upstream_request_filter`: edits the upstream request head  |
+//! | [`Hooks::response`]        | `response_filter`, and every answer the gateway makes       |
+//! | [`Hooks::hand_off`]        | end of `response_filter`: arms the downstream module        |
+//! | [`Hooks::gateway_body`]    | gateway-made error answers (`errors::respond`): own body    |
+//! | [`Hooks::before_answer`]   | before the gateway writes an answer of its own              |
+//! | [`Hooks::logging`]         | `logging`                                                   |
+//! | `cache_*` hooks            | Pingora's cache phases, delegated to the chain's one [`phase::CACHE`] plugin |
+//! | [`Hooks::init_downstream_modules`] | `init_downstream_modules` (once per server)         |
+//! | [`Hooks::install`]         | after every config load and reload (the app)                |
+//! | [`Hooks::register_metrics`], [`Hooks::route_series`] | metric families and per-route series |
+//!
+//! Dispatch is static: the plugin table in [`super`] generates a `match` per hook over the
+//! [`super::Plugin`] enum, and `async fn` hooks are awaited through it (no boxed future, no
+//! `dyn` on the request path).
+
+use crate::config::diag::Compiler;
+use crate::ctx::RequestCtx;
+use crate::observe::Finished;
+use crate::ctx::Runtime;
+use crate::model::{Consumer, Tier};
+use crate::util::registry::Registry;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::collections::BTreeMap;
+
+pub use crate::errors::Reply;
+
+/// What a request-phase hook decided.
+#[derive(Debug)]
+pub enum Outcome {
+    Continue,
+    Respond(Reply),
+}
+
+/// What a request-body hook did with a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyOutcome {
+    /// Left for the next plugin and the gateway's body cap.
+    Continue,
+    /// The plugin supplied the bytes itself (already counted): nothing else runs.
+    Supplied,
+}
+
+/// Which hooks a plugin implements ([`Hooks::PHASES`]). A hook whose bit is not set is never
+/// called, whatever the impl says.
+pub mod phase {
+    /// [`super::Hooks::request`].
+    pub const REQUEST: u32 = 1;
+    /// [`super::Hooks::request_body`].
+    pub const REQUEST_BODY: u32 = 1 << 1;
+    /// [`super::Hooks::upstream_request`].
+    pub const UPSTREAM_REQUEST: u32 = 1 << 2;
+    /// [`super::Hooks::response`].
+    pub const RESPONSE: u32 = 1 << 3;
+    /// With [`RESPONSE`]: the response hook runs after every other plugin's (the way back
+    /// ends with CORS although `cors` runs second on the way in).
+    pub const RESPONSE_LAST: u32 = 1 << 4;
+    /// [`super::Hooks::hand_off`].
+    pub const HAND_OFF: u32 = 1 << 5;
+    /// [`super::Hooks::gateway_body`].
+    pub const GATEWAY_BODY: u32 = 1 << 6;
+    /// [`super::Hooks::before_answer`].
+    pub const BEFORE_ANSWER: u32 = 1 << 7;
+    /// [`super::Hooks::logging`].
+    pub const LOGGING: u32 = 1 << 8;
+    /// The `cache_*` hooks: the plugin runs Pingora's HTTP cache for its chain (the first
+    /// such plugin of a chain gets every cache phase).
+    pub const CACHE: u32 = 1 << 9;
+}
+
+/// What plugin constructors may look at besides their own config.
+#[derive(Clone)]
+pub struct BuildEnv<'a> {
+    pub consumers: &'a [Consumer],
+    pub tiers: &'a BTreeMap<String, Tier>,
+    /// State that survives reloads (limiter counters, clients, key sets, cache stores), by
+    /// identity; owned by the app.
+    pub registry: &'a Registry,
+    /// Name of the route whose plugin list is being built; `None` for the global list.
+    pub route: Option<&'a str>,
+}
+
+impl BuildEnv<'_> {
+    /// `consumers[].username` -> index into `consumers`: for plugins that name the consumer
+    /// by username (forward-auth's answer header, a JWKS token's claim).
+    pub fn consumer_index(&self) -> std::collections::HashMap<String, usize> {
+        self.consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.username.clone(), i))
+            .collect()
+    }
+}
+
+/// One plugin. Every hook has a no-op default; [`Hooks::PHASES`] names the ones implemented.
+// `async fn` here is only ever called on concrete types through the generated enum, where
+// the futures' `Send` is checked at the call (the trait is never used as `dyn`).
+#[allow(async_fn_in_trait)]
+pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
+    /// Per-request state, a field of `RequestCtx::plugins` named after the plugin's module
+    /// (`()` for none).
+    type State: Default + Send + Sync + 'static;
+
+    /// The hooks this plugin implements ([`phase`] bits).
+    const PHASES: u32;
+
+    /// Builds the plugin from its YAML entry (`path`: the entry's YAML path, such as
+    /// `routes[2].plugins[0]`); errors go to `c` with their path.
+    fn build(
+        c: &mut Compiler,
+        path: &str,
+        config: Option<&serde_yaml::Value>,
+        env: &BuildEnv,
+    ) -> Option<Self>;
+
+    /// Headers this plugin writes into the upstream request that identify the caller
+    /// (forward-auth's `upstream_headers`): a client may not send them, and the cache keys on
+    /// them. Read once when the chain is built.
+    fn identity_headers(&self) -> &[HeaderName] {
+        &[]
+    }
+
+    /// `request_filter`, in the chain's order until one answers.
+    async fn request(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Outcome {
+        Outcome::Continue
+    }
+
+    /// `request_body_filter`, per chunk.
+    fn request_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<BodyOutcome> {
+        Ok(BodyOutcome::Continue)
+    }
+
+    /// `upstream_request_filter`, after the gateway's own rewrite.
+    fn upstream_request(&self, _req: &mut RequestHeader, _ctx: &RequestCtx) -> Result<()> {
+        Ok(())
+    }
+
+    /// `response_filter` (`gateway_made: false`) and every answer the gateway makes itself
+    /// (`true`).
+    fn response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+        _gateway_made: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// End of `response_filter`, after every response hook succeeded: hands what the
+    /// response hooks decided to the session's downstream module.
+    fn hand_off(&self, _session: &mut Session, _resp: &ResponseHeader, _ctx: &mut RequestCtx) {}
+
+    /// A body (and its Content-Type) for a gateway-made error answer with `status` and
+    /// contract `code`, in place of the JSON error. The first plugin with one wins.
+    fn gateway_body(
+        &self,
+        _ctx: &RequestCtx,
+        _status: u16,
+        _code: &str,
+    ) -> Option<(Bytes, HeaderValue)> {
+        None
+    }
+
+    /// Before the gateway writes an answer of its own, also one made before any plugin's
+    /// `request` ran (no route, early refusals).
+    fn before_answer(&self, _session: &Session, _ctx: &mut RequestCtx) {}
+
+    /// `logging`, once per request (not for the health probe).
+    fn logging(&self, _session: &Session, _ctx: &mut RequestCtx, _done: &Finished) {}
+
+    // Pingora's cache phases ([`phase::CACHE`]), between `request_filter` and `upstream_peer`.
+
+    /// `request_cache_filter`: enable the cache for this request, or not.
+    fn request_cache_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) {}
+
+    /// `cache_key_callback`.
+    fn cache_key(&self, _session: &Session, _ctx: &mut RequestCtx) -> Result<CacheKey> {
+        Error::e_explain(ErrorType::InternalError, "cache key without a cache plugin")
+    }
+
+    /// `cache_miss`.
+    fn cache_miss(&self, session: &mut Session, _ctx: &mut RequestCtx) {
+        session.cache.cache_miss();
+    }
+
+    /// `cache_hit_filter`.
+    fn cache_hit_filter(
+        &self,
+        _meta: &CacheMeta,
+        _is_fresh: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Option<ForcedFreshness> {
+        None
+    }
+
+    /// `response_cache_filter`.
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        _resp: &ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> RespCacheable {
+        RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom("no cache plugin"))
+    }
+
+    /// `cache_vary_filter`.
+    fn cache_vary_filter(
+        &self,
+        _meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        _req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        None
+    }
+
+    /// `should_serve_stale`.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        _error: Option<&Error>,
+    ) -> bool {
+        false
+    }
+
+    /// Start of `response_filter`, before every response hook: what the cache phase
+    /// settled on for this answer.
+    fn settle_cache(&self, _session: &mut Session, _ctx: &mut RequestCtx) {}
+
+    // Process-level hooks (no instance): called for every plugin in the table.
+
+    /// `init_downstream_modules`: Pingora modules this plugin needs on every session.
+    fn init_downstream_modules(_modules: &mut HttpModules) {}
+
+    /// After a config was loaded or reloaded and became current: `instances` are this
+    /// plugin's entries in the new config's routes, with their route names; `registry` is
+    /// the app's state that survives reloads.
+    fn install(_rt: &Runtime, _registry: &Registry, _instances: &[(&str, &Self)]) {}
+
+    /// Registers the plugin's metric families (once, at startup).
+    fn register_metrics() {}
+
+    /// Creates (at 0; `create`) or removes (`!create`) the series of `route`, when a
+    /// config starts or stops using the plugin on that route.
+    fn route_series(_route: &str, _create: bool) {}
+}
