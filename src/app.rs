@@ -8,8 +8,8 @@
 
 use crate::config::ConfigErrors;
 use crate::ctx::{Live, Runtime};
-use crate::util::registry::Registry;
 use crate::upstream::{LiveConfig, StateRegistry, Upstream};
+use crate::util::registry::Registry;
 use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -22,12 +22,12 @@
 //! plugins serves, and the gateway only clones the snapshot handle (to run a chain while its
 //! hooks change `ctx`) when the phase has work.
 
+use crate::ctx::Live;
 use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::forward;
 use crate::plugins::{phase, BodyOutcome, Chain, Reply};
 use crate::request::{self, NoRoute};
-use crate::ctx::Live;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;

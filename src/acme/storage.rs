@@ -109,7 +109,11 @@ pub(super) fn forget_account(s: &AcmeSettings) {
 
 /// Stores an issued chain and its key, and loads them for serving (which checks that they
 /// fit together before anything is replaced).
-pub(super) fn save_cert(s: &AcmeSettings, chain_pem: &str, key_pem: &str) -> Result<CertEntry, String> {
+pub(super) fn save_cert(
+    s: &AcmeSettings,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<CertEntry, String> {
     let (cert, key) = cert_paths(s);
     let (new_cert, new_key) = (
         cert.with_extension("crt.new"),

@@ -24,9 +24,9 @@
 
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::observe::Finished;
 use crate::ctx::Runtime;
 use crate::model::{Consumer, Tier};
+use crate::observe::Finished;
 use crate::util::registry::Registry;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};

@@ -70,7 +70,8 @@ impl Hooks for Concurrency {
             return None;
         }
         let scope = env.route.unwrap_or("plugins");
-        let id = crate::util::digest::identity(&["concurrency-limiting", scope, &format!("{cfg:?}")]);
+        let id =
+            crate::util::digest::identity(&["concurrency-limiting", scope, &format!("{cfg:?}")]);
         Some(Concurrency {
             max: cfg.max,
             limit_by: cfg.limit_by,

@@ -23,7 +23,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Config {

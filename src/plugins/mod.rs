@@ -45,8 +45,8 @@ pub use chain::Chain;
 
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::observe::Finished;
 use crate::ctx::Runtime;
+use crate::observe::Finished;
 use crate::util::registry::Registry;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};

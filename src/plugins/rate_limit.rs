@@ -525,7 +525,8 @@ impl Hooks for RateLimit {
             (PolicyKind::Local, None) => {
                 // The identity: route (or global list) and the whole config, defaults
                 // filled in. Unchanged identity = same counters after a reload.
-                let id = crate::util::digest::identity(&["rate-limiting", scope, &format!("{cfg:?}")]);
+                let id =
+                    crate::util::digest::identity(&["rate-limiting", scope, &format!("{cfg:?}")]);
                 Some(Store::Local(limits::local_store(env.registry, &id)))
             }
             (PolicyKind::Redis, None) => {
@@ -636,8 +637,8 @@ impl Hooks for RateLimit {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::plugins::Plugin;
     use crate::ctx::Runtime;
+    use crate::plugins::Plugin;
     use crate::upstream::StateRegistry;
     use crate::util::registry::Registry;
     use std::path::Path;

@@ -47,8 +47,8 @@ use super::request_transformer::{
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
-use crate::plugins::{phase, BuildEnv, Hooks, Outcome};
 use crate::ctx::Runtime;
+use crate::plugins::{phase, BuildEnv, Hooks, Outcome};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use once_cell::sync::Lazy;

@@ -43,7 +43,10 @@ fn healthy_family(upstreams: &[std::sync::Arc<super::Upstream>], families: &mut 
 
 /// `upstream_dns_*`: read from the discovery state of `rt` at scrape time, so an upstream
 /// that stops using discovery leaves no series behind.
-fn discovery_families(upstreams: &[std::sync::Arc<super::Upstream>], families: &mut Vec<MetricFamily>) {
+fn discovery_families(
+    upstreams: &[std::sync::Arc<super::Upstream>],
+    families: &mut Vec<MetricFamily>,
+) {
     use super::discovery::LookupResult;
     if !upstreams.iter().any(|u| u.discovery.is_some()) {
         return;

@@ -359,7 +359,12 @@ pub(super) fn build(
         Some((certs, digest)) => (Some(certs), digest),
         None => (None, String::new()),
     };
-    let id = crate::util::digest::identity(&["forward-auth", env.route.unwrap_or(""), &text, &ca_digest]);
+    let id = crate::util::digest::identity(&[
+        "forward-auth",
+        env.route.unwrap_or(""),
+        &text,
+        &ca_digest,
+    ]);
     // Kept by identity in the app's registry: weak, so a state dies with the last runtime
     // using it.
     let state = env

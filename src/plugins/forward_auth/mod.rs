@@ -302,9 +302,9 @@ impl Hooks for ForwardAuth {
 mod tests {
     use super::*;
     use crate::config;
+    use crate::ctx::Runtime;
     use crate::plugins::cors::is_cors_preflight;
     use crate::plugins::Plugin;
-    use crate::ctx::Runtime;
     use crate::upstream::StateRegistry;
     use crate::util::registry::Registry;
     use http::Method;

@@ -973,8 +973,8 @@ pub fn replay(body: &mut Option<Bytes>, ctx: &mut RequestCtx) -> bool {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::plugins::Plugin;
     use crate::ctx::Runtime;
+    use crate::plugins::Plugin;
     use crate::upstream::StateRegistry;
     use serde_json::{json, Value};
     use std::sync::Arc;
