@@ -13,7 +13,7 @@
 //! | `response_filter`         | `X-Cache-Status` ([`crate::plugins::proxy_cache::settle_status`]), plugins, then [`crate::plugins::response_compression::hand_off`] |
 //! | `init_downstream_modules` | [`crate::plugins::response_compression`]'s module (encodes bodies after every body filter) |
 //! | `response_filter` -> module body / done filters | [`crate::plugins::held_body`]: response-transformer's rewrite, error-responses' replacement (bodies held back until their end, `Done` included) |
-//! | `upstream_response_filter`| [`crate::websocket::check_switch`] (a 101 must complete the handshake), [`crate::forward::check_response`] (retry on 502/503/504) |
+//! | `upstream_response_filter`| [`crate::websocket::on_response`] (a 101 must complete the handshake; the tunnel's idle timeout), [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
 //! | `logging`                 | releases the least_conn guard; [`crate::observe`]: metrics, access log |
@@ -286,7 +286,7 @@ impl ProxyHttp for Gateway {
         crate::observe::upstream_response(ctx, upstream_response.status.as_u16());
         // Before anything else sees it: a 101 that is not a complete handshake must not turn
         // the client connection into a tunnel.
-        crate::websocket::check_switch(session.req_header(), upstream_response)?;
+        crate::websocket::on_response(session, upstream_response, ctx)?;
         forward::check_response(session, upstream_response, ctx)
     }
 
@@ -332,13 +332,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         // Refusals the gateway decided itself are answers, not errors; neither is a client
-        // that went away (logged as 499 in the access log).
+        // that went away (logged as 499 in the access log), nor a WebSocket tunnel closed
+        // after its idle timeout (logged as its 101).
         matches!(
             e.etype(),
             ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 429 | 431)
         ) || crate::observe::client_gone(e)
+            || crate::websocket::idle_end(ctx, e)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -150,6 +150,8 @@ pub struct Route {
     pub timeout: Option<crate::resilience::RouteTimeout>,
     /// Identity and forwarding headers a client may not send on this route.
     pub owned_headers: crate::owned_headers::OwnedHeaders,
+    /// `websocket_idle_timeout`: read timeout of both sides once a 101 opened a tunnel.
+    pub websocket_idle_timeout: Duration,
 }
 
 /// `cache:`: settings of the proxy-cache stores as a whole.

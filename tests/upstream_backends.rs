@@ -990,3 +990,241 @@ async fn h2c_upstream_that_speaks_http1_is_a_502_not_a_hang() {
     assert_eq!(r.status().as_u16(), 502);
     assert_error_body(&r.text().await.unwrap(), "bad_gateway");
 }
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket tunnels: idle timeout (tokio-tungstenite client and server)
+// ---------------------------------------------------------------------------------------------
+
+/// What the WebSocket backend saw.
+#[derive(Default)]
+struct WsSeen {
+    opened: AtomicUsize,
+    closed: AtomicUsize,
+    echoed: AtomicUsize,
+}
+
+/// An HTTP/1.1 server (hyper) that upgrades `Upgrade: websocket` requests and echoes every
+/// message (tungstenite); any other request is answered after `?ms=N` milliseconds.
+fn ws_backend() -> (u16, Arc<WsSeen>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let (l, port) = listener();
+    let seen = Arc::new(WsSeen::default());
+    let st = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    let st = st.clone();
+                    async move {
+                        let key = req
+                            .headers()
+                            .get("sec-websocket-key")
+                            .map(|k| derive_accept_key(k.as_bytes()));
+                        let Some(accept) = key else {
+                            let ms: u64 = req
+                                .uri()
+                                .query()
+                                .and_then(|q| q.strip_prefix("ms="))
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            return Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"{\"plain\":true}"),
+                            )));
+                        };
+                        let on_upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let Ok(up) = on_upgrade.await else {
+                                return;
+                            };
+                            st.opened.fetch_add(1, Ordering::SeqCst);
+                            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                TokioIo::new(up),
+                                Role::Server,
+                                None,
+                            )
+                            .await;
+                            while let Some(Ok(m)) = ws.next().await {
+                                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_ok() {
+                                    st.echoed.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            st.closed.fetch_add(1, Ordering::SeqCst);
+                        });
+                        Ok(Response::builder()
+                            .status(101)
+                            .header("upgrade", "websocket")
+                            .header("connection", "upgrade")
+                            .header("sec-websocket-accept", accept)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket client connected to `path` through the gateway on `port`.
+async fn ws_connect(port: u16, path: &str) -> Ws {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}{path}"), tcp)
+        .await
+        .expect("WebSocket handshake through the gateway");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Sends `text` and waits (at most 3 s) for its echo.
+async fn ws_echo(ws: &mut Ws, text: &str) -> Result<(), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| format!("send {text}: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => Ok(()),
+        other => Err(format!("no echo of {text}: {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_use_the_routes_idle_timeout_not_the_read_timeout() {
+    use futures_util::StreamExt;
+    let (port, seen) = ws_backend();
+    // Both limits a tunnel would otherwise run into are 1 s: the upstream's read timeout
+    // and the client side's body timeout.
+    let cfg = Cfg::new()
+        .server("body_timeout: 1s")
+        .upstream(
+            "ws",
+            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+            "retries: 0\ntimeouts: { read: 1s }\npassive: { max_fails: 2, fail_timeout: 30s }",
+        )
+        .route("ws", &["/ws"], "ws", "websocket_idle_timeout: 4s");
+    let gw = start_with_access_log(cfg, "stdout");
+
+    // Idle for 2 s (twice timeouts.read): still open, still echoing.
+    let quiet = async {
+        let mut ws = ws_connect(gw.port, "/ws/quiet").await;
+        ws_echo(&mut ws, "before").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ws_echo(&mut ws, "after 2 s idle").await
+    };
+    // Messages every 1.5 s for 7.5 s (longer than the idle timeout): never cut.
+    let busy = async {
+        let mut ws = ws_connect(gw.port, "/ws/busy").await;
+        for i in 0..6 {
+            ws_echo(&mut ws, &format!("tick {i}")).await?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        ws_echo(&mut ws, "last").await
+    };
+    // Idle for longer than 4 s: closed, between the idle timeout and a margin.
+    let idle = async {
+        let mut ws = ws_connect(gw.port, "/ws/idle").await;
+        ws_echo(&mut ws, "only").await?;
+        let since = std::time::Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        let took = since.elapsed();
+        match end {
+            Ok(None)
+            | Ok(Some(Err(_)))
+            | Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => {}
+            other => return Err(format!("idle tunnel not closed: {other:?}")),
+        }
+        if took < Duration::from_millis(3800) || took > Duration::from_secs(7) {
+            return Err(format!("idle tunnel closed after {took:?}, want ~4 s"));
+        }
+        Ok(())
+    };
+    // A request on the same route that is not switched keeps timeouts.read: 504 after 1 s.
+    let plain = async {
+        let started = std::time::Instant::now();
+        let (status, body) = get(&gw, "/ws/plain?ms=2500").await;
+        (status, body, started.elapsed())
+    };
+    let (quiet, busy, idle, (status, body, took)) = tokio::join!(quiet, busy, idle, plain);
+    quiet.unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    busy.unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    idle.unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    assert_eq!(status, 504, "{body}");
+    assert_error_body(&body, "gateway_timeout");
+    assert!(took < Duration::from_millis(2400), "took {took:?}");
+
+    assert_eq!(seen.opened.load(Ordering::SeqCst), 3);
+    assert!(
+        wait_until(Duration::from_secs(3), || seen
+            .closed
+            .load(Ordering::SeqCst)
+            >= 1)
+        .await,
+        "the upstream side of the idle tunnel was not closed"
+    );
+    // The ended tunnel is logged as its 101, not as a 504, and is no target failure: with the
+    // plain request's timeout counted, a second failure would have ejected the target
+    // (max_fails: 2), yet a new tunnel still opens.
+    let logged = wait_until(Duration::from_secs(3), || {
+        gw.stdout().lines().any(|l| l.contains("/ws/idle"))
+    })
+    .await;
+    assert!(logged, "no access log line:\n{}", gw.stdout());
+    let line = gw
+        .stdout()
+        .lines()
+        .find(|l| l.contains("/ws/idle"))
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 101, "{line}");
+    assert!(v["error"].is_null(), "{line}");
+    assert!(
+        !gw.stderr()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("/ws/idle")),
+        "an idle tunnel's end is no error:\n{}",
+        gw.stderr()
+    );
+    assert!(!gw.stderr().contains("ejected"), "{}", gw.stderr());
+    let mut ws = ws_connect(gw.port, "/ws/again").await;
+    ws_echo(&mut ws, "again").await.unwrap();
+}
+
+#[test]
+fn websocket_idle_timeout_is_checked_at_load() {
+    let base = "upstreams:\n  - name: u\n    targets: [{ addr: \"127.0.0.1:1\" }]\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n";
+    for (value, want) in [
+        (
+            "0",
+            "routes[0].websocket_idle_timeout: must be greater than 0 (line 8)",
+        ),
+        (
+            "8d",
+            "routes[0].websocket_idle_timeout: must be at most 7d (line 8)",
+        ),
+        ("10", "routes[0].websocket_idle_timeout"),
+    ] {
+        let (code, out) =
+            Gateway::validate(&format!("{base}    websocket_idle_timeout: {value}\n"));
+        assert_ne!(code, 0, "{value}: {out}");
+        assert!(out.contains(want), "{value}: {out}");
+        assert!(out.contains("line 8"), "{value}: {out}");
+    }
+    let (code, out) = Gateway::validate(&format!("{base}    websocket_idle_timeout: 15m\n"));
+    assert_eq!(code, 0, "{out}");
+}

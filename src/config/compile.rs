@@ -827,6 +827,7 @@ fn compile_routes(
         let chain = merge_chain(globals, own);
         let timeout =
             crate::resilience::compile_route_timeout(c, &p, &r.name, r.timeout, &states.resilience);
+        let websocket_idle_timeout = crate::websocket::compile_idle_timeout(c, &p, r);
         let owned_headers = crate::owned_headers::OwnedHeaders::new(
             chain
                 .plugins
@@ -851,6 +852,7 @@ fn compile_routes(
                 https_only: crate::https_redirect::compile(c, &p, r),
                 timeout,
                 owned_headers,
+                websocket_idle_timeout,
             });
         }
     }

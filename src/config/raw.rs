@@ -457,6 +457,15 @@ pub struct RawRoute {
     /// Total time for the upstream exchange, retries included (extension; absent: none).
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// Longest silence in both directions of a WebSocket (or other upgraded) connection once
+    /// the upstream switched protocols; replaces the upstream's `timeouts.read` and
+    /// `server.body_timeout` for the tunnel.
+    #[serde(default = "default_websocket_idle_timeout")]
+    pub websocket_idle_timeout: Dur,
+}
+
+fn default_websocket_idle_timeout() -> Dur {
+    Dur::secs(3600)
 }
 
 fn default_true() -> bool {
