@@ -587,7 +587,7 @@ fn compile_upstreams(
         });
         let discovery = u.discovery.as_ref().map(|d| {
             let (disc, found) = crate::upstream::discovery::compile(c, &p, u, d, states);
-            primaries = found;
+            (primaries, backups) = found;
             disc
         });
         out.push(Arc::new(Upstream {

@@ -253,10 +253,13 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDiscovery {
-    /// Host name whose A and AAAA records are the targets.
-    pub dns: String,
-    /// Port of every discovered target.
-    pub port: u16,
+    /// Host name whose A and AAAA records are the targets (with `port`).
+    pub dns: Option<String>,
+    /// Port of every discovered target (with `dns`).
+    pub port: Option<u16>,
+    /// SRV record name whose records give the targets, ports and weights (instead of
+    /// `dns` and `port`).
+    pub srv: Option<String>,
     /// Longest wait between lookups (a shorter TTL brings the next one forward).
     #[serde(default = "default_discovery_interval")]
     pub interval: Dur,
