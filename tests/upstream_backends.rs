@@ -433,6 +433,167 @@ async fn health_checks_of_a_tls_upstream_run_over_tls() {
     assert_eq!(get(&gw, "/good").await.0, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_host_is_the_host_and_server_name_of_the_checks() {
+    // A TLS upstream reached by IP whose certificate names api.internal only: its checks
+    // pass with health_check.host (SNI and Host api.internal), and fail without.
+    let ca = Ca::new("upstream CA");
+    let leaf = ca.issue(CertificateParams::new(vec!["api.internal".to_string()]).unwrap());
+    let (tls_port, seen) = https_backend(server_config(&leaf, &[b"http/1.1"], None));
+    // A plain upstream whose /health answers 200 only to Host: status.internal.
+    let (plain_port, plain_hosts) = host_checking_backend("status.internal");
+    let cfg = Cfg::new();
+    write(cfg.dir.path(), "ca.pem", &ca.pem());
+    let tls_target = [format!("{{ addr: \"127.0.0.1:{tls_port}\" }}")];
+    let plain_target = [format!("{{ addr: \"127.0.0.1:{plain_port}\" }}")];
+    let hc = "health_check: { path: /health, interval: 200ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1";
+    let gw = cfg
+        .upstream(
+            "tls-named",
+            &tls_target,
+            &format!("tls: {{ ca: pki/ca.pem }}\n{hc}, host: api.internal }}"),
+        )
+        .upstream(
+            "tls-unnamed",
+            &tls_target,
+            &format!("tls: {{ ca: pki/ca.pem }}\n{hc} }}"),
+        )
+        .upstream(
+            "plain-named",
+            &plain_target,
+            &format!("{hc}, host: \"status.internal:8080\" }}"),
+        )
+        .upstream("plain-unnamed", &plain_target, &format!("{hc} }}"))
+        .route("r", &["/r"], "tls-named", "")
+        .start();
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let plain_addr = format!("127.0.0.1:{plain_port}");
+    let wait = Duration::from_secs(5);
+    assert!(
+        gw.wait_target_health("tls-unnamed", &tls_addr, false, wait)
+            .await,
+        "a check whose server name is the IP must fail\n{}",
+        gw.stderr()
+    );
+    assert!(
+        gw.wait_target_health("plain-unnamed", &plain_addr, false, wait)
+            .await
+    );
+    // Healthy after passing checks (each state is checked again after the other failed).
+    for _ in 0..2 {
+        assert!(
+            gw.wait_target_health("tls-named", &tls_addr, true, wait)
+                .await,
+            "{}",
+            gw.stderr()
+        );
+        assert!(
+            gw.wait_target_health("plain-named", &plain_addr, true, wait)
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        seen.health_hits.load(Ordering::SeqCst) >= 2,
+        "the named checks reached /health over TLS"
+    );
+    let sni = seen.sni.lock().unwrap().clone();
+    assert!(sni.contains(&Some("api.internal".to_string())), "{sni:?}");
+    let hosts = seen.hosts.lock().unwrap().clone();
+    assert!(
+        !hosts.is_empty() && hosts.iter().all(|h| h == "api.internal"),
+        "only checks that passed the handshake reach the server: {hosts:?}"
+    );
+    let plain = plain_hosts.lock().unwrap().clone();
+    assert!(
+        plain.contains(&"status.internal:8080".to_string()),
+        "{plain:?}"
+    );
+    assert!(plain.contains(&plain_addr), "{plain:?}");
+}
+
+/// A plain HTTP/1.1 server whose `/health` answers 200 to `Host: <name>` (any port) and 421
+/// to any other Host; records every Host it sees.
+fn host_checking_backend(name: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let (l, port) = listener();
+    let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = hosts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    seen.lock().unwrap().push(host.clone());
+                    let ok = host.split(':').next() == Some(name);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(if ok { 200 } else { 421 })
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (port, hosts)
+}
+
+#[test]
+fn health_check_host_is_checked_at_load() {
+    let up = |extra: &str| {
+        format!(
+            "upstreams:\n  - name: u\n    targets: [{{ addr: \"127.0.0.1:1\" }}]\n{extra}routes: []\n"
+        )
+    };
+    for (extra, want) in [
+        (
+            "    health_check: { path: /h, host: \"http://api.internal\" }\n",
+            "is not a Host value",
+        ),
+        (
+            "    health_check: { path: /h, host: \"api.internal/x\" }\n",
+            "is not a Host value",
+        ),
+        (
+            "    health_check: { host: api.internal }\n",
+            "has nothing to act on",
+        ),
+        (
+            "    tls: { verify: false }\n    health_check: { host: \"bad_name..internal\" }\n",
+            "is not a valid TLS server name",
+        ),
+    ] {
+        let (code, out) = Gateway::validate(&up(extra));
+        assert_ne!(code, 0, "{extra}: {out}");
+        assert!(
+            out.contains("upstreams[0].health_check.host: ") && out.contains(want),
+            "{extra}: {out}"
+        );
+        assert!(out.contains("(line "), "{out}");
+    }
+    for ok in [
+        "    health_check: { path: /h, host: \"api.internal:8080\" }\n",
+        "    tls: { verify: false }\n    health_check: { host: api.internal }\n",
+    ] {
+        let (code, out) = Gateway::validate(&up(ok));
+        assert_eq!(code, 0, "{ok}: {out}");
+    }
+}
+
 #[test]
 fn tls_settings_are_checked_at_load() {
     let dir = tempfile::TempDir::new().unwrap();

@@ -564,6 +564,7 @@ fn compile_upstreams(
             }
             HealthCheck {
                 path: h.path.clone(),
+                host: h.host.clone(),
                 interval: h.interval.0,
                 timeout: h.timeout.0,
                 unhealthy_threshold: h.unhealthy_threshold.max(1),

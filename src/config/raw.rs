@@ -347,6 +347,8 @@ impl Default for RawTimeouts {
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealthCheck {
     pub path: Option<String>,
+    /// `Host` of path checks and TLS server name of the checks (default: the target's).
+    pub host: Option<String>,
     pub interval: Dur,
     pub timeout: Dur,
     pub unhealthy_threshold: u32,
@@ -357,6 +359,7 @@ impl Default for RawHealthCheck {
     fn default() -> Self {
         RawHealthCheck {
             path: None,
+            host: None,
             interval: Dur::secs(2),
             timeout: Dur::secs(1),
             unhealthy_threshold: 3,
