@@ -18,7 +18,7 @@
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error              |
 //! | `logging`                 | releases the least_conn guard; [`crate::observe`]: metrics, access log |
 //! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::observe`] upstream time |
-//! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline, retry back-off, retry budget |
+//! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline (or a gRPC client's, [`crate::grpc::note_deadline`]), retry back-off, retry budget |
 
 use crate::ctx::RequestCtx;
 use crate::errors;
@@ -227,9 +227,10 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        crate::grpc::note_deadline(session.req_header(), ctx);
         crate::resilience::before_attempt(ctx).await?;
         crate::observe::upstream_attempt(ctx);
         forward::peer(ctx)

@@ -288,12 +288,17 @@ pub fn compile_route_timeout(
 /// This request's deadline and pending back-off (in [`RequestCtx::resilience`]).
 #[derive(Debug, Default)]
 pub struct RequestState {
-    /// Arrival + `routes[].timeout`, set at the first attempt.
+    /// Arrival + `routes[].timeout` (or + a gRPC client's `grpc-timeout` when that is
+    /// sooner), set at the first attempt.
     pub deadline: Option<Instant>,
     /// To wait before the next attempt (decided with the retry).
     backoff: Duration,
     /// The deadline ended this request (counted once).
     pub expired: bool,
+    /// A gRPC client's `grpc-timeout` (set by [`crate::grpc::note_deadline`]).
+    pub client_timeout: Option<Duration>,
+    /// `deadline` is the client's, not the route's (its expiry is no route timeout).
+    from_client: bool,
 }
 
 fn expire(ctx: &mut RequestCtx) {
@@ -301,6 +306,9 @@ fn expire(ctx: &mut RequestCtx) {
         return;
     }
     ctx.resilience.expired = true;
+    if ctx.resilience.from_client {
+        return;
+    }
     if let Some(t) = ctx.route().and_then(|r| r.timeout.as_ref()) {
         t.stats.timeouts.fetch_add(1, Ordering::Relaxed);
     }
@@ -323,7 +331,14 @@ pub async fn before_attempt(ctx: &mut RequestCtx) -> Result<()> {
         if let Some(b) = &route.upstream.resilience.budget {
             b.state.deposit(now_ms());
         }
-        ctx.resilience.deadline = deadline;
+        // A gRPC client's own deadline, when it comes first.
+        let client = ctx.resilience.client_timeout.map(|t| ctx.started + t);
+        ctx.resilience.from_client = client.is_some_and(|c| deadline.is_none_or(|d| c < d));
+        ctx.resilience.deadline = if ctx.resilience.from_client {
+            client
+        } else {
+            deadline
+        };
     } else if !ctx.resilience.backoff.is_zero() {
         let wait = std::mem::take(&mut ctx.resilience.backoff);
         ctx.inflight = None;

@@ -1389,3 +1389,255 @@ fn websocket_idle_timeout_is_checked_at_load() {
     let (code, out) = Gateway::validate(&format!("{base}    websocket_idle_timeout: 15m\n"));
     assert_eq!(code, 0, "{out}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// gRPC deadlines: tonic's client and server (raw-bytes codec) over hyper's HTTP/2
+// ---------------------------------------------------------------------------------------------
+
+/// Messages as raw bytes: the calls below need no protobuf schema.
+#[derive(Default, Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+/// What the tonic server saw: calls started and calls that ran to their end.
+#[derive(Default)]
+struct SlowSeen {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+/// `test.Slow/Wait`: answers `done:<request>` after the number of milliseconds in the
+/// request.
+#[derive(Clone)]
+struct SlowService(Arc<SlowSeen>);
+
+impl tonic::server::UnaryService<Bytes> for SlowService {
+    type Response = Bytes;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, tonic::Status>> + Send>,
+    >;
+    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
+        let seen = self.0.clone();
+        Box::pin(async move {
+            seen.started.fetch_add(1, Ordering::SeqCst);
+            let msg = req.into_inner();
+            let ms: u64 = std::str::from_utf8(&msg)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            seen.finished.fetch_add(1, Ordering::SeqCst);
+            let mut out = b"done:".to_vec();
+            out.extend_from_slice(&msg);
+            Ok(tonic::Response::new(Bytes::from(out)))
+        })
+    }
+}
+
+/// A tonic gRPC server over h2c (hyper's HTTP/2 server) serving [`SlowService`].
+fn tonic_slow_server() -> (u16, Arc<SlowSeen>) {
+    let (l, port) = listener();
+    let seen = Arc::new(SlowSeen::default());
+    let st = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let st = st.clone();
+                    async move {
+                        let mut grpc = tonic::server::Grpc::new(RawCodec);
+                        Ok::<_, std::convert::Infallible>(grpc.unary(SlowService(st), req).await)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// hyper's HTTP/2 client connection as the service tonic's generic client calls through.
+#[derive(Clone)]
+struct H2Conn(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for H2Conn {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// A tonic client over h2c to `port`.
+async fn tonic_client(port: u16) -> tonic::client::Grpc<H2Conn> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let origin: http::Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+    tonic::client::Grpc::with_origin(H2Conn(send), origin)
+}
+
+/// One `test.Slow/Wait` call taking `ms` upstream, with `deadline` as its grpc-timeout.
+async fn slow_call(
+    client: &mut tonic::client::Grpc<H2Conn>,
+    ms: u64,
+    deadline: Option<Duration>,
+) -> (Result<Bytes, tonic::Status>, Duration) {
+    client.ready().await.unwrap();
+    let mut req = tonic::Request::new(Bytes::from(ms.to_string()));
+    if let Some(d) = deadline {
+        req.set_timeout(d);
+    }
+    let started = std::time::Instant::now();
+    let res = client
+        .unary(
+            req,
+            http::uri::PathAndQuery::from_static("/test.Slow/Wait"),
+            RawCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner);
+    (res, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_clients_deadline_ends_the_call_with_deadline_exceeded() {
+    let (port, seen) = tonic_slow_server();
+    // Generous upstream and route limits: only the client's deadline is short.
+    let gw = Cfg::new()
+        .server("h2c: true")
+        .upstream(
+            "grpc",
+            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+            "protocol: h2c\nretries: 1\ntimeouts: { read: 10s }",
+        )
+        .route("grpc", &["/test.Slow"], "grpc", "timeout: 20s")
+        .route("short", &["/test.Short"], "grpc", "timeout: 300ms")
+        .start();
+    let mut client = tonic_client(gw.port).await;
+
+    // The call takes 3 s upstream; the client allows 400 ms (grpc-timeout: 400000u).
+    let (res, took) = slow_call(&mut client, 3000, Some(Duration::from_millis(400))).await;
+    let status = res.expect_err("the call must not succeed");
+    assert_eq!(
+        status.code(),
+        tonic::Code::DeadlineExceeded,
+        "{status:?}\n{}",
+        gw.stderr()
+    );
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1500),
+        "answered after {took:?}, want ~400 ms (not timeouts.read)"
+    );
+    // One attempt: no retry once the client's deadline has passed.
+    assert_eq!(seen.started.load(Ordering::SeqCst), 1);
+
+    // A deadline longer than the call: it completes.
+    let (res, _) = slow_call(&mut client, 200, Some(Duration::from_secs(5))).await;
+    assert_eq!(
+        res.expect("call within its deadline"),
+        Bytes::from_static(b"done:200")
+    );
+    // No deadline: the route's limits alone.
+    let (res, _) = slow_call(&mut client, 100, None).await;
+    assert_eq!(
+        res.expect("call without deadline"),
+        Bytes::from_static(b"done:100")
+    );
+
+    // The upstream stopped working on the abandoned call: it was cancelled, not finished.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        seen.finished.load(Ordering::SeqCst),
+        2,
+        "the abandoned call ran to its end upstream"
+    );
+
+    // A route timeout shorter than the client's deadline still wins.
+    client.ready().await.unwrap();
+    let mut req = tonic::Request::new(Bytes::from_static(b"3000"));
+    req.set_timeout(Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    let res = client
+        .unary(
+            req,
+            http::uri::PathAndQuery::from_static("/test.Short/Wait"),
+            RawCodec,
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(res.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Only the route's own expiry is a route timeout.
+    let text = gw.metrics_text().await;
+    assert_eq!(
+        metric(&text, "route_timeouts_total", &[("route", "grpc")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "route_timeouts_total", &[("route", "short")]),
+        Some(1.0)
+    );
+}
