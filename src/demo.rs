@@ -1,6 +1,9 @@
 //! `gatehouse demo`: built-in demo upstreams (users, orders, products: two instances each
-//! plus a backup) answering JSON, and the gateway on `conf/demo.yaml` (compiled into the
-//! binary), so a newcomer can try every feature with curl.
+//! plus a backup) answering JSON, an HTTPS upstream (inventory) whose certificate comes from
+//! a CA made at start, a gRPC service over h2c (greeter), and the gateway on
+//! `conf/demo.yaml` (compiled into the binary), so a newcomer can try every feature with
+//! curl. None of this runs in the gateway's request path: the demo upstreams are plain
+//! servers on a runtime thread of their own, started before Pingora.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -10,7 +13,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 
 pub const DEMO_CONFIG: &str = include_str!("../conf/demo.yaml");
@@ -52,6 +57,66 @@ pub const DEMO_BACKENDS: &[(&str, &str, u16)] = &[
     ("products", "products-backup", 19023),
     ("auth", "auth-1", 19031),
 ];
+
+/// The HTTPS inventory service: its port and the name its certificate carries (the demo
+/// config's `tls.sni`).
+pub const INVENTORY_PORT: u16 = 19041;
+pub const INVENTORY_TLS_NAME: &str = "inventory.demo.internal";
+
+/// The gRPC greeter service (h2c).
+pub const GREETER_PORT: u16 = 19051;
+
+/// Where the demo CA is written, relative to the config file (the demo config's `tls.ca`).
+pub const DEMO_CA_FILE: &str = "demo-pki/ca.pem";
+
+/// The demo CA (PEM) and the inventory service's certificate and key (DER), made once per
+/// process by [`write_pki`].
+struct DemoPki {
+    ca_pem: String,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+static PKI: OnceLock<DemoPki> = OnceLock::new();
+
+fn make_pki() -> Result<DemoPki, rcgen::Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "gatehouse demo CA");
+    let ca = p.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec![INVENTORY_TLS_NAME.to_string()])?
+        .signed_by(&key, &ca, &ca_key)?;
+    Ok(DemoPki {
+        ca_pem: ca.pem(),
+        cert: leaf.der().to_vec(),
+        key: key.serialize_der(),
+    })
+}
+
+/// Makes the demo's CA and the inventory service's certificate (signed by it, for
+/// [`INVENTORY_TLS_NAME`]) and writes the CA to [`DEMO_CA_FILE`] under `config_dir`, where
+/// the demo config's `tls.ca` reads it. New ones at every start: no key outlives the demo.
+pub fn write_pki(config_dir: &Path) -> std::io::Result<()> {
+    let pki = match PKI.get() {
+        Some(p) => p,
+        None => {
+            let made =
+                make_pki().map_err(|e| std::io::Error::other(format!("demo certificates: {e}")))?;
+            PKI.get_or_init(|| made)
+        }
+    };
+    let file = config_dir.join(DEMO_CA_FILE);
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&file, &pki.ca_pem)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))
+}
 
 /// The bearer token the demo auth service (`auth-1`, used by the `profile` route's
 /// forward-auth) accepts.
@@ -267,6 +332,8 @@ pub const INDEX: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/reports", "jwt + acl: send the Bearer token printed at start"),
     ("GET", "/api/v1/admin", "acl: the sample token lacks the admin role (403)"),
     ("GET", "/api/v1/profile", "forward-auth: send Authorization: Bearer demo-session-token"),
+    ("GET", "/api/v1/inventory", "HTTPS upstream: certificate checked against a CA made at start (tls.ca, tls.sni)"),
+    ("POST", "/demo.Greeter/SayHello", "gRPC over h2c: from the client (server.h2c) and to the upstream (protocol: h2c)"),
     ("GET", "/health", "the load-balancer probe, answered by the gateway itself"),
 ];
 
@@ -325,6 +392,26 @@ pub fn start_backends() -> std::io::Result<()> {
                     tokio::spawn(serve_backend(service, instance, addr));
                 }
                 if ok {
+                    let inventory = SocketAddr::from(([127, 0, 0, 1], INVENTORY_PORT));
+                    let greeter = SocketAddr::from(([127, 0, 0, 1], GREETER_PORT));
+                    match (
+                        TcpListener::bind(inventory).await,
+                        TcpListener::bind(greeter).await,
+                    ) {
+                        (Ok(i), Ok(g)) => {
+                            tokio::spawn(serve_inventory(i));
+                            tokio::spawn(serve_greeter(g));
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            let _ = tx.send(Err(std::io::Error::new(
+                                e.kind(),
+                                format!("demo upstreams on {inventory} and {greeter}: {e}"),
+                            )));
+                            ok = false;
+                        }
+                    }
+                }
+                if ok {
                     let _ = tx.send(Ok(()));
                 }
                 std::future::pending::<()>().await;
@@ -345,6 +432,8 @@ pub fn banner(listen: &str, admin: &str) -> String {
   admin     http://{admin}   (/health, /status, /cache/purge)
   upstreams users 127.0.0.1:19001-19003, orders :19011-19013, products :19021-19023 (third of each is a backup)
   auth      127.0.0.1:19031 (the profile route's forward-auth service)
+  inventory https://127.0.0.1:19041 (HTTPS, certificate for inventory.demo.internal from a CA made now)
+  greeter   127.0.0.1:19051 (gRPC over h2c: demo.Greeter/SayHello)
 
 Try:
   curl -s http://{listen}/api/v1/users               # no "email"; wrapped as {{success, data, meta}}
@@ -378,6 +467,10 @@ Try:
   curl -si http://{listen}/products/KB-001 -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
                                                      # opentelemetry: X-Trace-Id 4bf9...; the body's
                                                      # "traceparent" has the same trace id, the gateway's span as parent
+  curl -s http://{listen}/api/v1/inventory           # HTTPS upstream: "tls_server_name":"inventory.demo.internal"
+  printf '\0\0\0\0\5\n\3Ada' | curl -s --http2-prior-knowledge -H 'content-type: application/grpc' \
+       -H 'te: trailers' --data-binary @- http://{listen}/demo.Greeter/SayHello | tail -c +8; echo
+                                                     # gRPC over h2c: "Hello, Ada!" (a HelloRequest {{name: "Ada"}})
   curl -s http://{listen}/health                     # load-balancer probe: {{"status":"ok"}}, no plugin, no upstream
   curl -s http://{admin}/status                      # routes, targets, health
   curl -s -X POST http://127.0.0.1:19001/__demo/down # fail users-1's health check ...
@@ -407,4 +500,229 @@ pub async fn answer_index(
     h.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTPS upstream: inventory
+// ---------------------------------------------------------------------------------------------
+
+/// The inventory service over HTTPS (HTTP/1.1), with the certificate [`write_pki`] made.
+async fn serve_inventory(listener: TcpListener) {
+    let Some(acceptor) = inventory_acceptor() else {
+        eprintln!("demo inventory service: no certificate (write_pki was not called)");
+        return;
+    };
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().map(str::to_string);
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let sni = sni.clone();
+                async move { Ok::<_, Infallible>(inventory(req.uri().path(), sni)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        });
+    }
+}
+
+fn inventory_acceptor() -> Option<pingora::tls::TlsAcceptor> {
+    use pingora::tls::{CertificateDer, PrivateKeyDer, ServerConfig};
+    let pki = PKI.get()?;
+    pingora::tls::install_default_crypto_provider();
+    let key = PrivateKeyDer::try_from(pki.key.clone()).ok()?;
+    let mut cfg = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(pki.cert.clone())], key)
+        .ok()?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(pingora::tls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+fn inventory(path: &str, sni: Option<String>) -> Response<Full<Bytes>> {
+    let body = if path == "/health" {
+        serde_json::json!({"status": "ok", "instance": "inventory-1"})
+    } else {
+        serde_json::json!({
+            "service": "inventory",
+            "instance": "inventory-1",
+            "path": path,
+            "tls_server_name": sni,
+            "data": [
+                {"sku": "KB-001", "warehouse": "AMS-1", "on_hand": 42},
+                {"sku": "MS-002", "warehouse": "AMS-1", "on_hand": 7},
+            ],
+        })
+    };
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("server", "demo-upstream")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC upstream over h2c: greeter
+// ---------------------------------------------------------------------------------------------
+
+/// Largest request message the greeter reads.
+const GREETER_MAX_MESSAGE: usize = 64 * 1024;
+
+/// `demo.Greeter/SayHello` over HTTP/2 with prior knowledge: `HelloRequest { string name = 1; }`
+/// in, `HelloReply { string message = 1; }` out (protobuf, coded here: two strings need no
+/// protobuf library).
+async fn serve_greeter(listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                return;
+            };
+            while let Some(Ok((req, respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let _ = greet(req, respond).await;
+                });
+            }
+        });
+    }
+}
+
+/// A trailers-only gRPC answer with `status` and `message`.
+fn grpc_status(status: u8, message: &str) -> http::Response<()> {
+    http::Response::builder()
+        .header("content-type", "application/grpc")
+        .header("grpc-status", status.to_string())
+        .header("grpc-message", crate::grpc::encode_message(message))
+        .body(())
+        .unwrap_or_default()
+}
+
+async fn greet(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) -> Result<(), h2::Error> {
+    if req.uri().path() != "/demo.Greeter/SayHello" {
+        respond.send_response(grpc_status(12, "unknown method"), true)?;
+        return Ok(());
+    }
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+        if buf.len() > GREETER_MAX_MESSAGE + 5 {
+            respond.send_response(grpc_status(8, "message too large"), true)?;
+            return Ok(());
+        }
+    }
+    let Some(name) = hello_request_name(&buf) else {
+        respond.send_response(grpc_status(3, "expected one HelloRequest"), true)?;
+        return Ok(());
+    };
+    let name = if name.is_empty() { "stranger" } else { name };
+    let reply = hello_reply(&format!("Hello, {name}!"));
+    let head = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap_or_default();
+    let mut out = respond.send_response(head, false)?;
+    out.send_data(reply, false)?;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    out.send_trailers(trailers)?;
+    Ok(())
+}
+
+/// Reads one protobuf varint at `*at`.
+fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// `name` of the one uncompressed `HelloRequest` message in a gRPC request body.
+pub fn hello_request_name(body: &[u8]) -> Option<&str> {
+    let (&flag, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let msg = rest.get(4..)?;
+    if flag != 0 || msg.len() != len {
+        return None;
+    }
+    let (mut at, mut name) = (0, "");
+    while at < msg.len() {
+        let key = varint(msg, &mut at)?;
+        match key & 7 {
+            0 => {
+                varint(msg, &mut at)?;
+            }
+            2 => {
+                let n = usize::try_from(varint(msg, &mut at)?).ok()?;
+                let bytes = msg.get(at..at.checked_add(n)?)?;
+                at += n;
+                if key >> 3 == 1 {
+                    name = std::str::from_utf8(bytes).ok()?;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(name)
+}
+
+/// One gRPC message frame holding `HelloReply { message }`.
+pub fn hello_reply(message: &str) -> Bytes {
+    let mut msg = vec![0x0a];
+    let mut n = message.len() as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            msg.push(byte);
+            break;
+        }
+        msg.push(byte | 0x80);
+    }
+    msg.extend_from_slice(message.as_bytes());
+    let mut out = Vec::with_capacity(5 + msg.len());
+    out.push(0);
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_messages() {
+        // printf '\0\0\0\0\5\n\3Ada' from the banner.
+        assert_eq!(hello_request_name(b"\0\0\0\0\x05\n\x03Ada"), Some("Ada"));
+        assert_eq!(hello_request_name(b"\0\0\0\0\0"), Some(""));
+        assert_eq!(hello_request_name(b"\0\0\0\0\x05\n\x09Ada"), None);
+        assert_eq!(hello_request_name(b"\x01\0\0\0\x05\n\x03Ada"), None);
+        assert_eq!(hello_request_name(b""), None);
+        let long = "x".repeat(300);
+        let reply = hello_reply(&long);
+        assert_eq!(&reply[5..8], &[0x0a, 0xac, 0x02]);
+        assert_eq!(reply.len(), 5 + 3 + 300);
+        assert_eq!(&hello_reply("Hi")[..], b"\0\0\0\0\x04\n\x02Hi");
+    }
 }

@@ -42,6 +42,8 @@ pub fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     } else {
         UPSTREAM_IDLE
     });
+    // Read timeout of a WebSocket tunnel once the upstream switched (see crate::websocket).
+    peer.options.upgraded_read_timeout = ctx.route().map(|r| r.websocket_idle_timeout);
     crate::resilience::cap_timeouts(&mut peer, ctx);
     Ok(Box::new(peer))
 }
@@ -216,6 +218,11 @@ pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error>
 pub fn on_proxy_error(session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     if matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry() {
         // Our own retryable-status error: already counted and decided.
+        return e;
+    }
+    if crate::websocket::idle_end(ctx, &e) {
+        // A tunnel closed after its idle timeout: its normal end.
+        e.set_retry(false);
         return e;
     }
     if e.esource() == &ErrorSource::Upstream {

@@ -11,12 +11,12 @@
 //! | `upstream_peer`           | [`crate::forward::peer`] -> [`crate::upstream::select`] |
 //! | `upstream_request_filter` | [`crate::forward::rewrite_request`], then the chain's `upstream_request` hooks |
 //! | `response_filter`         | the cache plugin's `settle_cache`, the chain's `response` hooks, then their `hand_off` to the downstream module |
-//! | `upstream_response_filter`| [`crate::websocket::check_switch`] (a 101 must complete the handshake), [`crate::forward::check_response`] (retry on 502/503/504) |
+//! | `upstream_response_filter`| [`crate::websocket::on_response`] (a 101 must complete the handshake; the tunnel's idle timeout), [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error (the chain's `gateway_body`, `before_answer` and `response` hooks) |
 //! | `logging`                 | releases the least_conn guard; the chain's `logging` hooks; [`crate::observe`]: metrics, access log |
 //! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::observe`] upstream time |
-//! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline, retry back-off, retry budget |
+//! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline (or a gRPC client's, [`crate::grpc::note_deadline`]), retry back-off, retry budget |
 //!
 //! The plugin hooks are in [`crate::plugins::api`]; a [`Chain`] skips a phase none of its
 //! plugins serves, and the gateway only clones the snapshot handle (to run a chain while its
@@ -246,9 +246,10 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        crate::grpc::note_deadline(session.req_header(), ctx);
         crate::resilience::before_attempt(ctx).await?;
         crate::observe::upstream_attempt(ctx);
         forward::peer(ctx)
@@ -300,7 +301,7 @@ impl ProxyHttp for Gateway {
         crate::observe::upstream_response(ctx, upstream_response.status.as_u16());
         // Before anything else sees it: a 101 that is not a complete handshake must not turn
         // the client connection into a tunnel.
-        crate::websocket::check_switch(session.req_header(), upstream_response)?;
+        crate::websocket::on_response(session, upstream_response, ctx)?;
         forward::check_response(session, upstream_response, ctx)
     }
 
@@ -346,13 +347,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         // Refusals the gateway decided itself are answers, not errors; neither is a client
-        // that went away (logged as 499 in the access log).
+        // that went away (logged as 499 in the access log), nor a WebSocket tunnel closed
+        // after its idle timeout (logged as its 101).
         matches!(
             e.etype(),
             ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 429 | 431)
         ) || crate::observe::client_gone(e)
+            || crate::websocket::idle_end(ctx, e)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -231,6 +231,14 @@ fn main() -> ExitCode {
     if let Ok(abs) = std::path::absolute(&conf) {
         conf = abs;
     }
+    if is_demo {
+        // The demo's HTTPS upstream: its CA goes next to the config, where `tls.ca` reads it.
+        let dir = conf.parent().unwrap_or(std::path::Path::new("."));
+        if let Err(e) = demo::write_pki(dir) {
+            eprintln!("cannot write the demo CA: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let shared = match Shared::load(conf.clone()) {
         Ok(s) => s,
         Err(errs) => {

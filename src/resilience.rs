@@ -132,6 +132,9 @@ fn expire(ctx: &mut RequestCtx) {
         return;
     }
     ctx.resilience.expired = true;
+    if ctx.resilience.from_client {
+        return;
+    }
     if let Some(t) = ctx.route().and_then(|r| r.timeout.as_ref()) {
         t.stats.timeouts.fetch_add(1, Ordering::Relaxed);
     }
@@ -154,7 +157,14 @@ pub async fn before_attempt(ctx: &mut RequestCtx) -> Result<()> {
         if let Some(b) = &route.upstream.resilience.budget {
             b.state.deposit(now_ms());
         }
-        ctx.resilience.deadline = deadline;
+        // A gRPC client's own deadline, when it comes first.
+        let client = ctx.resilience.client_timeout.map(|t| ctx.started + t);
+        ctx.resilience.from_client = client.is_some_and(|c| deadline.is_none_or(|d| c < d));
+        ctx.resilience.deadline = if ctx.resilience.from_client {
+            client
+        } else {
+            deadline
+        };
     } else if !ctx.resilience.backoff.is_zero() {
         let wait = std::mem::take(&mut ctx.resilience.backoff);
         ctx.inflight = None;

@@ -43,6 +43,8 @@ pub struct Route<C> {
     pub timeout: Option<RouteTimeout>,
     /// Identity and forwarding headers a client may not send on this route.
     pub owned_headers: OwnedHeaders,
+    /// `websocket_idle_timeout`: read timeout of both sides once a 101 opened a tunnel.
+    pub websocket_idle_timeout: std::time::Duration,
 }
 
 /// One compiled config generation.

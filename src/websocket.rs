@@ -16,11 +16,28 @@
 //!
 //! Anything else is refused with the gateway's JSON 502 and the connection closed: no 101,
 //! no tunnel. Only a 101 pays for the check; other answers cost one status comparison.
+//!
+//! **Idle tunnels.** A WebSocket may stay silent far longer than a response may take to
+//! start (`timeouts.read`) or a request body may pause (`server.body_timeout`). The route's
+//! `websocket_idle_timeout` takes over both once the 101 passed the check: on the upstream
+//! side through Pingora's HTTP/1 client session, which switches to
+//! `PeerOptions::upgraded_read_timeout` when it reads a 101 (set in `upstream_peer`, a
+//! patch of the vendored pingora-core), on the client side by the downstream session's read
+//! timeout, set here in `upstream_response_filter`. Until the 101, `timeouts.read` applies
+//! as to any request; a request that is not switched never sees the idle timeout.
 
+use crate::config::diag::Compiler;
+use crate::config::raw::RawRoute;
+use crate::ctx::RequestCtx;
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::time::Duration;
+
+/// Longest `websocket_idle_timeout` accepted.
+const MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -88,6 +105,44 @@ pub fn check_switch(req: &RequestHeader, resp: &ResponseHeader) -> Result<()> {
             format!("upstream protocol switch refused: {why}"),
         ),
     }
+}
+
+/// `upstream_response_filter`: [`check_switch`], and for a switch that passed it the
+/// client side of the tunnel gets the route's idle timeout (the upstream side switched in
+/// Pingora's client session when it read the 101).
+pub fn on_response(session: &mut Session, resp: &ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    check_switch(session.req_header(), resp)?;
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(r) = ctx.route() {
+            session.set_read_timeout(Some(r.websocket_idle_timeout));
+        }
+    }
+    Ok(())
+}
+
+/// An error that ended an open tunnel by its idle timeout: the tunnel's normal end, neither
+/// a target failure nor worth an error line.
+#[inline]
+pub fn idle_end(ctx: &RequestCtx, e: &Error) -> bool {
+    ctx.upstream_status == Some(101)
+        && matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        )
+}
+
+/// Compiles `routes[i].websocket_idle_timeout` (`p`: the route's YAML path).
+pub fn compile_idle_timeout(c: &mut Compiler, p: &str, r: &RawRoute) -> Duration {
+    let d = r.websocket_idle_timeout.0;
+    if d.is_zero() {
+        c.error(
+            &format!("{p}.websocket_idle_timeout"),
+            "must be greater than 0",
+        );
+    } else if d > MAX_IDLE {
+        c.error(&format!("{p}.websocket_idle_timeout"), "must be at most 7d");
+    }
+    d.clamp(Duration::from_millis(1), MAX_IDLE)
 }
 
 #[cfg(test)]

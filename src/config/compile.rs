@@ -457,6 +457,7 @@ fn compile_upstreams(
             }
             HealthCheck {
                 path: h.path.clone(),
+                host: h.host.clone(),
                 interval: h.interval.0,
                 timeout: h.timeout.0,
                 unhealthy_threshold: h.unhealthy_threshold.max(1),
@@ -480,7 +481,7 @@ fn compile_upstreams(
         });
         let discovery = u.discovery.as_ref().map(|d| {
             let (disc, found) = crate::upstream::discovery::compile(c, &p, u, d, states);
-            primaries = found;
+            (primaries, backups) = found;
             disc
         });
         out.push(Arc::new(Upstream {
@@ -720,6 +721,7 @@ fn compile_routes(
         let chain = merge_chain(globals, own);
         let timeout =
             crate::resilience::compile_route_timeout(c, &p, &r.name, r.timeout, &states.resilience);
+        let websocket_idle_timeout = crate::websocket::compile_idle_timeout(c, &p, r);
         let owned_headers = crate::owned_headers::OwnedHeaders::new(
             chain.identity_headers().iter().map(|h| h.as_str()),
         );
@@ -736,6 +738,7 @@ fn compile_routes(
                 https_only: crate::https_redirect::compile(c, &p, r),
                 timeout,
                 owned_headers,
+                websocket_idle_timeout,
             });
         }
     }

@@ -344,10 +344,13 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDiscovery {
-    /// Host name whose A and AAAA records are the targets.
-    pub dns: String,
-    /// Port of every discovered target.
-    pub port: u16,
+    /// Host name whose A and AAAA records are the targets (with `port`).
+    pub dns: Option<String>,
+    /// Port of every discovered target (with `dns`).
+    pub port: Option<u16>,
+    /// SRV record name whose records give the targets, ports and weights (instead of
+    /// `dns` and `port`).
+    pub srv: Option<String>,
     /// Longest wait between lookups (a shorter TTL brings the next one forward).
     #[serde(default = "default_discovery_interval")]
     pub interval: Dur,
@@ -435,6 +438,8 @@ impl Default for RawTimeouts {
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealthCheck {
     pub path: Option<String>,
+    /// `Host` of path checks and TLS server name of the checks (default: the target's).
+    pub host: Option<String>,
     pub interval: Dur,
     pub timeout: Dur,
     pub unhealthy_threshold: u32,
@@ -445,6 +450,7 @@ impl Default for RawHealthCheck {
     fn default() -> Self {
         RawHealthCheck {
             path: None,
+            host: None,
             interval: Dur::secs(2),
             timeout: Dur::secs(1),
             unhealthy_threshold: 3,
@@ -548,6 +554,15 @@ pub struct RawRoute {
     /// Total time for the upstream exchange, retries included (extension; absent: none).
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// Longest silence in both directions of a WebSocket (or other upgraded) connection once
+    /// the upstream switched protocols; replaces the upstream's `timeouts.read` and
+    /// `server.body_timeout` for the tunnel.
+    #[serde(default = "default_websocket_idle_timeout")]
+    pub websocket_idle_timeout: Dur,
+}
+
+fn default_websocket_idle_timeout() -> Dur {
+    Dur::secs(3600)
 }
 
 fn default_true() -> bool {

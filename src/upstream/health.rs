@@ -54,13 +54,17 @@ impl HealthScheduler {
                 st.next_check_ms
                     .store(now + hc.interval.as_millis() as u64, Ordering::Relaxed);
                 let (st, hc, sock) = (st.clone(), hc.clone(), t.sock);
-                let (addr, host) = (t.addr.clone(), t.host.clone());
+                // `health_check.host` stands in for the target's name in `Host` and SNI.
+                let host = hc.host.clone().unwrap_or_else(|| t.host.clone());
+                let addr = t.addr.clone();
                 let upstream = up.name.clone();
-                let tls = up
-                    .transport
-                    .tls
-                    .as_ref()
-                    .map(|x| (x.health_config(), up.transport.server_name(t).to_string()));
+                let tls = up.transport.tls.as_ref().map(|x| {
+                    let name = match &hc.host {
+                        Some(h) => super::peer::host_of(h),
+                        None => up.transport.server_name(t),
+                    };
+                    (x.health_config(), name.to_string())
+                });
                 tokio::spawn(async move {
                     let ok = probe(sock, &host, &hc, tls).await;
                     apply(&st, &hc, ok, &upstream, &addr);

@@ -86,7 +86,7 @@ fn discovery_families(
         }
         addresses
             .with_label_values(&[u.name.as_str()])
-            .set(d.state.addresses().len() as i64);
+            .set(d.state.target_count() as i64);
         if let Some(a) = d.state.age_seconds() {
             age.with_label_values(&[u.name.as_str()]).set(a);
         }

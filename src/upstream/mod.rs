@@ -43,6 +43,9 @@ pub trait LiveConfig: Send + Sync + 'static {
 pub struct HealthCheck {
     /// `None`: TCP connect check.
     pub path: Option<String>,
+    /// `host`: the `Host` of path checks and, host part alone, the TLS server name of the
+    /// checks of a TLS upstream (`None`: the target's own).
+    pub host: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_threshold: u32,

@@ -119,6 +119,41 @@ impl Transport {
     }
 }
 
+/// `health_check.host`: a `Host` value (`name` or `name:port`, no scheme, path or user) whose
+/// name is a valid TLS server name on a TLS upstream, and something for it to act on.
+fn check_health_host(
+    c: &mut Compiler,
+    at: &str,
+    host: &str,
+    hc: &crate::config::raw::RawHealthCheck,
+    u: &RawUpstream,
+) {
+    let authority = host.parse::<http::uri::Authority>().ok();
+    let valid = !host.is_empty()
+        && !host.contains('@')
+        && authority.is_some()
+        && http::HeaderValue::from_str(host).is_ok();
+    if !valid {
+        c.error(
+            at,
+            format!("{host:?} is not a Host value (a name or name:port, no scheme or path)"),
+        );
+        return;
+    }
+    if u.tls.is_some() && ServerName::try_from(host_of(host)).is_err() {
+        c.error(
+            at,
+            format!("{:?} is not a valid TLS server name", host_of(host)),
+        );
+    }
+    if u.tls.is_none() && hc.path.is_none() {
+        c.error(
+            at,
+            "has nothing to act on: it is the Host of a path check (set `path`) and the TLS server name of a TLS upstream's checks",
+        );
+    }
+}
+
 /// `host` of `host:port` / `[v6]:port` (the whole text when there is no port).
 pub fn host_of(addr: &str) -> &str {
     if let Some(rest) = addr.strip_prefix('[') {
@@ -148,6 +183,9 @@ pub fn compile(c: &mut Compiler, p: &str, u: &RawUpstream) -> Transport {
                 &format!("{p}.health_check.path"),
                 "a path check speaks HTTP/1.1, which an HTTP/2 upstream may refuse: omit `path` (the check is then a connect, with the TLS handshake when `tls` is set)",
             );
+        }
+        if let Some(host) = &hc.host {
+            check_health_host(c, &format!("{p}.health_check.host"), host, hc, u);
         }
     }
     let tls = u

@@ -138,10 +138,15 @@ impl Registry {
 /// [`crate::resilience`]).
 #[derive(Debug, Default)]
 pub struct RequestState {
-    /// Arrival + `routes[].timeout`, set at the first attempt.
+    /// Arrival + `routes[].timeout` (or + a gRPC client's `grpc-timeout` when that is
+    /// sooner), set at the first attempt.
     pub deadline: Option<Instant>,
     /// To wait before the next attempt (decided with the retry).
     pub backoff: Duration,
     /// The deadline ended this request (counted once).
     pub expired: bool,
+    /// A gRPC client's `grpc-timeout` (set by `grpc::note_deadline`).
+    pub client_timeout: Option<Duration>,
+    /// `deadline` is the client's, not the route's (its expiry is no route timeout).
+    pub from_client: bool,
 }

@@ -605,10 +605,13 @@ fn demo_sample_token_matches_the_demo_config() {
     use gatehouse::plugins::acl::Decision;
     use gatehouse::plugins::Plugin;
     use std::sync::Arc;
+    // The demo's HTTPS upstream reads the CA `gatehouse demo` writes next to its config.
+    let dir = tempfile::tempdir().unwrap();
+    gatehouse::demo::write_pki(dir.path()).unwrap();
     let rt = Arc::new(
         gatehouse::config::load_str(
             gatehouse::demo::DEMO_CONFIG,
-            std::path::Path::new("conf"),
+            dir.path(),
             &gatehouse::upstream::StateRegistry::default(),
             &gatehouse::util::registry::Registry::default(),
             1,

@@ -1,5 +1,7 @@
 //! `gatehouse demo`: the first URL it prints (the gateway's root) answers with an index of
-//! the demo's endpoints, every one of which is routed by the demo config.
+//! the demo's endpoints, every one of which is routed by the demo config; its HTTPS upstream
+//! is verified against the CA the demo made at start, and its gRPC service answers over
+//! h2c.
 use crate::common;
 
 use common::*;
@@ -59,15 +61,18 @@ async fn the_demo_root_lists_its_endpoints() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
     let v: serde_json::Value = r.json().await.unwrap();
-    let paths: Vec<&str> = v["endpoints"]
+    let endpoints: Vec<(&str, &str)> = v["endpoints"]
         .as_array()
         .expect("endpoints")
         .iter()
-        .filter_map(|e| e["path"].as_str())
+        .filter_map(|e| Some((e["method"].as_str()?, e["path"].as_str()?)))
         .collect();
+    let paths: Vec<&str> = endpoints.iter().map(|(_, p)| *p).collect();
     assert!(paths.contains(&"/api/v1/users"), "{v}");
-    // Every endpoint listed is served by a demo route (or the health probe), not a 404.
-    for p in &paths {
+    assert!(paths.contains(&"/api/v1/inventory"), "{v}");
+    assert!(paths.contains(&"/demo.Greeter/SayHello"), "{v}");
+    // Every GET endpoint listed is served by a demo route (or the health probe), not a 404.
+    for (_, p) in endpoints.iter().filter(|(m, _)| *m == "GET") {
         let r = client()
             .get(format!("http://127.0.0.1:{port}{p}"))
             .send()
@@ -88,4 +93,51 @@ async fn the_demo_root_lists_its_endpoints() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404, "POST / is no index");
+
+    // The HTTPS upstream: the certificate verified against the CA written next to the
+    // config, under the name in tls.sni.
+    assert!(dir.path().join("demo-pki/ca.pem").is_file());
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/api/v1/inventory"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["service"], "inventory", "{v}");
+    assert_eq!(v["tls_server_name"], "inventory.demo.internal", "{v}");
+
+    // The gRPC greeter through the gateway, h2c on both legs: the banner's request.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}/demo.Greeter/SayHello"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut stream) = send.send_request(req, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(b"\0\0\0\0\x05\n\x03Ada"), true)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("gRPC answer")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, gatehouse::demo::hello_reply("Hello, Ada!").to_vec());
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
 }

@@ -15,11 +15,14 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// dnsmasq answering for `*.test` from a hosts file only (TTL 1 s; unknown names: NXDOMAIN).
+/// dnsmasq answering for `*.test` from a hosts file only (TTL 1 s; unknown names: NXDOMAIN),
+/// plus the records of `extra` arguments (`--srv-host=...`).
 struct Dns {
     child: Option<Child>,
     port: u16,
     hosts: PathBuf,
+    bin: PathBuf,
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,6 +36,11 @@ fn dnsmasq_bin() -> Option<PathBuf> {
 impl Dns {
     /// Starts dnsmasq with `lines` (`IP NAME`) as its hosts file; `None` if it is missing.
     fn start(lines: &[&str]) -> Option<Dns> {
+        Self::start_with(lines, &[])
+    }
+
+    /// [`Dns::start`] with extra dnsmasq arguments (`--srv-host=...`).
+    fn start_with(lines: &[&str], extra: &[String]) -> Option<Dns> {
         let Some(bin) = dnsmasq_bin() else {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("dnsmasq is required when CI=true (apt-get install dnsmasq-base)");
@@ -49,58 +57,85 @@ impl Dns {
             child: None,
             port: 0,
             hosts,
+            bin,
+            extra: extra.to_vec(),
             _dir: dir,
         };
         dns.write(lines);
         for _ in 0..5 {
-            let port = free_port();
-            let log = std::fs::File::create(dns._dir.path().join("dnsmasq.log")).unwrap();
-            let mut child = Command::new(&bin)
-                .arg("--no-daemon")
-                .arg(format!("--port={port}"))
-                .args([
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--conf-file=/dev/null",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--local-ttl=1",
-                    "--local=/test/",
-                    "--log-facility=-",
-                ])
-                .arg(format!("--addn-hosts={}", dns.hosts.display()))
-                .arg(format!(
-                    "--pid-file={}",
-                    dns._dir.path().join("dnsmasq.pid").display()
-                ))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn dnsmasq");
-            // Ready once it answers on TCP (it listens on UDP and TCP at once).
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut up = false;
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break; // port taken (UDP): try another
-                }
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    up = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if up {
-                dns.child = Some(child);
-                dns.port = port;
+            if dns.spawn(free_port()) {
                 return Some(dns);
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("dnsmasq did not start");
+    }
+
+    /// Starts dnsmasq on `port`; false when it did not come up (port taken).
+    fn spawn(&mut self, port: u16) -> bool {
+        let dns = &*self;
+        let log = std::fs::File::create(dns._dir.path().join("dnsmasq.log")).unwrap();
+        let mut child = Command::new(&dns.bin)
+            .arg("--no-daemon")
+            .arg(format!("--port={port}"))
+            .args([
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--local-ttl=1",
+                "--local=/test/",
+                "--log-facility=-",
+            ])
+            .arg(format!("--addn-hosts={}", dns.hosts.display()))
+            .args(&dns.extra)
+            .arg(format!(
+                "--pid-file={}",
+                dns._dir.path().join("dnsmasq.pid").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dnsmasq");
+        // Ready once it answers on TCP (it listens on UDP and TCP at once).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut up = false;
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break; // port taken (UDP): try another
+            }
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if up {
+            self.child = Some(child);
+            self.port = port;
+            return true;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// dnsmasq does not read its command line again on SIGHUP: new SRV records need a new
+    /// process, on the same port.
+    fn restart_with(&mut self, extra: &[String]) {
+        self.stop();
+        self.extra = extra.to_vec();
+        let port = self.port;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.spawn(port) {
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not restart on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn write(&self, lines: &[&str]) {
@@ -492,4 +527,195 @@ fn discovery_config_errors_name_their_line() {
         stderr.contains("upstreams[0].targets") && stderr.contains("not both"),
         "{stderr}"
     );
+}
+
+/// A backend on `ip` at `port` (0: any), retried until the port is free there.
+fn backend_on(name: &str, ip: [u8; 4], port: u16) -> Backend {
+    for _ in 0..50 {
+        if let Some(b) = Backend::start_at(name, SocketAddr::from((ip, port))) {
+            return b;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("cannot listen on {ip:?}:{port}");
+}
+
+fn srv(name: &str, target: &str, port: u16, priority: u16, weight: u16) -> String {
+    format!("--srv-host={name},{target},{port},{priority},{weight}")
+}
+
+/// Waits until `/status` shows `want` as the upstream's target addresses (in any order).
+async fn wait_targets(gw: &Gateway, want: &[String]) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    let mut want = want.to_vec();
+    want.sort();
+    loop {
+        let up = status_of(gw, "api").await;
+        let mut got = target_addrs(&up);
+        got.sort();
+        if got == want {
+            return up;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "targets never became {want:?}: {up}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn srv_records_give_targets_ports_weights_and_backups() {
+    // a.test and b.test (priority 10, weights 3 and 1, each on its own port) are the
+    // primaries; c.test (priority 20) is the backup.
+    let a = backend_on("a", [127, 0, 0, 2], 0);
+    let b = backend_on("b", [127, 0, 0, 3], 0);
+    let c = backend_on("c", [127, 0, 0, 4], 0);
+    let (pa, pb, pc) = (a.port(), b.port(), c.port());
+    let name = "_http._tcp.api.test";
+    let records = [
+        srv(name, "a.test", pa, 10, 3),
+        srv(name, "b.test", pb, 10, 1),
+        srv(name, "c.test", pc, 20, 1),
+    ];
+    let hosts = ["127.0.0.2 a.test", "127.0.0.3 b.test", "127.0.0.4 c.test"];
+    let Some(mut dns) = Dns::start_with(&hosts, &records) else {
+        return;
+    };
+    let extra = format!(
+        "balance: weighted\ndiscovery:\n  srv: {name}\n  resolvers: [\"{}\"]\n  min_interval: 200ms\n  interval: 5s\n{HC_HTTP}",
+        dns.resolver()
+    );
+    let gw = Cfg::new()
+        .upstream_untargeted("api", &extra)
+        .route("r", &["/api"], "api", "preserve_host: false")
+        .start();
+    let (aa, ba, ca) = (
+        format!("127.0.0.2:{pa}"),
+        format!("127.0.0.3:{pb}"),
+        format!("127.0.0.4:{pc}"),
+    );
+
+    // Ports and weights from DNS: 3:1 over the primaries, nothing to the backup.
+    let (st, _) = run(&gw, 8).await;
+    assert!(st.iter().all(|s| *s == 200), "{st:?}\n{}", gw.stderr());
+    assert_eq!((a.hits(), b.hits(), c.hits()), (6, 2, 0));
+    // Host (preserve_host: false) is the SRV target with its port.
+    let host = a.last_request().unwrap().header("host").map(str::to_string);
+    assert_eq!(host.as_deref(), Some(format!("a.test:{pa}").as_str()));
+    let up = status_of(&gw, "api").await;
+    assert_eq!(target_addrs(&up), vec![aa.clone(), ba.clone(), ca.clone()]);
+    let t = up["targets"].as_array().unwrap();
+    assert_eq!(
+        t.iter()
+            .map(|t| (
+                t["weight"].as_u64().unwrap(),
+                t["backup"].as_bool().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        vec![(3, false), (1, false), (1, true)],
+        "{up}"
+    );
+    assert_eq!(up["discovery"]["srv"], name, "{up}");
+    assert_eq!(up["discovery"]["records"][0]["target"], "a.test", "{up}");
+    assert_eq!(up["discovery"]["records"][2]["backup"], true, "{up}");
+
+    // The backup serves only while no primary can.
+    a.set_health(503);
+    b.set_health(503);
+    assert!(gw.wait_target_health("api", &aa, false, WAIT).await);
+    assert!(gw.wait_target_health("api", &ba, false, WAIT).await);
+    c.reset();
+    let (st, names) = run(&gw, 4).await;
+    assert!(st.iter().all(|s| *s == 200), "{st:?}");
+    assert!(names.iter().all(|n| n == "c"), "{names:?}");
+    a.set_health(200);
+    b.set_health(200);
+    assert!(gw.wait_target_health("api", &aa, true, WAIT).await);
+    assert!(gw.wait_target_health("api", &ba, true, WAIT).await);
+
+    // A target's address changes (hosts file + SIGHUP): its share moves to the new address,
+    // on the port of its SRV record, without a reload.
+    let d = backend_on("d", [127, 0, 0, 5], pa);
+    dns.set(&["127.0.0.5 a.test", "127.0.0.3 b.test", "127.0.0.4 c.test"]);
+    let da = format!("127.0.0.5:{pa}");
+    wait_targets(&gw, &[da.clone(), ba.clone(), ca.clone()]).await;
+    assert!(gw.wait_target_health("api", &da, true, WAIT).await);
+    a.reset();
+    b.reset();
+    let (st, _) = run(&gw, 8).await;
+    assert!(st.iter().all(|s| *s == 200), "{st:?}");
+    assert_eq!((a.hits(), d.hits(), b.hits()), (0, 6, 2));
+
+    // New SRV records (weights 1:3, c promoted to priority 10, b's port moved): dnsmasq
+    // reads them on a restart; the set follows at the next lookup.
+    let b2 = backend_on("b2", [127, 0, 0, 3], 0);
+    let pb2 = b2.port();
+    dns.restart_with(&[
+        srv(name, "a.test", pa, 10, 1),
+        srv(name, "b.test", pb2, 10, 3),
+        srv(name, "c.test", pc, 10, 4),
+    ]);
+    let b2a = format!("127.0.0.3:{pb2}");
+    let up = wait_targets(&gw, &[b2a.clone(), ca.clone(), da.clone()]).await;
+    assert!(
+        up["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["backup"] == false),
+        "{up}"
+    );
+    assert!(gw.wait_target_health("api", &b2a, true, WAIT).await);
+    d.reset();
+    c.reset();
+    b.reset();
+    let (st, _) = run(&gw, 16).await;
+    assert!(st.iter().all(|s| *s == 200), "{st:?}");
+    assert_eq!((d.hits(), b2.hits(), c.hits(), b.hits()), (2, 6, 8, 0));
+}
+
+#[test]
+fn srv_and_dns_config_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "      srv: _http._tcp.api.test\n      dns: api.test\n      port: 80\n",
+            "upstreams[0].discovery.srv",
+            "exclude each other",
+        ),
+        (
+            "      srv: _http._tcp.api.test\n      port: 80\n",
+            "upstreams[0].discovery.port",
+            "each SRV record carries",
+        ),
+        (
+            "      dns: api.test\n",
+            "upstreams[0].discovery",
+            "`dns` needs `port`",
+        ),
+        (
+            "      resolvers: [\"127.0.0.1\"]\n",
+            "upstreams[0].discovery",
+            "needs `dns`",
+        ),
+        (
+            "      srv: \"_http._tcp.api.test:80\"\n",
+            "upstreams[0].discovery.srv",
+            "not an SRV record name",
+        ),
+    ];
+    for (body, path, msg) in cases {
+        let yaml = format!(
+            "server:\n  listen: [\"127.0.0.1:{}\"]\nupstreams:\n  - name: api\n    discovery:\n{body}      allow_empty: true\nroutes:\n  - name: r\n    paths: [\"/api\"]\n    upstream: api\n",
+            free_port()
+        );
+        let (code, stderr) = Gateway::validate(&yaml);
+        assert_eq!(code, 1, "{yaml}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("{path}: "))
+                && stderr.contains(msg)
+                && stderr.contains("(line "),
+            "want {path}: {msg}\n{stderr}"
+        );
+    }
 }

@@ -721,9 +721,12 @@ async fn secrets_stay_out_of_logs_bodies_and_status() {
 #[tokio::test]
 async fn demo_auth_service_and_demo_route() {
     // The demo config's profile route is a forward-auth to the demo auth service.
+    // The demo's HTTPS upstream reads the CA `gatehouse demo` writes next to its config.
+    let dir = tempfile::tempdir().unwrap();
+    gatehouse::demo::write_pki(dir.path()).unwrap();
     let rt = gatehouse::config::load_str(
         gatehouse::demo::DEMO_CONFIG,
-        std::path::Path::new("conf"),
+        dir.path(),
         &gatehouse::upstream::StateRegistry::default(),
         &gatehouse::util::registry::Registry::default(),
         1,

@@ -34,7 +34,6 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config::error",
             "config::position",
             "owned_headers",
-            "grpc",
             "sdnotify",
             "signals",
         ],
@@ -52,16 +51,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "features",
         &[
-            "upstream",
-            "limits",
-            "cache",
-            "router",
-            "tls",
-            "acme",
-            "flood",
-            "websocket",
-            "demo",
-            "process",
+            "upstream", "limits", "cache", "router", "tls", "acme", "flood", "process",
         ],
     ),
     // L5: the per-request context, the snapshot it runs on and the helpers working on it.
@@ -77,6 +67,9 @@ const LAYERS: &[(&str, &[&str])] = &[
             "probe",
             "forward",
             "acme::challenge",
+            "grpc",
+            "websocket",
+            "demo",
         ],
     ),
     // L6: the plugin interface and every plugin.

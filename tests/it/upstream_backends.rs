@@ -433,6 +433,167 @@ async fn health_checks_of_a_tls_upstream_run_over_tls() {
     assert_eq!(get(&gw, "/good").await.0, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_host_is_the_host_and_server_name_of_the_checks() {
+    // A TLS upstream reached by IP whose certificate names api.internal only: its checks
+    // pass with health_check.host (SNI and Host api.internal), and fail without.
+    let ca = Ca::new("upstream CA");
+    let leaf = ca.issue(CertificateParams::new(vec!["api.internal".to_string()]).unwrap());
+    let (tls_port, seen) = https_backend(server_config(&leaf, &[b"http/1.1"], None));
+    // A plain upstream whose /health answers 200 only to Host: status.internal.
+    let (plain_port, plain_hosts) = host_checking_backend("status.internal");
+    let cfg = Cfg::new();
+    write(cfg.dir.path(), "ca.pem", &ca.pem());
+    let tls_target = [format!("{{ addr: \"127.0.0.1:{tls_port}\" }}")];
+    let plain_target = [format!("{{ addr: \"127.0.0.1:{plain_port}\" }}")];
+    let hc = "health_check: { path: /health, interval: 200ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1";
+    let gw = cfg
+        .upstream(
+            "tls-named",
+            &tls_target,
+            &format!("tls: {{ ca: pki/ca.pem }}\n{hc}, host: api.internal }}"),
+        )
+        .upstream(
+            "tls-unnamed",
+            &tls_target,
+            &format!("tls: {{ ca: pki/ca.pem }}\n{hc} }}"),
+        )
+        .upstream(
+            "plain-named",
+            &plain_target,
+            &format!("{hc}, host: \"status.internal:8080\" }}"),
+        )
+        .upstream("plain-unnamed", &plain_target, &format!("{hc} }}"))
+        .route("r", &["/r"], "tls-named", "")
+        .start();
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let plain_addr = format!("127.0.0.1:{plain_port}");
+    let wait = Duration::from_secs(5);
+    assert!(
+        gw.wait_target_health("tls-unnamed", &tls_addr, false, wait)
+            .await,
+        "a check whose server name is the IP must fail\n{}",
+        gw.stderr()
+    );
+    assert!(
+        gw.wait_target_health("plain-unnamed", &plain_addr, false, wait)
+            .await
+    );
+    // Healthy after passing checks (each state is checked again after the other failed).
+    for _ in 0..2 {
+        assert!(
+            gw.wait_target_health("tls-named", &tls_addr, true, wait)
+                .await,
+            "{}",
+            gw.stderr()
+        );
+        assert!(
+            gw.wait_target_health("plain-named", &plain_addr, true, wait)
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        seen.health_hits.load(Ordering::SeqCst) >= 2,
+        "the named checks reached /health over TLS"
+    );
+    let sni = seen.sni.lock().unwrap().clone();
+    assert!(sni.contains(&Some("api.internal".to_string())), "{sni:?}");
+    let hosts = seen.hosts.lock().unwrap().clone();
+    assert!(
+        !hosts.is_empty() && hosts.iter().all(|h| h == "api.internal"),
+        "only checks that passed the handshake reach the server: {hosts:?}"
+    );
+    let plain = plain_hosts.lock().unwrap().clone();
+    assert!(
+        plain.contains(&"status.internal:8080".to_string()),
+        "{plain:?}"
+    );
+    assert!(plain.contains(&plain_addr), "{plain:?}");
+}
+
+/// A plain HTTP/1.1 server whose `/health` answers 200 to `Host: <name>` (any port) and 421
+/// to any other Host; records every Host it sees.
+fn host_checking_backend(name: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let (l, port) = listener();
+    let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = hosts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    seen.lock().unwrap().push(host.clone());
+                    let ok = host.split(':').next() == Some(name);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(if ok { 200 } else { 421 })
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (port, hosts)
+}
+
+#[test]
+fn health_check_host_is_checked_at_load() {
+    let up = |extra: &str| {
+        format!(
+            "upstreams:\n  - name: u\n    targets: [{{ addr: \"127.0.0.1:1\" }}]\n{extra}routes: []\n"
+        )
+    };
+    for (extra, want) in [
+        (
+            "    health_check: { path: /h, host: \"http://api.internal\" }\n",
+            "is not a Host value",
+        ),
+        (
+            "    health_check: { path: /h, host: \"api.internal/x\" }\n",
+            "is not a Host value",
+        ),
+        (
+            "    health_check: { host: api.internal }\n",
+            "has nothing to act on",
+        ),
+        (
+            "    tls: { verify: false }\n    health_check: { host: \"bad_name..internal\" }\n",
+            "is not a valid TLS server name",
+        ),
+    ] {
+        let (code, out) = Gateway::validate(&up(extra));
+        assert_ne!(code, 0, "{extra}: {out}");
+        assert!(
+            out.contains("upstreams[0].health_check.host: ") && out.contains(want),
+            "{extra}: {out}"
+        );
+        assert!(out.contains("(line "), "{out}");
+    }
+    for ok in [
+        "    health_check: { path: /h, host: \"api.internal:8080\" }\n",
+        "    tls: { verify: false }\n    health_check: { host: api.internal }\n",
+    ] {
+        let (code, out) = Gateway::validate(&up(ok));
+        assert_eq!(code, 0, "{ok}: {out}");
+    }
+}
+
 #[test]
 fn tls_settings_are_checked_at_load() {
     let dir = tempfile::TempDir::new().unwrap();
@@ -987,4 +1148,494 @@ async fn h2c_upstream_that_speaks_http1_is_a_502_not_a_hang() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 502);
     assert_error_body(&r.text().await.unwrap(), "bad_gateway");
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket tunnels: idle timeout (tokio-tungstenite client and server)
+// ---------------------------------------------------------------------------------------------
+
+/// What the WebSocket backend saw.
+#[derive(Default)]
+struct WsSeen {
+    opened: AtomicUsize,
+    closed: AtomicUsize,
+    echoed: AtomicUsize,
+}
+
+/// An HTTP/1.1 server (hyper) that upgrades `Upgrade: websocket` requests and echoes every
+/// message (tungstenite); any other request is answered after `?ms=N` milliseconds.
+fn ws_backend() -> (u16, Arc<WsSeen>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let (l, port) = listener();
+    let seen = Arc::new(WsSeen::default());
+    let st = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    let st = st.clone();
+                    async move {
+                        let key = req
+                            .headers()
+                            .get("sec-websocket-key")
+                            .map(|k| derive_accept_key(k.as_bytes()));
+                        let Some(accept) = key else {
+                            let ms: u64 = req
+                                .uri()
+                                .query()
+                                .and_then(|q| q.strip_prefix("ms="))
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            return Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"{\"plain\":true}"),
+                            )));
+                        };
+                        let on_upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let Ok(up) = on_upgrade.await else {
+                                return;
+                            };
+                            st.opened.fetch_add(1, Ordering::SeqCst);
+                            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                TokioIo::new(up),
+                                Role::Server,
+                                None,
+                            )
+                            .await;
+                            while let Some(Ok(m)) = ws.next().await {
+                                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_ok() {
+                                    st.echoed.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                            st.closed.fetch_add(1, Ordering::SeqCst);
+                        });
+                        Ok(Response::builder()
+                            .status(101)
+                            .header("upgrade", "websocket")
+                            .header("connection", "upgrade")
+                            .header("sec-websocket-accept", accept)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket client connected to `path` through the gateway on `port`.
+async fn ws_connect(port: u16, path: &str) -> Ws {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}{path}"), tcp)
+        .await
+        .expect("WebSocket handshake through the gateway");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Sends `text` and waits (at most 3 s) for its echo.
+async fn ws_echo(ws: &mut Ws, text: &str) -> Result<(), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| format!("send {text}: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => Ok(()),
+        other => Err(format!("no echo of {text}: {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_use_the_routes_idle_timeout_not_the_read_timeout() {
+    use futures_util::StreamExt;
+    let (port, seen) = ws_backend();
+    // Both limits a tunnel would otherwise run into are 1 s: the upstream's read timeout
+    // and the client side's body timeout.
+    let cfg = Cfg::new()
+        .server("body_timeout: 1s")
+        .upstream(
+            "ws",
+            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+            "retries: 0\ntimeouts: { read: 1s }\npassive: { max_fails: 2, fail_timeout: 30s }",
+        )
+        .route("ws", &["/ws"], "ws", "websocket_idle_timeout: 4s");
+    let gw = start_with_access_log(cfg, "stdout");
+
+    // Idle for 2 s (twice timeouts.read): still open, still echoing.
+    let quiet = async {
+        let mut ws = ws_connect(gw.port, "/ws/quiet").await;
+        ws_echo(&mut ws, "before").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ws_echo(&mut ws, "after 2 s idle").await
+    };
+    // Messages every 1.5 s for 7.5 s (longer than the idle timeout): never cut.
+    let busy = async {
+        let mut ws = ws_connect(gw.port, "/ws/busy").await;
+        for i in 0..6 {
+            ws_echo(&mut ws, &format!("tick {i}")).await?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        ws_echo(&mut ws, "last").await
+    };
+    // Idle for longer than 4 s: closed, between the idle timeout and a margin.
+    let idle = async {
+        let mut ws = ws_connect(gw.port, "/ws/idle").await;
+        ws_echo(&mut ws, "only").await?;
+        let since = std::time::Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        let took = since.elapsed();
+        match end {
+            Ok(None)
+            | Ok(Some(Err(_)))
+            | Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => {}
+            other => return Err(format!("idle tunnel not closed: {other:?}")),
+        }
+        if took < Duration::from_millis(3800) || took > Duration::from_secs(7) {
+            return Err(format!("idle tunnel closed after {took:?}, want ~4 s"));
+        }
+        Ok(())
+    };
+    // A request on the same route that is not switched keeps timeouts.read: 504 after 1 s.
+    let plain = async {
+        let started = std::time::Instant::now();
+        let (status, body) = get(&gw, "/ws/plain?ms=2500").await;
+        (status, body, started.elapsed())
+    };
+    let (quiet, busy, idle, (status, body, took)) = tokio::join!(quiet, busy, idle, plain);
+    quiet.unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    busy.unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    idle.unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    assert_eq!(status, 504, "{body}");
+    assert_error_body(&body, "gateway_timeout");
+    assert!(took < Duration::from_millis(2400), "took {took:?}");
+
+    assert_eq!(seen.opened.load(Ordering::SeqCst), 3);
+    assert!(
+        wait_until(Duration::from_secs(3), || seen
+            .closed
+            .load(Ordering::SeqCst)
+            >= 1)
+        .await,
+        "the upstream side of the idle tunnel was not closed"
+    );
+    // The ended tunnel is logged as its 101, not as a 504, and is no target failure: with the
+    // plain request's timeout counted, a second failure would have ejected the target
+    // (max_fails: 2), yet a new tunnel still opens.
+    let logged = wait_until(Duration::from_secs(3), || {
+        gw.stdout().lines().any(|l| l.contains("/ws/idle"))
+    })
+    .await;
+    assert!(logged, "no access log line:\n{}", gw.stdout());
+    let line = gw
+        .stdout()
+        .lines()
+        .find(|l| l.contains("/ws/idle"))
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 101, "{line}");
+    assert!(v["error"].is_null(), "{line}");
+    assert!(
+        !gw.stderr()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("/ws/idle")),
+        "an idle tunnel's end is no error:\n{}",
+        gw.stderr()
+    );
+    assert!(!gw.stderr().contains("ejected"), "{}", gw.stderr());
+    let mut ws = ws_connect(gw.port, "/ws/again").await;
+    ws_echo(&mut ws, "again").await.unwrap();
+}
+
+#[test]
+fn websocket_idle_timeout_is_checked_at_load() {
+    let base = "upstreams:\n  - name: u\n    targets: [{ addr: \"127.0.0.1:1\" }]\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n";
+    for (value, want) in [
+        (
+            "0",
+            "routes[0].websocket_idle_timeout: must be greater than 0 (line 8)",
+        ),
+        (
+            "8d",
+            "routes[0].websocket_idle_timeout: must be at most 7d (line 8)",
+        ),
+        ("10", "routes[0].websocket_idle_timeout"),
+    ] {
+        let (code, out) =
+            Gateway::validate(&format!("{base}    websocket_idle_timeout: {value}\n"));
+        assert_ne!(code, 0, "{value}: {out}");
+        assert!(out.contains(want), "{value}: {out}");
+        assert!(out.contains("line 8"), "{value}: {out}");
+    }
+    let (code, out) = Gateway::validate(&format!("{base}    websocket_idle_timeout: 15m\n"));
+    assert_eq!(code, 0, "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC deadlines: tonic's client and server (raw-bytes codec) over hyper's HTTP/2
+// ---------------------------------------------------------------------------------------------
+
+/// Messages as raw bytes: the calls below need no protobuf schema.
+#[derive(Default, Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+/// What the tonic server saw: calls started and calls that ran to their end.
+#[derive(Default)]
+struct SlowSeen {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+/// `test.Slow/Wait`: answers `done:<request>` after the number of milliseconds in the
+/// request.
+#[derive(Clone)]
+struct SlowService(Arc<SlowSeen>);
+
+impl tonic::server::UnaryService<Bytes> for SlowService {
+    type Response = Bytes;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, tonic::Status>> + Send>,
+    >;
+    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
+        let seen = self.0.clone();
+        Box::pin(async move {
+            seen.started.fetch_add(1, Ordering::SeqCst);
+            let msg = req.into_inner();
+            let ms: u64 = std::str::from_utf8(&msg)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            seen.finished.fetch_add(1, Ordering::SeqCst);
+            let mut out = b"done:".to_vec();
+            out.extend_from_slice(&msg);
+            Ok(tonic::Response::new(Bytes::from(out)))
+        })
+    }
+}
+
+/// A tonic gRPC server over h2c (hyper's HTTP/2 server) serving [`SlowService`].
+fn tonic_slow_server() -> (u16, Arc<SlowSeen>) {
+    let (l, port) = listener();
+    let seen = Arc::new(SlowSeen::default());
+    let st = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let st = st.clone();
+                    async move {
+                        let mut grpc = tonic::server::Grpc::new(RawCodec);
+                        Ok::<_, std::convert::Infallible>(grpc.unary(SlowService(st), req).await)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// hyper's HTTP/2 client connection as the service tonic's generic client calls through.
+#[derive(Clone)]
+struct H2Conn(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for H2Conn {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// A tonic client over h2c to `port`.
+async fn tonic_client(port: u16) -> tonic::client::Grpc<H2Conn> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let origin: http::Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+    tonic::client::Grpc::with_origin(H2Conn(send), origin)
+}
+
+/// One `test.Slow/Wait` call taking `ms` upstream, with `deadline` as its grpc-timeout.
+async fn slow_call(
+    client: &mut tonic::client::Grpc<H2Conn>,
+    ms: u64,
+    deadline: Option<Duration>,
+) -> (Result<Bytes, tonic::Status>, Duration) {
+    client.ready().await.unwrap();
+    let mut req = tonic::Request::new(Bytes::from(ms.to_string()));
+    if let Some(d) = deadline {
+        req.set_timeout(d);
+    }
+    let started = std::time::Instant::now();
+    let res = client
+        .unary(
+            req,
+            http::uri::PathAndQuery::from_static("/test.Slow/Wait"),
+            RawCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner);
+    (res, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_clients_deadline_ends_the_call_with_deadline_exceeded() {
+    let (port, seen) = tonic_slow_server();
+    // Generous upstream and route limits: only the client's deadline is short.
+    let gw = Cfg::new()
+        .server("h2c: true")
+        .upstream(
+            "grpc",
+            &[format!("{{ addr: \"127.0.0.1:{port}\" }}")],
+            "protocol: h2c\nretries: 1\ntimeouts: { read: 10s }",
+        )
+        .route("grpc", &["/test.Slow"], "grpc", "timeout: 20s")
+        .route("short", &["/test.Short"], "grpc", "timeout: 300ms")
+        .start();
+    let mut client = tonic_client(gw.port).await;
+
+    // The call takes 3 s upstream; the client allows 400 ms (grpc-timeout: 400000u).
+    let (res, took) = slow_call(&mut client, 3000, Some(Duration::from_millis(400))).await;
+    let status = res.expect_err("the call must not succeed");
+    assert_eq!(
+        status.code(),
+        tonic::Code::DeadlineExceeded,
+        "{status:?}\n{}",
+        gw.stderr()
+    );
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1500),
+        "answered after {took:?}, want ~400 ms (not timeouts.read)"
+    );
+    // One attempt: no retry once the client's deadline has passed.
+    assert_eq!(seen.started.load(Ordering::SeqCst), 1);
+
+    // A deadline longer than the call: it completes.
+    let (res, _) = slow_call(&mut client, 200, Some(Duration::from_secs(5))).await;
+    assert_eq!(
+        res.expect("call within its deadline"),
+        Bytes::from_static(b"done:200")
+    );
+    // No deadline: the route's limits alone.
+    let (res, _) = slow_call(&mut client, 100, None).await;
+    assert_eq!(
+        res.expect("call without deadline"),
+        Bytes::from_static(b"done:100")
+    );
+
+    // The upstream stopped working on the abandoned call: it was cancelled, not finished.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(
+        seen.finished.load(Ordering::SeqCst),
+        2,
+        "the abandoned call ran to its end upstream"
+    );
+
+    // A route timeout shorter than the client's deadline still wins.
+    client.ready().await.unwrap();
+    let mut req = tonic::Request::new(Bytes::from_static(b"3000"));
+    req.set_timeout(Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    let res = client
+        .unary(
+            req,
+            http::uri::PathAndQuery::from_static("/test.Short/Wait"),
+            RawCodec,
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(res.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Only the route's own expiry is a route timeout.
+    let text = gw.metrics_text().await;
+    assert_eq!(
+        metric(&text, "route_timeouts_total", &[("route", "grpc")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "route_timeouts_total", &[("route", "short")]),
+        Some(1.0)
+    );
 }

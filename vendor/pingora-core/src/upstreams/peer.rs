@@ -503,6 +503,10 @@ pub struct PeerOptions {
     pub read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
+    /// PATCH (gatehouse): the read timeout of an HTTP/1 connection once the upstream has
+    /// switched protocols (101, e.g. a WebSocket tunnel), replacing `read_timeout` from then
+    /// on. `None`: `read_timeout` stays.
+    pub upgraded_read_timeout: Option<Duration>,
     pub verify_cert: bool,
     pub verify_hostname: bool,
     #[cfg(feature = "s2n")]
@@ -579,6 +583,8 @@ impl PeerOptions {
             read_timeout: None,
             idle_timeout: None,
             write_timeout: None,
+            // PATCH (gatehouse)
+            upgraded_read_timeout: None,
             verify_cert: true,
             verify_hostname: true,
             #[cfg(feature = "s2n")]

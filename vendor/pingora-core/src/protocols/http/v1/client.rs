@@ -50,6 +50,9 @@ pub struct HttpSession {
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
     pub write_timeout: Option<Duration>,
+    /// PATCH (gatehouse): replaces `read_timeout` once the response switched protocols
+    /// (from `PeerOptions::upgraded_read_timeout`).
+    pub upgraded_read_timeout: Option<Duration>,
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
@@ -93,6 +96,7 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             write_timeout: None,
+            upgraded_read_timeout: None,
             digest,
             bytes_sent: 0,
             body_recv: 0,
@@ -110,6 +114,8 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            // PATCH (gatehouse)
+            session.upgraded_read_timeout = options.upgraded_read_timeout;
         }
         session
     }
@@ -346,6 +352,11 @@ impl HttpSession {
                         self.upgraded = self
                             .is_upgrade(self.response_header.as_deref().expect("init above"))
                             .unwrap_or(false);
+                        // PATCH (gatehouse): a tunnel may stay idle longer than a response
+                        // may take to arrive.
+                        if self.upgraded && self.upgraded_read_timeout.is_some() {
+                            self.read_timeout = self.upgraded_read_timeout;
+                        }
                         // init body reader if upgrade status has changed body mode
                         // (read_response_task will immediately try to init body afterwards anyways)
                         // informational headers will automatically avoid initializing body reader
