@@ -17,6 +17,7 @@ pub mod concurrency;
 pub mod correlation_id;
 pub mod cors;
 pub mod error_responses;
+pub mod fault_injection;
 pub mod forward_auth;
 pub mod held_body;
 pub mod ip_restriction;
@@ -306,6 +307,7 @@ plugin_table! {
     "acl"                   => Acl(acl::Acl),
     "rate-limiting"         => RateLimiting(rate_limit::RateLimit),
     "concurrency-limiting"  => ConcurrencyLimiting(concurrency::Concurrency),
+    "fault-injection"       => FaultInjection(fault_injection::FaultInjection), // after auth and limits: chaos for admitted requests only
     "proxy-cache"           => ProxyCache(proxy_cache::ProxyCache),
     "request-transformer"   => RequestTransformer(request_transformer::RequestTransformer),
     "response-transformer"  => ResponseTransformer(response_transformer::ResponseTransformer),
