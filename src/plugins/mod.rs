@@ -33,6 +33,7 @@ pub mod request_transformer;
 pub mod response_compression;
 pub mod response_transformer;
 pub mod security_headers;
+pub mod traffic_split;
 pub(crate) mod ttl_cache;
 
 pub mod api;
@@ -308,6 +309,7 @@ plugin_table! {
     "rate-limiting"         => RateLimiting(rate_limit::RateLimit),
     "concurrency-limiting"  => ConcurrencyLimiting(concurrency::Concurrency),
     "fault-injection"       => FaultInjection(fault_injection::FaultInjection), // after auth and limits: chaos for admitted requests only
+    "traffic-split"         => TrafficSplit(traffic_split::TrafficSplit), // sets RequestCtx::upstream_override
     "proxy-cache"           => ProxyCache(proxy_cache::ProxyCache),
     "request-transformer"   => RequestTransformer(request_transformer::RequestTransformer),
     "response-transformer"  => ResponseTransformer(response_transformer::ResponseTransformer),
