@@ -24,6 +24,11 @@ pub struct RequestCtx {
     pub peer_trusted: bool,
     /// Index into `rt.routes`.
     pub route: Option<usize>,
+    /// The upstream this request goes to in place of its route's `upstream`, set by a
+    /// request-phase plugin (`traffic-split`) before the first attempt. Every reader of
+    /// [`Self::upstream`] follows it: target selection, retries, the circuit breaker, the
+    /// retry budget, the `upstream_*` metrics and the access log.
+    pub upstream_override: Option<Arc<Upstream>>,
     /// Bytes of the matched prefix (`strip_path`).
     pub prefix_len: usize,
     /// The path has `%2F`: only a route with `allow_encoded_slashes` takes it.
@@ -82,6 +87,7 @@ impl RequestCtx {
             client_ip: None,
             peer_trusted: false,
             route: None,
+            upstream_override: None,
             prefix_len: 0,
             encoded_slash: false,
             attempts: 0,
@@ -128,9 +134,13 @@ impl RequestCtx {
         }
     }
 
+    /// The upstream of this request: the override a plugin chose, else the route's.
     #[inline]
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
-        self.route().map(|r| &r.upstream)
+        match &self.upstream_override {
+            Some(u) => Some(u),
+            None => self.route().map(|r| &r.upstream),
+        }
     }
 
     /// The target of the current (or last) upstream attempt.

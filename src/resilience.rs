@@ -154,7 +154,7 @@ pub async fn before_attempt(ctx: &mut RequestCtx) -> Result<()> {
             return Ok(());
         };
         let deadline = route.timeout.as_ref().map(|t| ctx.started + t.limit);
-        if let Some(b) = &route.upstream.resilience.budget {
+        if let Some(b) = ctx.upstream().and_then(|u| u.resilience.budget.as_ref()) {
             b.state.deposit(now_ms());
         }
         // A gRPC client's own deadline, when it comes first.
@@ -226,8 +226,7 @@ pub fn note_error(ctx: &mut RequestCtx, e: &Error) {
 /// budget. Refusals are counted per upstream; the request keeps the failure it has (an
 /// expiry is counted only where a timeout fired, in [`note_error`]).
 pub fn allow_retry(ctx: &mut RequestCtx) -> bool {
-    let rt = ctx.rt.clone();
-    let Some(up) = rt.route(ctx.route).map(|r| &r.upstream) else {
+    let Some(up) = ctx.upstream().cloned() else {
         return true;
     };
     let policy = &up.resilience;

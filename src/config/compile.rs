@@ -83,6 +83,7 @@ pub fn compile(
         tiers: &tiers,
         registry,
         route: None,
+        upstreams: &upstreams,
     };
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
     let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env, states);

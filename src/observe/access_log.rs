@@ -200,7 +200,8 @@ pub fn format_line(
         .map(|p| p.as_str())
         .unwrap_or_else(|| req.uri.path());
     let route = ctx.route();
-    let upstream = route.map(|r| &r.upstream);
+    // The upstream that served: a plugin's choice (traffic-split) or the route's.
+    let upstream = ctx.upstream();
     let line = Line {
         ts: format_ts(SystemTime::now()),
         request_id: &ctx.request_id,

@@ -388,6 +388,26 @@ impl RouteMetrics {
         self.upstream.as_deref()
     }
 
+    /// Runs `f` on the handles of the upstream that served: `chosen` when a plugin picked an
+    /// upstream other than the route's (`RequestCtx::upstream_override`), else the route's.
+    #[inline]
+    pub fn with_upstream(&self, chosen: Option<&str>, f: impl FnOnce(&UpstreamMetrics)) {
+        match chosen {
+            Some(name) if name != self.service => {
+                let table = metrics().table.load();
+                match table.upstreams.get(name) {
+                    Some(um) => f(um),
+                    None => f(&UpstreamMetrics::new(name)),
+                }
+            }
+            _ => {
+                if let Some(u) = self.upstream() {
+                    f(u)
+                }
+            }
+        }
+    }
+
     /// One finished request.
     #[inline]
     pub fn record(&self, method: usize, status: u16, secs: f64) {

@@ -53,9 +53,8 @@ pub fn upstream_response(ctx: &mut RequestCtx, status: u16) {
     ctx.upstream_time = took;
     if let Some(d) = took {
         let rm = metrics::route_metrics(&ctx.rt, ctx.route);
-        if let Some(u) = rm.upstream() {
-            u.observe(status, d.as_secs_f64());
-        }
+        let chosen = ctx.upstream_override.as_ref().map(|u| u.name.as_str());
+        rm.with_upstream(chosen, |u| u.observe(status, d.as_secs_f64()));
     }
 }
 
@@ -106,9 +105,8 @@ pub fn on_logging(session: &Session, ctx: &RequestCtx, done: &Finished) {
     let rm = metrics::route_metrics(&ctx.rt, ctx.route);
     rm.record(method, status, elapsed.as_secs_f64());
     if ctx.attempts > 1 {
-        if let Some(u) = rm.upstream() {
-            u.retried(u64::from(ctx.attempts - 1));
-        }
+        let chosen = ctx.upstream_override.as_ref().map(|u| u.name.as_str());
+        rm.with_upstream(chosen, |u| u.retried(u64::from(ctx.attempts - 1)));
     }
     if ctx.rt.server.access_log != AccessLog::Off {
         let line = access_log::format_line(session, ctx, status, elapsed, done.error);

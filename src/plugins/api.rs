@@ -37,6 +37,7 @@ use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use crate::errors::Reply;
 
@@ -93,6 +94,9 @@ pub struct BuildEnv<'a> {
     pub registry: &'a Registry,
     /// Name of the route whose plugin list is being built; `None` for the global list.
     pub route: Option<&'a str>,
+    /// The config's upstreams: for plugins that send a request elsewhere than the route's
+    /// `upstream` (`RequestCtx::upstream_override`, a mirror).
+    pub upstreams: &'a [Arc<crate::upstream::Upstream>],
 }
 
 impl BuildEnv<'_> {

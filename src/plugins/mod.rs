@@ -17,6 +17,7 @@ pub mod concurrency;
 pub mod correlation_id;
 pub mod cors;
 pub mod error_responses;
+pub mod fault_injection;
 pub mod forward_auth;
 pub mod held_body;
 pub mod ip_restriction;
@@ -33,6 +34,7 @@ pub mod request_transformer;
 pub mod response_compression;
 pub mod response_transformer;
 pub mod security_headers;
+pub mod traffic_split;
 pub(crate) mod ttl_cache;
 
 pub mod api;
@@ -309,6 +311,8 @@ plugin_table! {
     "acl"                   => Acl(acl::Acl),
     "rate-limiting"         => RateLimiting(rate_limit::RateLimit),
     "concurrency-limiting"  => ConcurrencyLimiting(concurrency::Concurrency),
+    "fault-injection"       => FaultInjection(fault_injection::FaultInjection), // after auth and limits: chaos for admitted requests only
+    "traffic-split"         => TrafficSplit(traffic_split::TrafficSplit), // sets RequestCtx::upstream_override
     "proxy-cache"           => ProxyCache(proxy_cache::ProxyCache),
     "request-transformer"   => RequestTransformer(request_transformer::RequestTransformer),
     "response-transformer"  => ResponseTransformer(response_transformer::ResponseTransformer),

@@ -186,7 +186,7 @@ pub(crate) fn encode_span(
         .headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    let upstream = route.map(|r| &r.upstream);
+    let upstream = ctx.upstream();
     let target = ctx.selected_target().map(|t| t.addr.as_str());
     let peer_ip = peer.map(|a| a.ip());
     let client_ip = ctx.client_ip;
