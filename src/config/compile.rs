@@ -9,8 +9,8 @@ use super::raw::{self, RawConfig, RawPlugin};
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
 use crate::runtime::{
-    AccessLog, AdminSettings, Consumer, JwtSecretSpec, Route, Runtime, Secret, ServerSettings,
-    Tier, TlsSettings,
+    AccessLog, AdminSettings, BasicCredential, Consumer, JwtSecretSpec, PasswordSpec, Route,
+    Runtime, Secret, ServerSettings, Tier, TlsSettings,
 };
 use crate::upstream::{HealthCheck, Passive, StateRegistry, Target, TargetSet, Timeouts, Upstream};
 use arc_swap::ArcSwap;
@@ -29,6 +29,8 @@ pub struct Compiler<'a> {
     errors: Vec<ConfigError>,
     /// Values that came from the environment: redacted from every error message.
     secrets: Vec<String>,
+    /// YAML paths of values that came wholly from `${ENV}` ([`super::Parsed::env_paths`]).
+    env_paths: std::collections::HashSet<String>,
     base_dir: PathBuf,
 }
 
@@ -63,6 +65,12 @@ impl Compiler<'_> {
     /// Line of a YAML path (or of its closest parent), for messages naming a second place.
     pub fn line_of(&self, path: &str) -> Option<usize> {
         self.pos.line(path)
+    }
+
+    /// Whether the string at YAML `path` came wholly from the environment (`${NAME}`, no
+    /// `:-default` used) rather than from the file's own text.
+    pub fn from_env(&self, path: &str) -> bool {
+        self.env_paths.contains(path)
     }
 
     /// A file path relative to the config file's directory.
@@ -157,6 +165,7 @@ pub fn compile(
         pos,
         errors: Vec::new(),
         secrets: parsed.secrets,
+        env_paths: parsed.env_paths,
         base_dir: base_dir.to_path_buf(),
     };
     let server = compile_server(&mut c, &raw.server);
@@ -619,6 +628,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut basic_users = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (i, r) in raw.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
@@ -704,6 +714,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
                 _ => {}
             }
         }
+        let basic_credentials = compile_basic_credentials(c, &p, r, &mut basic_users);
         out.push(Consumer {
             username: r.username.clone(),
             header,
@@ -711,6 +722,75 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             roles: r.roles.clone(),
             api_keys,
             jwt_secrets,
+            basic_credentials,
+        });
+    }
+    out
+}
+
+/// `consumers[i].basicauth_credentials`: usernames unique over every consumer, passwords an
+/// Argon2id or bcrypt hash, or plain text only when it came from `${ENV}` (a plain password
+/// never sits in the file). Neither passwords nor hashes appear in messages.
+fn compile_basic_credentials(
+    c: &mut Compiler,
+    p: &str,
+    r: &raw::RawConsumer,
+    users: &mut std::collections::HashSet<String>,
+) -> Vec<BasicCredential> {
+    let mut out = Vec::new();
+    for (j, b) in r.basicauth_credentials.iter().enumerate() {
+        let bp = format!("{p}.basicauth_credentials[{j}]");
+        if b.username.is_empty() || b.username.contains(':') {
+            c.error(
+                &format!("{bp}.username"),
+                "must be non-empty and without ':' (Basic credentials are user:password)",
+            );
+            continue;
+        }
+        if !users.insert(b.username.clone()) {
+            c.error(
+                &format!("{bp}.username"),
+                format!(
+                    "basic-auth username \"{}\" is already used by another credential",
+                    b.username
+                ),
+            );
+        }
+        let pp = format!("{bp}.password");
+        let pw = b.password.as_str();
+        let spec = if pw.starts_with("$argon2") {
+            match argon2::PasswordHash::new(pw) {
+                Ok(h) if h.algorithm == argon2::Algorithm::Argon2id.ident() && h.hash.is_some() => {
+                    PasswordSpec::Argon2(Secret::new(pw.to_string()))
+                }
+                Ok(_) => {
+                    c.error(&pp, "only Argon2id hashes ($argon2id$...) are accepted");
+                    continue;
+                }
+                Err(_) => {
+                    c.error(&pp, "not a valid Argon2id hash (PHC string $argon2id$v=19$m=...,t=...,p=...$salt$hash)");
+                    continue;
+                }
+            }
+        } else if pw.starts_with("$2") {
+            if pw.parse::<bcrypt::HashParts>().is_err() {
+                c.error(&pp, "not a valid bcrypt hash ($2b$<cost>$<53 characters>)");
+                continue;
+            }
+            PasswordSpec::Bcrypt(Secret::new(pw.to_string()))
+        } else if c.from_env(&pp) && !pw.is_empty() {
+            PasswordSpec::Plain(Secret::new(pw.to_string()))
+        } else {
+            c.error(
+                &pp,
+                "a plain-text password is refused: write an Argon2id or bcrypt hash \
+                 ($argon2id$..., $2b$...), or take the password from the environment (${NAME})",
+            );
+            continue;
+        };
+        out.push(BasicCredential {
+            username: b.username.clone(),
+            password: spec,
         });
     }
     out

@@ -12,6 +12,7 @@
 //! [`register_metrics`]). [`Chain`] runs a route's plugins phase by phase.
 
 pub mod acl;
+pub mod basic_auth;
 pub(crate) mod body_buf;
 pub mod concurrency;
 pub mod correlation_id;
@@ -301,6 +302,7 @@ plugin_table! {
     "ip-restriction"        => IpRestriction(ip_restriction::IpRestriction),
     "request-size-limiting" => RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
     "key-auth"              => KeyAuth(key_auth::KeyAuth),
+    "basic-auth"            => BasicAuth(basic_auth::BasicAuth),
     "jwt"                   => Jwt(jwt::Jwt),
     "forward-auth"          => ForwardAuth(forward_auth::ForwardAuth),
     "acl"                   => Acl(acl::Acl),
