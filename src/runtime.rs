@@ -112,6 +112,15 @@ pub struct Consumer {
     pub jwt_secrets: Vec<JwtSecretSpec>,
     /// `basicauth_credentials`, checked at load (usernames unique over all consumers).
     pub basic_credentials: Vec<BasicCredential>,
+    /// `hmacauth_credentials` (usernames unique over all consumers).
+    pub hmac_credentials: Vec<HmacCredential>,
+}
+
+/// One `hmacauth_credentials` entry.
+#[derive(Debug, Clone)]
+pub struct HmacCredential {
+    pub username: String,
+    pub secret: Secret,
 }
 
 /// One `basicauth_credentials` entry.

@@ -9,8 +9,8 @@ use super::raw::{self, RawConfig, RawPlugin};
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
 use crate::runtime::{
-    AccessLog, AdminSettings, BasicCredential, Consumer, JwtSecretSpec, PasswordSpec, Route,
-    Runtime, Secret, ServerSettings, Tier, TlsSettings,
+    AccessLog, AdminSettings, BasicCredential, Consumer, HmacCredential, JwtSecretSpec,
+    PasswordSpec, Route, Runtime, Secret, ServerSettings, Tier, TlsSettings,
 };
 use crate::upstream::{HealthCheck, Passive, StateRegistry, Target, TargetSet, Timeouts, Upstream};
 use arc_swap::ArcSwap;
@@ -629,6 +629,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut keys: HashMap<String, usize> = HashMap::new();
     let mut basic_users = std::collections::HashSet::new();
+    let mut hmac_users = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (i, r) in raw.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
@@ -715,6 +716,32 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             }
         }
         let basic_credentials = compile_basic_credentials(c, &p, r, &mut basic_users);
+        let mut hmac_credentials = Vec::new();
+        for (j, h) in r.hmacauth_credentials.iter().enumerate() {
+            let hp = format!("{p}.hmacauth_credentials[{j}]");
+            if h.username.is_empty() {
+                c.error(&format!("{hp}.username"), "must not be empty");
+                continue;
+            }
+            if !hmac_users.insert(h.username.clone()) {
+                c.error(
+                    &format!("{hp}.username"),
+                    format!(
+                        "hmac-auth username \"{}\" is already used by another credential",
+                        h.username
+                    ),
+                );
+            }
+            if h.secret.is_empty() {
+                // Never print the secret itself.
+                c.error(&format!("{hp}.secret"), "must not be empty");
+                continue;
+            }
+            hmac_credentials.push(HmacCredential {
+                username: h.username.clone(),
+                secret: Secret::new(h.secret.clone()),
+            });
+        }
         out.push(Consumer {
             username: r.username.clone(),
             header,
@@ -723,6 +750,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             api_keys,
             jwt_secrets,
             basic_credentials,
+            hmac_credentials,
         });
     }
     out

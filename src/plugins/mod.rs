@@ -20,6 +20,7 @@ pub mod cors;
 pub mod error_responses;
 pub mod forward_auth;
 pub mod held_body;
+pub mod hmac_auth;
 pub mod ip_restriction;
 pub mod json_rewrite;
 pub(crate) mod json_scan;
@@ -303,6 +304,7 @@ plugin_table! {
     "request-size-limiting" => RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
     "key-auth"              => KeyAuth(key_auth::KeyAuth),
     "basic-auth"            => BasicAuth(basic_auth::BasicAuth),
+    "hmac-auth"             => HmacAuth(hmac_auth::HmacAuth),
     "jwt"                   => Jwt(jwt::Jwt),
     "forward-auth"          => ForwardAuth(forward_auth::ForwardAuth),
     "acl"                   => Acl(acl::Acl),
