@@ -1,7 +1,8 @@
 //! Criterion benches of the auth hot path, each through the plugin as the gateway builds it
 //! from YAML: key-auth lookup (hit and miss among 10,000 keys), and jwt verification of
 //! HS256, RS256 and ES256 tokens, cold (`cache_entries: 0`: split, decode, signature, claims)
-//! and cached (SHA-256 of the token + LRU hit).
+//! and cached (SHA-256 of the token + LRU hit); basic-auth with Argon2id and bcrypt hashes,
+//! uncached and cached; hmac-auth verification of a signed request head.
 //!
 //! Run: `cargo bench --bench auth` (release profile). Compare runs on the same machine only.
 
@@ -12,12 +13,15 @@ use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::config;
 use gatehouse::ctx::Runtime;
+use gatehouse::plugins::basic_auth::BasicAuth;
+use gatehouse::plugins::hmac_auth;
 use gatehouse::plugins::jwt::{self, Jwt};
 use gatehouse::plugins::key_auth::KeyAuth;
 use gatehouse::plugins::Plugin;
 use gatehouse::upstream::StateRegistry;
 use gatehouse::util::registry::Registry;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use pingora::http::RequestHeader;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -171,5 +175,95 @@ routes:
     }
 }
 
-criterion_group!(benches, key_lookup, jwt_verify);
+fn basic_plugin(rt: &Runtime, route: usize) -> &BasicAuth {
+    match &*rt.routes[route].plugins.plugins[0] {
+        Plugin::BasicAuth(p) => p,
+        other => panic!("not basic-auth: {other:?}"),
+    }
+}
+
+/// basic-auth with the hashes' recommended costs (Argon2id m=19 MiB t=2 p=1, the argon2
+/// crate's default; bcrypt cost 10), uncached (`cache_entries: 0`: the full hash every
+/// time) and cached (HMAC of user:password + LRU hit).
+fn basic_verify(c: &mut Criterion) {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(b"bench-salt-16byt").unwrap();
+    let argon = argon2::Argon2::default()
+        .hash_password(b"argon-password", &salt)
+        .unwrap()
+        .to_string();
+    let bc = bcrypt::hash_with_salt("bcrypt-password", 10, *b"bench-salt-16byt")
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoB);
+    let y = format!(
+        "server: {{ listen: [\"127.0.0.1:1\"] }}
+upstreams: [{{ name: u, targets: [{{ addr: \"127.0.0.1:2\" }}] }}]
+consumers:
+  - username: a
+    basicauth_credentials: [{{ username: a, password: \"{argon}\" }}]
+  - username: b
+    basicauth_credentials: [{{ username: b, password: \"{bc}\" }}]
+routes:
+  - {{ name: cold, paths: [\"/cold\"], upstream: u, plugins: [{{ name: basic-auth, config: {{ cache_entries: 0 }} }}] }}
+  - {{ name: cached, paths: [\"/cached\"], upstream: u, plugins: [{{ name: basic-auth }}] }}
+"
+    );
+    let rt = load(&y, Path::new("."));
+    let (cold, cached) = (basic_plugin(&rt, 0), basic_plugin(&rt, 1));
+    for (name, up, consumer) in [
+        ("argon2id", "a:argon-password", 0),
+        ("bcrypt-10", "b:bcrypt-password", 1),
+    ] {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("authorization", format!("Basic {}", STANDARD.encode(up)))
+            .unwrap();
+        assert_eq!(cold.check_blocking(&req), Ok(consumer));
+        assert_eq!(cached.check_blocking(&req), Ok(consumer));
+        let mut g = c.benchmark_group("basic-auth");
+        g.sample_size(10);
+        g.bench_function(format!("{name} verify, uncached"), |b| {
+            b.iter(|| cold.check_blocking(black_box(&req)).is_ok())
+        });
+        g.finish();
+        c.bench_function(&format!("basic-auth {name} verify, cached"), |b| {
+            b.iter(|| cached.check_blocking(black_box(&req)).is_ok())
+        });
+    }
+}
+
+/// hmac-auth verification of a signed request head (parse, date and skew, HMAC of the
+/// signing string, constant-time compare), per algorithm.
+fn hmac_verify(c: &mut Criterion) {
+    let y = "server: { listen: [\"127.0.0.1:1\"] }
+upstreams: [{ name: u, targets: [{ addr: \"127.0.0.1:2\" }] }]
+consumers:
+  - username: a
+    hmacauth_credentials: [{ username: a-key, secret: \"bench-hmac-secret-0123456789\" }]
+routes:
+  - { name: r, paths: [\"/\"], upstream: u, plugins: [{ name: hmac-auth, config: { algorithms: [hmac-sha1, hmac-sha256, hmac-sha512] } }] }
+";
+    let rt = load(y, Path::new("."));
+    let Plugin::HmacAuth(p) = &*rt.routes[0].plugins.plugins[0] else {
+        panic!("not hmac-auth")
+    };
+    let now = std::time::SystemTime::now();
+    for alg in ["hmac-sha1", "hmac-sha256", "hmac-sha512"] {
+        let mut req = RequestHeader::build("GET", b"/orders/42?expand=items", None).unwrap();
+        req.insert_header("date", httpdate::fmt_http_date(now))
+            .unwrap();
+        let headers = "date @request-target";
+        let sig = hmac_auth::sign(&req, alg, headers, b"bench-hmac-secret-0123456789").unwrap();
+        req.insert_header(
+            "authorization",
+            format!("hmac username=\"a-key\", algorithm=\"{alg}\", headers=\"{headers}\", signature=\"{sig}\""),
+        )
+        .unwrap();
+        assert!(p.check(&req, now, false).is_ok());
+        c.bench_function(&format!("hmac-auth {alg} verify"), |b| {
+            b.iter(|| p.check(black_box(&req), now, false).is_ok())
+        });
+    }
+}
+
+criterion_group!(benches, key_lookup, jwt_verify, basic_verify, hmac_verify);
 criterion_main!(benches);

@@ -115,6 +115,36 @@ pub struct Consumer {
     pub roles: Vec<String>,
     pub api_keys: Vec<Secret>,
     pub jwt_secrets: Vec<JwtSecretSpec>,
+    /// `basicauth_credentials`, checked at load (usernames unique over all consumers).
+    pub basic_credentials: Vec<BasicCredential>,
+    /// `hmacauth_credentials` (usernames unique over all consumers).
+    pub hmac_credentials: Vec<HmacCredential>,
+}
+
+/// One `hmacauth_credentials` entry.
+#[derive(Debug, Clone)]
+pub struct HmacCredential {
+    pub username: String,
+    pub secret: Secret,
+}
+
+/// One `basicauth_credentials` entry.
+#[derive(Debug, Clone)]
+pub struct BasicCredential {
+    pub username: String,
+    pub password: PasswordSpec,
+}
+
+/// A basic-auth password as configured: a hash (parsed at load) or, from `${ENV}` only,
+/// plain text. `Debug` never shows any of them.
+#[derive(Debug, Clone)]
+pub enum PasswordSpec {
+    /// `$argon2id$...` PHC string.
+    Argon2(Secret),
+    /// `$2a$`/`$2b$`/`$2y$` bcrypt hash.
+    Bcrypt(Secret),
+    /// Plain text from the environment.
+    Plain(Secret),
 }
 
 /// One `jwt_secrets` entry as configured; the jwt plugin turns it into a verifying key.

@@ -9,7 +9,8 @@ use super::position::Positions;
 use super::raw::{self, RawConfig, RawPlugin};
 use crate::ctx::{Route, Runtime};
 use crate::model::{
-    AccessLog, AdminSettings, Consumer, JwtSecretSpec, Secret, ServerSettings, Tier, TlsSettings,
+    AccessLog, AdminSettings, BasicCredential, Consumer, HmacCredential, JwtSecretSpec,
+    PasswordSpec, Secret, ServerSettings, Tier, TlsSettings,
 };
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
@@ -60,6 +61,7 @@ pub fn compile(
 ) -> Result<Runtime, ConfigErrors> {
     let raw: RawConfig = parsed.raw;
     let mut c = Compiler::new(pos, parsed.secrets, base_dir.to_path_buf());
+    c.set_env_paths(parsed.env_paths);
     let server = compile_server(&mut c, &raw.server);
     let admin = compile_admin(&mut c, &raw.admin);
     let cache = compile_cache(&mut c, &raw.cache);
@@ -514,6 +516,8 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut basic_users = std::collections::HashSet::new();
+    let mut hmac_users = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (i, r) in raw.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
@@ -599,6 +603,33 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
                 _ => {}
             }
         }
+        let basic_credentials = compile_basic_credentials(c, &p, r, &mut basic_users);
+        let mut hmac_credentials = Vec::new();
+        for (j, h) in r.hmacauth_credentials.iter().enumerate() {
+            let hp = format!("{p}.hmacauth_credentials[{j}]");
+            if h.username.is_empty() {
+                c.error(&format!("{hp}.username"), "must not be empty");
+                continue;
+            }
+            if !hmac_users.insert(h.username.clone()) {
+                c.error(
+                    &format!("{hp}.username"),
+                    format!(
+                        "hmac-auth username \"{}\" is already used by another credential",
+                        h.username
+                    ),
+                );
+            }
+            if h.secret.is_empty() {
+                // Never print the secret itself.
+                c.error(&format!("{hp}.secret"), "must not be empty");
+                continue;
+            }
+            hmac_credentials.push(HmacCredential {
+                username: h.username.clone(),
+                secret: Secret::new(h.secret.clone()),
+            });
+        }
         out.push(Consumer {
             username: r.username.clone(),
             header,
@@ -606,6 +637,76 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             roles: r.roles.clone(),
             api_keys,
             jwt_secrets,
+            basic_credentials,
+            hmac_credentials,
+        });
+    }
+    out
+}
+
+/// `consumers[i].basicauth_credentials`: usernames unique over every consumer, passwords an
+/// Argon2id or bcrypt hash, or plain text only when it came from `${ENV}` (a plain password
+/// never sits in the file). Neither passwords nor hashes appear in messages.
+fn compile_basic_credentials(
+    c: &mut Compiler,
+    p: &str,
+    r: &raw::RawConsumer,
+    users: &mut std::collections::HashSet<String>,
+) -> Vec<BasicCredential> {
+    let mut out = Vec::new();
+    for (j, b) in r.basicauth_credentials.iter().enumerate() {
+        let bp = format!("{p}.basicauth_credentials[{j}]");
+        if b.username.is_empty() || b.username.contains(':') {
+            c.error(
+                &format!("{bp}.username"),
+                "must be non-empty and without ':' (Basic credentials are user:password)",
+            );
+            continue;
+        }
+        if !users.insert(b.username.clone()) {
+            c.error(
+                &format!("{bp}.username"),
+                format!(
+                    "basic-auth username \"{}\" is already used by another credential",
+                    b.username
+                ),
+            );
+        }
+        let pp = format!("{bp}.password");
+        let pw = b.password.as_str();
+        let spec = if pw.starts_with("$argon2") {
+            match argon2::PasswordHash::new(pw) {
+                Ok(h) if h.algorithm == argon2::Algorithm::Argon2id.ident() && h.hash.is_some() => {
+                    PasswordSpec::Argon2(Secret::new(pw.to_string()))
+                }
+                Ok(_) => {
+                    c.error(&pp, "only Argon2id hashes ($argon2id$...) are accepted");
+                    continue;
+                }
+                Err(_) => {
+                    c.error(&pp, "not a valid Argon2id hash (PHC string $argon2id$v=19$m=...,t=...,p=...$salt$hash)");
+                    continue;
+                }
+            }
+        } else if pw.starts_with("$2") {
+            if pw.parse::<bcrypt::HashParts>().is_err() {
+                c.error(&pp, "not a valid bcrypt hash ($2b$<cost>$<53 characters>)");
+                continue;
+            }
+            PasswordSpec::Bcrypt(Secret::new(pw.to_string()))
+        } else if c.from_env(&pp) && !pw.is_empty() {
+            PasswordSpec::Plain(Secret::new(pw.to_string()))
+        } else {
+            c.error(
+                &pp,
+                "a plain-text password is refused: write an Argon2id or bcrypt hash \
+                 ($argon2id$..., $2b$...), or take the password from the environment (${NAME})",
+            );
+            continue;
+        };
+        out.push(BasicCredential {
+            username: b.username.clone(),
+            password: spec,
         });
     }
     out

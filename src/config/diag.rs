@@ -13,6 +13,8 @@ pub struct Compiler<'a> {
     errors: Vec<ConfigError>,
     /// Values that came from the environment: redacted from every error message.
     secrets: Vec<String>,
+    /// YAML paths of values that came wholly from `${ENV}` (`config::Parsed::env_paths`).
+    env_paths: std::collections::HashSet<String>,
     base_dir: PathBuf,
 }
 
@@ -24,8 +26,20 @@ impl<'a> Compiler<'a> {
             pos,
             errors: Vec::new(),
             secrets,
+            env_paths: Default::default(),
             base_dir,
         }
+    }
+
+    /// The YAML paths whose values came wholly from the environment.
+    pub fn set_env_paths(&mut self, paths: std::collections::HashSet<String>) {
+        self.env_paths = paths;
+    }
+
+    /// Whether the string at YAML `path` came wholly from the environment (`${NAME}`, no
+    /// `:-default` used) rather than from the file's own text.
+    pub fn from_env(&self, path: &str) -> bool {
+        self.env_paths.contains(path)
     }
 
     /// The end of a compile: every error found, with the environment's values redacted.

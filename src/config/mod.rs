@@ -61,6 +61,9 @@ pub fn load_str(
 pub struct Parsed {
     pub raw: raw::RawConfig,
     pub secrets: Vec<String>,
+    /// YAML paths of the string values whose every `${NAME}` came from the environment (no
+    /// `:-default` used): where a plain-text secret may come from (basic-auth passwords).
+    pub env_paths: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Parsed {
@@ -96,6 +99,7 @@ pub fn parse_with(
         return Ok(Parsed {
             raw: raw::RawConfig::default(),
             secrets: Vec::new(),
+            env_paths: Default::default(),
         });
     }
     // `<<: *anchor` merge keys, so shared blocks can be written once.
@@ -103,13 +107,14 @@ pub fn parse_with(
         .map_err(|e| ConfigErrors::single("", None, format!("YAML merge key: {e}")))?;
     let mut errors = ConfigErrors::default();
     let mut secrets = Vec::new();
+    let mut env_paths = std::collections::HashSet::new();
     substitute(
         &mut tree,
         String::new(),
         positions,
         lookup,
         &mut errors,
-        &mut secrets,
+        &mut (&mut secrets, &mut env_paths),
     );
     if !errors.0.is_empty() {
         return Err(errors);
@@ -118,6 +123,7 @@ pub fn parse_with(
         .map(|raw| Parsed {
             raw,
             secrets: secrets.clone(),
+            env_paths,
         })
         .map_err(|e| {
             let path = e.path().to_string();
@@ -139,13 +145,21 @@ fn substitute(
     positions: &Positions,
     lookup: &dyn Fn(&str) -> Option<String>,
     errors: &mut ConfigErrors,
-    secrets: &mut Vec<String>,
+    found: &mut (&mut Vec<String>, &mut std::collections::HashSet<String>),
 ) {
+    let defaulted = std::cell::Cell::new(false);
     match v {
-        Value::String(s) => match env::expand(s, lookup) {
+        Value::String(s) => match env::expand(s, |n| {
+            let v = lookup(n);
+            defaulted.set(defaulted.get() || v.is_none());
+            v
+        }) {
             Ok((new, true)) => {
                 if !new.is_empty() {
-                    secrets.push(new.clone());
+                    found.0.push(new.clone());
+                }
+                if !defaulted.get() {
+                    found.1.insert(path);
                 }
                 *s = new;
             }
@@ -164,7 +178,7 @@ fn substitute(
                     positions,
                     lookup,
                     errors,
-                    secrets,
+                    found,
                 );
             }
         }
@@ -182,10 +196,10 @@ fn substitute(
                 } else {
                     format!("{path}.{key}")
                 };
-                substitute(item, p, positions, lookup, errors, secrets);
+                substitute(item, p, positions, lookup, errors, found);
             }
         }
-        Value::Tagged(t) => substitute(&mut t.value, path, positions, lookup, errors, secrets),
+        Value::Tagged(t) => substitute(&mut t.value, path, positions, lookup, errors, found),
         _ => {}
     }
 }

@@ -486,6 +486,45 @@ pub struct RawConsumer {
     pub keyauth_credentials: Vec<RawKeyCredential>,
     #[serde(default)]
     pub jwt_secrets: Vec<RawJwtSecret>,
+    #[serde(default)]
+    pub basicauth_credentials: Vec<RawBasicCredential>,
+    #[serde(default)]
+    pub hmacauth_credentials: Vec<RawHmacCredential>,
+}
+
+/// `consumers[].hmacauth_credentials[]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHmacCredential {
+    pub username: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for RawHmacCredential {
+    // Never print the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawHmacCredential")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `consumers[].basicauth_credentials[]`: `password` is an Argon2id/bcrypt hash, or plain
+/// text from `${ENV}` (checked at compile).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicCredential {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RawBasicCredential {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBasicCredential")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Deserialize)]

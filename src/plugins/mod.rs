@@ -12,6 +12,7 @@
 //! [`register_metrics`]). [`Chain`] runs a route's plugins phase by phase.
 
 pub mod acl;
+pub mod basic_auth;
 pub(crate) mod body_buf;
 pub mod concurrency;
 pub mod correlation_id;
@@ -20,6 +21,7 @@ pub mod error_responses;
 pub mod fault_injection;
 pub mod forward_auth;
 pub mod held_body;
+pub mod hmac_auth;
 pub mod ip_restriction;
 pub mod json_rewrite;
 pub(crate) mod json_scan;
@@ -306,6 +308,8 @@ plugin_table! {
     "ip-restriction"        => IpRestriction(ip_restriction::IpRestriction),
     "request-size-limiting" => RequestSizeLimiting(request_size_limiting::RequestSizeLimiting),
     "key-auth"              => KeyAuth(key_auth::KeyAuth),
+    "basic-auth"            => BasicAuth(basic_auth::BasicAuth),
+    "hmac-auth"             => HmacAuth(hmac_auth::HmacAuth),
     "jwt"                   => Jwt(jwt::Jwt),
     "forward-auth"          => ForwardAuth(forward_auth::ForwardAuth),
     "acl"                   => Acl(acl::Acl),

@@ -24,6 +24,8 @@ use tempfile::TempDir;
 /// Values for the `${NAME}` references of the examples (secrets long enough for HS256).
 const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("MOBILE_API_KEY", "mk-docs-example-key"),
+    ("OPS_PASSWORD", "docs-example-ops-password"),
+    ("BILLING_HMAC_SECRET", "docs-example-billing-hmac-secret"),
     ("MOBILE_JWT_SECRET", "docs-example-secret-0123456789abcdef"),
     ("WEB_JWT_SECRET", "docs-example-secret-0123456789abcdef"),
     ("ADMIN_TOKEN", "docs-example-admin-token"),
