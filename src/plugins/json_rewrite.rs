@@ -326,8 +326,6 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-pub use crate::util::clock::rfc3339_millis;
-
 /// The `envelope`: `{"success":..,"data":<data>,"meta":{"request_id":..,"timestamp":..,
 /// "version":..}}`. `data` must be valid JSON already.
 pub struct Envelope<'a> {
@@ -579,6 +577,7 @@ mod tests {
 
     #[test]
     fn timestamps() {
+        use crate::util::clock::rfc3339_millis;
         use std::time::Duration;
         assert_eq!(rfc3339_millis(Duration::ZERO), "1970-01-01T00:00:00.000Z");
         assert_eq!(

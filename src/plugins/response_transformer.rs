@@ -553,7 +553,7 @@ impl BodyRewrite {
         let mut out = Vec::with_capacity(input.len() + extra);
         let result = match &self.envelope {
             Some(version_json) => {
-                let ts = json_rewrite::rfc3339_millis(
+                let ts = crate::util::clock::rfc3339_millis(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap_or_default(),

@@ -217,10 +217,7 @@ impl Template {
                     Some(c) => push(out, &c.username),
                     None => return false,
                 },
-                Seg::Now => push(
-                    out,
-                    &crate::plugins::json_rewrite::rfc3339_millis(arrival_time(ctx)),
-                ),
+                Seg::Now => push(out, &crate::util::clock::rfc3339_millis(arrival_time(ctx))),
                 Seg::Latency => {
                     // "12.345": at most ~20 digits before the point for any real uptime.
                     let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
