@@ -20,7 +20,7 @@ use crate::config::diag::Compiler;
 use crate::config::raw::RawRoute;
 use crate::ctx::RequestCtx;
 use crate::model::{HttpsOnly, ServerSettings};
-use crate::plugins::Reply;
+use crate::errors::Reply;
 use http::header::{LOCATION, UPGRADE};
 use http::HeaderValue;
 use pingora::http::RequestHeader;
