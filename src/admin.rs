@@ -4,7 +4,9 @@
 //! `GET /health`, `GET /status` (config version/hash, routes, targets with health; no
 //! secrets), `GET /metrics` (Prometheus text, see [`crate::observe::metrics`]), `POST /reload`
 //! (guarded by `admin.token` when set; answers the new version and a summary of what
-//! changed), `POST /cache/purge` (same guard; see [`crate::plugins::proxy_cache::stores::purge_endpoint`]).
+//! changed), `POST /explain`, and the endpoints plugins declare (`POST /cache/purge` of
+//! proxy-cache; same guard; see [`crate::plugins::Hooks::admin`]). Plugins add their
+//! sections to `/status` ([`crate::plugins::Hooks::status_section`]).
 //!
 //! Browsers are kept out ([`AdminApp::browser_refusal`]): every endpoint but `/health`
 //! answers only `Host` names that cannot be an attacker's DNS name (loopback names, IP
@@ -150,18 +152,60 @@ impl AdminApp {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "version": rt.version,
             "hash": rt.hash,
             "build": crate::observe::build_info::json(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
-            "cache": crate::plugins::proxy_cache::stores::status(&self.shared.registry),
             // Names and validity of the served certificates (never key material).
             "certificates": self.shared.certs.status(),
             "acme": self.shared.acme.status(rt.server.tls.as_ref().and_then(|t| t.acme.as_ref())),
-        })
+        });
+        // The plugins' sections (proxy-cache's `cache`: one line per store).
+        for (key, section) in crate::plugins::status_sections(&rt, &self.shared.registry) {
+            status[key] = section;
+        }
+        status
+    }
+
+    /// An endpoint a plugin declared: method, token, bounded body, then the plugin.
+    async fn plugin_endpoint(
+        &self,
+        s: &mut ServerSession,
+        method: &Method,
+        path: &str,
+        want: &str,
+    ) -> Response<Vec<u8>> {
+        if method.as_str() != want {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method_not_allowed"}),
+            );
+        }
+        if !self.authorized(s) {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "unauthorized", "message": "admin token required"}),
+            );
+        }
+        let body = match read_body(s).await {
+            Ok(b) => b,
+            Err(msg) => return json(StatusCode::BAD_REQUEST, bad_request(msg)),
+        };
+        let req = crate::plugins::AdminRequest {
+            method,
+            path,
+            body: &body,
+        };
+        match crate::plugins::admin(&self.shared.snapshot(), &self.shared.registry, &req).await {
+            Some((status, body)) => json(status, body),
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "not_found", "message": "unknown admin endpoint"}),
+            ),
+        }
     }
 }
 
@@ -176,6 +220,9 @@ impl ServeHttp for AdminApp {
                 return refused;
             }
         }
+        if let Some(want) = crate::plugins::admin_method(&path) {
+            return self.plugin_endpoint(s, &method, &path, want).await;
+        }
         match (method, path.as_str()) {
             (Method::GET, "/health") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             (Method::GET, "/status") => json(StatusCode::OK, self.status()),
@@ -189,21 +236,6 @@ impl ServeHttp for AdminApp {
                     .header("cache-control", "no-store")
                     .body(body)
                     .unwrap_or_default()
-            }
-            (Method::POST, "/cache/purge") => {
-                if !self.authorized(s) {
-                    return json(
-                        StatusCode::UNAUTHORIZED,
-                        serde_json::json!({"error": "unauthorized", "message": "admin token required"}),
-                    );
-                }
-                let (status, body) = crate::plugins::proxy_cache::stores::purge_endpoint(
-                    s,
-                    &self.shared.snapshot(),
-                    &self.shared.registry,
-                )
-                .await;
-                json(status, body)
             }
             (Method::POST, "/reload") => {
                 if !self.authorized(s) {
@@ -246,7 +278,7 @@ impl ServeHttp for AdminApp {
                 let (status, body) = explain_endpoint(s, &self.shared.snapshot()).await;
                 json(status, body)
             }
-            (_, "/health" | "/status" | "/metrics" | "/reload" | "/cache/purge" | "/explain") => {
+            (_, "/health" | "/status" | "/metrics" | "/reload" | "/explain") => {
                 json(
                     StatusCode::METHOD_NOT_ALLOWED,
                     serde_json::json!({"error": "method_not_allowed"}),
@@ -260,33 +292,41 @@ impl ServeHttp for AdminApp {
     }
 }
 
-/// Largest `POST /explain` body.
-const EXPLAIN_BODY_LIMIT: usize = 64 * 1024;
+/// Largest body of a `POST` endpoint (`/explain`, the plugins' endpoints).
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// `{"error": "bad_request", "message": ...}`.
+fn bad_request(msg: String) -> serde_json::Value {
+    serde_json::json!({"error": "bad_request", "message": msg})
+}
+
+/// The request body, at most [`BODY_LIMIT`] bytes; `Err`: the message of a 400.
+async fn read_body(s: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match s.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > BODY_LIMIT {
+                    return Err(format!("body over {BODY_LIMIT} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err("could not read the request body".into()),
+        }
+    }
+}
 
 /// `POST /explain`: `{method, url, headers, client_ip}` explained against the live config.
 async fn explain_endpoint(
     s: &mut ServerSession,
     rt: &crate::ctx::Runtime,
 ) -> (StatusCode, serde_json::Value) {
-    let bad = |msg: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "bad_request", "message": msg}),
-        )
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, bad_request(msg));
+    let body = match read_body(s).await {
+        Ok(b) => b,
+        Err(msg) => return bad(msg),
     };
-    let mut body = Vec::new();
-    loop {
-        match s.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > EXPLAIN_BODY_LIMIT {
-                    return bad(format!("body over {EXPLAIN_BODY_LIMIT} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(_) => return bad("could not read the request body".into()),
-        }
-    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {

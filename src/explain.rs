@@ -3,10 +3,11 @@
 //! `POST /explain` (the live config and live target health); no Pingora phase runs: it walks
 //! the same router and compiled plugin chain `request_filter` and `upstream_peer` use.
 //!
-//! Plugin-specific decisions go through narrow accessors of each plugin (key-auth's `check`,
-//! acl's `allow_roles`, ip-restriction's `allowed`, rate-limiting's `explain_key`), so they
-//! follow the plugins wherever those live. Nothing here consumes a rate-limit counter or moves
-//! a balancer cursor. Credential values are never echoed: they are masked.
+//! Each plugin describes its own decision through the plugin interface's `explain` hook
+//! (key-auth checks the key, acl the roles, rate-limiting names its key, ...), and names its
+//! credentials (`credential_headers`, `credential_query_param`), so nothing here names a
+//! plugin. Nothing here consumes a rate-limit counter or moves a balancer cursor. Credential
+//! values are never echoed: they are masked.
 
 use crate::ctx::Runtime;
 use crate::plugins::Plugin;
@@ -199,11 +200,19 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
     for (n, v) in headers.iter() {
         let _ = req.append_header(n.clone(), v.clone());
     }
-    let mut consumer: Option<usize> = None;
+    let mut x = crate::plugins::Explain {
+        rt,
+        route,
+        req: &req,
+        client_ip,
+        consumer: None,
+        refused: None,
+        notes: Vec::new(),
+    };
     let mut refused: Option<Value> = None;
     let mut steps = Vec::new();
+    // Credentials never reach the upstream section.
     let mut hidden: Vec<HeaderName> = Vec::new();
-    let mut added: Vec<Value> = Vec::new();
     for p in &route.plugins.plugins {
         let name = p.name();
         let mut step = json!({"plugin": name});
@@ -212,104 +221,15 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
             steps.push(step);
             continue;
         }
-        let decision: Value = match p.as_ref() {
-            Plugin::KeyAuth(k) => {
-                hidden.extend(k.key_names().iter().cloned());
-                match k.check(&req) {
-                    Ok(i) => {
-                        consumer = Some(i);
-                        json!({"result": "authenticated", "consumer": rt.consumers.get(i).map(|c| c.username.clone())})
-                    }
-                    Err(e) => {
-                        let v =
-                            json!({"result": "refused", "status": 401, "error": format!("{e:?}")});
-                        refused = Some(json!({"status": 401, "by": "key-auth"}));
-                        v
-                    }
-                }
-            }
-            Plugin::Acl(a) => match consumer {
-                Some(i) => {
-                    let roles = rt
-                        .consumers
-                        .get(i)
-                        .map(|c| c.roles.clone())
-                        .unwrap_or_default();
-                    if roles.iter().any(|r| a.allow_roles().contains(r)) {
-                        json!({"result": "allowed", "roles": roles, "allow_roles": a.allow_roles()})
-                    } else {
-                        refused = Some(json!({"status": 403, "by": "acl"}));
-                        json!({"result": "refused", "status": 403, "roles": roles, "allow_roles": a.allow_roles()})
-                    }
-                }
-                None if route.plugins.plugins.iter().any(|p| p.name() == "jwt") => {
-                    json!({"result": "depends on the token's roles claim (not decided offline)", "allow_roles": a.allow_roles()})
-                }
-                None => {
-                    refused = Some(json!({"status": 401, "by": "acl"}));
-                    json!({"result": "refused", "status": 401, "why": "no authenticated consumer"})
-                }
-            },
-            Plugin::IpRestriction(r) => match client_ip {
-                Some(ip) if r.allowed(Some(ip)) => json!({"result": "allowed"}),
-                Some(_) => {
-                    refused = Some(json!({"status": 403, "by": "ip-restriction"}));
-                    json!({"result": "refused", "status": 403})
-                }
-                None => json!({"result": "depends on the client IP (give --client-ip)"}),
-            },
-            Plugin::RateLimiting(r) => {
-                let (by, header, algo) = r.explain_key();
-                use crate::plugins::rate_limit::LimitBy;
-                let key = match by {
-                    LimitBy::Consumer => match consumer {
-                        Some(i) => format!(
-                            "consumer {}",
-                            rt.consumers
-                                .get(i)
-                                .map(|c| c.username.as_str())
-                                .unwrap_or("?")
-                        ),
-                        None => format!(
-                            "client IP {}",
-                            client_ip
-                                .map(|i| i.to_string())
-                                .unwrap_or_else(|| "(unknown)".into())
-                        ),
-                    },
-                    LimitBy::Ip => format!(
-                        "client IP {}",
-                        client_ip
-                            .map(|i| i.to_string())
-                            .unwrap_or_else(|| "(unknown)".into())
-                    ),
-                    LimitBy::Header => {
-                        let h = header.unwrap_or("");
-                        match headers.get(h) {
-                            Some(_) => format!("header {h} (value given)"),
-                            None => format!("header {h} absent: client IP"),
-                        }
-                    }
-                    LimitBy::Route => format!("route {}", route.name),
-                    LimitBy::Global => "one global budget".to_string(),
-                };
-                json!({"result": "counted (the counter is not consumed by explain)", "key": key, "limits": algo})
-            }
-            Plugin::Jwt(_) => json!({"result": "verifies the bearer token (not decided offline)"}),
-            Plugin::ForwardAuth(_) => {
-                json!({"result": "asks the external authorizer (not decided offline)"})
-            }
-            Plugin::RequestTransformer(_) => {
-                added.push(json!(
-                    "request-transformer header edits apply (see the route's config)"
-                ));
-                json!({"result": "edits the request"})
-            }
-            _ => json!({"result": "runs"}),
-        };
-        step["decision"] = decision;
+        hidden.extend(p.credential_headers().iter().cloned());
+        step["decision"] = p.explain(&mut x);
+        if let Some(status) = x.refused {
+            refused = Some(json!({"status": status, "by": name}));
+        }
         steps.push(step);
     }
+    let consumer = x.consumer;
+    let added = x.notes;
     out.insert("plugins".into(), Value::Array(steps));
     if let Some(r) = refused {
         out.insert("result".into(), r);
@@ -423,7 +343,8 @@ fn split_url(url: &str) -> Result<(Option<String>, Option<String>, String), Valu
     Ok((Some(scheme), Some(auth.to_string()), pq))
 }
 
-/// Headers as JSON, credential values masked (key-auth's key names, `Authorization`, ...).
+/// Headers as JSON, credential values masked (the plugins' credential headers,
+/// `Authorization`, ...).
 fn masked_headers(rt: &Runtime, h: &HeaderMap, drop: Option<&[HeaderName]>) -> Value {
     let secret_names = secret_header_names(rt);
     let mut m = serde_json::Map::new();
@@ -445,23 +366,19 @@ fn secret_header_names(rt: &Runtime) -> Vec<HeaderName> {
     let mut v = Vec::new();
     for r in &rt.routes {
         for p in &r.plugins.plugins {
-            if let Plugin::KeyAuth(k) = p.as_ref() {
-                v.extend(k.key_names().iter().cloned());
-            }
+            v.extend(p.credential_headers().iter().cloned());
         }
     }
     v
 }
 
-/// The query string with key-auth's parameters masked.
+/// The query string with the plugins' credential parameters (key-auth's) masked.
 fn mask_query(rt: &Runtime, q: &str) -> String {
     let mut params: Vec<String> = Vec::new();
     for r in &rt.routes {
         for p in &r.plugins.plugins {
-            if let Plugin::KeyAuth(k) = p.as_ref() {
-                if let Some(qp) = k.query_param() {
-                    params.push(qp.to_string());
-                }
+            if let Some(qp) = p.credential_query_param() {
+                params.push(qp.to_string());
             }
         }
     }

@@ -3,7 +3,8 @@
 //! is honoured), the public proxy service, the admin service, and our background services
 //! (health-check scheduler, ACME certificates, SIGHUP reload, access-log writer, SIGUSR2 binary upgrade,
 //! readiness and the outcome of a socket handover: see [`crate::process`] and
-//! [`crate::upgrade`]).
+//! [`crate::upgrade`]), and every plugin's background services
+//! ([`crate::plugins::background_services`]).
 
 use crate::admin::AdminApp;
 use crate::app::Shared;
@@ -162,10 +163,6 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         crate::acme::service::AcmeService::new(shared.clone()),
     ));
     server.add_service(background_service(
-        "jwks refresh",
-        crate::plugins::jwt::jwks::Refreshers::new(shared.registry.clone()),
-    ));
-    server.add_service(background_service(
         "access log",
         crate::observe::access_log::Writer::new(shared.clone()),
     ));
@@ -181,14 +178,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         "readiness",
         crate::process::Readiness::new(&rt.server, &rt.admin, opts.daemon),
     ));
-    server.add_service(background_service("cache purge broadcast", {
-        let shared = shared.clone();
-        let registry = shared.registry.clone();
-        crate::plugins::proxy_cache::broadcast::Subscriber::new(
-            move || shared.snapshot().cache.purge_broadcast.clone(),
-            registry,
-        )
-    }));
+    // The plugins' own services (JWKS refreshers, the cache purge subscriber, ...).
+    for service in crate::plugins::background_services(&shared.live(), &shared.registry) {
+        server.add_boxed_service(service);
+    }
     server.add_service(background_service(
         "config reload signal",
         ReloadOnSighup { shared },

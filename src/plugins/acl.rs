@@ -115,4 +115,33 @@ impl Hooks for Acl {
         };
         Outcome::Respond(reply)
     }
+
+    /// `explain`: the roles of the consumer an earlier plugin authenticated.
+    fn explain(&self, x: &mut super::Explain) -> serde_json::Value {
+        use serde_json::json;
+        match x.consumer {
+            Some(i) => {
+                let roles = x
+                    .rt
+                    .consumers
+                    .get(i)
+                    .map(|c| c.roles.clone())
+                    .unwrap_or_default();
+                if roles.iter().any(|r| self.allow_roles().contains(r)) {
+                    json!({"result": "allowed", "roles": roles, "allow_roles": self.allow_roles()})
+                } else {
+                    x.refused = Some(403);
+                    json!({"result": "refused", "status": 403, "roles": roles, "allow_roles": self.allow_roles()})
+                }
+            }
+            // A token's roles claim: known at request time only.
+            None if x.route.plugins.plugins.iter().any(|p| p.name() == "jwt") => {
+                json!({"result": "depends on the token's roles claim (not decided offline)", "allow_roles": self.allow_roles()})
+            }
+            None => {
+                x.refused = Some(401);
+                json!({"result": "refused", "status": 401, "why": "no authenticated consumer"})
+            }
+        }
+    }
 }

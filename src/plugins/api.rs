@@ -17,6 +17,9 @@
 //! | [`Hooks::init_downstream_modules`] | `init_downstream_modules` (once per server)         |
 //! | [`Hooks::install`]         | after every config load and reload (the app)                |
 //! | [`Hooks::register_metrics`], [`Hooks::route_series`] | metric families and per-route series |
+//! | [`Hooks::background_services`] | services the server starts once (refreshers, subscribers) |
+//! | [`Hooks::ADMIN_ENDPOINTS`], [`Hooks::admin`], [`Hooks::status_section`] | the admin API: endpoints of its own, a `/status` section |
+//! | [`Hooks::explain`], [`Hooks::credential_headers`], [`Hooks::credential_query_param`] | `gatehouse explain` / `POST /explain`: the decision offline, what to mask |
 //!
 //! Dispatch is static: the plugin table in [`super`] generates a `match` per hook over the
 //! [`super::Plugin`] enum, and `async fn` hooks are awaited through it (no boxed future, no
@@ -24,7 +27,7 @@
 
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::ctx::Runtime;
+use crate::ctx::{Live, Route, Runtime};
 use crate::model::{Consumer, Tier};
 use crate::observe::Finished;
 use crate::util::registry::Registry;
@@ -36,6 +39,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use pingora::services::ServiceWithDependents;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -108,6 +113,41 @@ impl BuildEnv<'_> {
             .enumerate()
             .map(|(i, c)| (c.username.clone(), i))
             .collect()
+    }
+}
+
+/// A request to an admin endpoint a plugin declared ([`Hooks::ADMIN_ENDPOINTS`]), after the
+/// admin API's own checks (Host, `Origin`, `admin.token`); the body is read and bounded.
+#[derive(Debug)]
+pub struct AdminRequest<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub body: &'a [u8],
+}
+
+/// What `explain` knows of a request while it walks a route's chain offline (no Pingora
+/// phase runs, nothing is counted or sent). A plugin's [`Hooks::explain`] reads it, may set
+/// the consumer it authenticated, add a note to the upstream section or refuse.
+pub struct Explain<'a> {
+    pub rt: &'a Runtime,
+    pub route: &'a Route,
+    /// The request head as given (method, target, headers).
+    pub req: &'a RequestHeader,
+    pub client_ip: Option<std::net::IpAddr>,
+    /// Index into `rt.consumers` of the consumer an earlier plugin authenticated.
+    pub consumer: Option<usize>,
+    /// Set by a plugin that refuses the request: the status; later plugins are not reached.
+    pub refused: Option<u16>,
+    /// Notes for the upstream section (`upstream.notes`).
+    pub notes: Vec<Value>,
+}
+
+impl Explain<'_> {
+    /// The username of the authenticated consumer, if any.
+    pub fn consumer_name(&self) -> Option<&str> {
+        self.consumer
+            .and_then(|i| self.rt.consumers.get(i))
+            .map(|c| c.username.as_str())
     }
 }
 
@@ -267,4 +307,50 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// Creates (at 0; `create`) or removes (`!create`) the series of `route`, when a
     /// config starts or stops using the plugin on that route.
     fn route_series(_route: &str, _create: bool) {}
+
+    /// Pingora background services this plugin needs for the life of the server (key
+    /// refreshers, subscriptions), started once by the server. `live` follows reloads;
+    /// `registry` is the app's state that survives them.
+    fn background_services(
+        _live: &Arc<Live>,
+        _registry: &Registry,
+    ) -> Vec<Box<dyn ServiceWithDependents>> {
+        Vec::new()
+    }
+
+    /// Admin API endpoints this plugin serves, as `(method, path)`. The admin API refuses
+    /// other methods on these paths (405), asks for `admin.token` when one is set, reads
+    /// the body (bounded) and calls [`Hooks::admin`].
+    const ADMIN_ENDPOINTS: &'static [(&'static str, &'static str)] = &[];
+
+    /// Answers a request to one of [`Hooks::ADMIN_ENDPOINTS`]: status and JSON body.
+    async fn admin(
+        _rt: &Runtime,
+        _registry: &Registry,
+        _req: &AdminRequest<'_>,
+    ) -> Option<(http::StatusCode, Value)> {
+        None
+    }
+
+    /// A section of admin `GET /status`: `(key, value)`. Never secrets.
+    fn status_section(_rt: &Runtime, _registry: &Registry) -> Option<(&'static str, Value)> {
+        None
+    }
+
+    /// `explain`: what this plugin would decide for `x`'s request, as the step's
+    /// `decision` JSON. The default: the plugin runs, its decision is made at request time.
+    fn explain(&self, _x: &mut Explain) -> Value {
+        json!({"result": "runs"})
+    }
+
+    /// Request headers whose values are this plugin's credentials: `explain` masks them
+    /// and leaves them out of what the upstream would receive.
+    fn credential_headers(&self) -> &[HeaderName] {
+        &[]
+    }
+
+    /// A query parameter whose value is this plugin's credential (`explain` masks it).
+    fn credential_query_param(&self) -> Option<&str> {
+        None
+    }
 }

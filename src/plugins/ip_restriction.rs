@@ -80,6 +80,19 @@ impl Hooks for IpRestriction {
             ))
         }
     }
+
+    /// `explain`: the client IP given, checked against the lists.
+    fn explain(&self, x: &mut super::Explain) -> serde_json::Value {
+        use serde_json::json;
+        match x.client_ip {
+            Some(ip) if self.allowed(Some(ip)) => json!({"result": "allowed"}),
+            Some(_) => {
+                x.refused = Some(403);
+                json!({"result": "refused", "status": 403})
+            }
+            None => json!({"result": "depends on the client IP (give --client-ip)"}),
+        }
+    }
 }
 
 #[cfg(test)]

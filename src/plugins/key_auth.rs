@@ -249,6 +249,28 @@ impl Hooks for KeyAuth {
         }
         Ok(())
     }
+
+    /// `explain`: the key given in the request's headers or query, checked.
+    fn explain(&self, x: &mut super::Explain) -> serde_json::Value {
+        match self.check(x.req) {
+            Ok(i) => {
+                x.consumer = Some(i);
+                serde_json::json!({"result": "authenticated", "consumer": x.consumer_name()})
+            }
+            Err(e) => {
+                x.refused = Some(401);
+                serde_json::json!({"result": "refused", "status": 401, "error": format!("{e:?}")})
+            }
+        }
+    }
+
+    fn credential_headers(&self) -> &[HeaderName] {
+        self.key_names()
+    }
+
+    fn credential_query_param(&self) -> Option<&str> {
+        self.query_param()
+    }
 }
 
 /// Removes every `param=...` pair from the request target's query.

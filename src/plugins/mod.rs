@@ -9,7 +9,8 @@
 //! [`build`], every hook's dispatch (a `match`: no boxed futures, no dynamic lookup on the
 //! hot path), the per-request state struct [`PluginStates`] (`RequestCtx::plugins`) and the
 //! process-level entry points ([`install`], [`init_downstream_modules`],
-//! [`register_metrics`]). [`Chain`] runs a route's plugins phase by phase.
+//! [`register_metrics`], [`background_services`], [`admin`], [`status_sections`]).
+//! [`Chain`] runs a route's plugins phase by phase.
 
 pub mod acl;
 pub mod basic_auth;
@@ -44,12 +45,12 @@ mod chain;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use api::{phase, BodyOutcome, BuildEnv, Hooks, Outcome, Reply};
+pub use api::{phase, AdminRequest, BodyOutcome, BuildEnv, Explain, Hooks, Outcome, Reply};
 pub use chain::Chain;
 
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
-use crate::ctx::Runtime;
+use crate::ctx::{Live, Runtime};
 use crate::observe::Finished;
 use crate::util::registry::Registry;
 use bytes::Bytes;
@@ -60,6 +61,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use pingora::services::ServiceWithDependents;
+use std::sync::Arc;
 
 /// Generates, from the table's lines (`"name" => Variant(module::Type)`, in execution order),
 /// everything that lists the plugins: see the module doc.
@@ -137,6 +140,56 @@ macro_rules! plugin_table {
                 }
             }
             $( <$module::$ty as Hooks>::install(rt, registry, &all.$variant); )*
+        }
+
+        /// Every plugin's background services, for the server to start once.
+        pub fn background_services(
+            live: &Arc<Live>,
+            registry: &Registry,
+        ) -> Vec<Box<dyn ServiceWithDependents>> {
+            let mut all = Vec::new();
+            $( all.extend(<$module::$ty as Hooks>::background_services(live, registry)); )*
+            all
+        }
+
+        /// The method of the admin endpoint some plugin serves at `path`, if any.
+        pub fn admin_method(path: &str) -> Option<&'static str> {
+            $(
+                if let Some((m, _)) = <$module::$ty as Hooks>::ADMIN_ENDPOINTS
+                    .iter()
+                    .find(|(_, p)| *p == path)
+                {
+                    return Some(*m);
+                }
+            )*
+            None
+        }
+
+        /// Answers an admin request with the plugin that declared its method and path.
+        pub async fn admin(
+            rt: &Runtime,
+            registry: &Registry,
+            req: &AdminRequest<'_>,
+        ) -> Option<(http::StatusCode, serde_json::Value)> {
+            $(
+                if <$module::$ty as Hooks>::ADMIN_ENDPOINTS
+                    .iter()
+                    .any(|(m, p)| *p == req.path && *m == req.method.as_str())
+                {
+                    return <$module::$ty as Hooks>::admin(rt, registry, req).await;
+                }
+            )*
+            None
+        }
+
+        /// Every plugin's section of admin `/status`, in the table's order.
+        pub fn status_sections(
+            rt: &Runtime,
+            registry: &Registry,
+        ) -> Vec<(&'static str, serde_json::Value)> {
+            let mut all = Vec::new();
+            $( all.extend(<$module::$ty as Hooks>::status_section(rt, registry)); )*
+            all
         }
 
         impl Plugin {
@@ -294,6 +347,27 @@ macro_rules! plugin_table {
             fn settle_cache(&self, session: &mut Session, ctx: &mut RequestCtx) {
                 match self {
                     $( Plugin::$variant(p) => p.settle_cache(session, ctx), )*
+                }
+            }
+
+            /// `explain`: the plugin's decision for the request in `x`.
+            pub fn explain(&self, x: &mut Explain) -> serde_json::Value {
+                match self {
+                    $( Plugin::$variant(p) => p.explain(x), )*
+                }
+            }
+
+            /// Headers whose values are this plugin's credentials.
+            pub fn credential_headers(&self) -> &[HeaderName] {
+                match self {
+                    $( Plugin::$variant(p) => p.credential_headers(), )*
+                }
+            }
+
+            /// A query parameter whose value is this plugin's credential.
+            pub fn credential_query_param(&self) -> Option<&str> {
+                match self {
+                    $( Plugin::$variant(p) => p.credential_query_param(), )*
                 }
             }
         }

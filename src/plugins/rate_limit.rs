@@ -631,6 +631,36 @@ impl Hooks for RateLimit {
     fn route_series(route: &str, create: bool) {
         limits::hits_series(route, create);
     }
+
+    /// `explain`: the key this request would be counted under (nothing is counted).
+    fn explain(&self, x: &mut super::Explain) -> serde_json::Value {
+        let (by, header, algo) = self.explain_key();
+        let client_ip = || {
+            format!(
+                "client IP {}",
+                x.client_ip
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "(unknown)".into())
+            )
+        };
+        let key = match by {
+            LimitBy::Consumer => match x.consumer {
+                Some(_) => format!("consumer {}", x.consumer_name().unwrap_or("?")),
+                None => client_ip(),
+            },
+            LimitBy::Ip => client_ip(),
+            LimitBy::Header => {
+                let h = header.unwrap_or("");
+                match x.req.headers.get(h) {
+                    Some(_) => format!("header {h} (value given)"),
+                    None => format!("header {h} absent: client IP"),
+                }
+            }
+            LimitBy::Route => format!("route {}", x.route.name),
+            LimitBy::Global => "one global budget".to_string(),
+        };
+        serde_json::json!({"result": "counted (the counter is not consumed by explain)", "key": key, "limits": algo})
+    }
 }
 
 #[cfg(test)]

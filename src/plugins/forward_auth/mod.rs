@@ -296,6 +296,10 @@ impl Hooks for ForwardAuth {
     fn route_series(route: &str, create: bool) {
         route_series(route, create);
     }
+
+    fn explain(&self, _x: &mut crate::plugins::Explain) -> serde_json::Value {
+        serde_json::json!({"result": "asks the external authorizer (not decided offline)"})
+    }
 }
 
 #[cfg(test)]

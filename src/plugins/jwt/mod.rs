@@ -772,6 +772,22 @@ impl Hooks for Jwt {
     fn register_metrics() {
         jwks::register_metrics();
     }
+
+    /// The JWKS refreshers: those of key sets loaded before the server ran, and those of
+    /// sets later reloads add.
+    fn background_services(
+        _live: &Arc<crate::ctx::Live>,
+        registry: &crate::util::registry::Registry,
+    ) -> Vec<Box<dyn pingora::services::ServiceWithDependents>> {
+        vec![Box::new(pingora::services::background::background_service(
+            "jwks refresh",
+            jwks::Refreshers::new(registry.clone()),
+        ))]
+    }
+
+    fn explain(&self, _x: &mut super::Explain) -> Value {
+        serde_json::json!({"result": "verifies the bearer token (not decided offline)"})
+    }
 }
 
 pub mod jwks;

@@ -531,6 +531,37 @@ impl Hooks for ProxyCache {
             }
         }
     }
+
+    /// The `cache.purge_broadcast` subscriber (it follows reloads through `live`).
+    fn background_services(
+        live: &Arc<crate::ctx::Live>,
+        registry: &Registry,
+    ) -> Vec<Box<dyn pingora::services::ServiceWithDependents>> {
+        let live = live.clone();
+        vec![Box::new(pingora::services::background::background_service(
+            "cache purge broadcast",
+            broadcast::Subscriber::new(
+                move || live.snapshot().cache.purge_broadcast.clone(),
+                registry.clone(),
+            ),
+        ))]
+    }
+
+    /// `POST /cache/purge`.
+    const ADMIN_ENDPOINTS: &'static [(&'static str, &'static str)] = &[("POST", "/cache/purge")];
+
+    async fn admin(
+        rt: &Runtime,
+        registry: &Registry,
+        req: &crate::plugins::AdminRequest<'_>,
+    ) -> Option<(http::StatusCode, serde_json::Value)> {
+        Some(stores::purge_endpoint(req.body, rt, registry).await)
+    }
+
+    /// `cache`: one line per store.
+    fn status_section(_rt: &Runtime, registry: &Registry) -> Option<(&'static str, serde_json::Value)> {
+        Some(("cache", stores::status(registry)))
+    }
 }
 
 /// `cache_vary_filter`: the variance of a stored response for this request, from the

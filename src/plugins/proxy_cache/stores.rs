@@ -198,15 +198,13 @@ struct PurgeRequest {
     path: Option<String>,
 }
 
-/// Largest accepted `POST /cache/purge` body.
-const PURGE_BODY_LIMIT: usize = 64 * 1024;
-
-/// Admin `POST /cache/purge` (the caller checked the admin token): reads the JSON body
-/// `{"route": "products"}` or `{"route": "products", "path": "/api/v1/products/1"}` and
-/// answers the status and JSON body. A path purges every variant of it (hosts, query strings,
-/// `Vary` variants); a path with `?query` only that (normalized) query.
+/// Admin `POST /cache/purge` (the admin API checked the token and read the bounded body):
+/// the JSON body `{"route": "products"}` or `{"route": "products", "path":
+/// "/api/v1/products/1"}`; answers the status and JSON body. A path purges every variant of
+/// it (hosts, query strings, `Vary` variants); a path with `?query` only that (normalized)
+/// query.
 pub async fn purge_endpoint(
-    s: &mut pingora::protocols::http::ServerSession,
+    body: &[u8],
     rt: &crate::ctx::Runtime,
     reg: &Registry,
 ) -> (http::StatusCode, serde_json::Value) {
@@ -217,20 +215,7 @@ pub async fn purge_endpoint(
             serde_json::json!({"error": "bad_request", "message": msg}),
         )
     };
-    let mut body = Vec::new();
-    loop {
-        match s.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > PURGE_BODY_LIMIT {
-                    return bad(format!("body over {PURGE_BODY_LIMIT} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(_) => return bad("could not read the request body".into()),
-        }
-    }
-    let req: PurgeRequest = match serde_json::from_slice(&body) {
+    let req: PurgeRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             return bad(format!(

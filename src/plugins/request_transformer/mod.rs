@@ -899,6 +899,13 @@ impl Hooks for RequestTransformer {
     fn route_series(route: &str, create: bool) {
         body::route_series(route, create);
     }
+
+    fn explain(&self, x: &mut crate::plugins::Explain) -> serde_json::Value {
+        x.notes.push(serde_json::json!(
+            "request-transformer header edits apply (see the route's config)"
+        ));
+        serde_json::json!({"result": "edits the request"})
+    }
 }
 
 #[cfg(test)]
