@@ -278,12 +278,10 @@ impl ServeHttp for AdminApp {
                 let (status, body) = explain_endpoint(s, &self.shared.snapshot()).await;
                 json(status, body)
             }
-            (_, "/health" | "/status" | "/metrics" | "/reload" | "/explain") => {
-                json(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    serde_json::json!({"error": "method_not_allowed"}),
-                )
-            }
+            (_, "/health" | "/status" | "/metrics" | "/reload" | "/explain") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method_not_allowed"}),
+            ),
             _ => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found", "message": "unknown admin endpoint"}),

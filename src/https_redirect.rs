@@ -19,8 +19,8 @@
 use crate::config::diag::Compiler;
 use crate::config::raw::RawRoute;
 use crate::ctx::RequestCtx;
-use crate::model::{HttpsOnly, ServerSettings};
 use crate::errors::Reply;
+use crate::model::{HttpsOnly, ServerSettings};
 use http::header::{LOCATION, UPGRADE};
 use http::HeaderValue;
 use pingora::http::RequestHeader;

@@ -121,12 +121,11 @@ impl Hooks for Acl {
         use serde_json::json;
         match x.consumer {
             Some(i) => {
-                let roles = x
-                    .rt
-                    .consumers
-                    .get(i)
-                    .map(|c| c.roles.clone())
-                    .unwrap_or_default();
+                let roles =
+                    x.rt.consumers
+                        .get(i)
+                        .map(|c| c.roles.clone())
+                        .unwrap_or_default();
                 if roles.iter().any(|r| self.allow_roles().contains(r)) {
                     json!({"result": "allowed", "roles": roles, "allow_roles": self.allow_roles()})
                 } else {

@@ -559,7 +559,10 @@ impl Hooks for ProxyCache {
     }
 
     /// `cache`: one line per store.
-    fn status_section(_rt: &Runtime, registry: &Registry) -> Option<(&'static str, serde_json::Value)> {
+    fn status_section(
+        _rt: &Runtime,
+        registry: &Registry,
+    ) -> Option<(&'static str, serde_json::Value)> {
         Some(("cache", stores::status(registry)))
     }
 }
