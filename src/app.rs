@@ -85,7 +85,7 @@ impl Shared {
         crate::observe::metrics::install(&rt);
         crate::plugins::install(&rt, &registry);
         let certs = Arc::new(crate::tls::store::CertStore::default());
-        if let Some(t) = &rt.server.tls {
+        if let Some(t) = &rt.tls {
             certs.set_configured(&t.certificates);
             certs.client_auth.set(t.client_auth.as_ref());
         }
@@ -147,8 +147,7 @@ impl Shared {
             .unwrap_or(std::path::Path::new("."));
         let new = crate::config::load_str(&text, base, &self.states, &self.registry, version)?;
         let certs_of = |rt: &Runtime| {
-            rt.server
-                .tls
+            rt.tls
                 .as_ref()
                 .map(|t| (t.certificates.clone(), t.client_auth.clone()))
         };

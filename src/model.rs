@@ -44,18 +44,28 @@ pub struct TlsSettings {
     pub max_version: String,
     /// Canonical rustls names in preference order; empty: the provider's defaults.
     pub cipher_suites: Vec<String>,
-    /// `cert`/`key` or `certificates`, loaded and checked: a reload swaps them into
-    /// `Shared::certs` for new handshakes.
-    pub certificates: crate::tls::store::Certificates,
     /// `acme`: read by the ACME service at every turn, so a reload applies it.
-    pub acme: Option<crate::acme::AcmeSettings>,
-    /// `client_auth`: swapped into `Shared::certs`'s client verifier by a reload.
-    pub client_auth: Option<crate::tls::client_auth::ClientAuthSettings>,
+    pub acme: Option<AcmeSettings>,
+}
+
+/// `server.tls.acme`, compiled (the ACME client in `crate::acme` acts on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    pub directory: String,
+    pub email: Option<String>,
+    /// Lower case; the first names the stored files.
+    pub domains: Vec<String>,
+    pub storage: PathBuf,
+    pub renew_before: Duration,
+    /// Extra root for the TLS of the ACME server itself.
+    pub ca: Option<PathBuf>,
 }
 
 impl TlsSettings {
     /// What the listening sockets and the rustls config are built from, which only a binary
-    /// upgrade changes (certificates and ACME are swapped in by a reload).
+    /// upgrade changes (certificates, the client verifier and ACME are swapped in by a
+    /// reload; the loaded certificates and verifier are in the snapshot,
+    /// `crate::runtime::TlsMaterial`).
     pub fn listener_differs(&self, other: &TlsSettings) -> bool {
         self.listen != other.listen
             || self.min_version != other.min_version

@@ -20,6 +20,8 @@
 use crate::model::{AdminSettings, CacheSettings, Consumer, HttpsOnly, ServerSettings, Tier};
 use crate::owned_headers::OwnedHeaders;
 use crate::router::Router;
+use crate::tls::client_auth::ClientAuthSettings;
+use crate::tls::store::Certificates;
 use crate::upstream::policy::RouteTimeout;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
@@ -65,6 +67,19 @@ pub struct Runtime<C> {
     /// decorates the gateway's own answers to them.
     pub global_plugins: C,
     pub cache: CacheSettings,
+    /// `server.tls`'s loaded parts (present with `server.tls`).
+    pub tls: Option<TlsMaterial>,
+}
+
+/// What `server.tls` loads and checks at compile time, beside its plain settings
+/// (`server.tls` in the model): the served certificates (`cert`/`key`, `certificates`) and
+/// the client-certificate verifier (`client_auth`). A reload swaps them into the app's
+/// certificate store for new handshakes; compared by content, so a rewritten file is a
+/// change under an unchanged config text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsMaterial {
+    pub certificates: Certificates,
+    pub client_auth: Option<ClientAuthSettings>,
 }
 
 impl<C> Runtime<C> {

@@ -49,18 +49,8 @@ const RECHECK: Duration = Duration::from_secs(12 * 3600);
 /// One order, from the account to the certificate, must finish within this.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// `server.tls.acme`, compiled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcmeSettings {
-    pub directory: String,
-    pub email: Option<String>,
-    /// Lower case; the first names the stored files.
-    pub domains: Vec<String>,
-    pub storage: PathBuf,
-    pub renew_before: Duration,
-    /// Extra root for the TLS of the ACME server itself.
-    pub ca: Option<PathBuf>,
-}
+/// `server.tls.acme`, compiled: plain settings, defined in the model.
+pub use crate::model::AcmeSettings;
 
 /// A DNS name an ACME CA can validate with HTTP-01: letters, digits and hyphens in labels of
 /// at most 63 bytes, no wildcard, no IP address.

@@ -62,7 +62,7 @@ pub fn compile(
     let raw: RawConfig = parsed.raw;
     let mut c = Compiler::new(pos, parsed.secrets, base_dir.to_path_buf());
     c.set_env_paths(parsed.env_paths);
-    let server = compile_server(&mut c, &raw.server);
+    let (server, tls) = compile_server(&mut c, &raw.server);
     let admin = compile_admin(&mut c, &raw.admin);
     let cache = compile_cache(&mut c, &raw.cache);
     let upstreams = compile_upstreams(&mut c, &raw.upstreams, states);
@@ -107,6 +107,7 @@ pub fn compile(
         router,
         global_plugins,
         cache,
+        tls,
     })
 }
 
@@ -139,7 +140,11 @@ fn compile_cache(c: &mut Compiler, raw: &raw::RawCache) -> crate::model::CacheSe
     crate::model::CacheSettings { purge_broadcast }
 }
 
-fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
+/// `server`: its settings, and `server.tls`'s loaded certificates and client verifier.
+fn compile_server(
+    c: &mut Compiler,
+    s: &raw::RawServer,
+) -> (ServerSettings, Option<crate::runtime::TlsMaterial>) {
     let mut listen = Vec::new();
     for (i, l) in s.listen.iter().enumerate() {
         match listen_addr(l) {
@@ -187,16 +192,20 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
             .client_auth
             .as_ref()
             .and_then(|a| crate::tls::client_auth::compile(c, a));
-        TlsSettings {
+        let settings = TlsSettings {
             listen,
-            client_auth,
             min_version: t.min_version.clone(),
             max_version: policy.max_version,
-            certificates,
             acme,
             cipher_suites: policy.cipher_suites,
-        }
+        };
+        let material = crate::runtime::TlsMaterial {
+            certificates,
+            client_auth,
+        };
+        (settings, material)
     });
+    let (tls, tls_material) = tls.unzip();
     for (name, v) in [
         ("max_header_bytes", s.max_header_bytes.0),
         ("max_uri_bytes", s.max_uri_bytes.0),
@@ -216,7 +225,7 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
     };
     let pid_file = s.pid_file.clone();
     let upgrade_sock = s.upgrade_sock.clone();
-    ServerSettings {
+    let server = ServerSettings {
         listen,
         tls,
         threads: s.threads.max(1),
@@ -239,7 +248,8 @@ fn compile_server(c: &mut Compiler, s: &raw::RawServer) -> ServerSettings {
         drain_delay: s.drain_delay.0,
         flood: s.flood,
         h2c: s.h2c,
-    }
+    };
+    (server, tls_material)
 }
 
 /// The files the process itself creates: `server.pid_file`, `server.upgrade_sock` and

@@ -378,9 +378,7 @@ mod tests {
             min_version: "1.2".into(),
             max_version: "1.3".into(),
             cipher_suites: Vec::new(),
-            certificates: Certificates::default(),
             acme: None,
-            client_auth: None,
         };
         let acceptor = pingora::listeners::tls::Acceptor::from_server_config_with_callbacks(
             Arc::new(super::super::server_config(&t, store).unwrap()),

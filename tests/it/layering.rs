@@ -115,12 +115,6 @@ const ALLOWLIST: &[(&str, &str)] = &[
     ("src/observe/mod.rs", "ctx"),
     ("src/observe/mod.rs", "errors"),
     ("src/observe/mod.rs", "forward"),
-    // server.tls's compiled settings carry the loaded certificates and the client-certificate
-    // verifier, which tls/ builds: these settings move from the model up to the snapshot
-    // (runtime) with the listener code that reads them.
-    ("src/model.rs", "tls::store"),
-    ("src/model.rs", "tls::client_auth"),
-    ("src/model.rs", "acme"),
     ("src/observe/certs.rs", "acme"),
 ];
 
