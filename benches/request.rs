@@ -143,8 +143,8 @@ fn bench(c: &mut Criterion) {
             config::load_str(YAML, Path::new("."), &states, &limiters, 1).expect("bench config"),
         )
     };
-    metrics::install(&shared_rt);
-    let rm = metrics::route_metrics(&shared_rt, Some(1));
+    gatehouse::logging::install_metrics(&shared_rt);
+    let rm = gatehouse::logging::route_metrics(&shared_rt, Some(1));
     let get = metrics::method_index(&http::Method::GET);
     c.bench_function("metrics_record", |b| {
         b.iter(|| rm.record(black_box(get), black_box(200), black_box(0.000_42)))

@@ -228,7 +228,9 @@ impl ServeHttp for AdminApp {
             (Method::GET, "/status") => json(StatusCode::OK, self.status()),
             // HEAD: the same head (with Content-Length), Pingora sends no body.
             (Method::GET | Method::HEAD, "/metrics") => {
-                let body = crate::observe::metrics::render(&self.shared.snapshot()).into_bytes();
+                // The snapshot itself (not its `Arc`): scrapes that read it downcast to it.
+                let rt = self.shared.snapshot();
+                let body = crate::observe::metrics::render(&*rt).into_bytes();
                 Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", crate::observe::metrics::CONTENT_TYPE)

@@ -37,7 +37,11 @@ fn register_metrics() {
         crate::tls::register_metrics();
         crate::probe::register_metrics();
         crate::resilience::register_metrics();
-        crate::upstream::metrics::register_metrics();
+        crate::upstream::metrics::register_metrics(|rt| {
+            rt.downcast_ref::<Runtime>()
+                .map(|rt| rt.upstreams.as_slice())
+        });
+        crate::acme::register_metrics();
         crate::plugins::register_metrics();
         crate::observe::metrics::registry().on_route_plugins(crate::plugins::route_series);
     });
@@ -82,7 +86,7 @@ impl Shared {
             .unwrap_or_default();
         let rt = Arc::new(rt);
         register_metrics();
-        crate::observe::metrics::install(&rt);
+        crate::logging::install_metrics(&rt);
         crate::plugins::install(&rt, &registry);
         let certs = Arc::new(crate::tls::store::CertStore::default());
         if let Some(t) = &rt.tls {
@@ -183,7 +187,7 @@ impl Shared {
             new.routes.iter().map(|r| r.name.as_str()),
         );
         self.states.discovery.retain(&new.upstreams);
-        crate::observe::metrics::install(&new);
+        crate::logging::install_metrics(&new);
         crate::plugins::install(&new, &self.registry);
         Ok(Reloaded {
             version,

@@ -14,8 +14,8 @@
 //! | `upstream_response_filter`| [`crate::websocket::on_response`] (a 101 must complete the handshake; the tunnel's idle timeout), [`crate::forward::check_response`] (retry on 502/503/504) |
 //! | `fail_to_connect`, `error_while_proxy` | [`crate::forward`] retry policy |
 //! | `fail_to_proxy`           | [`crate::errors`] JSON error (the chain's `gateway_body`, `before_answer` and `response` hooks) |
-//! | `logging`                 | releases the least_conn guard; the chain's `logging` hooks; [`crate::observe`]: metrics, access log |
-//! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::observe`] upstream time |
+//! | `logging`                 | releases the least_conn guard; the chain's `logging` hooks; [`crate::logging`]: metrics, access log |
+//! | (timing in `upstream_peer`, `upstream_response_filter`) | [`crate::logging`] upstream time |
 //! | (`upstream_peer`, the retry hooks, `response_body_filter`) | [`crate::resilience`]: route deadline (or a gRPC client's, [`crate::grpc::note_deadline`]), retry back-off, retry budget |
 //!
 //! The plugin hooks are in [`crate::plugins::api`]; a [`Chain`] skips a phase none of its
@@ -251,7 +251,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         crate::grpc::note_deadline(session.req_header(), ctx);
         crate::resilience::before_attempt(ctx).await?;
-        crate::observe::upstream_attempt(ctx);
+        crate::logging::upstream_attempt(ctx);
         forward::peer(ctx)
     }
 
@@ -298,7 +298,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::observe::upstream_response(ctx, upstream_response.status.as_u16());
+        crate::logging::upstream_response(ctx, upstream_response.status.as_u16());
         // Before anything else sees it: a 101 that is not a complete handshake must not turn
         // the client connection into a tunnel.
         crate::websocket::on_response(session, upstream_response, ctx)?;
@@ -354,7 +354,7 @@ impl ProxyHttp for Gateway {
         matches!(
             e.etype(),
             ErrorType::HTTPStatus(400 | 404 | 408 | 413 | 414 | 429 | 431)
-        ) || crate::observe::client_gone(e)
+        ) || crate::logging::client_gone(e)
             || crate::websocket::idle_end(ctx, e)
     }
 
@@ -363,13 +363,13 @@ impl ProxyHttp for Gateway {
         if ctx.probe {
             return;
         }
-        let done = crate::observe::finish(session, e, ctx);
+        let done = crate::logging::finish(session, e, ctx);
         // First the plugins (a concurrency slot is released, the span queued), then the
         // metrics and the access-log line.
         if ctx.chain().has(phase::LOGGING) {
             let rt = ctx.rt.clone();
             ctx.chain_in(&rt).logging(session, ctx, &done);
         }
-        crate::observe::on_logging(session, ctx, &done);
+        crate::logging::on_logging(session, ctx, &done);
     }
 }

@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod https_redirect;
 pub mod import;
 pub mod limits;
+pub mod logging;
 pub mod model;
 pub mod observe;
 pub mod owned_headers;

@@ -283,7 +283,11 @@ pub fn check_body(ctx: &mut RequestCtx, end_of_stream: bool) -> Result<()> {
 
 /// Registers [`metric_families`] (read at scrape time; once, at startup).
 pub fn register_metrics() {
-    crate::observe::metrics::registry().on_scrape(|rt, out| out.extend(metric_families(rt)));
+    crate::observe::metrics::registry().on_scrape(|rt, out| {
+        if let Some(rt) = rt.downcast_ref::<Runtime>() {
+            out.extend(metric_families(rt));
+        }
+    });
 }
 
 /// `upstream_retries_skipped_total{service,reason}` (`budget`, `deadline`),

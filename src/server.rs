@@ -164,7 +164,10 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
     ));
     server.add_service(background_service(
         "access log",
-        crate::observe::access_log::Writer::new(shared.clone()),
+        crate::observe::access_log::Writer::new({
+            let shared = shared.clone();
+            move || shared.snapshot().server.access_log.clone()
+        }),
     ));
     server.add_service(background_service(
         "binary upgrade signal",

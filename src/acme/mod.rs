@@ -227,6 +227,11 @@ impl AcmeState {
     }
 }
 
+/// Registers [`metric_families`] (read at scrape time; once, at startup).
+pub fn register_metrics() {
+    crate::observe::metrics::registry().on_scrape(|_, out| out.extend(metric_families()));
+}
+
 /// `acme_orders_total{result}` once ACME is configured.
 pub fn metric_families() -> Vec<prometheus::proto::MetricFamily> {
     use prometheus::core::Collector;

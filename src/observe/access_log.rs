@@ -11,14 +11,11 @@
 //! parameters that look like credentials (`api_key`, `token`, `password`, ... see
 //! [`is_secret_param`]) are replaced by `REDACTED` with the name kept.
 
-use crate::app::Shared;
-use crate::ctx::RequestCtx;
 use crate::model::AccessLog;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
-use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
@@ -184,44 +181,47 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
-/// The JSON line (with its newline) for a finished request. `error`: the contract code of a
-/// gateway-made error answer, if any.
-pub fn format_line(
-    session: &Session,
-    ctx: &RequestCtx,
-    status: u16,
-    elapsed: Duration,
-    error: Option<&str>,
-) -> Vec<u8> {
-    let req = session.req_header();
-    let path = req
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or_else(|| req.uri.path());
-    let route = ctx.route();
-    // The upstream that served: a plugin's choice (traffic-split) or the route's.
-    let upstream = ctx.upstream();
+/// A finished request, as the `logging` phase hands it over (plain values).
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    pub request_id: &'a str,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub method: &'a str,
+    /// Path and query as received (secret query values are redacted here).
+    pub path: &'a str,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub status: u16,
+    pub bytes_sent: usize,
+    pub elapsed: Duration,
+    pub upstream_time: Option<Duration>,
+    pub consumer: Option<&'a str>,
+    pub cache: Option<&'a str>,
+    /// The contract code of a gateway-made error answer, if any.
+    pub error: Option<&'a str>,
+    pub trace_id: Option<crate::util::hex_id::HexId<16>>,
+}
+
+/// The JSON line (with its newline) for a finished request.
+pub fn format_line(r: &Record) -> Vec<u8> {
     let line = Line {
         ts: format_ts(SystemTime::now()),
-        request_id: &ctx.request_id,
-        client_ip: ctx.client_ip,
-        method: req.method.as_str(),
-        path: redact_path(path),
-        route: route.map(|r| r.name.as_str()),
-        upstream: upstream.map(|u| u.name.as_str()),
-        target: ctx.selected_target().map(|t| t.addr.as_str()),
-        status,
-        bytes_sent: session.as_downstream().body_bytes_sent(),
-        duration_ms: millis(elapsed),
-        upstream_ms: ctx.upstream_time.map(millis),
-        consumer: ctx
-            .consumer
-            .and_then(|i| ctx.rt.consumers.get(i))
-            .map(|c| c.username.as_str()),
-        cache: ctx.cache_status,
-        error,
-        trace_id: ctx.trace_id,
+        request_id: r.request_id,
+        client_ip: r.client_ip,
+        method: r.method,
+        path: redact_path(r.path),
+        route: r.route,
+        upstream: r.upstream,
+        target: r.target,
+        status: r.status,
+        bytes_sent: r.bytes_sent,
+        duration_ms: millis(r.elapsed),
+        upstream_ms: r.upstream_time.map(millis),
+        consumer: r.consumer,
+        cache: r.cache,
+        error: r.error,
+        trace_id: r.trace_id,
     };
     let mut out = Vec::with_capacity(384);
     if serde_json::to_writer(&mut out, &line).is_err() {
@@ -309,8 +309,11 @@ impl Sink {
     }
 }
 
-fn write_loop(rx: Receiver<Vec<u8>>, shared: Arc<Shared>) {
-    let mut dest = shared.snapshot().server.access_log.clone();
+/// `server.access_log` of the config in use now.
+type Destination = Arc<dyn Fn() -> AccessLog + Send + Sync>;
+
+fn write_loop(rx: Receiver<Vec<u8>>, wanted: Destination) {
+    let mut dest = wanted();
     let mut sink = Sink::open(&dest);
     let mut opened = Instant::now();
     loop {
@@ -328,12 +331,12 @@ fn write_loop(rx: Receiver<Vec<u8>>, shared: Arc<Shared>) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let rt = shared.snapshot();
+        let now_wanted = wanted();
         let retry_broken =
             matches!(sink, Sink::Broken) && opened.elapsed() > Duration::from_secs(5);
-        if REOPEN.swap(false, Ordering::AcqRel) || rt.server.access_log != dest || retry_broken {
+        if REOPEN.swap(false, Ordering::AcqRel) || now_wanted != dest || retry_broken {
             sink.flush();
-            dest = rt.server.access_log.clone();
+            dest = now_wanted;
             sink = Sink::open(&dest);
             opened = Instant::now();
             if matches!(dest, AccessLog::File(_)) && !matches!(sink, Sink::Broken) {
@@ -345,12 +348,16 @@ fn write_loop(rx: Receiver<Vec<u8>>, shared: Arc<Shared>) {
 
 /// The access-log writer as a Pingora background service, so it starts after a `-d` fork.
 pub struct Writer {
-    shared: Arc<Shared>,
+    wanted: Destination,
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Writer { shared }
+    /// `wanted`: the `server.access_log` of the config in use (asked after every batch and
+    /// idle tick, so a reload that changes it is followed).
+    pub fn new(wanted: impl Fn() -> AccessLog + Send + Sync + 'static) -> Self {
+        Writer {
+            wanted: Arc::new(wanted),
+        }
     }
 }
 
@@ -361,12 +368,12 @@ impl BackgroundService for Writer {
             tracing::warn!("access log writer already running");
             return;
         };
-        let shared = self.shared.clone();
+        let wanted = self.wanted.clone();
         // A plain thread, not a runtime task: it keeps writing while requests drain after
         // the shutdown signal, and file I/O never blocks an async worker.
         if let Err(e) = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, shared))
+            .spawn(move || write_loop(rx, wanted))
         {
             tracing::error!("cannot start the access log writer: {e}");
             return;

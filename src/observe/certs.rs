@@ -53,7 +53,7 @@ pub fn metric_families() -> Vec<prometheus::proto::MetricFamily> {
     use prometheus::core::Collector;
     let certs = CERTS.lock().clone();
     if certs.is_empty() {
-        return crate::acme::metric_families();
+        return Vec::new();
     }
     let Ok(v) = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
@@ -71,9 +71,7 @@ pub fn metric_families() -> Vec<prometheus::proto::MetricFamily> {
     for (name, not_after) in &certs {
         v.with_label_values(&[name.as_str()]).set(not_after - now);
     }
-    let mut families = v.collect();
-    families.extend(crate::acme::metric_families());
-    families
+    v.collect()
 }
 
 #[cfg(test)]

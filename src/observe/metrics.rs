@@ -11,7 +11,7 @@
 //! health, retry budgets) through [`Families::on_scrape`]. Served as text on admin
 //! `GET /metrics` ([`render`]).
 //!
-//! Requests are recorded in Pingora's `logging` phase (see [`super::on_logging`]) without a
+//! Requests are recorded in Pingora's `logging` phase (see `crate::logging`) without a
 //! lock: every route gets a [`RouteMetrics`] when a config is installed (start and every
 //! reload), and it caches the counter/histogram handles per (method, status) in a
 //! copy-on-write vector behind an `ArcSwap`. A lookup is one atomic load and a binary search;
@@ -29,7 +29,6 @@
 // fail at run time (and would fail every test at startup if one were ever wrong).
 #![allow(clippy::expect_used)]
 
-use crate::ctx::Runtime;
 use arc_swap::ArcSwap;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -39,6 +38,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 
@@ -77,8 +77,9 @@ pub fn method_index(m: &http::Method) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 /// Families built at scrape time from state their owner keeps (atomics, the current
-/// runtime), appended to the registered ones.
-pub type Scrape = fn(&Runtime, &mut Vec<MetricFamily>);
+/// snapshot), appended to the registered ones. The snapshot is handed over type-erased
+/// (this module sits below it): an owner that reads it downcasts it.
+pub type Scrape = Box<dyn Fn(&dyn Any, &mut Vec<MetricFamily>) + Send + Sync>;
 
 /// Creates (`create`) or removes the series plugin `plugin` keeps for `route`, when a config
 /// starts or stops using the plugin on that route.
@@ -164,8 +165,8 @@ impl Families {
     }
 
     /// Adds families built at every scrape (call once per owner, at startup).
-    pub fn on_scrape(&self, f: Scrape) {
-        self.scrapes.lock().push(f);
+    pub fn on_scrape(&self, f: impl Fn(&dyn Any, &mut Vec<MetricFamily>) + Send + Sync + 'static) {
+        self.scrapes.lock().push(Box::new(f));
     }
 
     /// Sets who creates and removes plugins' per-route series ([`install`] calls it for every
@@ -499,42 +500,11 @@ pub struct Shape {
     pub upstreams: Vec<(String, Vec<String>, bool, bool)>,
 }
 
-impl Shape {
-    pub fn of(rt: &Runtime) -> Shape {
-        Shape {
-            routes: rt
-                .routes
-                .iter()
-                .map(|r| {
-                    (
-                        r.name.clone(),
-                        r.upstream.name.clone(),
-                        r.plugins.names().iter().map(|s| s.to_string()).collect(),
-                    )
-                })
-                .collect(),
-            upstreams: rt
-                .upstreams
-                .iter()
-                .map(|u| {
-                    (
-                        u.name.clone(),
-                        u.targets().targets.iter().map(|t| t.addr.clone()).collect(),
-                        u.health_check.is_some(),
-                        u.passive.is_some(),
-                    )
-                })
-                .collect(),
-        }
-    }
-}
-
 /// The handles of one installed config, indexed like `Runtime::routes`.
-#[derive(Default)]
 struct RouteTable {
-    /// Identity of the runtime the indexes refer to (the `Weak` keeps the address from being
+    /// Identity of the snapshot the indexes refer to (the `Weak` keeps the address from being
     /// reused while this table exists).
-    runtime: Weak<Runtime>,
+    runtime: Weak<dyn Any + Send + Sync>,
     routes: Vec<Arc<RouteMetrics>>,
     by_name: HashMap<String, Arc<RouteMetrics>>,
     upstreams: HashMap<String, Arc<UpstreamMetrics>>,
@@ -542,19 +512,24 @@ struct RouteTable {
     shape: Shape,
 }
 
-/// Builds the handles for a config and creates every series the contract wants from the
-/// start; called at load and after every successful reload. Series of routes, upstreams and
-/// targets that are gone are removed, so `/metrics` follows the config.
-pub fn install(rt: &Arc<Runtime>) {
-    install_shape(
-        Arc::downgrade(rt),
-        Shape::of(rt),
-        &rt.version.to_string(),
-        &rt.hash,
-    );
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            runtime: Weak::<()>::new(),
+            routes: Vec::new(),
+            by_name: HashMap::new(),
+            upstreams: HashMap::new(),
+            unmatched: None,
+            shape: Shape::default(),
+        }
+    }
 }
 
-fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str) {
+/// Builds the handles for a config (`runtime`: the snapshot's identity, `shape`: its names)
+/// and creates every series the contract wants from the start; called at load and after
+/// every successful reload. Series of routes, upstreams and targets that are gone are
+/// removed, so `/metrics` follows the config.
+pub fn install(runtime: Weak<dyn Any + Send + Sync>, shape: Shape, version: &str, hash: &str) {
     let m = metrics();
     let mut last_info = m.install_lock.lock();
     let route_series = *registry().route_series.lock();
@@ -676,12 +651,17 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
     }));
 }
 
-/// The handles for route `index` of `rt` (`None`: the request matched no route). One atomic
-/// load on the fast path; a request still running on a replaced config looks its route up by
-/// name, or gets fresh handles if the route is gone.
-pub fn route_metrics(rt: &Arc<Runtime>, index: Option<usize>) -> Arc<RouteMetrics> {
+/// The handles for route `index` of the snapshot at `snapshot` (`None`: the request matched
+/// no route; `names`: a route's name and upstream name by index). One atomic load on the fast
+/// path; a request still running on a replaced config looks its route up by name, or gets
+/// fresh handles if the route is gone.
+pub fn route_metrics<'a>(
+    snapshot: *const (),
+    index: Option<usize>,
+    names: impl FnOnce(usize) -> Option<(&'a str, &'a str)>,
+) -> Arc<RouteMetrics> {
     let table = metrics().table.load();
-    let same = std::ptr::eq(table.runtime.as_ptr(), Arc::as_ptr(rt));
+    let same = std::ptr::eq(table.runtime.as_ptr().cast::<()>(), snapshot);
     let Some(i) = index else {
         return table
             .unmatched
@@ -693,18 +673,18 @@ pub fn route_metrics(rt: &Arc<Runtime>, index: Option<usize>) -> Arc<RouteMetric
             return rm.clone();
         }
     }
-    let Some(route) = rt.routes.get(i) else {
+    let Some((route, upstream)) = names(i) else {
         return Arc::new(RouteMetrics::new("", None));
     };
-    match table.by_name.get(&route.name) {
-        Some(rm) if rm.service == route.upstream.name => rm.clone(),
+    match table.by_name.get(route) {
+        Some(rm) if rm.service == upstream => rm.clone(),
         _ => {
             let um = table
                 .upstreams
-                .get(&route.upstream.name)
+                .get(upstream)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(UpstreamMetrics::new(&route.upstream.name)));
-            Arc::new(RouteMetrics::new(&route.name, Some(um)))
+                .unwrap_or_else(|| Arc::new(UpstreamMetrics::new(upstream)));
+            Arc::new(RouteMetrics::new(route, Some(um)))
         }
     }
 }
@@ -828,8 +808,9 @@ where
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The Prometheus text exposition: every registered family, plus those built at scrape time
-/// from `rt` and from state their owners keep ([`Families::on_scrape`]), sorted by name.
-pub fn render(rt: &Runtime) -> String {
+/// from `rt` (the snapshot in use, type-erased) and from state their owners keep
+/// ([`Families::on_scrape`]), sorted by name.
+pub fn render(rt: &dyn Any) -> String {
     let r = registry();
     let mut families = r.registry.gather();
     for scrape in r.scrapes.lock().iter() {

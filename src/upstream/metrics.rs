@@ -11,11 +11,18 @@ use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
+/// The upstreams of the snapshot a scrape is handed (type-erased by the metrics registry,
+/// which sits below the snapshot): given by the app, which knows the snapshot's type.
+pub type UpstreamsOf =
+    for<'a> fn(&'a dyn std::any::Any) -> Option<&'a [std::sync::Arc<super::Upstream>]>;
+
 /// Registers the families below with the process's registry (once, at startup).
-pub fn register_metrics() {
-    crate::observe::metrics::registry().on_scrape(|rt, out| {
-        healthy_family(&rt.upstreams, out);
-        discovery_families(&rt.upstreams, out);
+pub fn register_metrics(upstreams_of: UpstreamsOf) {
+    crate::observe::metrics::registry().on_scrape(move |rt, out| {
+        if let Some(upstreams) = upstreams_of(rt) {
+            healthy_family(upstreams, out);
+            discovery_families(upstreams, out);
+        }
     });
 }
 

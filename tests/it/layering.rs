@@ -45,7 +45,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // L2: compiled settings, consumers and policies (plain data).
     ("model", &["model"]),
-    // L3: metrics, access log, traces export, reload summaries.
+    // L3: metrics, access log, certificate expiry, reload summaries: a leaf that is handed
+    // plain values (the `logging` module of L5 reads the request context for it).
     ("observe", &["observe"]),
     // L4: features below the per-request context.
     (
@@ -62,6 +63,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "errors",
             "runtime",
             "request",
+            "logging",
             "resilience",
             "https_redirect",
             "probe",
@@ -103,20 +105,11 @@ const PLUGIN_INTERFACE: &str = "plugins";
 /// The one allowed loop: `(from module, to module)`, exactly these modules.
 const ALLOWED_LOOP: &[(&str, &str)] = &[("ctx", "plugins")];
 
-/// Known violations, each `(file, module it names)`, removed by work in progress elsewhere;
-/// an entry that no longer matches anything fails the test, so the list only shrinks.
-const ALLOWLIST: &[(&str, &str)] = &[
-    // observe is a hub, not a leaf: metrics reads the counters of features above it and
-    // the logging hook takes the request context. Removed when every feature registers its
-    // own metric families in observe's registry and the logging hook leaves observe.
-    ("src/observe/access_log.rs", "app"),
-    ("src/observe/access_log.rs", "ctx"),
-    ("src/observe/metrics.rs", "ctx"),
-    ("src/observe/mod.rs", "ctx"),
-    ("src/observe/mod.rs", "errors"),
-    ("src/observe/mod.rs", "forward"),
-    ("src/observe/certs.rs", "acme"),
-];
+/// Known violations, each `(file, module it names)`, with the reason; an entry that no longer
+/// matches anything fails the test, so the list only shrinks. Empty: a new upward import is
+/// fixed in the code (a hook of the plugin interface, a type moved down, a value handed
+/// down), not listed here.
+const ALLOWLIST: &[(&str, &str)] = &[];
 
 // ---------------------------------------------------------------------------------------------
 // The test
