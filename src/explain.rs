@@ -245,6 +245,14 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
                 None if route.plugins.plugins.iter().any(|p| p.name() == "jwt") => {
                     json!({"result": "depends on the token's roles claim (not decided offline)", "allow_roles": a.allow_roles()})
                 }
+                None if route
+                    .plugins
+                    .plugins
+                    .iter()
+                    .any(|p| p.name() == "mtls-auth") =>
+                {
+                    json!({"result": "depends on the client certificate's consumer (decided at request time)", "allow_roles": a.allow_roles()})
+                }
                 None => {
                     refused = Some(json!({"status": 401, "by": "acl"}));
                     json!({"result": "refused", "status": 401, "why": "no authenticated consumer"})
@@ -296,6 +304,9 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
                 json!({"result": "counted (the counter is not consumed by explain)", "key": key, "limits": algo})
             }
             Plugin::Jwt(_) => json!({"result": "verifies the bearer token (not decided offline)"}),
+            Plugin::MtlsAuth(_) => {
+                json!({"result": "decided at request time (client certificate)"})
+            }
             Plugin::ForwardAuth(_) => {
                 json!({"result": "asks the external authorizer (not decided offline)"})
             }

@@ -97,6 +97,9 @@ pub struct BuildEnv<'a> {
     /// The config's upstreams: for plugins that send a request elsewhere than the route's
     /// `upstream` (`RequestCtx::upstream_override`, a mirror).
     pub upstreams: &'a [Arc<crate::upstream::Upstream>],
+    /// `server.tls.client_auth` is configured: TLS clients are asked for a certificate, so
+    /// `RequestCtx::client_cert` can be set.
+    pub client_auth: bool,
 }
 
 impl BuildEnv<'_> {
