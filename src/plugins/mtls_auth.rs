@@ -98,6 +98,10 @@ const OUTCOMES: [&str; 3] = ["allowed", "no_certificate", "unknown_certificate"]
 
 type Counters = [IntCounter; 3];
 
+/// Hash of a normalised subject -> the subjects with that hash (normalised) and their
+/// consumers.
+type Subjects = HashMap<u64, Vec<(Box<[dn::Token]>, usize)>>;
+
 static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     crate::observe::metrics::registry().counter_vec(
         "mtls_auth_requests_total",
@@ -116,7 +120,7 @@ pub struct MtlsAuth {
     run_on_preflight: bool,
     /// Hash of a normalised subject -> (normalised subject, consumer): the hash is computed
     /// from the certificate's subject without building its normalised form.
-    subjects: HashMap<u64, Vec<(Box<[dn::Token]>, usize)>>,
+    subjects: Subjects,
     sans: HashMap<String, usize>,
     /// The outcome counters of each route of the installed snapshot, by route index (`None`
     /// for routes without this instance); set by [`Hooks::install`].
@@ -231,7 +235,7 @@ impl Hooks for MtlsAuth {
                 ),
             }
         }
-        let mut subjects: HashMap<u64, Vec<(Box<[dn::Token]>, usize)>> = HashMap::new();
+        let mut subjects = Subjects::new();
         let mut sans = HashMap::new();
         for (ci, cons) in env.consumers.iter().enumerate() {
             for m in &cons.mtls_credentials {

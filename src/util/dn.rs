@@ -150,7 +150,9 @@ pub fn walk(dn: &str, emit: &mut impl FnMut(Token)) -> Result<(), &'static str> 
                         emit(Token::from(e));
                         i += 2;
                     } else {
-                        return Err("after '\\' comes a space, one of \"#+,;<=>\\ or two hex digits");
+                        return Err(
+                            "after '\\' comes a space, one of \"#+,;<=>\\ or two hex digits",
+                        );
                     }
                 }
                 b';' => {

@@ -404,8 +404,7 @@ fn explain_leaves_the_decision_to_request_time() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["plugins"][0]["plugin"], "mtls-auth", "{v}");
     assert_eq!(
-        v["plugins"][0]["decision"]["result"],
-        "decided at request time (client certificate)",
+        v["plugins"][0]["decision"]["result"], "decided at request time (client certificate)",
         "{v}"
     );
     assert_eq!(
