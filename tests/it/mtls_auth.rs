@@ -4,7 +4,8 @@
 //! header in any spelling never do), 401 without a certificate (also on the plain-HTTP
 //! listener, and as a gRPC status), 403 for a certificate of no consumer, another CA's
 //! certificate refused at the handshake in both modes, acl on the consumer's roles, the
-//! outcome metrics, upstream hit counts, and the load errors with paths and lines.
+//! outcome metrics (across a reload), upstream hit counts, and the load errors with paths
+//! and lines.
 use crate::common;
 
 use common::*;
@@ -252,6 +253,30 @@ async fn certificates_identify_consumers_on_an_optional_listener() {
     assert_eq!(n("acl", "unknown_certificate"), 0.0, "{m}");
     // Certificates are never logged.
     assert!(!gw.stderr().contains("BEGIN CERTIFICATE"));
+
+    // A reload that gives the unknown certificate a consumer: it passes at once (even on
+    // its open connection: consumers come from the snapshot), and the route's counters go
+    // on from where they were.
+    let yaml = std::fs::read_to_string(gw.config_path()).unwrap().replace(
+        "consumers:\n",
+        "consumers:\n  - username: partner-c\n    mtls_credentials: [{ subject: \"CN=partner-c,O=Acme\" }]\n",
+    );
+    gw.write_config_yaml(&yaml);
+    let (status, v) = gw.admin_reload().await;
+    assert_eq!(status, 200, "{v}");
+    let (s, body) = get(&unknown, &url("/p/x"), &[]).await.unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        a.last_request().unwrap().header("x-consumer-username"),
+        Some("partner-c")
+    );
+    let m = gw.metrics_text().await;
+    let allowed = metric(
+        &m,
+        "mtls_auth_requests_total",
+        &[("route", "p"), ("outcome", "allowed")],
+    );
+    assert_eq!(allowed, Some(3.0), "{m}");
 }
 
 #[tokio::test]
