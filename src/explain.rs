@@ -207,6 +207,7 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
         client_ip,
         consumer: None,
         refused: None,
+        deferred_identity: None,
         notes: Vec::new(),
     };
     let mut refused: Option<Value> = None;

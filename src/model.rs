@@ -129,6 +129,23 @@ pub struct Consumer {
     pub basic_credentials: Vec<BasicCredential>,
     /// `hmacauth_credentials` (usernames unique over all consumers).
     pub hmac_credentials: Vec<HmacCredential>,
+    /// `mtls_credentials` (each subject and SAN unique over all consumers).
+    pub mtls_credentials: Vec<MtlsCredential>,
+}
+
+/// One `mtls_credentials` entry: what a verified client certificate identifies this
+/// consumer by. Nothing secret (a certificate is public; its key never reaches the gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MtlsCredential {
+    /// The certificate's subject, as configured and in the normalised form of
+    /// [`crate::util::dn`] (compared with the certificate's).
+    Subject {
+        text: String,
+        normal: Box<[crate::util::dn::Token]>,
+    },
+    /// One of the certificate's subjectAltNames (URI, DNS name, e-mail address or IP
+    /// address), compared exactly.
+    San(String),
 }
 
 /// One `hmacauth_credentials` entry.

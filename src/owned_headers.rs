@@ -9,7 +9,8 @@
 //! Each route has one compiled [`OwnedHeaders`] set (built at config load, normalized to
 //! lowercase with `-`), of two kinds:
 //!
-//! - identity ([`IDENTITY`], plus the route's forward-auth `upstream_headers`): a client's
+//! - identity ([`IDENTITY`], plus what the route's plugins write upstream to identify the
+//!   caller: forward-auth's `upstream_headers`, mtls-auth's `upstream_header`): a client's
 //!   copy is dropped whatever its spelling and whoever sent it, and a `Connection` option
 //!   naming one is dropped from the `Connection` header (so the gateway's value cannot be
 //!   removed as hop-by-hop);
@@ -105,7 +106,7 @@ pub fn same_name(name: &[u8], owned: &[u8]) -> bool {
 
 impl OwnedHeaders {
     /// [`IDENTITY`] and [`FORWARDING`], plus `extra_identity` (a route's forward-auth
-    /// `upstream_headers`).
+    /// `upstream_headers`, mtls-auth's `upstream_header`).
     pub fn new<S: AsRef<str>>(extra_identity: impl IntoIterator<Item = S>) -> OwnedHeaders {
         let mut o = OwnedHeaders {
             names: Vec::new(),

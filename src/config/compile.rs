@@ -10,7 +10,7 @@ use super::raw::{self, RawConfig, RawPlugin};
 use crate::ctx::{Route, Runtime};
 use crate::model::{
     AccessLog, AdminSettings, BasicCredential, Consumer, HmacCredential, JwtSecretSpec,
-    PasswordSpec, Secret, ServerSettings, Tier, TlsSettings,
+    MtlsCredential, PasswordSpec, Secret, ServerSettings, Tier, TlsSettings,
 };
 use crate::plugins::{self, Chain};
 use crate::router::{self, HostPattern, Matcher, Router};
@@ -86,6 +86,11 @@ pub fn compile(
         registry,
         route: None,
         upstreams: &upstreams,
+        client_auth: raw
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth.is_some()),
     };
     let globals = compile_plugin_list(&mut c, "plugins", &raw.plugins, &env);
     let (routes, router) = compile_routes(&mut c, &raw.routes, &upstreams, &globals, &env, states);
@@ -528,6 +533,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
     let mut keys: HashMap<String, usize> = HashMap::new();
     let mut basic_users = std::collections::HashSet::new();
     let mut hmac_users = std::collections::HashSet::new();
+    let mut mtls_seen = MtlsSeen::default();
     let mut out = Vec::new();
     for (i, r) in raw.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
@@ -640,6 +646,7 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
                 secret: Secret::new(h.secret.clone()),
             });
         }
+        let mtls_credentials = compile_mtls_credentials(c, &p, r, &mut mtls_seen);
         out.push(Consumer {
             username: r.username.clone(),
             header,
@@ -649,7 +656,87 @@ fn compile_consumers(c: &mut Compiler, raw: &RawConfig) -> Vec<Consumer> {
             jwt_secrets,
             basic_credentials,
             hmac_credentials,
+            mtls_credentials,
         });
+    }
+    out
+}
+
+/// The `mtls_credentials` already seen: normalised subject or SAN -> (consumer, YAML path).
+#[derive(Default)]
+struct MtlsSeen {
+    subjects: HashMap<Box<[crate::util::dn::Token]>, (String, String)>,
+    sans: HashMap<String, (String, String)>,
+}
+
+/// `consumers[i].mtls_credentials`: each entry exactly one of `subject` (an RFC 4514 name,
+/// normalised) or `san`; a subject or SAN identifies one consumer only, so a second claim
+/// names both.
+fn compile_mtls_credentials(
+    c: &mut Compiler,
+    p: &str,
+    r: &raw::RawConsumer,
+    seen: &mut MtlsSeen,
+) -> Vec<MtlsCredential> {
+    let mut out = Vec::new();
+    for (j, m) in r.mtls_credentials.iter().enumerate() {
+        let mp = format!("{p}.mtls_credentials[{j}]");
+        let (cred, at, owner) = match (&m.subject, &m.san) {
+            (Some(subject), None) => {
+                let at = format!("{mp}.subject");
+                let normal = match crate::util::dn::normalise(subject) {
+                    Ok(n) => n,
+                    Err(why) => {
+                        c.error(&at, format!("{subject:?} is not an RFC 4514 name: {why}"));
+                        continue;
+                    }
+                };
+                let owner = seen
+                    .subjects
+                    .insert(normal.clone(), (r.username.clone(), at.clone()));
+                let cred = MtlsCredential::Subject {
+                    text: subject.clone(),
+                    normal,
+                };
+                (cred, at, owner)
+            }
+            (None, Some(san)) => {
+                let at = format!("{mp}.san");
+                if san.trim().is_empty() || san.trim() != san {
+                    c.error(&at, "must not be empty or have spaces around it");
+                    continue;
+                }
+                let owner = seen
+                    .sans
+                    .insert(san.clone(), (r.username.clone(), at.clone()));
+                (MtlsCredential::San(san.clone()), at, owner)
+            }
+            _ => {
+                c.error(
+                    &mp,
+                    "needs exactly one of subject (an RFC 4514 name) or san (a subjectAltName)",
+                );
+                continue;
+            }
+        };
+        if let Some((first, first_at)) = owner {
+            let what = match &cred {
+                MtlsCredential::Subject { text, .. } => format!("subject {text:?}"),
+                MtlsCredential::San(san) => format!("san {san:?}"),
+            };
+            let msg = if first == r.username {
+                format!("{what} is listed twice for consumer \"{first}\" (also {first_at})")
+            } else {
+                format!(
+                    "{what} is claimed by consumers \"{first}\" ({first_at}) and \"{}\": \
+                     a certificate identifies one consumer",
+                    r.username
+                )
+            };
+            c.error(&at, msg);
+            continue;
+        }
+        out.push(cred);
     }
     out
 }

@@ -490,6 +490,17 @@ pub struct RawConsumer {
     pub basicauth_credentials: Vec<RawBasicCredential>,
     #[serde(default)]
     pub hmacauth_credentials: Vec<RawHmacCredential>,
+    #[serde(default)]
+    pub mtls_credentials: Vec<RawMtlsCredential>,
+}
+
+/// `consumers[].mtls_credentials[]`: exactly one of `subject` (an RFC 4514 name) or `san`
+/// (checked at compile).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtlsCredential {
+    pub subject: Option<String>,
+    pub san: Option<String>,
 }
 
 /// `consumers[].hmacauth_credentials[]`.

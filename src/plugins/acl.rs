@@ -133,9 +133,10 @@ impl Hooks for Acl {
                     json!({"result": "refused", "status": 403, "roles": roles, "allow_roles": self.allow_roles()})
                 }
             }
-            // A token's roles claim: known at request time only.
-            None if x.route.plugins.plugins.iter().any(|p| p.name() == "jwt") => {
-                json!({"result": "depends on the token's roles claim (not decided offline)", "allow_roles": self.allow_roles()})
+            // A token's roles claim, a client certificate's consumer: known at request time.
+            None if x.deferred_identity.is_some() => {
+                let on = x.deferred_identity.unwrap_or_default();
+                json!({"result": format!("depends on {on} (decided at request time)"), "allow_roles": self.allow_roles()})
             }
             None => {
                 x.refused = Some(401);

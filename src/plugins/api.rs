@@ -102,6 +102,9 @@ pub struct BuildEnv<'a> {
     /// The config's upstreams: for plugins that send a request elsewhere than the route's
     /// `upstream` (`RequestCtx::upstream_override`, a mirror).
     pub upstreams: &'a [Arc<crate::upstream::Upstream>],
+    /// `server.tls.client_auth` is configured: TLS clients are asked for a certificate, so
+    /// `RequestCtx::client_cert` can be set.
+    pub client_auth: bool,
 }
 
 impl BuildEnv<'_> {
@@ -138,6 +141,9 @@ pub struct Explain<'a> {
     pub consumer: Option<usize>,
     /// Set by a plugin that refuses the request: the status; later plugins are not reached.
     pub refused: Option<u16>,
+    /// Set by an authentication plugin whose consumer is known at request time only (a
+    /// token, a client certificate): what the identity depends on, for the plugins after it.
+    pub deferred_identity: Option<&'static str>,
     /// Notes for the upstream section (`upstream.notes`).
     pub notes: Vec<Value>,
 }

@@ -28,6 +28,7 @@ pub mod json_rewrite;
 pub(crate) mod json_scan;
 pub mod jwt;
 pub mod key_auth;
+pub mod mtls_auth;
 pub mod opentelemetry;
 pub(crate) mod outbound;
 pub mod proxy_cache;
@@ -384,6 +385,7 @@ plugin_table! {
     "key-auth"              => KeyAuth(key_auth::KeyAuth),
     "basic-auth"            => BasicAuth(basic_auth::BasicAuth),
     "hmac-auth"             => HmacAuth(hmac_auth::HmacAuth),
+    "mtls-auth"             => MtlsAuth(mtls_auth::MtlsAuth),
     "jwt"                   => Jwt(jwt::Jwt),
     "forward-auth"          => ForwardAuth(forward_auth::ForwardAuth),
     "acl"                   => Acl(acl::Acl),

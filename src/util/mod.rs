@@ -2,6 +2,7 @@
 //! every module may use them and they use no other gatehouse module.
 //!
 //! - [`clock`]: the cheap monotonic clocks the atomics and limiters count in;
+//! - [`dn`]: RFC 4514 distinguished names in a normalised form (client-certificate subjects);
 //! - [`digest`]: stable identity strings of configuration parts (registry keys);
 //! - [`percent`]: canonical percent-encoding of request paths (router, cache keys, purges);
 //! - [`redact`]: URLs without credentials, for logs and `/status`;
@@ -11,6 +12,7 @@
 
 pub mod clock;
 pub mod digest;
+pub mod dn;
 pub mod form;
 pub mod hex_id;
 pub mod percent;

@@ -785,7 +785,8 @@ impl Hooks for Jwt {
         ))]
     }
 
-    fn explain(&self, _x: &mut super::Explain) -> Value {
+    fn explain(&self, x: &mut super::Explain) -> Value {
+        x.deferred_identity = Some("the token's roles claim");
         serde_json::json!({"result": "verifies the bearer token (not decided offline)"})
     }
 }
