@@ -302,6 +302,10 @@ pub struct RouteMetrics {
     cache: ArcSwap<Vec<(u32, RequestHandles)>>,
     grow: Mutex<()>,
     upstream: Option<Arc<UpstreamMetrics>>,
+    /// The same route's handles for the other upstreams that served it (a plugin's
+    /// `RequestCtx::upstream_override`), made at the first such request. Copy-on-write like
+    /// `cache`; as few as the upstreams a route's rules name.
+    others: ArcSwap<Vec<Arc<RouteMetrics>>>,
 }
 
 /// Label handles of one upstream.
@@ -381,7 +385,51 @@ impl RouteMetrics {
             cache: ArcSwap::from_pointee(Vec::new()),
             grow: Mutex::new(()),
             upstream,
+            others: ArcSwap::from_pointee(Vec::new()),
         }
+    }
+
+    /// One finished request, counted under the upstream that served it: `served` when a
+    /// plugin picked an upstream other than the route's, else the route's own series.
+    #[inline]
+    pub fn record_served(&self, served: Option<&str>, method: usize, status: u16, secs: f64) {
+        match served {
+            Some(name) if name != self.service => {
+                {
+                    let others = self.others.load();
+                    if let Some(rm) = others.iter().find(|o| o.service == name) {
+                        rm.record(method, status, secs);
+                        return;
+                    }
+                }
+                self.add_other(name);
+                let others = self.others.load();
+                if let Some(rm) = others.iter().find(|o| o.service == name) {
+                    rm.record(method, status, secs);
+                }
+            }
+            _ => self.record(method, status, secs),
+        }
+    }
+
+    /// Slow path of [`Self::record_served`]: the handles for `service` on this route.
+    #[cold]
+    fn add_other(&self, service: &str) {
+        let _g = self.grow.lock();
+        let cur = self.others.load_full();
+        if cur.iter().any(|o| o.service == service) {
+            return;
+        }
+        let mut next: Vec<Arc<RouteMetrics>> = cur.iter().cloned().collect();
+        next.push(Arc::new(RouteMetrics {
+            route: self.route.clone(),
+            service: service.to_string(),
+            cache: ArcSwap::from_pointee(Vec::new()),
+            grow: Mutex::new(()),
+            upstream: None,
+            others: ArcSwap::from_pointee(Vec::new()),
+        }));
+        self.others.store(Arc::new(next));
     }
 
     pub fn upstream(&self) -> Option<&UpstreamMetrics> {
@@ -486,6 +534,9 @@ impl RouteMetrics {
             ];
             let _ = m.requests.remove_label_values(&labels);
             let _ = m.request_duration.remove_label_values(&labels);
+        }
+        for o in self.others.load().iter() {
+            o.remove_series();
         }
     }
 }
