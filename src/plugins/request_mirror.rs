@@ -385,8 +385,7 @@ impl RequestMirror {
         let Some(head) = cap.head.take() else {
             return;
         };
-        if head.headers.contains_key(header::UPGRADE) || head.method == http::Method::CONNECT {
-            // A tunnel cannot be replayed.
+        if is_tunnel(&head) {
             self.sender.counters.upgrade.inc();
             return;
         }
@@ -397,6 +396,11 @@ impl RequestMirror {
             client_ip,
         });
     }
+}
+
+/// An upgrade (WebSocket) or CONNECT request: a tunnel cannot be replayed.
+fn is_tunnel(head: &RequestHeader) -> bool {
+    head.headers.contains_key(header::UPGRADE) || head.method == http::Method::CONNECT
 }
 
 /// `request_body_filter` hands the copy over at the end of the body; these are what it
@@ -525,7 +529,15 @@ impl Hooks for RequestMirror {
         let Some(cap) = ctx.plugins.request_mirror.as_deref_mut() else {
             return Ok(super::BodyOutcome::Continue);
         };
-        if cap.finished || cap.head.get().is_none() {
+        let Some(head) = cap.head.get() else {
+            return Ok(super::BodyOutcome::Continue);
+        };
+        if cap.finished {
+            return Ok(super::BodyOutcome::Continue);
+        }
+        if is_tunnel(head) {
+            // Counted now: its bytes are the tunnel's, with no end to wait for.
+            self.hand_over(cap, preserve_host, client_ip);
             return Ok(super::BodyOutcome::Continue);
         }
         cap.body_seen = true;

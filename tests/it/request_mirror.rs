@@ -223,6 +223,49 @@ async fn a_retried_request_is_mirrored_once() {
     assert_eq!(settled_hits(&shadow).await, 10, "{:?}", shadow.requests());
 }
 
+/// request-transformer's JSON body rewrite is what both upstreams get.
+#[tokio::test]
+async fn a_rewritten_body_is_mirrored_as_rewritten() {
+    let primary = Backend::start("primary");
+    let shadow = Backend::start("shadow");
+    let gw = Cfg::new()
+        .upstream("primary", &[target(&primary)], "")
+        .upstream("shadow", &[target(&shadow)], "")
+        .route(
+            "m",
+            &["/m"],
+            "primary",
+            "plugins:\n  - name: request-transformer\n    config:\n      remove: { json: [password] }\n      add: { headers: [\"X-Added:yes\"] }\n  - name: request-mirror\n    config: { upstream: shadow }",
+        )
+        .start();
+    let (s, _) = gw
+        .send(
+            gw.client
+                .post(gw.url("/m/users"))
+                .header("content-type", "application/json")
+                .body(r#"{"name":"ann","password":"hunter2"}"#),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(settled_hits(&shadow).await, 1);
+    let (p, m) = (
+        primary.last_request().unwrap(),
+        shadow.last_request().unwrap(),
+    );
+    assert_eq!(
+        p.body,
+        br#"{"name":"ann"}"#,
+        "{:?}",
+        String::from_utf8_lossy(&p.body)
+    );
+    assert_eq!(m.body, p.body, "{:?}", String::from_utf8_lossy(&m.body));
+    assert_eq!(m.header("x-added"), Some("yes"));
+    assert_eq!(
+        m.header("content-length"),
+        Some(p.body.len().to_string().as_str())
+    );
+}
+
 #[tokio::test]
 async fn a_sample_sends_its_share() {
     let primary = Backend::start("primary");
