@@ -543,3 +543,98 @@ fn config_errors_name_path_and_line() {
         "{out}"
     );
 }
+
+/// What the HTTP/2 shadow got: (method, path and query, :authority, body).
+type H2Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Vec<u8>)>>>;
+
+/// An h2c server (HTTP/2 with prior knowledge) answering 200 to everything.
+async fn h2c_shadow() -> (u16, H2Seen) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen: H2Seen = Default::default();
+    let st = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let st = st.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        let method = req.method().to_string();
+                        let pq = req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default();
+                        let authority = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        let mut body = req.into_body();
+                        let mut got = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            got.extend_from_slice(&chunk);
+                        }
+                        st.lock().unwrap().push((method, pq, authority, got));
+                        let ok = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut out) = respond.send_response(ok, false) {
+                            let _ = out.send_data(bytes::Bytes::from_static(b"shadow"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A shadow upstream with `protocol: h2c` gets its copies over HTTP/2, body included.
+#[tokio::test]
+async fn an_http2_shadow_gets_its_copies_over_http2() {
+    let primary = Backend::start("primary");
+    let (port, seen) = h2c_shadow().await;
+    let gw = Cfg::new()
+        .upstream("primary", &[target(&primary)], "")
+        .upstream("shadow", &[target_port(port)], "protocol: h2c")
+        .route(
+            "m",
+            &["/m"],
+            "primary",
+            &format!("preserve_host: false\n{}", mirror("upstream: shadow")),
+        )
+        .start();
+    for i in 0..3 {
+        let (s, body) = gw
+            .send(
+                gw.client
+                    .post(gw.url(&format!("/m/h2?i={i}")))
+                    .body(format!("payload {i}")),
+            )
+            .await;
+        assert_eq!((s, backend_of(&body).as_str()), (200, "primary"));
+    }
+    let _ = gw.get_with("/m/h2-get", &[]).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || seen.lock().unwrap().len() == 4).await,
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    let got = seen.lock().unwrap().clone();
+    for i in 0..3 {
+        let r = got
+            .iter()
+            .find(|r| r.1 == format!("/m/h2?i={i}"))
+            .unwrap_or_else(|| panic!("{i}: {got:?}"));
+        assert_eq!(r.0, "POST");
+        assert_eq!(r.2, format!("127.0.0.1:{port}"));
+        assert_eq!(r.3, format!("payload {i}").as_bytes());
+    }
+    assert!(got.iter().any(|r| r.0 == "GET" && r.1 == "/m/h2-get"));
+    let m = metrics_until(&gw, Duration::from_secs(5), |m| mirrored(m, "sent") == 4).await;
+    assert_eq!(mirrored(&m, "sent"), 4, "{m}");
+}
