@@ -570,6 +570,9 @@ impl Hooks for RequestMirror {
     /// A copy the body phase never handed over: a body-less request whose upstream protocol
     /// reported no end of body goes now; one whose body never ended is counted.
     fn logging(&self, _session: &Session, ctx: &mut RequestCtx, _done: &Finished) {
+        if ctx.plugins.request_mirror.is_none() {
+            return;
+        }
         let (preserve_host, client_ip) = request_facts(ctx);
         let Some(cap) = ctx.plugins.request_mirror.as_deref_mut() else {
             return;
@@ -616,5 +619,87 @@ impl Hooks for RequestMirror {
             }
             false
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testing::{ctx, runtime, session};
+    use crate::plugins::{BodyOutcome, Plugin};
+
+    fn mirror_of(rt: &crate::ctx::Runtime) -> &RequestMirror {
+        match &*rt.routes[0].plugins.plugins[0] {
+            Plugin::RequestMirror(p) => p,
+            other => panic!("{}", other.name()),
+        }
+    }
+
+    fn chunk(p: &RequestMirror, c: &mut RequestCtx, b: &'static [u8], end: bool) {
+        let mut body = Some(Bytes::from_static(b));
+        assert_eq!(
+            p.request_body(&mut body, end, c).unwrap(),
+            BodyOutcome::Continue
+        );
+        assert_eq!(body.as_deref(), Some(b), "the body goes upstream untouched");
+    }
+
+    #[tokio::test]
+    async fn a_retry_starts_the_copy_over_and_the_end_hands_it_over() {
+        let rt = runtime("      - name: request-mirror\n        config: { upstream: u }");
+        let p = mirror_of(&rt);
+        let mut s = session("POST /a HTTP/1.1\nHost: x\nContent-Length: 6").await;
+        let mut c = ctx(&rt);
+        assert!(matches!(
+            Hooks::request(p, &mut s, &mut c).await,
+            Outcome::Continue
+        ));
+        let mut head = RequestHeader::build("POST", b"/a", None).unwrap();
+        c.attempts = 1;
+        p.upstream_request(&mut head, &c).unwrap();
+        chunk(p, &mut c, b"abc", false);
+        // The second attempt replays the body from its start.
+        c.attempts = 2;
+        p.upstream_request(&mut head, &c).unwrap();
+        chunk(p, &mut c, b"abc", false);
+        {
+            let cap = c.plugins.request_mirror.as_deref().unwrap();
+            assert_eq!((cap.len, cap.chunks.len(), cap.finished), (3, 1, false));
+        }
+        chunk(p, &mut c, b"def", true);
+        let cap = c.plugins.request_mirror.as_deref().unwrap();
+        assert!(cap.finished && cap.head.get().is_none() && cap.chunks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_long_body_is_dropped_whole_and_counted() {
+        let rt =
+            runtime("      - name: request-mirror\n        config: { upstream: u, max_body: 4 }");
+        let p = mirror_of(&rt);
+        let before = p.sender.counters.body_too_large.get();
+        let mut s = session("POST /a HTTP/1.1\nHost: x\nContent-Length: 6").await;
+        let mut c = ctx(&rt);
+        Hooks::request(p, &mut s, &mut c).await;
+        c.attempts = 1;
+        p.upstream_request(&mut RequestHeader::build("POST", b"/a", None).unwrap(), &c)
+            .unwrap();
+        chunk(p, &mut c, b"abc", false);
+        chunk(p, &mut c, b"def", true);
+        let cap = c.plugins.request_mirror.as_deref().unwrap();
+        assert!(cap.finished && cap.chunks.is_empty());
+        assert_eq!(p.sender.counters.body_too_large.get(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn sampled_out_requests_carry_nothing() {
+        let rt =
+            runtime("      - name: request-mirror\n        config: { upstream: u, sample: 0 }");
+        let p = mirror_of(&rt);
+        let mut s = session("GET /a HTTP/1.1\nHost: x").await;
+        let mut c = ctx(&rt);
+        for _ in 0..100 {
+            Hooks::request(p, &mut s, &mut c).await;
+            assert!(c.plugins.request_mirror.is_none());
+        }
     }
 }
