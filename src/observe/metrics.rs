@@ -412,6 +412,24 @@ impl RouteMetrics {
         }
     }
 
+    /// Drops (with their series) the handles of other upstreams for which `keep` is false.
+    fn retain_others(&self, keep: impl Fn(&str) -> bool) {
+        let _g = self.grow.lock();
+        let cur = self.others.load_full();
+        if cur.iter().all(|o| keep(&o.service)) {
+            return;
+        }
+        let mut next = Vec::with_capacity(cur.len());
+        for o in cur.iter() {
+            if keep(&o.service) {
+                next.push(o.clone());
+            } else {
+                o.remove_series();
+            }
+        }
+        self.others.store(Arc::new(next));
+    }
+
     /// Slow path of [`Self::record_served`]: the handles for `service` on this route.
     #[cold]
     fn add_other(&self, service: &str) {
@@ -627,7 +645,11 @@ fn install_shape(runtime: Weak<Runtime>, shape: Shape, version: &str, hash: &str
     for (name, upstream, plugins) in &shape.routes {
         let um = upstreams.get(upstream).cloned();
         let rm = match old.by_name.get(name) {
-            Some(rm) if rm.service == *upstream => rm.clone(),
+            Some(rm) if rm.service == *upstream => {
+                // Served-by series of upstreams the new config no longer has go.
+                rm.retain_others(|svc| upstreams.contains_key(svc));
+                rm.clone()
+            }
             _ => Arc::new(RouteMetrics::new(name, um)),
         };
         rm.child(((method_index(&http::Method::GET) as u32) << 16) | 200);

@@ -160,6 +160,57 @@ async fn weighted_split_holds_and_matching_rules_win() {
     );
 }
 
+/// A reload that drops an upstream drops the route's series counted under it.
+#[tokio::test]
+async fn a_dropped_upstream_leaves_no_served_by_series() {
+    let v1 = Backend::start("v1");
+    let v2 = Backend::start("v2");
+    let cfg = |with_v2: bool| {
+        let c = Cfg::new().upstream("api-v1", &[target(&v1)], "");
+        if with_v2 {
+            c.upstream("api-v2", &[target(&v2)], "").route(
+                "api",
+                &["/api"],
+                "api-v1",
+                &plugin("rules:\n  - upstreams: [{ name: api-v2 }]"),
+            )
+        } else {
+            c.route("api", &["/api"], "api-v1", "")
+        }
+    };
+    let gw = cfg(true).start();
+    for _ in 0..5 {
+        let (s, body) = gw.get_with("/api/x", &[]).await;
+        assert_eq!((s, backend_of(&body).as_str()), (200, "v2"));
+    }
+    let served = |m: &str, svc: &str| {
+        metric(
+            m,
+            "http_requests_total",
+            &[
+                ("route", "api"),
+                ("service", svc),
+                ("method", "GET"),
+                ("status_code", "200"),
+            ],
+        )
+    };
+    assert_eq!(served(&gw.metrics_text().await, "api-v2"), Some(5.0));
+    gw.write_config(cfg(false));
+    let r = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .send()
+        .await
+        .expect("POST /reload");
+    assert_eq!(r.status().as_u16(), 200);
+    let (s, body) = gw.get_with("/api/x", &[]).await;
+    assert_eq!((s, backend_of(&body).as_str()), (200, "v1"));
+    let m = gw.metrics_text().await;
+    assert_eq!(served(&m, "api-v2"), None, "{m}");
+    assert_eq!(served(&m, "api-v1"), Some(1.0));
+}
+
 /// With proxy-cache on the route, each side's answer is cached apart: a v2 client never
 /// gets v1's cached object, nor the other way round.
 #[tokio::test]
