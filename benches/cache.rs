@@ -39,6 +39,7 @@ fn key_build(c: &mut Criterion) {
         query,
         consumer: None,
         roles: None,
+        upstream: None,
     };
     let none = parts(None);
     let sorted = parts(Some("category=keyboards&page=2&sort=price"));
@@ -63,6 +64,7 @@ fn key(n: u64) -> CacheKey {
         query: None,
         consumer: None,
         roles: None,
+        upstream: None,
     };
     k.set_primary_bin_override(primary_hash(&parts, &HeaderMap::new(), &[]));
     k

@@ -325,7 +325,7 @@ pub async fn serve_backend(
 /// The demo's endpoints as `(method, path, what it shows)`: the index answered at `/`.
 pub const INDEX: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/users", "response-transformer envelope, request-transformer on POST, CORS, retries and backup targets"),
-    ("GET", "/api/v1/orders/1001", "rate-limiting: 10 a minute per client IP, then 429"),
+    ("GET", "/api/v1/orders/1001", "rate-limiting: 10 a minute per client IP, then 429; request-mirror: a copy to orders-3"),
     ("GET", "/api/v1/products", "proxy-cache (X-Cache-Status) and response-compression"),
     ("GET", "/products/KB-001", "strip_path, weighted balancing, ip-restriction, opentelemetry"),
     ("GET", "/api/v1/account", "key-auth: send X-API-Key: demo-api-key"),
@@ -447,6 +447,8 @@ Try:
   for i in $(seq 12); do curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/api/v1/orders/1001; done; echo
                                                      # rate-limiting, 10 a minute per IP: ... 200 429 429
   curl -si http://{listen}/api/v1/orders/1001 | grep -i ratelimit   # X-RateLimit-*, RateLimit-Policy: 10;w=60
+  curl -s http://{admin}/metrics | grep '^mirror_requests_total'   # request-mirror: every admitted order
+                                                     # request was copied to orders-3 ("sent"), its answer discarded
   curl -si http://{listen}/api/v1/products | grep -i -e x-cache -e '^age'   # proxy-cache: MISS, then HIT with Age
   curl -s -X POST http://{admin}/cache/purge -d '{{"route":"products"}}'      # {{"purged":1,...}}: next GET is a MISS
   curl -s -D- -o /dev/null http://{listen}/api/v1/products -H 'Accept-Encoding: gzip, br' | grep -i -e content-enc -e vary

@@ -97,9 +97,10 @@ pub fn on_logging(session: &Session, ctx: &RequestCtx, done: &Finished) {
     let elapsed = done.elapsed;
     let method = metrics::method_index(&session.req_header().method);
     let rm = route_metrics(&ctx.rt, ctx.route);
-    rm.record(method, status, elapsed.as_secs_f64());
+    // The upstream that served (traffic-split's choice) names the `service` label.
+    let chosen = ctx.upstream_override.as_ref().map(|u| u.name.as_str());
+    rm.record_served(chosen, method, status, elapsed.as_secs_f64());
     if ctx.attempts > 1 {
-        let chosen = ctx.upstream_override.as_ref().map(|u| u.name.as_str());
         rm.with_upstream(chosen, |u| u.retried(u64::from(ctx.attempts - 1)));
     }
     if ctx.rt.server.access_log != AccessLog::Off {

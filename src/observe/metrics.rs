@@ -303,6 +303,10 @@ pub struct RouteMetrics {
     cache: ArcSwap<Vec<(u32, RequestHandles)>>,
     grow: Mutex<()>,
     upstream: Option<Arc<UpstreamMetrics>>,
+    /// The same route's handles for the other upstreams that served it (a plugin's
+    /// `RequestCtx::upstream_override`), made at the first such request. Copy-on-write like
+    /// `cache`; as few as the upstreams a route's rules name.
+    others: ArcSwap<Vec<Arc<RouteMetrics>>>,
 }
 
 /// Label handles of one upstream.
@@ -382,7 +386,69 @@ impl RouteMetrics {
             cache: ArcSwap::from_pointee(Vec::new()),
             grow: Mutex::new(()),
             upstream,
+            others: ArcSwap::from_pointee(Vec::new()),
         }
+    }
+
+    /// One finished request, counted under the upstream that served it: `served` when a
+    /// plugin picked an upstream other than the route's, else the route's own series.
+    #[inline]
+    pub fn record_served(&self, served: Option<&str>, method: usize, status: u16, secs: f64) {
+        match served {
+            Some(name) if name != self.service => {
+                {
+                    let others = self.others.load();
+                    if let Some(rm) = others.iter().find(|o| o.service == name) {
+                        rm.record(method, status, secs);
+                        return;
+                    }
+                }
+                self.add_other(name);
+                let others = self.others.load();
+                if let Some(rm) = others.iter().find(|o| o.service == name) {
+                    rm.record(method, status, secs);
+                }
+            }
+            _ => self.record(method, status, secs),
+        }
+    }
+
+    /// Drops (with their series) the handles of other upstreams for which `keep` is false.
+    fn retain_others(&self, keep: impl Fn(&str) -> bool) {
+        let _g = self.grow.lock();
+        let cur = self.others.load_full();
+        if cur.iter().all(|o| keep(&o.service)) {
+            return;
+        }
+        let mut next = Vec::with_capacity(cur.len());
+        for o in cur.iter() {
+            if keep(&o.service) {
+                next.push(o.clone());
+            } else {
+                o.remove_series();
+            }
+        }
+        self.others.store(Arc::new(next));
+    }
+
+    /// Slow path of [`Self::record_served`]: the handles for `service` on this route.
+    #[cold]
+    fn add_other(&self, service: &str) {
+        let _g = self.grow.lock();
+        let cur = self.others.load_full();
+        if cur.iter().any(|o| o.service == service) {
+            return;
+        }
+        let mut next: Vec<Arc<RouteMetrics>> = cur.iter().cloned().collect();
+        next.push(Arc::new(RouteMetrics {
+            route: self.route.clone(),
+            service: service.to_string(),
+            cache: ArcSwap::from_pointee(Vec::new()),
+            grow: Mutex::new(()),
+            upstream: None,
+            others: ArcSwap::from_pointee(Vec::new()),
+        }));
+        self.others.store(Arc::new(next));
     }
 
     pub fn upstream(&self) -> Option<&UpstreamMetrics> {
@@ -488,6 +554,9 @@ impl RouteMetrics {
             let _ = m.requests.remove_label_values(&labels);
             let _ = m.request_duration.remove_label_values(&labels);
         }
+        for o in self.others.load().iter() {
+            o.remove_series();
+        }
     }
 }
 
@@ -551,7 +620,11 @@ pub fn install(runtime: Weak<dyn Any + Send + Sync>, shape: Shape, version: &str
     for (name, upstream, plugins) in &shape.routes {
         let um = upstreams.get(upstream).cloned();
         let rm = match old.by_name.get(name) {
-            Some(rm) if rm.service == *upstream => rm.clone(),
+            Some(rm) if rm.service == *upstream => {
+                // Served-by series of upstreams the new config no longer has go.
+                rm.retain_others(|svc| upstreams.contains_key(svc));
+                rm.clone()
+            }
             _ => Arc::new(RouteMetrics::new(name, um)),
         };
         rm.child(((method_index(&http::Method::GET) as u32) << 16) | 200);

@@ -58,7 +58,8 @@ pub enum Outcome {
 pub enum BodyOutcome {
     /// Left for the next plugin and the gateway's body cap.
     Continue,
-    /// The plugin supplied the bytes itself (already counted): nothing else runs.
+    /// The plugin supplied the bytes itself (already counted): the gateway's body cap skips
+    /// them; later plugins only look at them.
     Supplied,
 }
 

@@ -84,21 +84,23 @@ impl Chain {
         None
     }
 
-    /// `request_body_filter`: `Supplied` when a plugin put the bytes in place itself.
+    /// `request_body_filter`: `Supplied` when a plugin put the bytes in place itself. The
+    /// plugins after it still see the bytes that go upstream (request-mirror copies them).
     pub fn request_body(
         &self,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<BodyOutcome> {
+        let mut outcome = BodyOutcome::Continue;
         if self.has(phase::REQUEST_BODY) {
             for p in self.with(phase::REQUEST_BODY) {
                 if p.request_body(body, end_of_stream, ctx)? == BodyOutcome::Supplied {
-                    return Ok(BodyOutcome::Supplied);
+                    outcome = BodyOutcome::Supplied;
                 }
             }
         }
-        Ok(BodyOutcome::Continue)
+        Ok(outcome)
     }
 
     /// `upstream_request_filter`.

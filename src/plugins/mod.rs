@@ -33,6 +33,7 @@ pub mod opentelemetry;
 pub(crate) mod outbound;
 pub mod proxy_cache;
 pub mod rate_limit;
+pub mod request_mirror;
 pub mod request_size_limiting;
 pub mod request_transformer;
 pub mod response_compression;
@@ -399,6 +400,7 @@ plugin_table! {
     "response-compression"  => ResponseCompression(response_compression::ResponseCompression),
     "security-headers"      => SecurityHeaders(security_headers::SecurityHeaders),
     "error-responses"       => ErrorResponses(error_responses::ErrorResponses),
+    "request-mirror"        => RequestMirror(request_mirror::RequestMirror), // last: copies the request as it went upstream, once every plugin admitted it
 }
 
 /// Sends the authenticated consumer upstream as `X-Consumer-Username` (key-auth and jwt both

@@ -1,7 +1,7 @@
 //! `gatehouse demo`: the first URL it prints (the gateway's root) answers with an index of
 //! the demo's endpoints, every one of which is routed by the demo config; its HTTPS upstream
-//! is verified against the CA the demo made at start, and its gRPC service answers over
-//! h2c.
+//! is verified against the CA the demo made at start, its gRPC service answers over h2c,
+//! and the orders route mirrors its requests to the shadow instance.
 use crate::common;
 
 use common::*;
@@ -140,4 +140,32 @@ async fn the_demo_root_lists_its_endpoints() {
     assert_eq!(got, gatehouse::demo::hello_reply("Hello, Ada!").to_vec());
     let trailers = body.trailers().await.unwrap().expect("trailers");
     assert_eq!(trailers["grpc-status"], "0");
+
+    // request-mirror: the orders request above was copied to the shadow (orders-3).
+    let mut sent = 0.0;
+    for _ in 0..100 {
+        let m = client()
+            .get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sent = metric(
+            &m,
+            "mirror_requests_total",
+            &[
+                ("route", "orders"),
+                ("upstream", "orders-shadow"),
+                ("result", "sent"),
+            ],
+        )
+        .unwrap_or(0.0);
+        if sent >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent >= 1.0, "the orders request was mirrored");
 }

@@ -623,6 +623,7 @@ fn cache_key_never_panics_and_ignores_query_order() {
                             query,
                             consumer: consumer.as_deref(),
                             roles: roles.as_deref(),
+                            upstream: None,
                         },
                         &headers,
                         &VARY,

@@ -55,6 +55,7 @@ mod rate_limit;
 mod rate_limit_redis;
 mod reload;
 mod request_body;
+mod request_mirror;
 mod resilience;
 mod retries;
 mod routing;

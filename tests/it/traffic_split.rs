@@ -1,7 +1,8 @@
 //! `traffic-split` against the real binary with real backends counting hits: the weighted
 //! split holds within ±2 % over 2,000 requests, matching rules (header, cookie, query) win,
 //! no rule means the route's upstream, retries stay within the chosen upstream, the
-//! `upstream_*` metrics and the access log name the upstream that served, sticky clients
+//! `upstream_*` metrics, `http_requests_total`'s `service` label and the access log name the
+//! upstream that served, proxy-cache keeps each side's answers apart, sticky clients
 //! never flip, and unknown upstream names are load errors with path and line.
 use crate::common;
 
@@ -118,6 +119,24 @@ async fn weighted_split_holds_and_matching_rules_win() {
     };
     assert_eq!(count("api-v2") as usize, to_v2 + 60);
     assert_eq!(count("api-v1") as usize, to_v1 + 40);
+    // So does `http_requests_total`'s `service` label, per route.
+    let requests = |route: &str, svc: &str| {
+        metric(
+            &m,
+            "http_requests_total",
+            &[
+                ("route", route),
+                ("service", svc),
+                ("method", "GET"),
+                ("status_code", "200"),
+            ],
+        )
+        .unwrap_or(0.0) as usize
+    };
+    assert_eq!(requests("api", "api-v2"), to_v2 + 60, "{m}");
+    assert_eq!(requests("api", "api-v1"), to_v1);
+    assert_eq!(requests("other", "api-v1"), 40);
+    assert_eq!(requests("other", "api-v2"), 0);
 
     // So does the access log.
     let log = gw.dir().join("access.log");
@@ -139,6 +158,102 @@ async fn weighted_split_holds_and_matching_rules_win() {
         line.contains(&format!("\"target\":\"{}\"", v2.addr())),
         "{line}"
     );
+}
+
+/// A reload that drops an upstream drops the route's series counted under it.
+#[tokio::test]
+async fn a_dropped_upstream_leaves_no_served_by_series() {
+    let v1 = Backend::start("v1");
+    let v2 = Backend::start("v2");
+    let cfg = |with_v2: bool| {
+        let c = Cfg::new().upstream("api-v1", &[target(&v1)], "");
+        if with_v2 {
+            c.upstream("api-v2", &[target(&v2)], "").route(
+                "api",
+                &["/api"],
+                "api-v1",
+                &plugin("rules:\n  - upstreams: [{ name: api-v2 }]"),
+            )
+        } else {
+            c.route("api", &["/api"], "api-v1", "")
+        }
+    };
+    let gw = cfg(true).start();
+    for _ in 0..5 {
+        let (s, body) = gw.get_with("/api/x", &[]).await;
+        assert_eq!((s, backend_of(&body).as_str()), (200, "v2"));
+    }
+    let served = |m: &str, svc: &str| {
+        metric(
+            m,
+            "http_requests_total",
+            &[
+                ("route", "api"),
+                ("service", svc),
+                ("method", "GET"),
+                ("status_code", "200"),
+            ],
+        )
+    };
+    assert_eq!(served(&gw.metrics_text().await, "api-v2"), Some(5.0));
+    gw.write_config(cfg(false));
+    let r = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .send()
+        .await
+        .expect("POST /reload");
+    assert_eq!(r.status().as_u16(), 200);
+    let (s, body) = gw.get_with("/api/x", &[]).await;
+    assert_eq!((s, backend_of(&body).as_str()), (200, "v1"));
+    let m = gw.metrics_text().await;
+    assert_eq!(served(&m, "api-v2"), None, "{m}");
+    assert_eq!(served(&m, "api-v1"), Some(1.0));
+}
+
+/// With proxy-cache on the route, each side's answer is cached apart: a v2 client never
+/// gets v1's cached object, nor the other way round.
+#[tokio::test]
+async fn cached_answers_stay_on_their_side() {
+    let v1 = Backend::start("v1");
+    let v2 = Backend::start("v2");
+    let gw = Cfg::new()
+        .upstream("api-v1", &[target(&v1)], "")
+        .upstream("api-v2", &[target(&v2)], "")
+        .route(
+            "api",
+            &["/api"],
+            "api-v1",
+            "plugins:\n  - name: proxy-cache\n    config: { ttl: 1m }\n  - name: traffic-split\n    config:\n      rules:\n        - match: { headers: { X-Canary: \"1\" } }\n          upstreams: [{ name: api-v2 }]\n        - match: { headers: { X-Canary: \"0\" } }\n          upstreams: [{ name: api-v1 }]",
+        )
+        .start();
+    let get = |canary: Option<&'static str>| {
+        let mut req = gw.client.get(gw.url("/api/item"));
+        if let Some(c) = canary {
+            req = req.header("X-Canary", c);
+        }
+        async move {
+            let r = req.send().await.expect("request");
+            let cache = r
+                .headers()
+                .get("x-cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            assert_eq!(r.status().as_u16(), 200);
+            (backend_of(&r.text().await.unwrap()), cache)
+        }
+    };
+    // v1 (the route's upstream) fills the cache first.
+    assert_eq!(get(None).await, ("v1".to_string(), "MISS".to_string()));
+    assert_eq!(get(None).await, ("v1".to_string(), "HIT".to_string()));
+    // A v2 client gets v2's own answer, then v2's cached one.
+    assert_eq!(get(Some("1")).await, ("v2".to_string(), "MISS".to_string()));
+    assert_eq!(get(Some("1")).await, ("v2".to_string(), "HIT".to_string()));
+    // The route's own upstream chosen by a rule shares the route's objects.
+    assert_eq!(get(Some("0")).await, ("v1".to_string(), "HIT".to_string()));
+    assert_eq!(get(None).await, ("v1".to_string(), "HIT".to_string()));
+    assert_eq!((v1.hits(), v2.hits()), (1, 1));
 }
 
 #[tokio::test]

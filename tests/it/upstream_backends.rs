@@ -1639,3 +1639,47 @@ async fn a_grpc_clients_deadline_ends_the_call_with_deadline_exceeded() {
         Some(1.0)
     );
 }
+
+/// request-mirror on a WebSocket route: the tunnel works as without it, and the upgrade is
+/// not copied to the shadow (counted as `upgrade`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_route_keeps_websocket_tunnels_and_does_not_copy_them() {
+    let (port, seen) = ws_backend();
+    let shadow = Backend::start("shadow");
+    let gw = Cfg::new()
+        .upstream("ws", &[format!("{{ addr: \"127.0.0.1:{port}\" }}")], "")
+        .upstream("shadow", &[target(&shadow)], "")
+        .route(
+            "ws",
+            &["/ws"],
+            "ws",
+            "plugins:\n  - name: request-mirror\n    config: { upstream: shadow }",
+        )
+        .start();
+    let mut ws = ws_connect(gw.port, "/ws/m").await;
+    for i in 0..3 {
+        ws_echo(&mut ws, &format!("m{i}")).await.unwrap();
+    }
+    drop(ws);
+    assert_eq!(seen.echoed.load(Ordering::SeqCst), 3);
+    let mut upgrades = 0.0;
+    for _ in 0..100 {
+        let m = gw.metrics_text().await;
+        upgrades = metric(
+            &m,
+            "mirror_dropped_total",
+            &[
+                ("route", "ws"),
+                ("upstream", "shadow"),
+                ("reason", "upgrade"),
+            ],
+        )
+        .unwrap_or(0.0);
+        if upgrades >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upgrades, 1.0);
+    assert_eq!(shadow.hits(), 0);
+}

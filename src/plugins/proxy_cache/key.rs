@@ -15,7 +15,11 @@
 //!    upstream receives them (`X-Consumer-Username`, `X-Authenticated-Roles`) and may answer
 //!    each consumer differently, so one consumer's object never reaches another,
 //! 8. the values forward-auth's `upstream_headers` took (`X-User-Id`, ...), for the same
-//!    reason (an absent header differs from an empty one).
+//!    reason (an absent header differs from an empty one),
+//! 9. the upstream a plugin chose for this request in place of the route's (traffic-split's
+//!    `RequestCtx::upstream_override`), so one version's answer never reaches a client
+//!    another version serves. Requests the route's own upstream serves keep the key they
+//!    have without the plugin.
 //!
 //! The upstream's own `Vary` is handled by Pingora's variance slots on top of this key
 //! (`cache_vary_filter`), not here. A crypto hash keeps crafted requests from colliding with
@@ -39,6 +43,8 @@ pub struct KeyParts<'a> {
     pub consumer: Option<&'a str>,
     /// `X-Authenticated-Roles` sent upstream (jwt).
     pub roles: Option<&'a [u8]>,
+    /// The upstream that serves the request when it is not the route's own.
+    pub upstream: Option<&'a str>,
 }
 
 /// Host of a request: the authority of an absolute-form target, else the `Host` header.
@@ -90,6 +96,12 @@ pub fn primary_hash_with(
             Some(p) => frame(&mut buf, p),
             None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
         }
+    }
+    if let Some(u) = parts.upstream {
+        // A marker no length prefix or the identity marker can equal; nothing without an
+        // override, so those keys stay as they were.
+        buf.extend_from_slice(&(u32::MAX - 2).to_le_bytes());
+        frame(&mut buf, u.as_bytes());
     }
     if !identity.is_empty() {
         // A marker no length prefix can equal (lengths stay far below u32::MAX - 1).
@@ -171,6 +183,7 @@ mod tests {
                 query,
                 consumer: None,
                 roles: None,
+                upstream: None,
             },
             &HeaderMap::new(),
             &[],
@@ -220,6 +233,7 @@ mod tests {
                     query: None,
                     consumer,
                     roles,
+                    upstream: None,
                 },
                 &HeaderMap::new(),
                 &[],
@@ -236,6 +250,29 @@ mod tests {
     }
 
     #[test]
+    fn a_chosen_upstream_splits_objects() {
+        let k = |upstream| {
+            primary_hash(
+                &KeyParts {
+                    route: "r",
+                    host: "h",
+                    path: "/p",
+                    query: None,
+                    consumer: None,
+                    roles: None,
+                    upstream,
+                },
+                &HeaderMap::new(),
+                &[],
+            )
+        };
+        assert_ne!(k(Some("api-v2")), k(None));
+        assert_ne!(k(Some("api-v2")), k(Some("api-v3")));
+        assert_eq!(k(Some("api-v2")), k(Some("api-v2")));
+        assert_ne!(k(Some("")), k(None));
+    }
+
+    #[test]
     fn identity_headers_split_objects() {
         let parts = KeyParts {
             route: "r",
@@ -244,6 +281,7 @@ mod tests {
             query: None,
             consumer: None,
             roles: None,
+            upstream: None,
         };
         let id = [HeaderName::from_static("x-user-id")];
         let mut alice = HeaderMap::new();
@@ -267,6 +305,7 @@ mod tests {
             query: None,
             consumer: None,
             roles: None,
+            upstream: None,
         };
         let vary = [HeaderName::from_static("x-tenant")];
         let mut a = HeaderMap::new();

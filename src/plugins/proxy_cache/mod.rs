@@ -407,6 +407,12 @@ impl Hooks for ProxyCache {
                 .as_ref()
                 .and_then(|t| t.roles.as_ref())
                 .map(|r| r.as_bytes()),
+            // traffic-split's choice, when it is not the route's own upstream.
+            upstream: ctx
+                .upstream_override
+                .as_ref()
+                .map(|u| u.name.as_str())
+                .filter(|u| *u != route.upstream.name),
         };
         let identity = route.plugins.identity_headers();
         let hash = key::primary_hash_with(&parts, &req.headers, &self.vary, identity);
