@@ -292,10 +292,12 @@ fn get(gw: &Gateway, path: &str, ae: Option<&str>) -> Got {
 
 /// A gateway with route `r` on `/` to `up`, with `plugins` (YAML list items, route level).
 fn gateway(up: &Upstream, plugins: &str) -> Gateway {
-    Cfg::new()
-        .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route("r", &["/"], "u", &format!("plugins:\n{plugins}"))
-        .start()
+    one_upstream(
+        &[target_addr(&up.addr())],
+        "retries: 0",
+        "/",
+        &format!("plugins:\n{plugins}"),
+    )
 }
 
 const COMPRESSION: &str = "  - name: response-compression\n";

@@ -208,16 +208,14 @@ add:
 "#;
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
-        .route(
+        .route_u(
             "r",
-            &["/r"],
-            "u",
             &format!(
                 "plugins:\n  - name: request-transformer\n    config:\n{}",
                 indent6(cfg)
             ),
         )
-        .route("plain", &["/plain"], "u", "")
+        .route_u("plain", "")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
 
@@ -324,10 +322,8 @@ add: { headers: ["X-Added-Resp:1", "X-Backend:not-used", "X-Trace:$(request_id)"
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
         .upstream("dead", &[target_addr(&dead_addr())], "retries: 0")
-        .route(
+        .route_u(
             "r",
-            &["/r"],
-            "u",
             &format!(
                 "plugins:\n  - name: response-transformer\n    config:\n{}",
                 indent6(cfg)
@@ -707,12 +703,7 @@ async fn rewritten_json_on_miss_hit_and_after_revalidation() {
             "u",
             "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      rename: { json: [\"user_name:name\"] }\n",
         )
-        .route(
-            "env",
-            &["/env"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      envelope: { enabled: true }\n",
-        )
+        .route_u("env", "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      envelope: { enabled: true }\n")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
 
@@ -783,15 +774,7 @@ async fn rewritten_json_served_stale_on_an_upstream_5xx() {
             doc,
         ),
     );
-    let gw = Cfg::new()
-        .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n    config: { stale_if_error: 1m }\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n",
-        )
-        .start();
+    let gw = one_upstream(&[target_addr(&up.addr())], "retries: 0", "/", "plugins:\n  - name: proxy-cache\n    config: { stale_if_error: 1m }\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n");
     let (r, _) = closed_get(&gw, "/doc");
     assert_eq!(r.header("x-cache-status"), Some("MISS"));
     assert_eq!(r.body, br#"{"id":7}"#);
@@ -862,15 +845,9 @@ async fn error_responses_replacement_on_miss_hit_and_after_revalidation() {
 
 #[test]
 fn invalid_entries_are_config_errors_with_path_and_line() {
-    let yaml = r#"upstreams:
-  - name: u
-    targets: [{ addr: "127.0.0.1:1" }]
-routes:
-  - name: r
-    paths: ["/"]
-    upstream: u
-    plugins:
-      - name: request-transformer
+    let yaml = [
+        ROUTE_R_PLUGINS,
+        r#"      - name: request-transformer
         config:
           add:
             headers: ["X-Ok:1", "no-colon", "X-Var:$(nope)"]
@@ -882,18 +859,19 @@ routes:
         config:
           rename:
             json: ["a:b", "c:b"]
-"#;
-    let (code, err) = Gateway::validate(yaml);
-    assert_eq!(code, 1, "{err}");
-    for want in [
-        "routes[0].plugins[0].config.add.headers[1]: expected \"Name:value\", got \"no-colon\" (line 12)",
-        "routes[0].plugins[0].config.add.headers[2]: unknown variable \"$(nope)\"",
-        "routes[0].plugins[0].config.remove.headers[0]: header \"Content-Length\" cannot be transformed",
-        "routes[0].plugins[0].config.rename.querystring[0]: expected \"from:to\", got \"onlyone\" (line 16)",
-        "routes[0].plugins[1].config.rename.json[1]: two renames into \"b\"",
-    ] {
-        assert!(err.contains(want), "missing {want:?} in:\n{err}");
-    }
+"#,
+    ]
+    .concat();
+    let err = assert_refused(
+        &yaml,
+        &[
+            "routes[0].plugins[0].config.add.headers[1]: expected \"Name:value\", got \"no-colon\" (line 12)",
+            "routes[0].plugins[0].config.add.headers[2]: unknown variable \"$(nope)\"",
+            "routes[0].plugins[0].config.remove.headers[0]: header \"Content-Length\" cannot be transformed",
+            "routes[0].plugins[0].config.rename.querystring[0]: expected \"from:to\", got \"onlyone\" (line 16)",
+            "routes[0].plugins[1].config.rename.json[1]: two renames into \"b\"",
+        ],
+    );
     assert!(err.contains("(line 14)"), "{err}");
     assert!(err.contains("(line 20)"), "{err}");
 }
