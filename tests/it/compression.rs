@@ -275,14 +275,7 @@ fn request(gw: &Gateway, method: &str, path: &str, ae: Option<&str>, extra: &str
     let ae = ae.map_or(String::new(), |v| format!("Accept-Encoding: {v}\r\n"));
     let req =
         format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{ae}{extra}Connection: close\r\n\r\n");
-    let (raw, _) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(10));
-    let resp = parse_response(&raw).unwrap_or_else(|| {
-        panic!(
-            "no response for {method} {path}: {:?}\n{}",
-            String::from_utf8_lossy(&raw),
-            gw.diagnostics()
-        )
-    });
+    let (resp, raw, _) = gw.raw_exchange(req.as_bytes(), Duration::from_secs(10));
     Got { resp, raw }
 }
 

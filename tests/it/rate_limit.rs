@@ -153,7 +153,8 @@ async fn spoofed_forwarded_for_from_untrusted_peer_is_one_key() {
         .upstream("u", &[target(&a)], "")
         .route_u("r", &route)
         .start();
-    let ok = allowed(&trusted, (0..8).map(|i| ("/r", format!("203.0.113.{i}")))).await;
+    let clients = (0..8).map(|i| ("/r", format!("203.0.113.{i}")));
+    let ok = allowed(&trusted, clients).await;
     assert_eq!(ok, 8, "one request per distinct forwarded client");
 }
 
@@ -240,8 +241,8 @@ async fn global_limit_is_one_budget_for_every_client_and_route() {
         let path = if i % 2 == 0 { "/r1" } else { "/r2" };
         (path, format!("198.51.100.{i}"))
     });
-    let ok = allowed(&gw, requests).await;
-    assert_eq!(ok, 5, "5 per minute for everyone together");
+    let together = "5 per minute for everyone together";
+    assert_eq!(allowed(&gw, requests).await, 5, "{together}");
 }
 
 #[tokio::test]
@@ -279,14 +280,7 @@ async fn counters_survive_a_reload_that_keeps_the_limit() {
         .replace("paths: [\"/other\"]", "paths: [\"/other\", \"/other2\"]");
     assert_ne!(before, after);
     std::fs::write(gw.dir().join("gatehouse.yaml"), &after).unwrap();
-    let r = gw
-        .client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("POST /reload");
-    let status = r.status().as_u16();
-    let body = r.text().await.unwrap_or_default();
+    let (status, body) = gw.admin_reload().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         call(&gw, "/added", &[]).await.status,
@@ -306,13 +300,8 @@ async fn counters_survive_a_reload_that_keeps_the_limit() {
     // Changing the limit itself starts afresh.
     let changed = after.replace("{ minute: 4, limit_by: ip }", "{ minute: 2, limit_by: ip }");
     std::fs::write(gw.dir().join("gatehouse.yaml"), &changed).unwrap();
-    let r = gw
-        .client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("POST /reload");
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, body) = gw.admin_reload().await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(call(&gw, "/r", &[]).await.status, 200);
     assert_eq!(call(&gw, "/r", &[]).await.status, 200);
     assert_eq!(call(&gw, "/r", &[]).await.status, 429);

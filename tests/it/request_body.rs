@@ -296,15 +296,8 @@ async fn large_body_past_the_replay_buffer_keeps_an_exact_length() {
     let sent = json!({"password": "p", "items": items});
     let text = sent.to_string();
     assert!(text.len() > 100 * 1024 && text.len() < 256 * 1024);
-    let resp = gw
-        .client
-        .post(gw.url("/api/bulk"))
-        .header("content-type", "application/json")
-        .body(text)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, body) = gw.post_typed("/api/bulk", "application/json", text).await;
+    assert_eq!(status, 200, "{body}");
     let (v, r) = received(&b);
     assert_exact_length(&r);
     assert_eq!(v["items"], sent["items"]);

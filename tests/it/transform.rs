@@ -636,14 +636,7 @@ fn not_modified(etag: &str) -> Script {
 /// (response, raw bytes).
 fn closed_get(gw: &Gateway, path: &str) -> (RawResponse, Vec<u8>) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let (raw, closed) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(5));
-    let r = parse_response(&raw).unwrap_or_else(|| {
-        panic!(
-            "no response for {path}: {:?}\n{}",
-            String::from_utf8_lossy(&raw),
-            gw.diagnostics()
-        )
-    });
+    let (r, raw, closed) = gw.raw_exchange(req.as_bytes(), Duration::from_secs(5));
     assert!(closed, "{path}: connection not closed after the answer");
     (r, raw)
 }

@@ -1430,6 +1430,22 @@ impl Gateway {
     }
 
     /// Admin `POST /reload`: (status, JSON body).
+    /// `req` over a fresh raw TCP connection (at most `limit`): the response, its raw bytes
+    /// and whether the gateway closed the connection. Panics, with the gateway's
+    /// diagnostics, when no complete response came.
+    pub fn raw_exchange(&self, req: &[u8], limit: Duration) -> (RawResponse, Vec<u8>, bool) {
+        let (raw, closed) = raw_request(self.port, req, limit);
+        let resp = parse_response(&raw).unwrap_or_else(|| {
+            panic!(
+                "no response to {:?}: {:?}\n{}",
+                String::from_utf8_lossy(req.split(|b| *b == b'\r').next().unwrap_or(req)),
+                String::from_utf8_lossy(&raw),
+                self.diagnostics()
+            )
+        });
+        (resp, raw, closed)
+    }
+
     pub async fn admin_reload(&self) -> (u16, Value) {
         let r = self
             .client
