@@ -711,12 +711,7 @@ async fn gateway_made_answers_are_never_compressed() {
     up.fixed("/j", fixed(200, &[JSON], &json_body(4096)));
     let gw = Cfg::new()
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: key-auth\n  - name: response-compression\n    config: { min_size: 0 }",
-        )
+        .route_root("plugins:\n  - name: key-auth\n  - name: response-compression\n    config: { min_size: 0 }")
         .top("consumers:\n  - username: app\n    keyauth_credentials: [{ key: k1 }]\n")
         .start();
     let g = get(&gw, "/j", Some("gzip"));
@@ -1010,12 +1005,7 @@ async fn http2_clients_get_compressed_bodies_too() {
     let (cfg, ca) = Cfg::new().tls_listener(tls_port, "");
     let gw = cfg
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n  - name: response-compression",
-        )
+        .route_root("plugins:\n  - name: proxy-cache\n  - name: response-compression")
         .start();
     let client = https_client(&ca);
     for (path, ae, cache) in [

@@ -11,12 +11,7 @@ async fn ip_restriction_allow_and_deny() {
     let gw = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: ip-restriction\n    config: { allow: [\"10.0.0.0/8\"], deny: [\"10.9.0.0/16\"] }",
-        )
+        .route_root("plugins:\n  - name: ip-restriction\n    config: { allow: [\"10.0.0.0/8\"], deny: [\"10.9.0.0/16\"] }")
         .start();
     let ask = |ip: &'static str| {
         let req = gw.client.get(gw.url("/x")).header("x-forwarded-for", ip);

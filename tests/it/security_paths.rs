@@ -479,7 +479,7 @@ async fn admin_api_without_token_refuses_browsers_and_foreign_host_names() {
 #[tokio::test]
 async fn admin_api_with_token_accepts_origin_and_configured_names() {
     let (_a, cfg) = upstream_u();
-    let cfg = cfg.route("r", &["/"], "u", "");
+    let cfg = cfg.route_root("");
     let admin = format!("admin:\n  listen: \"127.0.0.1:{}\"\n", cfg.admin_port);
     let yaml = cfg.yaml().replace(
         &admin,

@@ -311,7 +311,7 @@ async fn body_after_100_continue_is_not_a_new_head() {
         .server("header_timeout: 1s")
         .server("body_timeout: 10s")
         .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
+        .route_root("")
         .start();
     let port = gw.port;
     let text = tokio::task::spawn_blocking(move || {

@@ -178,14 +178,19 @@ fn raw_get(gw: &Gateway, path: &str, extra: &str) -> RawResponse {
 fn gateway_for(up: &RawUpstream, plugin_config: &str) -> Gateway {
     Cfg::new()
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            &format!("plugins:\n  - name: response-transformer\n    config:\n{plugin_config}"),
-        )
+        .route_root(&format!(
+            "plugins:\n  - name: response-transformer\n    config:\n{plugin_config}"
+        ))
         .top("plugins:\n  - name: correlation-id\n")
         .start()
+}
+
+/// A plugin list with just the `kind` transformer (request- or response-) and its `config`.
+fn transformer(kind: &str, config: &str) -> String {
+    format!(
+        "plugins:\n  - name: {kind}\n    config:\n{}",
+        indent6(config)
+    )
 }
 
 fn indent6(s: &str) -> String {
@@ -208,13 +213,7 @@ add:
 "#;
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
-        .route_u(
-            "r",
-            &format!(
-                "plugins:\n  - name: request-transformer\n    config:\n{}",
-                indent6(cfg)
-            ),
-        )
+        .route_u("r", &transformer("request-transformer", cfg))
         .route_u("plain", "")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
@@ -322,21 +321,12 @@ add: { headers: ["X-Added-Resp:1", "X-Backend:not-used", "X-Trace:$(request_id)"
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
         .upstream("dead", &[target_addr(&dead_addr())], "retries: 0")
-        .route_u(
-            "r",
-            &format!(
-                "plugins:\n  - name: response-transformer\n    config:\n{}",
-                indent6(cfg)
-            ),
-        )
+        .route_u("r", &transformer("response-transformer", cfg))
         .route(
             "d",
             &["/d"],
             "dead",
-            &format!(
-                "plugins:\n  - name: response-transformer\n    config:\n{}",
-                indent6(cfg)
-            ),
+            &transformer("response-transformer", cfg),
         )
         .top("plugins:\n  - name: correlation-id\n")
         .start();
@@ -801,12 +791,7 @@ async fn error_responses_replacement_on_miss_hit_and_after_revalidation() {
     up.on_match("/gone", etag, not_modified(etag));
     let gw = Cfg::new()
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n  - name: error-responses\n    config:\n      upstream: true\n      responses:\n        404: { body: '{\"error\":\"gone\",\"request_id\":\"$(request_id)\"}' }\n",
-        )
+        .route_root("plugins:\n  - name: proxy-cache\n  - name: error-responses\n    config:\n      upstream: true\n      responses:\n        404: { body: '{\"error\":\"gone\",\"request_id\":\"$(request_id)\"}' }\n")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
 

@@ -1155,6 +1155,11 @@ impl Cfg {
         self.route(name, &[&format!("/{name}")], "u", extra)
     }
 
+    /// Route `r` on `/` to upstream `u`, `extra` at its level: every path of the listener.
+    pub fn route_root(self, extra: &str) -> Cfg {
+        self.route("r", &["/"], "u", extra)
+    }
+
     /// Raw top-level YAML appended at the end.
     pub fn top(mut self, yaml: &str) -> Cfg {
         self.extra.push(yaml.to_string());
