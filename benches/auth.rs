@@ -30,14 +30,8 @@ const SECRET: &str = "bench-hs256-secret-0123456789abcdefghij";
 const KEYS: usize = 10_000;
 
 fn pem(label: &str, der: &[u8]) -> String {
-    let b = STANDARD.encode(der);
-    let mut s = format!("-----BEGIN {label}-----\n");
-    for line in b.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(line).unwrap());
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {label}-----\n"));
-    s
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), lf)
 }
 
 fn load(yaml: &str, dir: &Path) -> Runtime {

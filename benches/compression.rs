@@ -7,6 +7,9 @@
 //! Run: `cargo bench --bench compression` (release profile; `-- --quick` for a short run).
 //! Compare runs on the same machine only.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use gatehouse::plugins::response_compression::{Algo, Encoder};
 use std::fmt::Write;
@@ -15,12 +18,7 @@ use std::fmt::Write;
 const CHUNK: usize = 12 * 1024;
 
 fn body(size: usize) -> Vec<u8> {
-    let mut s = String::from("{\"data\":[");
-    let mut i = 0;
-    while s.len() < size {
-        if i > 0 {
-            s.push(',');
-        }
+    let s = support::json_records(size, "],\"page\":1}", |s, i| {
         let _ = write!(
             s,
             r#"{{"id":{i},"user_name":"user{i}","email":"user{i}@example.com","created":"2024-01-01T00:00:{:02}Z","score":{}.5,"roles":[{{"name":"reader"}},{{"name":"writer"}}],"tags":["a","b","c"],"active":{}}}"#,
@@ -28,9 +26,7 @@ fn body(size: usize) -> Vec<u8> {
             (i * 7919) % 1000,
             i % 3 == 0
         );
-        i += 1;
-    }
-    s.push_str("],\"page\":1}");
+    });
     s.into_bytes()
 }
 

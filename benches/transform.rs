@@ -8,6 +8,9 @@
 //! Run: `cargo bench --bench transform` (release profile). Compare runs on the same machine
 //! only.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use gatehouse::config;
@@ -148,21 +151,14 @@ fn response() -> ResponseHeader {
 
 /// An array of user records with nested arrays, about `size` bytes.
 fn body(size: usize) -> Bytes {
-    let mut s = String::from("{\"data\":[");
-    let mut i = 0;
-    while s.len() < size {
-        if i > 0 {
-            s.push(',');
-        }
+    let s = support::json_records(size, "],\"page\":1,\"internal_id\":99}", |s, i| {
         let _ = write!(
             s,
             r#"{{"id":{i},"user_name":"user{i}","email":"user{i}@example.com","password":"$2b$12$abcdefghijklmnopqrstuv","created":"2024-01-01T00:00:00Z","score":{}.5,"roles":[{{"name":"reader","internal_id":{i}}},{{"name":"writer","internal_id":{}}}],"tags":["a","b","c"]}}"#,
             i * 7,
             i + 1
         );
-        i += 1;
-    }
-    s.push_str("],\"page\":1,\"internal_id\":99}");
+    });
     Bytes::from(s)
 }
 

@@ -33,15 +33,7 @@ cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 
 ROUNDS=3 DURATION=10 CONNS="50 200" SCENARIOS="plain chain cached tls grpc"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) ROUNDS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --scenarios) SCENARIOS=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
+parse_opts "ROUNDS DURATION CONNS SCENARIOS" "$@"
 
 has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 EXTRA=false
@@ -49,9 +41,8 @@ if has tls || has grpc; then EXTRA=true; fi
 TOOLS="nginx wrk python3"
 $EXTRA && TOOLS="$TOOLS haproxy openssl"
 has grpc && TOOLS="$TOOLS h2load nghttp nghttpd"
-for tool in $TOOLS; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx-light wrk haproxy nghttp2-client nghttp2-server openssl)" >&2; exit 1; }
-done
+# shellcheck disable=SC2086 # TOOLS is a list of words
+need_tools "nginx-light wrk haproxy nghttp2-client nghttp2-server openssl" $TOOLS
 BIN=${GATEHOUSE_BIN:-target/release/gatehouse}
 [ -x "$BIN" ] || cargo build --release
 WORK=$(mktemp -d /tmp/gatehouse-compare.XXXXXX)
@@ -108,16 +99,7 @@ if $EXTRA; then
   }"
 fi
 
-cat > "$WORK/proxy.conf" <<NGX
-worker_processes 1;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
-  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  keepalive_requests 1000000;
+{ nginx_main "$WORK" proxy; cat <<NGX
   upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 32; }
   $NGINX_EXTRA_UPSTREAMS
   map \$http_x_api_key \$consumer { default ""; "bench-key-0001" "bench"; }
@@ -160,6 +142,7 @@ http {
   $NGINX_EXTRA_SERVERS
 }
 NGX
+} > "$WORK/proxy.conf"
 
 # gatehouse: loadtest/gatehouse.yaml, plus (tls, grpc) an HTTPS upstream verified against the
 # run's CA, an h2c upstream, their routes, and h2c on the listener for the grpc scenario.

@@ -1,4 +1,67 @@
-# Shared by compare.sh and rss.sh: the origin every proxy under test forwards to.
+# Shared by compare.sh, rss.sh and run.sh: option parsing, tool checks, the origin every proxy
+# under test forwards to, and gatehouse started on loadtest/gatehouse.yaml.
+
+# parse_opts "DURATION CONNS" "$@": `--duration 5` sets DURATION=5, for the listed names only
+# (dashes become underscores); any other option stops the script.
+parse_opts() {
+  local allowed=" $1 " name
+  shift
+  while [ $# -gt 0 ]; do
+    name=$(printf '%s' "${1#--}" | tr 'a-z-' 'A-Z_')
+    case "$allowed" in
+      *" $name "*) [ $# -ge 2 ] || { echo "$1 needs a value" >&2; exit 2; }; printf -v "$name" '%s' "$2"; shift 2 ;;
+      *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+  done
+}
+
+# need_tools "PACKAGES" TOOL...: stops the script, naming the apt-get packages, when a tool
+# is missing.
+need_tools() {
+  local packages=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y $packages)" >&2; exit 1; }
+  done
+}
+
+# nginx_main WORK NAME: the top of an nginx.conf up to the inside of `http {` (1 worker, pid
+# and error log NAME.pid and NAME.err under WORK, temp files under WORK/tmp, long keepalive).
+nginx_main() {
+  local WORK=$1 NAME=$2
+  cat <<NGX
+worker_processes 1;
+pid $WORK/$NAME.pid;
+error_log $WORK/$NAME.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
+  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  keepalive_requests 1000000;
+NGX
+}
+
+# start_origin_and_gatehouse WORK BIN: the origin (nginx, 127.0.0.1:19180) and gatehouse
+# (BIN -c loadtest/gatehouse.yaml, 127.0.0.1:18091, its pid in GH_PID), both stopped when the
+# script exits; returns once gatehouse answers.
+start_origin_and_gatehouse() {
+  LT_WORK=$1
+  GH_PID=
+  trap stop_origin_and_gatehouse EXIT
+  # nginx workers run as an unprivileged user: let them write their temp files.
+  mkdir -p "$LT_WORK/tmp"; chmod 755 "$LT_WORK"; chmod 777 "$LT_WORK/tmp"
+  write_origin_conf "$LT_WORK" 19180
+  nginx -c "$LT_WORK/origin.conf" -p "$LT_WORK"
+  GATEHOUSE_LOG=warn "$2" -c loadtest/gatehouse.yaml >"$LT_WORK/gatehouse.out" 2>"$LT_WORK/gatehouse.err" &
+  GH_PID=$!
+  for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18091/api/v1/users && break; sleep 0.1; done
+}
+
+stop_origin_and_gatehouse() {
+  [ -n "$GH_PID" ] && kill -INT "$GH_PID" 2>/dev/null || true
+  [ -f "$LT_WORK/origin.pid" ] && kill "$(cat "$LT_WORK/origin.pid")" 2>/dev/null || true
+}
 # write_origin_conf WORK PORT [TLS_PORT]: an nginx (1 worker) answering a small JSON body,
 # cacheable under /api/v1/products/, writing its pid and temp files under WORK. With TLS_PORT
 # (and write_bench_pki WORK first), the same JSON over HTTPS on TLS_PORT (certificate for
@@ -15,16 +78,7 @@ write_origin_conf() {
       location / { return 200 '{\"id\":42,\"name\":\"Ada Lovelace\",\"email\":\"ada@example.com\"}'; }
     }"
   fi
-  cat > "$WORK/origin.conf" <<NGX
-  worker_processes 1;
-  pid $WORK/origin.pid;
-  error_log $WORK/origin.err warn;
-  events { worker_connections 4096; }
-  http {
-    access_log off;
-    client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
-    uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-    keepalive_requests 1000000;
+  { nginx_main "$WORK" origin; cat <<NGX
     server {
       listen 127.0.0.1:$ORIGIN_PORT;
       default_type application/json;
@@ -33,6 +87,7 @@ write_origin_conf() {
     }$EXTRA
   }
 NGX
+  } > "$WORK/origin.conf"
 }
 
 # write_bench_pki WORK: a CA and a certificate for origin.bench.internal (P-256, valid 2

@@ -13,35 +13,13 @@ cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 
 DURATION=60 CONNS=200 SCENARIO=chain
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --scenario) SCENARIO=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx-light wrk)" >&2; exit 1; }
-done
+parse_opts "DURATION CONNS SCENARIO" "$@"
+need_tools "nginx-light wrk curl" nginx wrk curl
 BIN=${GATEHOUSE_BIN:-target/release/gatehouse}
 [ -x "$BIN" ] || cargo build --release
 WORK=$(mktemp -d /tmp/gatehouse-rss.XXXXXX)
-ORIGIN_PORT=19180 GH_PORT=18091  # the ports of loadtest/gatehouse.yaml
-GH_PID=
-cleanup() {
-  [ -n "$GH_PID" ] && kill -INT "$GH_PID" 2>/dev/null || true
-  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
-}
-trap cleanup EXIT
-mkdir -p "$WORK/tmp"; chmod 755 "$WORK"; chmod 777 "$WORK/tmp"
-
-write_origin_conf "$WORK" "$ORIGIN_PORT"
-
-nginx -c "$WORK/origin.conf" -p "$WORK"
-GATEHOUSE_LOG=warn "$BIN" -c loadtest/gatehouse.yaml >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
-GH_PID=$!
-for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/api/v1/users" && break; sleep 0.1; done
+GH_PORT=18091  # the port of loadtest/gatehouse.yaml
+start_origin_and_gatehouse "$WORK" "$BIN"
 rss() { awk '/^VmRSS/{print $2}' "/proc/$GH_PID/status"; }
 case "$SCENARIO" in plain) SCRIPT=loadtest/plain.lua ;; chain) SCRIPT=loadtest/apikey.lua ;; *) echo "scenario: plain|chain" >&2; exit 2 ;; esac
 

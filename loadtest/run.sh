@@ -12,32 +12,12 @@ cd "$(dirname "$0")/.."
 . loadtest/lib.sh
 
 DURATION=5 CONNS=50 SCENARIOS="plain apikey jwt cached mixed"
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --duration) DURATION=$2; shift 2 ;;
-    --conns) CONNS=$2; shift 2 ;;
-    --scenarios) SCENARIOS=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
-for tool in nginx wrk python3 curl; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx-light wrk python3 curl)" >&2; exit 1; }
-done
+parse_opts "DURATION CONNS SCENARIOS" "$@"
+need_tools "nginx-light wrk python3 curl" nginx wrk python3 curl
 BIN=${GATEHOUSE_BIN:-target/release/gatehouse}
 [ -x "$BIN" ] || cargo build --release
 WORK=$(mktemp -d /tmp/gatehouse-run.XXXXXX)
-GH_PID=
-cleanup() {
-  [ -n "$GH_PID" ] && kill -INT "$GH_PID" 2>/dev/null || true
-  [ -f "$WORK/origin.pid" ] && kill "$(cat "$WORK/origin.pid")" 2>/dev/null || true
-}
-trap cleanup EXIT
-mkdir -p "$WORK/tmp"; chmod 755 "$WORK"; chmod 777 "$WORK/tmp"
-write_origin_conf "$WORK" 19180
-nginx -c "$WORK/origin.conf" -p "$WORK"
-GATEHOUSE_LOG=warn "$BIN" -c loadtest/gatehouse.yaml >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
-GH_PID=$!
-for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18091/api/v1/users && break; sleep 0.1; done
+start_origin_and_gatehouse "$WORK" "$BIN"
 JWT=$(python3 loadtest/mint_jwt.py)
 export JWT
 

@@ -84,6 +84,21 @@ enum ImportSource {
     },
 }
 
+/// The configuration at `conf`, or `None` once every error (each with its YAML path and
+/// line) is on stderr.
+fn load_or_report(conf: &std::path::Path) -> Option<std::sync::Arc<Shared>> {
+    match Shared::load(conf.to_path_buf()) {
+        Ok(s) => Some(s),
+        Err(errs) => {
+            eprintln!("{}: invalid configuration", conf.display());
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            None
+        }
+    }
+}
+
 /// `gatehouse explain -c FILE 'METHOD URL' [-H ...] [--json]`: exit 0 with the explanation,
 /// 1 when the config is invalid or the request cannot be read.
 fn run_explain(
@@ -112,15 +127,8 @@ fn run_explain(
         }
     }
     let conf = std::path::absolute(conf).unwrap_or_else(|_| conf.to_path_buf());
-    let shared = match Shared::load(conf.clone()) {
-        Ok(s) => s,
-        Err(errs) => {
-            eprintln!("{}: invalid configuration", conf.display());
-            for e in &errs.0 {
-                eprintln!("{e}");
-            }
-            return ExitCode::FAILURE;
-        }
+    let Some(shared) = load_or_report(&conf) else {
+        return ExitCode::FAILURE;
     };
     let ask = explain::Ask {
         method,
@@ -239,15 +247,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let shared = match Shared::load(conf.clone()) {
-        Ok(s) => s,
-        Err(errs) => {
-            eprintln!("{}: invalid configuration", conf.display());
-            for e in &errs.0 {
-                eprintln!("{e}");
-            }
-            return ExitCode::FAILURE;
-        }
+    let Some(shared) = load_or_report(&conf) else {
+        return ExitCode::FAILURE;
     };
     // The files the process creates (pid file, upgrade socket, error log) need a writable
     // directory: found now, with the line, rather than when an upgrade fails.

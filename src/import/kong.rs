@@ -239,6 +239,23 @@ impl<'a> Cfg<'a> {
     }
 }
 
+/// `Some(plugin)` when the converted config has what the plugin needs (`usable`); otherwise
+/// `None`, with a note that the plugin was left out and `why`.
+fn kept_unless_empty(
+    usable: bool,
+    plugin: &'static str,
+    why: &str,
+    path: &str,
+    n: &mut Notes,
+    cm: &mut Vec<String>,
+) -> Option<&'static str> {
+    if usable {
+        return Some(plugin);
+    }
+    cm.push(n.add(path, format!("{why}: plugin left out")));
+    None
+}
+
 fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -1521,13 +1538,17 @@ fn map_plugin(
                 n,
                 cm,
             );
-            if allow.is_empty() {
-                cm.push(n.add(path, "acl without an allow list: plugin left out"));
-                None
-            } else {
+            if !allow.is_empty() {
                 o.put("allow_roles", Y::strs(&allow));
-                Some("acl")
             }
+            kept_unless_empty(
+                !allow.is_empty(),
+                "acl",
+                "acl without an allow list",
+                path,
+                n,
+                cm,
+            )
         }
         "rate-limiting" => {
             let mut any = false;
@@ -1691,15 +1712,8 @@ fn map_plugin(
                 n,
                 cm,
             );
-            if any {
-                Some("rate-limiting")
-            } else {
-                cm.push(n.add(
-                    path,
-                    "no second, minute, hour or day limit: plugin left out",
-                ));
-                None
-            }
+            let why = "no second, minute, hour or day limit";
+            kept_unless_empty(any, "rate-limiting", why, path, n, cm)
         }
         "cors" => {
             let origins = c.strs("origins").unwrap_or_default();
@@ -1858,12 +1872,8 @@ fn map_plugin(
                 n,
                 cm,
             );
-            if o.is_empty() {
-                cm.push(n.add(path, "no usable allow or deny entry: plugin left out"));
-                None
-            } else {
-                Some("ip-restriction")
-            }
+            let why = "no usable allow or deny entry";
+            kept_unless_empty(!o.is_empty(), "ip-restriction", why, path, n, cm)
         }
         "request-size-limiting" => {
             let size = c.num("allowed_payload_size").unwrap_or(128.0).max(0.0);

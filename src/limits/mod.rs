@@ -34,25 +34,10 @@ pub mod redis;
 use crate::util::registry::Registry;
 use http::HeaderValue;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyStore};
 pub use local::LocalStore;
 pub use redis::{BackendError, RedisBackend, RedisSpec, Topology};
-
-/// Microseconds since the Unix epoch, read from the monotonic clock (wall time is sampled
-/// once, so a clock step does not move windows).
-#[inline]
-pub fn now_us() -> u64 {
-    static BASE: once_cell::sync::Lazy<(Instant, u64)> = once_cell::sync::Lazy::new(|| {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64;
-        (Instant::now(), wall)
-    });
-    BASE.1 + BASE.0.elapsed().as_micros() as u64
-}
 
 /// Fixed window lengths, the slots of a per-key entry.
 pub const WINDOWS: [(&str, u64); 4] = [
@@ -374,18 +359,6 @@ pub fn redis_backend(reg: &Registry, spec: &redis::RedisSpec) -> Result<Arc<Redi
 /// Number of live local and concurrency stores (tests).
 pub fn live_stores(reg: &Registry) -> usize {
     reg.count::<LocalStore>() + reg.count::<ConcurrencyStore>()
-}
-
-/// A stable identity string (hex SHA-256 prefix) of `parts`: registry keys and Redis key
-/// prefixes. Never holds the parts themselves (a config may hold a Redis password).
-pub fn identity(parts: &[&str]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    hex::encode(&h.finalize()[..12])
 }
 
 // ---------------------------------------------------------------------------------------------

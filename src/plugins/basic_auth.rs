@@ -116,12 +116,16 @@ pub enum BasicFailure {
 /// Where a check stands after the cheap part: decided, or a hash to verify.
 pub enum Step<'a> {
     Done(Result<usize, BasicFailure>),
-    Verify {
-        consumer: usize,
-        stored: Stored,
-        password: &'a [u8],
-        cache_key: [u8; 32],
-    },
+    Verify(Pending<'a>),
+}
+
+/// A check waiting for its hash verification (the slow part).
+pub struct Pending<'a> {
+    consumer: usize,
+    stored: Stored,
+    password: &'a [u8],
+    cache_key: [u8; 32],
+    now: Instant,
 }
 
 /// `user:password` of an `Authorization: Basic` header, decoded into `buf`.
@@ -203,8 +207,13 @@ impl BasicAuth {
         out
     }
 
-    /// The cheap part of a check: decode, cache, credential lookup.
-    pub fn begin<'a>(&self, decoded: &'a [u8], now: Instant) -> Step<'a> {
+    /// The cheap part of a check: decode (into `buf`), cache, credential lookup.
+    pub fn begin<'a>(&self, req: &RequestHeader, buf: &'a mut [u8; MAX_DECODED]) -> Step<'a> {
+        let decoded = match decode(req, buf) {
+            Ok(d) => d,
+            Err(f) => return Step::Done(Err(f)),
+        };
+        let now = Instant::now();
         let Some(colon) = decoded.iter().position(|&b| b == b':') else {
             return Step::Done(Err(BasicFailure::Invalid));
         };
@@ -216,70 +225,51 @@ impl BasicAuth {
         let Some(e) = self.users.get(user) else {
             return Step::Done(Err(BasicFailure::Invalid));
         };
-        Step::Verify {
+        Step::Verify(Pending {
             consumer: e.consumer,
             stored: e.password.clone(),
             password,
             cache_key: key,
-        }
+            now,
+        })
     }
 
-    fn remember(&self, key: [u8; 32], now: Instant, consumer: usize) {
-        if let Some(c) = &self.cache {
-            c.put(key, now + self.cache_ttl, consumer);
+    /// The end of a check once the hash is verified: the consumer, remembered in the cache.
+    fn finish(&self, p: &Pending<'_>, verified: bool) -> Result<usize, BasicFailure> {
+        if !verified {
+            return Err(BasicFailure::Invalid);
         }
+        if let Some(c) = &self.cache {
+            c.put(p.cache_key, p.now + self.cache_ttl, p.consumer);
+        }
+        Ok(p.consumer)
     }
 
     /// The whole check on the calling thread (benches and unit tests; requests verify
     /// hashes on the blocking pool).
     pub fn check_blocking(&self, req: &RequestHeader) -> Result<usize, BasicFailure> {
         let mut buf = [0u8; MAX_DECODED];
-        let decoded = decode(req, &mut buf)?;
-        let now = Instant::now();
-        match self.begin(decoded, now) {
+        match self.begin(req, &mut buf) {
             Step::Done(r) => r,
-            Step::Verify {
-                consumer,
-                stored,
-                password,
-                cache_key,
-            } => {
-                if !verify_password(&stored, password) {
-                    return Err(BasicFailure::Invalid);
-                }
-                self.remember(cache_key, now, consumer);
-                Ok(consumer)
-            }
+            Step::Verify(p) => self.finish(&p, verify_password(&p.stored, p.password)),
         }
     }
 
     async fn check(&self, req: &RequestHeader) -> Result<usize, BasicFailure> {
         let mut buf = [0u8; MAX_DECODED];
-        let decoded = decode(req, &mut buf)?;
-        let now = Instant::now();
-        match self.begin(decoded, now) {
-            Step::Done(r) => r,
-            Step::Verify {
-                consumer,
-                stored,
-                password,
-                cache_key,
-            } => {
-                let ok = if let Stored::Plain(_) = stored {
-                    verify_password(&stored, password)
-                } else {
-                    let password = password.to_vec();
-                    tokio::task::spawn_blocking(move || verify_password(&stored, &password))
-                        .await
-                        .unwrap_or(false)
-                };
-                if !ok {
-                    return Err(BasicFailure::Invalid);
-                }
-                self.remember(cache_key, now, consumer);
-                Ok(consumer)
-            }
-        }
+        let p = match self.begin(req, &mut buf) {
+            Step::Done(r) => return r,
+            Step::Verify(p) => p,
+        };
+        let verified = if let Stored::Plain(_) = p.stored {
+            verify_password(&p.stored, p.password)
+        } else {
+            let (stored, password) = (p.stored.clone(), p.password.to_vec());
+            tokio::task::spawn_blocking(move || verify_password(&stored, &password))
+                .await
+                .unwrap_or(false)
+        };
+        self.finish(&p, verified)
     }
 }
 

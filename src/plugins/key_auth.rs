@@ -225,17 +225,15 @@ impl Hooks for KeyAuth {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;
         }
-        match self.check(session.req_header()) {
-            Ok(consumer) => {
-                ctx.consumer = Some(consumer);
-                Outcome::Continue
-            }
+        let consumer = match self.check(session.req_header()) {
+            Ok(consumer) => consumer,
             Err(f) => {
                 tracing::debug!(request_id = %ctx.request_id, reason = ?f, "key-auth refused");
-                let reply = f.reply();
-                Outcome::Respond(reply)
+                return Outcome::Respond(f.reply());
             }
-        }
+        };
+        ctx.consumer = Some(consumer);
+        Outcome::Continue
     }
     fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         super::send_consumer(req, ctx)?;

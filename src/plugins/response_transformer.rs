@@ -588,24 +588,21 @@ mod tests {
 
     #[test]
     fn json_content_types() {
-        for ok in [
-            &b"application/json"[..],
-            b"application/json; charset=utf-8",
-            b"Application/JSON",
-            b"application/problem+json",
-            b"application/vnd.api+json;v=1",
+        for (content_type, json) in [
+            (&b"application/json"[..], true),
+            (b"application/json; charset=utf-8", true),
+            (b"Application/JSON", true),
+            (b"application/problem+json", true),
+            (b"application/vnd.api+json;v=1", true),
+            (b"text/plain", false),
+            (b"text/json", false),
+            (b"application/jsonp", false),
+            (b"application/+json", false),
+            (b"application/x-ndjson", false),
+            (b"", false),
         ] {
-            assert!(is_json(ok), "{}", String::from_utf8_lossy(ok));
-        }
-        for no in [
-            &b"text/plain"[..],
-            b"text/json",
-            b"application/jsonp",
-            b"application/+json",
-            b"application/x-ndjson",
-            b"",
-        ] {
-            assert!(!is_json(no), "{}", String::from_utf8_lossy(no));
+            let shown = String::from_utf8_lossy(content_type);
+            assert_eq!(is_json(content_type), json, "{shown}");
         }
     }
 }

@@ -137,15 +137,21 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// NGINX's smooth weighted round robin, run once over a full cycle: each step adds every
-/// weight to its current value, takes the largest and lowers it by the total.
-fn schedule(weights: &[u32]) -> Vec<u8> {
-    let g = weights
+/// The greatest common divisor of the non-zero weights (1 when there are none): weights are
+/// divided by it so that a cycle is as short as it can be.
+fn common_divisor(weights: &[u32]) -> u64 {
+    weights
         .iter()
         .map(|w| u64::from(*w))
         .filter(|w| *w > 0)
         .fold(0, gcd)
-        .max(1);
+        .max(1)
+}
+
+/// NGINX's smooth weighted round robin, run once over a full cycle: each step adds every
+/// weight to its current value, takes the largest and lowers it by the total.
+fn schedule(weights: &[u32]) -> Vec<u8> {
+    let g = common_divisor(weights);
     let w: Vec<i64> = weights.iter().map(|x| (u64::from(*x) / g) as i64).collect();
     let total: i64 = w.iter().sum();
     let mut current = vec![0i64; w.len()];
@@ -354,12 +360,7 @@ impl Hooks for TrafficSplit {
                 });
             }
             let weights: Vec<u32> = sides.iter().map(|s| s.weight).collect();
-            let g = weights
-                .iter()
-                .map(|w| u64::from(*w))
-                .filter(|w| *w > 0)
-                .fold(0, gcd)
-                .max(1);
+            let g = common_divisor(&weights);
             let total: u64 = weights.iter().map(|w| u64::from(*w) / g).sum();
             if total == 0 && !sides.is_empty() {
                 c.error(&format!("{rp}.upstreams"), "needs a weight above 0");

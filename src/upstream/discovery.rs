@@ -820,14 +820,7 @@ impl DiscoveryScheduler {
 
 #[async_trait]
 impl BackgroundService for DiscoveryScheduler {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => self.run_due(),
-            }
-        }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        super::tick_until_shutdown(TICK, shutdown, || self.run_due()).await;
     }
 }

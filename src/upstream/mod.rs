@@ -39,6 +39,24 @@ pub trait LiveConfig: Send + Sync + 'static {
     fn states(&self) -> &StateRegistry;
 }
 
+/// The loop of a background scheduler (health checks, DNS discovery): calls `run_due` every
+/// `tick` until the server shuts down. A tick that comes late is not made up for with a burst
+/// (`Delay`): each run looks at what is due now anyway.
+pub(crate) async fn tick_until_shutdown(
+    tick: Duration,
+    mut shutdown: pingora::server::ShutdownWatch,
+    run_due: impl Fn(),
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = interval.tick() => run_due(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
     /// `None`: TCP connect check.

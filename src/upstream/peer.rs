@@ -18,12 +18,13 @@ use crate::config::diag::Compiler;
 use crate::config::raw::{RawUpstream, RawUpstreamTls, UpstreamProtocol};
 use pingora::protocols::tls::CaType;
 use pingora::tls::{
-    CertificateDer, ClientConfig, DigitallySignedStruct, HandshakeSignatureValid, PrivateKeyDer,
-    RootCertStore, RusTlsError, ServerCertVerified, ServerCertVerifier, ServerName,
-    SignatureScheme, UnixTime, WebPkiServerVerifier,
+    CertificateDer, ClientConfig, CryptoProvider, DigitallySignedStruct, HandshakeSignatureValid,
+    PrivateKeyDer, RootCertStore, RusTlsError, ServerCertVerified, ServerCertVerifier, ServerName,
+    SignatureScheme, UnixTime,
 };
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use pingora::utils::tls::{CertKey, WrappedX509};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
@@ -393,7 +394,7 @@ fn health_config(
 ) -> Result<ClientConfig, String> {
     pingora::tls::install_default_crypto_provider();
     let store = Arc::new(roots(ca)?);
-    let builder = ClientConfig::builder().with_root_certificates(store.clone());
+    let builder = ClientConfig::builder().with_root_certificates(store);
     let mut cfg = match client {
         Some((certs, key)) => {
             let key = PrivateKeyDer::try_from(key.clone()).map_err(|e| e.to_string())?;
@@ -410,22 +411,31 @@ fn health_config(
         None => builder.with_no_client_auth(),
     };
     if !verify {
-        let delegate = WebPkiServerVerifier::builder(store)
-            .build()
-            .map_err(|e| e.to_string())?;
         cfg.dangerous()
-            .set_certificate_verifier(Arc::new(NoVerify(delegate)));
+            .set_certificate_verifier(AnyServerCertificate::new()?);
     }
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
-/// `verify: false`: any certificate is accepted, but handshake signatures are still checked
-/// (what Pingora's connector does for the data path).
+/// Accepts any server certificate but still checks the handshake signatures, with the
+/// process's crypto provider (what Pingora's connector does for the data path): the health
+/// checks of `verify: false` upstreams, and test clients that look at whichever certificate
+/// a server chose.
 #[derive(Debug)]
-struct NoVerify(Arc<WebPkiServerVerifier>);
+pub struct AnyServerCertificate(WebPkiSupportedAlgorithms);
 
-impl ServerCertVerifier for NoVerify {
+impl AnyServerCertificate {
+    pub fn new() -> Result<Arc<AnyServerCertificate>, String> {
+        pingora::tls::install_default_crypto_provider();
+        let provider = CryptoProvider::get_default().ok_or("no crypto provider")?;
+        Ok(Arc::new(AnyServerCertificate(
+            provider.signature_verification_algorithms,
+        )))
+    }
+}
+
+impl ServerCertVerifier for AnyServerCertificate {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -443,7 +453,7 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
     }
 
     fn verify_tls13_signature(
@@ -452,11 +462,11 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.0.supported_schemes()
     }
 }
 

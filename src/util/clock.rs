@@ -27,9 +27,19 @@ pub fn now_us() -> u64 {
 pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
     let secs = since_epoch.as_secs();
     let millis = since_epoch.subsec_millis();
-    let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// (year, month, day) of the proleptic Gregorian calendar, `days` after 1970-01-01 (before
+/// it when negative): Howard Hinnant's `civil_from_days`.
+pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -38,11 +48,5 @@ pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    (yoe + era * 400 + i64::from(m <= 2), m as u8, d as u8)
 }

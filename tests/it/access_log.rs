@@ -269,9 +269,7 @@ async fn startup_logs_no_service_exit() {
     // The access-log writer runs for the life of the server: Pingora's INFO line
     // "service '...' exited." at every start read like a failure.
     let b = Backend::start("b");
-    let cfg = Cfg::new()
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "");
+    let cfg = Cfg::new().upstream("u", &[target(&b)], "").route_root("");
     let gw = start_with_access_log(cfg, "access.log");
     let (s, _) = gw.get_json("/x").await;
     assert_eq!(s, 200);

@@ -32,27 +32,11 @@ fn token(roles: serde_json::Value, claim: &str) -> String {
 
 #[tokio::test]
 async fn roles_from_consumers_and_tokens() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "keyed",
-            &["/keyed"],
-            "u",
-            "plugins:\n  - name: key-auth\n  - name: acl\n    config: { allow_roles: [writer, admin] }",
-        )
-        .route(
-            "tokened",
-            &["/tokened"],
-            "u",
-            "plugins:\n  - name: jwt\n  - name: acl\n    config: { allow_roles: [admin] }",
-        )
-        .route(
-            "groups",
-            &["/groups"],
-            "u",
-            "plugins:\n  - name: jwt\n  - name: acl\n    config: { allow_roles: [ops], roles_claim: groups }",
-        )
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("keyed", "plugins:\n  - name: key-auth\n  - name: acl\n    config: { allow_roles: [writer, admin] }")
+        .route_u("tokened", "plugins:\n  - name: jwt\n  - name: acl\n    config: { allow_roles: [admin] }")
+        .route_u("groups", "plugins:\n  - name: jwt\n  - name: acl\n    config: { allow_roles: [ops], roles_claim: groups }")
         .route(
             "unauthenticated",
             &["/open"],
@@ -153,18 +137,7 @@ fn allow_roles_is_required() {
         ),
     ] {
         let (code, err) = Gateway::validate(&format!(
-            "server: {{ listen: [\"127.0.0.1:1\"] }}
-upstreams:
-  - name: u
-    targets: [{{ addr: \"127.0.0.1:2\" }}]
-routes:
-  - name: r
-    paths: [\"/\"]
-    upstream: u
-    plugins:
-      - name: acl
-        {config}
-"
+            "{ROUTE_R_PLUGINS}      - name: acl\n        {config}\n"
         ));
         assert_eq!(code, 1, "{config}: {err}");
         assert!(err.contains(want), "{config}: want {want:?} in {err}");

@@ -72,10 +72,8 @@ async fn get_with(gw: &Gateway, path: &str, token: &str) -> reqwest::Response {
 async fn valid_tokens_of_every_family_are_accepted() {
     let k = keys();
     let a = Backend::start("a");
-    let cfg = Cfg::new().upstream("u", &[target(&a)], "").route(
+    let cfg = Cfg::new().upstream("u", &[target(&a)], "").route_u(
         "j",
-        &["/j"],
-        "u",
         "plugins:\n  - name: jwt\n    config: { audience: api }",
     );
     let c = consumers(&cfg, &k);
@@ -176,15 +174,9 @@ async fn valid_tokens_of_every_family_are_accepted() {
 #[tokio::test]
 async fn attack_set_is_refused_before_the_upstream() {
     let k = keys();
-    let a = Backend::start("a");
-    let cfg = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "j",
-            &["/j"],
-            "u",
-            "plugins:\n  - name: jwt\n    config: { audience: api }",
-        )
+    let (a, base) = upstream_u();
+    let cfg = base
+        .route_u("j", "plugins:\n  - name: jwt\n    config: { audience: api }")
         .route(
             "by-kid",
             &["/kid"],
@@ -385,13 +377,8 @@ fn flip_last(token: &str) -> String {
 #[tokio::test]
 async fn key_auth_and_jwt_on_one_route_both_must_pass() {
     let k = keys();
-    let a = Backend::start("a");
-    let cfg = Cfg::new().upstream("u", &[target(&a)], "").route(
-        "both",
-        &["/both"],
-        "u",
-        "plugins:\n  - name: jwt\n  - name: key-auth",
-    );
+    let (a, cfg) = upstream_u();
+    let cfg = cfg.route_u("both", "plugins:\n  - name: jwt\n  - name: key-auth");
     let c = consumers(&cfg, &k);
     let gw = cfg.top(&c).start();
     let token = sign_hs(
@@ -442,12 +429,7 @@ async fn key_auth_and_jwt_on_one_route_both_must_pass() {
 #[tokio::test]
 async fn custom_header_hide_credentials_and_size_cap() {
     let a = Backend::start("a");
-    let cfg = Cfg::new().upstream("u", &[target(&a)], "").route(
-        "j",
-        &["/j"],
-        "u",
-        "plugins:\n  - name: jwt\n    config: { header_names: [X-Token], max_token_bytes: 300, claims_to_verify: [] }",
-    );
+    let cfg = Cfg::new().upstream("u", &[target(&a)], "").route_u("j", "plugins:\n  - name: jwt\n    config: { header_names: [X-Token], max_token_bytes: 300, claims_to_verify: [] }");
     let gw = cfg
         .top(&format!(
             "consumers:\n  - username: dave\n    jwt_secrets: [{{ key: d, secret: \"{HS_SECRET}\" }}]\n"
@@ -496,12 +478,9 @@ async fn cached_verification_does_not_survive_a_reload() {
     let consumers_with = |secret: &str| {
         format!("consumers:\n  - username: erin\n    jwt_secrets: [{{ key: e, secret: \"{secret}\" }}]\n")
     };
-    let cfg = Cfg::new().upstream("u", &[target(&a)], "").route(
-        "j",
-        &["/j"],
-        "u",
-        "plugins:\n  - name: jwt",
-    );
+    let cfg = Cfg::new()
+        .upstream("u", &[target(&a)], "")
+        .route_u("j", "plugins:\n  - name: jwt");
     let base = cfg.yaml();
     let gw = cfg.top(&consumers_with(HS_SECRET)).start();
     let token = sign_hs(
@@ -651,15 +630,9 @@ fn demo_sample_token_matches_the_demo_config() {
 
 #[tokio::test]
 async fn hide_credentials_false_forwards_the_token() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "j",
-            &["/j"],
-            "u",
-            "plugins:\n  - name: jwt\n    config: { hide_credentials: false, claims_to_verify: [] }",
-        )
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("j", "plugins:\n  - name: jwt\n    config: { hide_credentials: false, claims_to_verify: [] }")
         .top(&format!(
             "consumers:\n  - username: erin\n    jwt_secrets: [{{ key: e, secret: \"{HS_SECRET}\" }}]\n"
         ))

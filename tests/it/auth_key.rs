@@ -23,12 +23,8 @@ fn key_route(extra_config: &str) -> String {
 
 #[tokio::test]
 async fn header_and_query_keys_missing_and_invalid() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("k", &["/k"], "u", &key_route(""))
-        .top(CONSUMERS)
-        .start();
+    let (a, cfg) = upstream_u();
+    let gw = cfg.route_u("k", &key_route("")).top(CONSUMERS).start();
 
     // Header key: 200, consumer sent upstream, the key is not (hide_credentials default).
     let (s, body) = gw.get_with("/k/x", &[("X-API-Key", ALICE_KEY)]).await;
@@ -135,19 +131,11 @@ async fn header_and_query_keys_missing_and_invalid() {
 
 #[tokio::test]
 async fn hide_credentials_off_and_custom_names() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "keep",
-            &["/keep"],
-            "u",
-            &key_route("hide_credentials: false"),
-        )
-        .route(
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("keep", &key_route("hide_credentials: false"))
+        .route_u(
             "custom",
-            &["/custom"],
-            "u",
             &key_route("key_names: [X-Key, Apikey], query_param: null"),
         )
         .top(CONSUMERS)
@@ -193,11 +181,10 @@ async fn hide_credentials_off_and_custom_names() {
 
 #[tokio::test]
 async fn spoofed_identity_headers_are_removed_everywhere() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("k", &["/k"], "u", &key_route(""))
-        .route("open", &["/open"], "u", "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("k", &key_route(""))
+        .route_u("open", "")
         .top(CONSUMERS)
         .start();
 
@@ -238,16 +225,10 @@ async fn spoofed_identity_headers_are_removed_everywhere() {
 
 #[tokio::test]
 async fn global_key_auth_with_route_opt_out_and_404_first() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("private", &["/private"], "u", "")
-        .route(
-            "public",
-            &["/public"],
-            "u",
-            "plugins:\n  - name: key-auth\n    enabled: false",
-        )
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("private", "")
+        .route_u("public", "plugins:\n  - name: key-auth\n    enabled: false")
         .top(CONSUMERS)
         .top("plugins:\n  - name: key-auth\n")
         .start();

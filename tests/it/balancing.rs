@@ -43,14 +43,12 @@ fn longest_run(picks: &[String]) -> usize {
 async fn weighted_three_to_one_is_smooth() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target_w(&a, 3), target_w(&b, 1)],
-            "balance: weighted",
-        )
-        .route("r", &["/lb"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target_w(&a, 3), target_w(&b, 1)],
+        "balance: weighted",
+        "/lb",
+        "",
+    );
 
     let first = picks(&gw, "/lb/w", 4).await;
     let c = count(&first);
@@ -79,10 +77,7 @@ async fn weighted_three_to_one_is_smooth() {
 async fn round_robin_even_over_two_targets() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "balance: round_robin")
-        .route("r", &["/lb"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "balance: round_robin", "/lb", "");
 
     let p = picks(&gw, "/lb/rr", 100).await;
     let c = count(&p);
@@ -98,10 +93,7 @@ async fn round_robin_is_default_and_even_over_three_targets() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let c3 = Backend::start("c");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b), target(&c3)], "")
-        .route("r", &["/lb"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b), target(&c3)], "", "/lb", "");
 
     let p = picks(&gw, "/lb/rr", 150).await;
     let c = count(&p);
@@ -164,10 +156,7 @@ async fn least_conn_prefers_idle_target() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     a.set_delay(Duration::from_millis(1500));
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "balance: least_conn")
-        .route("r", &["/lb"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "balance: least_conn", "/lb", "");
 
     // Fire slow requests in the background until `a` holds at least one in flight.
     let mut background = Vec::new();
@@ -213,14 +202,12 @@ async fn backup_only_when_primaries_unhealthy() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let c = Backend::start("c");
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a), target(&b), target_backup(&c)],
-            &format!("retries: 0\n{HC_HTTP}"),
-        )
-        .route("r", &["/lb"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target(&a), target(&b), target_backup(&c)],
+        &format!("retries: 0\n{HC_HTTP}"),
+        "/lb",
+        "",
+    );
 
     let p = picks(&gw, "/lb/x", 20).await;
     assert_eq!(c.hits(), 0, "backup used while primaries healthy: {p:?}");

@@ -51,22 +51,11 @@ fn basic(user: &str, pw: &str) -> String {
 #[tokio::test]
 async fn hashes_env_password_refusals_and_consumer() {
     std::env::set_var(CY_ENV, CY_PW);
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("b", &["/b"], "u", "plugins: [{ name: basic-auth }]")
-        .route(
-            "keep",
-            &["/keep"],
-            "u",
-            "plugins: [{ name: basic-auth, config: { hide_credentials: false, realm: partners } }]",
-        )
-        .route(
-            "readers",
-            &["/readers"],
-            "u",
-            "plugins:\n  - { name: basic-auth }\n  - { name: acl, config: { allow_roles: [reader] } }",
-        )
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("b", "plugins: [{ name: basic-auth }]")
+        .route_u("keep", "plugins: [{ name: basic-auth, config: { hide_credentials: false, realm: partners } }]")
+        .route_u("readers", "plugins:\n  - { name: basic-auth }\n  - { name: acl, config: { allow_roles: [reader] } }")
         .top(&consumers())
         .start();
 

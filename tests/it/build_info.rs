@@ -99,7 +99,7 @@ async fn served_certificate_expiry_is_exported_by_its_first_dns_name() {
             "tls:\n  listen: [\"127.0.0.1:{tls_port}\"]\n  cert: tls/server.crt\n  key: tls/server.key"
         ))
         .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
+        .route_root("")
         .start();
 
     let before = now();

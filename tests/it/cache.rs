@@ -16,7 +16,7 @@ fn cached(config: &str) -> String {
 fn one_route(b: &Backend, config: &str) -> Gateway {
     Cfg::new()
         .upstream("u", &[target(b)], "retries: 0")
-        .route("c", &["/c"], "u", &cached(config))
+        .route_u("c", &cached(config))
         .start()
 }
 
@@ -188,8 +188,8 @@ async fn authorization_bypasses_unless_cache_authorized() {
     let b = Backend::start("b");
     let gw = Cfg::new()
         .upstream("u", &[target(&b)], "retries: 0")
-        .route("c", &["/c"], "u", &cached(""))
-        .route("a", &["/a"], "u", &cached("cache_authorized: true"))
+        .route_u("c", &cached(""))
+        .route_u("a", &cached("cache_authorized: true"))
         .start();
     let auth = [("authorization", "Bearer t0k3n")];
 
@@ -218,8 +218,8 @@ async fn vary_and_vary_headers_make_separate_objects() {
     b.set_extra_headers(&[("vary", "Accept-Encoding")]);
     let gw = Cfg::new()
         .upstream("u", &[target(&b)], "retries: 0")
-        .route("c", &["/c"], "u", &cached(""))
-        .route("t", &["/t"], "u", &cached("vary_headers: [X-Tenant]"))
+        .route_u("c", &cached(""))
+        .route_u("t", &cached("vary_headers: [X-Tenant]"))
         .start();
     let gz = [("accept-encoding", "gzip")];
     let br = [("accept-encoding", "br")];
@@ -304,7 +304,7 @@ async fn stale_if_error_serves_stale_while_the_upstream_is_down() {
     let gw = Cfg::new()
         .upstream("u", &[target(&b)], "retries: 0")
         .upstream("d", &[target(&down)], "retries: 0")
-        .route("c", &["/c"], "u", &cached("ttl: 1s, stale_if_error: 1m"))
+        .route_u("c", &cached("ttl: 1s, stale_if_error: 1m"))
         .route("n", &["/n"], "d", &cached("ttl: 1s"))
         .start();
     b.set_body(Some("{\"v\":1}"));
@@ -434,8 +434,8 @@ async fn purge_by_path_and_route_needs_the_token() {
     let b = Backend::start("b");
     let cfg = Cfg::new()
         .upstream("u", &[target(&b)], "retries: 0")
-        .route("c", &["/c"], "u", &cached(""))
-        .route("d", &["/d"], "u", &cached(""));
+        .route_u("c", &cached(""))
+        .route_u("d", &cached(""));
     let gw = with_token(cfg, "s3cret");
     for p in ["/c/1", "/c/1?page=2", "/c/2", "/d/1"] {
         assert_eq!(get(&gw, p).await.cache, "MISS");
@@ -494,12 +494,9 @@ async fn cache_survives_a_reload() {
     let b = Backend::start("b");
     let other = Backend::start("o");
     let base = || {
-        Cfg::new().upstream("u", &[target(&b)], "retries: 0").route(
-            "c",
-            &["/c"],
-            "u",
-            &cached("ttl: 1h"),
-        )
+        Cfg::new()
+            .upstream("u", &[target(&b)], "retries: 0")
+            .route_u("c", &cached("ttl: 1h"))
     };
     let gw = base().start();
     assert_eq!(get(&gw, "/c/x").await.cache, "MISS");
@@ -522,12 +519,11 @@ async fn cache_survives_a_reload() {
     assert_eq!(b.hits(), 1);
 
     // The route drops proxy-cache: its objects go.
-    gw.write_config(Cfg::new().upstream("u", &[target(&b)], "retries: 0").route(
-        "c",
-        &["/c"],
-        "u",
-        "",
-    ));
+    gw.write_config(
+        Cfg::new()
+            .upstream("u", &[target(&b)], "retries: 0")
+            .route_u("c", ""),
+    );
     assert_eq!(gw.admin_reload().await.0, 200);
     assert_eq!(store_status(&gw, "c").await["objects"], 0);
     gw.write_config(base());
@@ -540,14 +536,9 @@ async fn global_entry_and_invalid_config() {
     let b = Backend::start("b");
     let gw = Cfg::new()
         .upstream("u", &[target(&b)], "retries: 0")
-        .route("one", &["/one"], "u", "")
-        .route("two", &["/two"], "u", "")
-        .route(
-            "off",
-            &["/off"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n    enabled: false",
-        )
+        .route_u("one", "")
+        .route_u("two", "")
+        .route_u("off", "plugins:\n  - name: proxy-cache\n    enabled: false")
         .top("plugins:\n  - name: proxy-cache\n    config: { memory: 1mb }\n")
         .start();
     // Same path under two routes: namespaced by route, never shared.
@@ -590,12 +581,7 @@ async fn authenticated_routes_cache_per_consumer_after_auth() {
     let b = Backend::start("b");
     let gw = Cfg::new()
         .upstream("u", &[target(&b)], "retries: 0")
-        .route(
-            "k",
-            &["/k"],
-            "u",
-            "plugins:\n  - name: key-auth\n  - name: proxy-cache",
-        )
+        .route_u("k", "plugins:\n  - name: key-auth\n  - name: proxy-cache")
         .top(
             "consumers:\n  - username: alice\n    keyauth_credentials: [{ key: alice-key-0001 }]\n  - username: bob\n    keyauth_credentials: [{ key: bob-key-0002 }]\n",
         )

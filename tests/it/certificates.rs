@@ -15,14 +15,10 @@ use std::time::Duration;
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
+use tokio_rustls::rustls::client::WantsClientCert;
 use tokio_rustls::rustls::crypto::CryptoProvider;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{
-    ClientConfig, DigitallySignedStruct, Error as RusTlsError, SignatureScheme,
-};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, ConfigBuilder};
 use tokio_rustls::TlsConnector;
 
 // ---------------------------------------------------------------------------------------------
@@ -41,17 +37,8 @@ fn ymd_in_days(days: i64) -> (i32, u8, u8) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = now / 86_400 + days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as i32, m as u8, d as u8)
+    let (y, m, d) = gatehouse::util::clock::civil_from_days(now / 86_400 + days);
+    (y as i32, m, d)
 }
 
 impl Ca {
@@ -104,65 +91,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Accepts any server certificate (the handshake signature is still checked) and records
-/// the leaf, so a test sees which certificate the gateway chose.
-#[derive(Debug)]
-struct Recorder {
-    leaf: Mutex<Option<Vec<u8>>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, RusTlsError> {
-        *self.leaf.lock().unwrap() = Some(end_entity.to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        rustls_verify(message, cert, dss, &self.provider, false)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        rustls_verify(message, cert, dss, &self.provider, true)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn rustls_verify(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-    provider: &CryptoProvider,
-    tls13: bool,
-) -> Result<HandshakeSignatureValid, RusTlsError> {
-    // The key holder must have signed the handshake: the served key fits the leaf.
-    let algs = &provider.signature_verification_algorithms;
-    if tls13 {
-        tokio_rustls::rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-    } else {
-        tokio_rustls::rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-    }
-}
-
 /// What one handshake served: the leaf's DNS names and serial.
 #[derive(Debug, Clone, PartialEq)]
 struct Served {
@@ -193,27 +121,23 @@ fn describe(der: &[u8]) -> Served {
     }
 }
 
-fn client_config() -> (Arc<ClientConfig>, Arc<Recorder>) {
-    pingora::tls::install_default_crypto_provider();
+/// A client builder that accepts any server certificate (the handshake signature is still
+/// checked), so a test sees which certificate the gateway chose.
+fn any_certificate() -> ConfigBuilder<ClientConfig, WantsClientCert> {
+    let any = gatehouse::upstream::peer::AnyServerCertificate::new().unwrap();
     let provider = CryptoProvider::get_default().unwrap().clone();
-    let rec = Arc::new(Recorder {
-        leaf: Mutex::new(None),
-        provider: provider.clone(),
-    });
-    let cfg = ClientConfig::builder_with_provider(provider)
+    ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(rec.clone())
-        .with_no_client_auth();
-    (Arc::new(cfg), rec)
+        .with_custom_certificate_verifier(any)
 }
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A TLS connection to the gateway with `sni` (none when `None`: an IP address is dialled).
 async fn connect(port: u16, sni: Option<&str>) -> Result<(Tls, Served), String> {
-    let (cfg, rec) = client_config();
+    let cfg = Arc::new(any_certificate().with_no_client_auth());
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -228,8 +152,9 @@ async fn connect(port: u16, sni: Option<&str>) -> Result<(Tls, Served), String> 
     .await
     .map_err(|_| "handshake timed out".to_string())?
     .map_err(|e| format!("handshake: {e}"))?;
-    let leaf = rec.leaf.lock().unwrap().take().ok_or("no certificate")?;
-    Ok((tls, describe(&leaf)))
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let served = describe(leaf.ok_or("no certificate")?);
+    Ok((tls, served))
 }
 
 /// One HTTP/1.1 request on an open connection (kept open): the status code.
@@ -674,17 +599,7 @@ impl Ca {
 async fn mtls_get(port: u16, identity: Option<&(String, String)>) -> Result<u16, String> {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::PrivateKeyDer;
-    pingora::tls::install_default_crypto_provider();
-    let provider = CryptoProvider::get_default().unwrap().clone();
-    let rec = Arc::new(Recorder {
-        leaf: Mutex::new(None),
-        provider: provider.clone(),
-    });
-    let b = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(rec);
+    let b = any_certificate();
     let cfg = match identity {
         Some((chain, key)) => b
             .with_client_auth_cert(

@@ -275,14 +275,7 @@ fn request(gw: &Gateway, method: &str, path: &str, ae: Option<&str>, extra: &str
     let ae = ae.map_or(String::new(), |v| format!("Accept-Encoding: {v}\r\n"));
     let req =
         format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{ae}{extra}Connection: close\r\n\r\n");
-    let (raw, _) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(10));
-    let resp = parse_response(&raw).unwrap_or_else(|| {
-        panic!(
-            "no response for {method} {path}: {:?}\n{}",
-            String::from_utf8_lossy(&raw),
-            gw.diagnostics()
-        )
-    });
+    let (resp, raw, _) = gw.raw_exchange(req.as_bytes(), Duration::from_secs(10));
     Got { resp, raw }
 }
 
@@ -292,10 +285,12 @@ fn get(gw: &Gateway, path: &str, ae: Option<&str>) -> Got {
 
 /// A gateway with route `r` on `/` to `up`, with `plugins` (YAML list items, route level).
 fn gateway(up: &Upstream, plugins: &str) -> Gateway {
-    Cfg::new()
-        .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route("r", &["/"], "u", &format!("plugins:\n{plugins}"))
-        .start()
+    one_upstream(
+        &[target_addr(&up.addr())],
+        "retries: 0",
+        "/",
+        &format!("plugins:\n{plugins}"),
+    )
 }
 
 const COMPRESSION: &str = "  - name: response-compression\n";
@@ -716,12 +711,7 @@ async fn gateway_made_answers_are_never_compressed() {
     up.fixed("/j", fixed(200, &[JSON], &json_body(4096)));
     let gw = Cfg::new()
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: key-auth\n  - name: response-compression\n    config: { min_size: 0 }",
-        )
+        .route_root("plugins:\n  - name: key-auth\n  - name: response-compression\n    config: { min_size: 0 }")
         .top("consumers:\n  - username: app\n    keyauth_credentials: [{ key: k1 }]\n")
         .start();
     let g = get(&gw, "/j", Some("gzip"));
@@ -1015,12 +1005,7 @@ async fn http2_clients_get_compressed_bodies_too() {
     let (cfg, ca) = Cfg::new().tls_listener(tls_port, "");
     let gw = cfg
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n  - name: response-compression",
-        )
+        .route_root("plugins:\n  - name: proxy-cache\n  - name: response-compression")
         .start();
     let client = https_client(&ca);
     for (path, ae, cache) in [

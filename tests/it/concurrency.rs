@@ -45,7 +45,7 @@ async fn slots_are_released_on_upstream_errors_and_client_aborts() {
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
         .upstream("gone", &[target_addr(&dead)], "retries: 0")
-        .route("r", &["/r"], "u", &plugin("{ max: 1, limit_by: route }"))
+        .route_u("r", &plugin("{ max: 1, limit_by: route }"))
         .route("g", &["/g"], "gone", &plugin("{ max: 1, limit_by: route }"))
         .start();
 
@@ -87,7 +87,7 @@ async fn per_ip_keys_are_independent() {
     let gw = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &plugin("{ max: 1, limit_by: ip }"))
+        .route_u("r", &plugin("{ max: 1, limit_by: ip }"))
         .start();
     let ask = |ip: &'static str| {
         let gw = &gw;

@@ -28,7 +28,7 @@ fn setup(a: &Backend, cors_config: &str) -> Gateway {
     Cfg::new()
         .upstream("u", &[target(a)], "")
         .upstream("dead", &[target_addr(&dead_addr())], "retries: 0")
-        .route("r", &["/r"], "u", "")
+        .route_u("r", "")
         .route("d", &["/d"], "dead", "")
         .top(&format!(
             "plugins:\n  - name: correlation-id\n  - name: cors\n    config: {cors_config}\n"

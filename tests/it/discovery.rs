@@ -475,6 +475,21 @@ async fn a_name_without_address_at_load() {
     assert!(a.hits() >= 1);
 }
 
+/// Asserts that `gatehouse -t` refuses the `discovery:` lines `body` (of an upstream with
+/// `allow_empty: true`) with an error holding `path`, `msg` and a line number.
+fn assert_discovery_refused(body: &str, path: &str, msg: &str) {
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:{}\"]\nupstreams:\n  - name: api\n    discovery:\n{body}      allow_empty: true\nroutes:\n  - name: r\n    paths: [\"/api\"]\n    upstream: api\n",
+        free_port()
+    );
+    let (code, stderr) = Gateway::validate(&yaml);
+    assert_eq!(code, 1, "{yaml}\n{stderr}");
+    assert!(
+        stderr.contains(path) && stderr.contains(msg) && stderr.contains("(line "),
+        "want {path} {msg}\n{stderr}"
+    );
+}
+
 #[test]
 fn discovery_config_errors_name_their_line() {
     let cases: &[(&str, &str, &str)] = &[
@@ -505,16 +520,7 @@ fn discovery_config_errors_name_their_line() {
         ),
     ];
     for (body, path, msg) in cases {
-        let yaml = format!(
-            "server:\n  listen: [\"127.0.0.1:{}\"]\nupstreams:\n  - name: api\n    discovery:\n{body}      allow_empty: true\nroutes:\n  - name: r\n    paths: [\"/api\"]\n    upstream: api\n",
-            free_port()
-        );
-        let (code, stderr) = Gateway::validate(&yaml);
-        assert_eq!(code, 1, "{yaml}\n{stderr}");
-        assert!(
-            stderr.contains(path) && stderr.contains(msg) && stderr.contains("(line "),
-            "want {path}: {msg}\n{stderr}"
-        );
+        assert_discovery_refused(body, path, msg);
     }
     // `targets` and `discovery` together.
     let yaml = format!(
@@ -705,17 +711,6 @@ fn srv_and_dns_config_errors() {
         ),
     ];
     for (body, path, msg) in cases {
-        let yaml = format!(
-            "server:\n  listen: [\"127.0.0.1:{}\"]\nupstreams:\n  - name: api\n    discovery:\n{body}      allow_empty: true\nroutes:\n  - name: r\n    paths: [\"/api\"]\n    upstream: api\n",
-            free_port()
-        );
-        let (code, stderr) = Gateway::validate(&yaml);
-        assert_eq!(code, 1, "{yaml}\n{stderr}");
-        assert!(
-            stderr.contains(&format!("{path}: "))
-                && stderr.contains(msg)
-                && stderr.contains("(line "),
-            "want {path}: {msg}\n{stderr}"
-        );
+        assert_discovery_refused(body, &format!("{path}: "), msg);
     }
 }

@@ -262,7 +262,7 @@ async fn health_route_answers_503_while_draining_after_sigterm() {
     let gw = Cfg::new()
         .server("health_check_path: /healthz\ndrain_delay: 3s")
         .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", "")
+        .route_u("r", "")
         .start();
     assert_eq!(gw.get("/healthz").await.status().as_u16(), 200);
 
@@ -378,7 +378,7 @@ async fn cipher_suites_and_versions_are_enforced_in_the_handshake() {
             "cipher_suites: [TLS13_CHACHA20_POLY1305_SHA256, TLS_AES_256_GCM_SHA384, ECDHE-ECDSA-AES128-GCM-SHA256]",
         ))
         .upstream("u", &[target(&a)], "")
-        .route("t", &["/t"], "u", "")
+        .route_u("t", "")
         .start();
 
     // TLS 1.3 with a suite outside the list: refused in the handshake.
@@ -464,7 +464,7 @@ async fn max_version_12_and_min_version_13_choose_the_protocol() {
     let _gw12 = cfg
         .server(&tls_block(port12, "max_version: \"1.2\""))
         .upstream("u", &[target(&a)], "")
-        .route("t", &["/t"], "u", "")
+        .route_u("t", "")
         .start();
     // A client offering both gets 1.2; a 1.3-only client is refused.
     let h = handshake(port12, &ca, true, true, &[], "/t").await.unwrap();
@@ -483,7 +483,7 @@ async fn max_version_12_and_min_version_13_choose_the_protocol() {
             "min_version: \"1.3\"\ncipher_suites: [TLS13_AES_128_GCM_SHA256]",
         ))
         .upstream("u", &[target(&a)], "")
-        .route("t", &["/t"], "u", "")
+        .route_u("t", "")
         .start();
     let h = handshake(port13, &ca, true, true, &[], "/t").await.unwrap();
     assert_eq!(h.version, "TLSv1_3");
@@ -819,9 +819,8 @@ async fn preflight(gw: &Gateway, path: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn run_on_preflight_false_lets_preflights_through_auth() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
         .route(
             "key-open",
             &["/ko"],
@@ -912,18 +911,10 @@ async fn run_on_preflight_false_lets_preflights_through_auth() {
 
 #[test]
 fn run_on_preflight_must_be_a_bool() {
-    let yaml = "upstreams:
-  - name: u
-    targets: [{ addr: \"127.0.0.1:2\" }]
-routes:
-  - name: r
-    paths: [\"/\"]
-    upstream: u
-    plugins:
-      - name: jwt
-        config: { run_on_preflight: sometimes }
-";
-    let (code, err) = Gateway::validate(yaml);
+    let yaml = format!(
+        "{ROUTE_R_PLUGINS}      - name: jwt\n        config: {{ run_on_preflight: sometimes }}\n"
+    );
+    let (code, err) = Gateway::validate(&yaml);
     assert_eq!(code, 1, "{err}");
     assert_error_line(&err, "routes[0].plugins[0].config.run_on_preflight", 10, "");
 }

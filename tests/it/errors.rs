@@ -8,10 +8,7 @@ use common::*;
 #[tokio::test]
 async fn bad_gateway_when_every_target_refuses() {
     let (d1, d2) = (dead_addr(), dead_addr());
-    let gw = Cfg::new()
-        .upstream("u", &[target_addr(&d1), target_addr(&d2)], "")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let gw = one_upstream(&[target_addr(&d1), target_addr(&d2)], "", "/e", "");
 
     let (s, body) = gw
         .get_with("/e/x", &[("X-Request-ID", "req-502-check")])
@@ -40,10 +37,7 @@ async fn bad_gateway_when_every_target_refuses() {
 async fn bad_gateway_when_upstream_hangs_up() {
     let a = Backend::start("a");
     a.set_hangup(true);
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "retries: 0")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a)], "retries: 0", "/e", "");
 
     let (s, body) = gw.send(gw.client.get(gw.url("/e/x"))).await;
     assert_eq!(s, 502, "{body}");
@@ -61,14 +55,12 @@ async fn bad_gateway_when_upstream_hangs_up() {
 async fn gateway_timeout_on_read_timeout() {
     let a = Backend::start("a");
     a.set_delay(Duration::from_millis(1500));
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a)],
-            "retries: 0\ntimeouts: { connect: 1s, read: 300ms, write: 1s }",
-        )
-        .route("r", &["/e"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target(&a)],
+        "retries: 0\ntimeouts: { connect: 1s, read: 300ms, write: 1s }",
+        "/e",
+        "",
+    );
 
     let t0 = Instant::now();
     let (s, body) = gw.send(gw.client.get(gw.url("/e/slow"))).await;
@@ -83,6 +75,24 @@ async fn gateway_timeout_on_read_timeout() {
     assert_eq!(a.hits(), 1);
 }
 
+/// Backend `a` behind route `r` on `/e`, with `server.max_body_bytes: max`.
+fn body_limited(max: &str) -> (Backend, Gateway) {
+    let a = Backend::start("a");
+    let gw = Cfg::new()
+        .server(&format!("max_body_bytes: {max}"))
+        .upstream("u", &[target(&a)], "")
+        .route("r", &["/e"], "u", "")
+        .start();
+    (a, gw)
+}
+
+/// The response to `req` sent over raw TCP.
+fn exchange(port: u16, req: &[u8]) -> RawResponse {
+    let (raw, _) = raw_request(port, req, Duration::from_secs(5));
+    parse_response(&raw)
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)))
+}
+
 /// POST with a Content-Length of `len` and the full body, over raw TCP.
 fn post_raw(port: u16, path: &str, len: usize) -> RawResponse {
     let mut req = format!(
@@ -90,19 +100,12 @@ fn post_raw(port: u16, path: &str, len: usize) -> RawResponse {
     )
     .into_bytes();
     req.extend(std::iter::repeat_n(b'x', len));
-    let (raw, _) = raw_request(port, &req, Duration::from_secs(5));
-    parse_response(&raw)
-        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)))
+    exchange(port, &req)
 }
 
 #[tokio::test]
 async fn payload_too_large_by_content_length() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .server("max_body_bytes: 1024")
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let (a, gw) = body_limited("1024");
 
     // at the limit: passes
     let r = post_raw(gw.port, "/e/ok", 1024);
@@ -122,12 +125,7 @@ async fn payload_too_large_by_content_length() {
 
 #[tokio::test]
 async fn payload_too_large_with_size_unit() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .server("max_body_bytes: 2kb")
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let (a, gw) = body_limited("2kb");
 
     assert_eq!(post_raw(gw.port, "/e/ok", 2048).status, 200);
     let r = post_raw(gw.port, "/e/big", 2049);
@@ -138,12 +136,7 @@ async fn payload_too_large_with_size_unit() {
 
 #[tokio::test]
 async fn payload_too_large_chunked() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .server("max_body_bytes: 1024")
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let (a, gw) = body_limited("1024");
 
     let chunk = "y".repeat(512);
     let mut req = String::from(
@@ -153,9 +146,7 @@ async fn payload_too_large_chunked() {
         req.push_str(&format!("200\r\n{chunk}\r\n"));
     }
     req.push_str("0\r\n\r\n");
-    let (raw, _) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(5));
-    let r = parse_response(&raw)
-        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)));
+    let r = exchange(gw.port, req.as_bytes());
     assert_eq!(r.status, 413, "{}", r.text());
     assert_error_body(&r.text(), "payload_too_large");
     // whatever reached the upstream, it never got the whole 2048-byte body
@@ -181,9 +172,7 @@ async fn uri_too_long() {
 
     let target = format!("/e/x?q={}", "a".repeat(20 * 1024));
     let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let (raw, _) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(5));
-    let r = parse_response(&raw)
-        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)));
+    let r = exchange(gw.port, req.as_bytes());
     assert_eq!(r.status, 414, "{}", r.text());
     assert_error_body(&r.text(), "uri_too_long");
     assert_eq!(a.hits(), 0);
@@ -223,9 +212,7 @@ async fn header_fields_too_large() {
         "GET /e/x HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "h".repeat(40 * 1024)
     );
-    let (raw, _) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(5));
-    let r = parse_response(&raw)
-        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)));
+    let r = exchange(gw.port, req.as_bytes());
     assert_eq!(r.status, 431, "{}", r.text());
     assert_error_body(&r.text(), "request_header_fields_too_large");
     assert_eq!(a.hits(), 0);
@@ -244,10 +231,7 @@ async fn header_fields_too_large() {
 
 #[tokio::test]
 async fn error_bodies_carry_the_request_id() {
-    let gw = Cfg::new()
-        .upstream("u", &[target_addr(&dead_addr())], "")
-        .route("r", &["/e"], "u", "")
-        .start();
+    let gw = one_upstream(&[target_addr(&dead_addr())], "", "/e", "");
 
     // generated ids differ between requests
     let (_, b1) = gw.send(gw.client.get(gw.url("/e/1"))).await;

@@ -47,9 +47,8 @@ async fn run(
 
 #[tokio::test]
 async fn abort_answers_json_error_only_for_matching_requests_without_upstream() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
         .route(
             "chaos",
             &["/c"],
@@ -116,13 +115,10 @@ async fn abort_answers_json_error_only_for_matching_requests_without_upstream() 
 
 #[tokio::test]
 async fn abort_percentage_holds_over_2000_requests() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u(
             "r",
-            &["/r"],
-            "u",
             &plugin("{ abort: { status: 502, percentage: 10, message: \"chaos monkey\" } }"),
         )
         .start();
@@ -149,21 +145,13 @@ async fn abort_percentage_holds_over_2000_requests() {
 
 #[tokio::test]
 async fn delay_percentage_holds_and_never_holds_the_worker_thread() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u(
             "half",
-            &["/half"],
-            "u",
             &plugin("{ delay: { duration: 300ms, percentage: 50 } }"),
         )
-        .route(
-            "all",
-            &["/all"],
-            "u",
-            &plugin("{ delay: { duration: 500ms } }"),
-        )
+        .route_u("all", &plugin("{ delay: { duration: 500ms } }"))
         .start();
 
     // One worker thread (the harness's `threads: 1`): 40 delayed requests at once finish

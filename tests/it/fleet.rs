@@ -399,10 +399,8 @@ async fn a_purge_on_one_node_empties_the_entry_on_every_node() {
     let node = || {
         Cfg::new()
             .upstream("u", &[target(&b)], "retries: 0")
-            .route(
+            .route_u(
                 "c",
-                &["/c"],
-                "u",
                 "plugins:\n  - name: proxy-cache\n    config: { ttl: 60s }",
             )
             .top(&top)

@@ -58,12 +58,7 @@ fn metric(gw_text: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn connection_cap_per_address_with_thousands_of_addresses_in_bounded_memory() {
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .server("flood: { connections_per_ip_per_second: 3 }")
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let (b, gw) = catch_all("flood: { connections_per_ip_per_second: 3 }");
     let port = gw.port;
     // Warm up (the estimator is allocated on first use), then take the baseline.
     assert_eq!(exchange_from(addr(0), port, &get("/warm")).await, [200]);

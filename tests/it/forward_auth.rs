@@ -134,6 +134,33 @@ impl AuthServer {
     }
 }
 
+impl AuthServer {
+    /// forward-auth config calling this service at `path`, with `extra` lines.
+    fn config(&self, path: &str, extra: &str) -> String {
+        format!("url: {}\n{extra}", self.url(path))
+    }
+}
+
+/// The auth service, and a config with upstream `u` in front of backend `up` for
+/// [`ForwardAuthRoutes::forward_auth`] routes.
+fn auth_and_upstream() -> (AuthServer, Backend, Cfg) {
+    let auth = AuthServer::start();
+    let up = Backend::start("up");
+    let cfg = Cfg::new().upstream("u", &[target(&up)], "");
+    (auth, up, cfg)
+}
+
+trait ForwardAuthRoutes {
+    /// Route `name` on `/name` to upstream `u` behind forward-auth with `config`.
+    fn forward_auth(self, name: &str, config: &str) -> Cfg;
+}
+
+impl ForwardAuthRoutes for Cfg {
+    fn forward_auth(self, name: &str, config: &str) -> Cfg {
+        self.route(name, &[&format!("/{name}")], "u", &fa_route(config))
+    }
+}
+
 fn fa_route(config: &str) -> String {
     format!(
         "plugins:\n  - name: forward-auth\n    config:\n{}",
@@ -167,18 +194,11 @@ fn counter(text: &str, name: &str, route: &str, result: &str) -> f64 {
 
 #[tokio::test]
 async fn allow_copies_identity_headers_and_drops_spoofed_ones() {
-    let auth = AuthServer::start();
-    let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
+    let (auth, up, cfg) = auth_and_upstream();
+    let gw = cfg
+        .forward_auth(
             "app",
-            &["/app"],
-            "u",
-            &fa_route(&format!(
-                "url: {}\nupstream_headers: [X-User-Id, X-User-Roles]",
-                auth.url("/verify")
-            )),
+            &auth.config("/verify", "upstream_headers: [X-User-Id, X-User-Roles]"),
         )
         .start();
 
@@ -223,27 +243,18 @@ async fn allow_copies_identity_headers_and_drops_spoofed_ones() {
 
 #[tokio::test]
 async fn auth_call_carries_the_request_and_only_the_chosen_headers() {
-    let auth = AuthServer::start();
-    let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
+    let (auth, up, cfg) = auth_and_upstream();
+    let gw = cfg
+        .forward_auth(
             "fixed",
-            &["/fixed"],
-            "u",
-            &fa_route(&format!(
-                "url: {}\nrequest_headers: [Authorization, X-Tenant]\ncache: {{ ttl: 0s }}",
-                auth.url("/check?from=gw")
-            )),
+            &auth.config(
+                "/check?from=gw",
+                "request_headers: [Authorization, X-Tenant]\ncache: { ttl: 0s }",
+            ),
         )
-        .route(
+        .forward_auth(
             "orig",
-            &["/orig"],
-            "u",
-            &fa_route(&format!(
-                "url: {}\nmethod: original\ncache: {{ ttl: 0s }}",
-                auth.url("/check")
-            )),
+            &auth.config("/check", "method: original\ncache: { ttl: 0s }"),
         )
         .start();
 
@@ -308,17 +319,8 @@ async fn auth_call_carries_the_request_and_only_the_chosen_headers() {
 
 #[tokio::test]
 async fn denials_are_contract_json_with_client_headers_only() {
-    let auth = AuthServer::start();
-    let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "app",
-            &["/app"],
-            "u",
-            &fa_route(&format!("url: {}", auth.url("/v"))),
-        )
-        .start();
+    let (auth, up, cfg) = auth_and_upstream();
+    let gw = cfg.forward_auth("app", &auth.config("/v", "")).start();
 
     let r = get(&gw, "/app", Some("Bearer nope")).await;
     assert_eq!(r.status(), 401);
@@ -347,23 +349,11 @@ async fn denials_are_contract_json_with_client_headers_only() {
 
 #[tokio::test]
 async fn timeout_down_and_odd_statuses_answer_503() {
-    let auth = AuthServer::start();
-    let up = Backend::start("up");
+    let (auth, up, cfg) = auth_and_upstream();
     let dead = dead_addr();
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "live",
-            &["/live"],
-            "u",
-            &fa_route(&format!("url: {}\ntimeout: 300ms", auth.url("/v"))),
-        )
-        .route(
-            "dead",
-            &["/dead"],
-            "u",
-            &fa_route(&format!("url: http://{dead}/v\ntimeout: 2s")),
-        )
+    let gw = cfg
+        .forward_auth("live", &auth.config("/v", "timeout: 300ms"))
+        .forward_auth("dead", &format!("url: http://{dead}/v\ntimeout: 2s"))
         .start();
 
     let started = Instant::now();
@@ -416,18 +406,11 @@ async fn timeout_down_and_odd_statuses_answer_503() {
 
 #[tokio::test]
 async fn cache_cuts_calls_per_credential_and_expires() {
-    let auth = AuthServer::start();
-    let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
+    let (auth, up, cfg) = auth_and_upstream();
+    let gw = cfg
+        .forward_auth(
             "app",
-            &["/app"],
-            "u",
-            &fa_route(&format!(
-                "url: {}\nupstream_headers: [X-User-Id]\ncache: {{ ttl: 1s }}",
-                auth.url("/v")
-            )),
+            &auth.config("/v", "upstream_headers: [X-User-Id]\ncache: { ttl: 1s }"),
         )
         .start();
 
@@ -486,25 +469,16 @@ async fn cache_cuts_calls_per_credential_and_expires() {
 
 #[tokio::test]
 async fn preflight_skips_the_auth_only_when_configured() {
-    let auth = AuthServer::start();
-    let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
+    let (auth, up, cfg) = auth_and_upstream();
+    let gw = cfg
+        .forward_auth(
             "open",
-            &["/open"],
-            "u",
-            &fa_route(&format!(
-                "url: {}\nrun_on_preflight: false\nupstream_headers: [X-User-Id]",
-                auth.url("/v")
-            )),
+            &auth.config(
+                "/v",
+                "run_on_preflight: false\nupstream_headers: [X-User-Id]",
+            ),
         )
-        .route(
-            "strict",
-            &["/strict"],
-            "u",
-            &fa_route(&format!("url: {}", auth.url("/v"))),
-        )
+        .forward_auth("strict", &auth.config("/v", ""))
         .start();
 
     let preflight = |path: &str| {
@@ -547,34 +521,16 @@ async fn preflight_skips_the_auth_only_when_configured() {
 
 #[tokio::test]
 async fn consumer_header_names_a_consumer_for_acl_and_limits() {
-    let auth = AuthServer::start();
-    let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "admin",
-            &["/admin"],
-            "u",
-            &format!(
+    let (auth, up, cfg) = auth_and_upstream();
+    let gw = cfg
+        .route_u("admin", &format!(
                 "{}  - name: acl\n    config: {{ allow_roles: [admin] }}\n",
-                fa_route(&format!(
-                    "url: {}\nconsumer_header: X-User-Id",
-                    auth.url("/v")
-                ))
-            ),
-        )
-        .route(
-            "limited",
-            &["/limited"],
-            "u",
-            &format!(
+                fa_route(&auth.config("/v", "consumer_header: X-User-Id"))
+            ))
+        .route_u("limited", &format!(
                 "{}  - name: rate-limiting\n    config: {{ minute: 2, limit_by: header, header_name: X-User-Id }}\n",
-                fa_route(&format!(
-                    "url: {}\nupstream_headers: [X-User-Id]",
-                    auth.url("/v")
-                ))
-            ),
-        )
+                fa_route(&auth.config("/v", "upstream_headers: [X-User-Id]"))
+            ))
         .top("consumers:\n  - { username: alice, roles: [admin] }\n  - { username: carol, roles: [reader] }\n")
         .start();
 
@@ -612,10 +568,10 @@ async fn consumer_header_names_a_consumer_for_acl_and_limits() {
 async fn cache_survives_a_reload_that_keeps_the_entry() {
     let auth = AuthServer::start();
     let up = Backend::start("up");
-    let plugin = |timeout: &str| fa_route(&format!("url: {}\ntimeout: {timeout}", auth.url("/v")));
+    let plugin = |timeout: &str| fa_route(&auth.config("/v", &format!("timeout: {timeout}")));
     let gw = Cfg::new()
         .upstream("u", &[target(&up)], "")
-        .route("app", &["/app"], "u", &plugin("1s"))
+        .route_u("app", &plugin("1s"))
         .start();
     assert_eq!(
         get(&gw, "/app", Some("Bearer user-alice")).await.status(),
@@ -627,8 +583,8 @@ async fn cache_survives_a_reload_that_keeps_the_entry() {
     gw.write_config(
         Cfg::new()
             .upstream("u", &[target(&up)], "")
-            .route("app", &["/app"], "u", &plugin("1s"))
-            .route("other", &["/other"], "u", ""),
+            .route_u("app", &plugin("1s"))
+            .route_u("other", ""),
     );
     let (s, body) = gw.admin_reload().await;
     assert_eq!(s, 200, "{body}");
@@ -643,8 +599,8 @@ async fn cache_survives_a_reload_that_keeps_the_entry() {
     gw.write_config(
         Cfg::new()
             .upstream("u", &[target(&up)], "")
-            .route("app", &["/app"], "u", &plugin("2s"))
-            .route("other", &["/other"], "u", ""),
+            .route_u("app", &plugin("2s"))
+            .route_u("other", ""),
     );
     let (s, body) = gw.admin_reload().await;
     assert_eq!(s, 200, "{body}");
@@ -664,20 +620,13 @@ async fn secrets_stay_out_of_logs_bodies_and_status() {
     let dead = dead_addr();
     let cfg = Cfg::new()
         .upstream("u", &[target(&up)], "")
-        .route(
+        .forward_auth(
             "app",
-            &["/app"],
-            "u",
-            &fa_route(&format!(
-                "url: \"{}\"",
-                auth.url("/v?service_key=SVCSECRET1")
-            )),
+            &format!("url: \"{}\"", auth.url("/v?service_key=SVCSECRET1")),
         )
-        .route(
+        .forward_auth(
             "down",
-            &["/down"],
-            "u",
-            &fa_route(&format!("url: \"http://{dead}/v?service_key=SVCSECRET2\"")),
+            &format!("url: \"http://{dead}/v?service_key=SVCSECRET2\""),
         );
     let gw = start_with_access_log(cfg, "access.log");
     let log = gw.dir().join("access.log");
@@ -747,13 +696,11 @@ async fn demo_auth_service_and_demo_route() {
     let up = Backend::start("up");
     let gw = Cfg::new()
         .upstream("u", &[target(&up)], "")
-        .route(
+        .forward_auth(
             "profile",
-            &["/profile"],
-            "u",
-            &fa_route(&format!(
+            &format!(
                 "url: http://127.0.0.1:{port}/verify\nupstream_headers: [X-User-Id, X-User-Roles]"
-            )),
+            ),
         )
         .start();
     let token = format!("Bearer {}", gatehouse::demo::DEMO_SESSION_TOKEN);
@@ -789,20 +736,13 @@ async fn https_auth_service_with_ca_file() {
     let url = format!("https://localhost:{tls_port}/verify");
     let gw = cfg
         .upstream("u", &[target(&up)], "")
-        .route(
+        .forward_auth(
             "trusted",
-            &["/trusted"],
-            "u",
-            &fa_route(&format!(
+            &format!(
                 "url: {url}\nca_file: auth-ca.pem\nupstream_headers: [X-User-Id]\ntimeout: 3s"
-            )),
+            ),
         )
-        .route(
-            "untrusted",
-            &["/untrusted"],
-            "u",
-            &fa_route(&format!("url: {url}\ntimeout: 3s")),
-        )
+        .forward_auth("untrusted", &format!("url: {url}\ntimeout: 3s"))
         .start();
 
     let r = get(&gw, "/trusted", Some("Bearer user-tls")).await;

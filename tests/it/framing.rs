@@ -9,10 +9,7 @@ use std::time::Duration;
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 
 fn gateway(b: &Backend) -> Gateway {
-    Cfg::new()
-        .upstream("u", &[target(b)], "")
-        .route("r", &["/"], "u", "")
-        .start()
+    one_upstream(&[target(b)], "", "/", "")
 }
 
 /// Sends `head` (+ a smuggled request behind it); returns the parsed responses and whether the

@@ -65,18 +65,24 @@ const LINES: &[&str] = &[
     "---",
 ];
 
+/// Up to 40 lines of `vocab`, each picked and indented (0, 2 or 4 spaces) by one pair.
+fn assemble(picks: &[(u8, u8)], vocab: &[&str]) -> String {
+    let mut text = String::new();
+    for (line, indent) in picks.iter().take(40) {
+        text.push_str(&" ".repeat((*indent % 3) as usize * 2));
+        text.push_str(vocab[*line as usize % vocab.len()]);
+        text.push('\n');
+    }
+    text
+}
+
 #[test]
 fn config_loader_never_panics_and_errors_carry_lines() {
     check!()
         .with_type::<Vec<(u8, u8)>>()
         .with_iterations(3000)
         .for_each(|picks| {
-            let mut text = String::new();
-            for (line, indent) in picks.iter().take(40) {
-                text.push_str(&" ".repeat((*indent % 3) as usize * 2));
-                text.push_str(LINES[*line as usize % LINES.len()]);
-                text.push('\n');
-            }
+            let text = assemble(picks, LINES);
             if let Err(errs) = config::load_str(
                 &text,
                 Path::new("."),
@@ -239,12 +245,7 @@ fn kong_import_never_panics_and_its_output_loads() {
         .with_type::<Vec<(u8, u8)>>()
         .with_iterations(3000)
         .for_each(|picks| {
-            let mut text = String::new();
-            for (line, indent) in picks.iter().take(40) {
-                text.push_str(&" ".repeat((*indent % 3) as usize * 2));
-                text.push_str(KONG_LINES[*line as usize % KONG_LINES.len()]);
-                text.push('\n');
-            }
+            let text = assemble(picks, KONG_LINES);
             if let Ok(conv) = gatehouse::import::kong::convert(&text, "fuzz.yml") {
                 if let Err(errs) = config::load_str(
                     &conv.yaml,

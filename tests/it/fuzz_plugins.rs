@@ -11,7 +11,7 @@
 //! - the cache key builder never panics, ignores the order of query parameters (same-name
 //!   parameters keep their relative order) and never shares a key between two routes.
 
-use crate::common::{assert_rewrite_sound, damage, Src};
+use crate::common::{assert_rewrite_sound, damage, Src, ROUTE_R_PLUGINS};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -38,22 +38,14 @@ const SECRET: &str = "fuzz-secret-0123456789abcdefghijklmnop";
 const NOW: f64 = 1_700_000_000.0;
 
 fn jwt_runtime() -> Runtime {
+    // Route `r` with the jwt plugin, and consumer alice's HS256 secret.
     let yaml = format!(
-        "server: {{ listen: [\"127.0.0.1:1\"] }}
-upstreams:
-  - name: u
-    targets: [{{ addr: \"127.0.0.1:2\" }}]
+        "{ROUTE_R_PLUGINS}      - name: jwt
+        config: {{ leeway: 0s }}
 consumers:
   - username: alice
     jwt_secrets:
       - {{ key: hs-key, algorithm: HS256, secret: \"{SECRET}\" }}
-routes:
-  - name: r
-    paths: [\"/\"]
-    upstream: u
-    plugins:
-      - name: jwt
-        config: {{ leeway: 0s }}
 "
     );
     config::load_str(

@@ -23,10 +23,7 @@ async fn run(gw: &Gateway, n: usize) -> (Vec<u16>, Vec<String>) {
 async fn http_check_ejects_and_readmits() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], HC_HTTP)
-        .route("r", &["/hc"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], HC_HTTP, "/hc", "");
 
     // the checker probes /health on its own, and probes are not traffic
     assert!(
@@ -66,14 +63,12 @@ async fn http_check_ejects_and_readmits() {
 async fn tcp_check_ejects_stopped_backend() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a), target(&b)],
-            &format!("retries: 0\n{HC_TCP}"),
-        )
-        .route("r", &["/hc"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target(&a), target(&b)],
+        &format!("retries: 0\n{HC_TCP}"),
+        "/hc",
+        "",
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(a.health_hits(), 0, "TCP check must not send HTTP requests");
@@ -109,10 +104,7 @@ async fn tcp_check_ejects_stopped_backend() {
 async fn status_shows_target_health() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target_w(&a, 2), target_backup(&b)], HC_HTTP)
-        .route("r", &["/hc"], "u", "")
-        .start();
+    let gw = one_upstream(&[target_w(&a, 2), target_backup(&b)], HC_HTTP, "/hc", "");
 
     let st = gw.status_json().await;
     assert!(
@@ -159,10 +151,7 @@ async fn status_shows_target_health() {
 async fn all_targets_down_is_503() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], HC_HTTP)
-        .route("r", &["/hc"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], HC_HTTP, "/hc", "");
 
     a.set_health(500);
     b.set_health(500);
@@ -189,14 +178,12 @@ async fn all_targets_down_is_503() {
 async fn passive_ejects_after_connection_failures() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a), target(&b)],
-            "retries: 0\npassive: { max_fails: 2, fail_timeout: 10s }",
-        )
-        .route("r", &["/hc"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target(&a), target(&b)],
+        "retries: 0\npassive: { max_fails: 2, fail_timeout: 10s }",
+        "/hc",
+        "",
+    );
 
     a.stop();
     // warm-up: a collects its failures (clients may see 502 here, retries are off)
@@ -221,14 +208,12 @@ async fn passive_ejects_after_502s() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     a.set_status(502);
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a), target(&b)],
-            "retries: 0\npassive: { max_fails: 2, fail_timeout: 10s }",
-        )
-        .route("r", &["/hc"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target(&a), target(&b)],
+        "retries: 0\npassive: { max_fails: 2, fail_timeout: 10s }",
+        "/hc",
+        "",
+    );
 
     let _ = run(&gw, 10).await;
     assert!(

@@ -106,16 +106,10 @@ fn request(
 
 #[tokio::test]
 async fn signatures_algorithms_skew_and_consumer() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("h", &["/h"], "u", "plugins: [{ name: hmac-auth }]")
-        .route(
-            "strict",
-            &["/strict"],
-            "u",
-            "plugins: [{ name: hmac-auth, config: { algorithms: [hmac-sha1], clock_skew: 60, enforce_headers: [\"@request-target\", content-md5] } }]",
-        )
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("h", "plugins: [{ name: hmac-auth }]")
+        .route_u("strict", "plugins: [{ name: hmac-auth, config: { algorithms: [hmac-sha1], clock_skew: 60, enforce_headers: [\"@request-target\", content-md5] } }]")
         .top(CONSUMERS)
         .start();
 
@@ -353,13 +347,10 @@ fn ok_clone<'a>(s: &Signed<'a>) -> Signed<'a> {
 
 #[tokio::test]
 async fn body_digest_is_checked() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u(
             "b",
-            &["/b"],
-            "u",
             "plugins: [{ name: hmac-auth, config: { validate_request_body: true } }]",
         )
         .top(CONSUMERS)

@@ -9,10 +9,7 @@ use std::io::Write;
 use std::time::Duration;
 
 fn gateway(b: &Backend) -> Gateway {
-    Cfg::new()
-        .upstream("u", &[target(b)], "")
-        .route("r", &["/"], "u", "")
-        .start()
+    one_upstream(&[target(b)], "", "/", "")
 }
 
 /// Splits a byte stream into the responses it holds (Content-Length or chunked bodies).
@@ -216,12 +213,7 @@ async fn an_ambiguous_request_inside_a_pipeline_is_refused_and_ends_it() {
 
 #[tokio::test]
 async fn a_pipelined_head_that_stalls_still_meets_the_head_deadline() {
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .server("header_timeout: 1s")
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let (b, gw) = catch_all("header_timeout: 1s");
     let port = gw.port;
     let (raw, closed) = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -11,12 +11,7 @@ async fn ip_restriction_allow_and_deny() {
     let gw = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: ip-restriction\n    config: { allow: [\"10.0.0.0/8\"], deny: [\"10.9.0.0/16\"] }",
-        )
+        .route_root("plugins:\n  - name: ip-restriction\n    config: { allow: [\"10.0.0.0/8\"], deny: [\"10.9.0.0/16\"] }")
         .start();
     let ask = |ip: &'static str| {
         let req = gw.client.get(gw.url("/x")).header("x-forwarded-for", ip);
@@ -34,16 +29,13 @@ async fn ip_restriction_allow_and_deny() {
 
 #[tokio::test]
 async fn request_size_limiting_by_length_and_chunked() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u(
             "small",
-            &["/small"],
-            "u",
             "plugins:\n  - name: request-size-limiting\n    config: { allowed_payload_size: 1kb }",
         )
-        .route("big", &["/big"], "u", "")
+        .route_u("big", "")
         .start();
 
     let (s, _) = gw
@@ -83,10 +75,9 @@ async fn request_size_limiting_by_length_and_chunked() {
 
 #[tokio::test]
 async fn correlation_id_generated_kept_echoed_and_in_errors() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("r", "")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
 
@@ -157,18 +148,12 @@ async fn correlation_id_custom_header() {
 
 #[tokio::test]
 async fn security_headers_on_proxied_and_gateway_answers() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
         .upstream("dead", &[target_addr(&dead_addr())], "retries: 0")
-        .route("r", &["/r"], "u", "")
+        .route_u("r", "")
         .route("d", &["/d"], "dead", "")
-        .route(
-            "off",
-            &["/off"],
-            "u",
-            "plugins:\n  - name: security-headers\n    enabled: false",
-        )
+        .route_u("off", "plugins:\n  - name: security-headers\n    enabled: false")
         .top("plugins:\n  - name: security-headers\n    config:\n      headers: { X-Frame-Options: SAMEORIGIN, Strict-Transport-Security: max-age=31536000 }\n")
         .start();
     a.set_extra_headers(&[("server", "nginx/1.0"), ("x-powered-by", "PHP/5")]);

@@ -44,17 +44,35 @@ async fn call(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
     }
 }
 
+/// `rate_limit_hits_total` of `client` on route `r`: its refused requests.
+async fn refused(gw: &Gateway, client: &str) -> f64 {
+    gw.series_value(&format!(
+        "rate_limit_hits_total{{client_id=\"{client}\",route=\"r\"}}"
+    ))
+    .await
+}
+
+/// How many of the GETs (path, X-Forwarded-For) were let through.
+async fn allowed(gw: &Gateway, requests: impl Iterator<Item = (&str, String)>) -> usize {
+    let mut ok = 0;
+    for (path, client) in requests {
+        if call(gw, path, &[("x-forwarded-for", &client)]).await.status == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
 fn plugin(cfg: &str) -> String {
     format!("plugins:\n  - name: rate-limiting\n    config: {cfg}")
 }
 
 #[tokio::test]
 async fn exact_count_per_minute_then_429_with_headers() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &plugin("{ minute: 5, limit_by: ip }"))
-        .route("free", &["/free"], "u", "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("r", &plugin("{ minute: 5, limit_by: ip }"))
+        .route_u("free", "")
         .start();
 
     for i in 0..5u64 {
@@ -81,28 +99,19 @@ async fn exact_count_per_minute_then_429_with_headers() {
     let r = call(&gw, "/free", &[]).await;
     assert_eq!(r.status, 200);
     assert!(r.h("x-ratelimit-limit").is_none());
-    assert_eq!(
-        gw.series_value("rate_limit_hits_total{client_id=\"anonymous\",route=\"r\"}")
-            .await,
-        2.0
-    );
+    assert_eq!(refused(&gw, "anonymous").await, 2.0);
 }
 
 #[tokio::test]
 async fn separate_header_keys_are_independent_and_headers_can_be_hidden() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
+    let (_a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u(
             "r",
-            &["/r"],
-            "u",
             &plugin("{ minute: 2, limit_by: header, header_name: X-Tenant }"),
         )
-        .route(
+        .route_u(
             "quiet",
-            &["/quiet"],
-            "u",
             &plugin("{ minute: 1, limit_by: ip, hide_client_headers: true }"),
         )
         .start();
@@ -135,52 +144,26 @@ async fn spoofed_forwarded_for_from_untrusted_peer_is_one_key() {
     let route = plugin("{ minute: 3, limit_by: ip }");
     // No trusted proxies: X-Forwarded-For is ignored, the peer (127.0.0.1) is the key.
     let gw = one_route(&a, "/r", &route);
-    let mut ok = 0;
-    for i in 0..8 {
-        let spoof = format!("203.0.113.{i}");
-        if call(&gw, "/r", &[("x-forwarded-for", &spoof)]).await.status == 200 {
-            ok += 1;
-        }
-    }
+    let ok = allowed(&gw, (0..8).map(|i| ("/r", format!("203.0.113.{i}")))).await;
     assert_eq!(ok, 3, "every spoofed address counts as the real peer");
 
     // Behind a trusted proxy the forwarded address is the client: separate keys.
     let trusted = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &route)
+        .route_u("r", &route)
         .start();
-    let mut ok = 0;
-    for i in 0..8 {
-        let client = format!("203.0.113.{i}");
-        if call(&trusted, "/r", &[("x-forwarded-for", &client)])
-            .await
-            .status
-            == 200
-        {
-            ok += 1;
-        }
-    }
+    let clients = (0..8).map(|i| ("/r", format!("203.0.113.{i}")));
+    let ok = allowed(&trusted, clients).await;
     assert_eq!(ok, 8, "one request per distinct forwarded client");
 }
 
 #[tokio::test]
 async fn consumer_tiers_apply_after_key_auth() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/r"],
-            "u",
-            "plugins:\n  - name: key-auth\n  - name: rate-limiting\n    config: { minute: 2, limit_by: consumer }",
-        )
-        .route(
-            "open",
-            &["/open"],
-            "u",
-            &plugin("{ minute: 2, limit_by: consumer }"),
-        )
+    let (_a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("r", "plugins:\n  - name: key-auth\n  - name: rate-limiting\n    config: { minute: 2, limit_by: consumer }")
+        .route_u("open", &plugin("{ minute: 2, limit_by: consumer }"))
         .top(
             "tiers:\n  gold: { minute: 4, hour: 100 }\nconsumers:\n  - username: goldie\n    tier: gold\n    keyauth_credentials: [{ key: gold-key-123 }]\n  - username: plain\n    keyauth_credentials: [{ key: plain-key-456 }]\n",
         )
@@ -217,16 +200,8 @@ async fn consumer_tiers_apply_after_key_auth() {
     assert_eq!(call(&gw, "/open", &[]).await.status, 200);
     assert_eq!(call(&gw, "/open", &[]).await.status, 429);
 
-    assert_eq!(
-        gw.series_value("rate_limit_hits_total{client_id=\"goldie\",route=\"r\"}")
-            .await,
-        2.0
-    );
-    assert_eq!(
-        gw.series_value("rate_limit_hits_total{client_id=\"plain\",route=\"r\"}")
-            .await,
-        4.0
-    );
+    assert_eq!(refused(&gw, "goldie").await, 2.0);
+    assert_eq!(refused(&gw, "plain").await, 4.0);
 }
 
 #[tokio::test]
@@ -258,32 +233,24 @@ async fn global_limit_is_one_budget_for_every_client_and_route() {
     let gw = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&a)], "")
-        .route("r1", &["/r1"], "u", "")
-        .route("r2", &["/r2"], "u", "")
+        .route_u("r1", "")
+        .route_u("r2", "")
         .top("plugins:\n  - name: rate-limiting\n    config: { minute: 5, limit_by: global }\n")
         .start();
-    let mut ok = 0;
-    for i in 0..12 {
+    let requests = (0..12).map(|i| {
         let path = if i % 2 == 0 { "/r1" } else { "/r2" };
-        let client = format!("198.51.100.{i}");
-        if call(&gw, path, &[("x-forwarded-for", &client)])
-            .await
-            .status
-            == 200
-        {
-            ok += 1;
-        }
-    }
-    assert_eq!(ok, 5, "5 per minute for everyone together");
+        (path, format!("198.51.100.{i}"))
+    });
+    let together = "5 per minute for everyone together";
+    assert_eq!(allowed(&gw, requests).await, 5, "{together}");
 }
 
 #[tokio::test]
 async fn limit_by_route_on_a_global_plugin_counts_each_route() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r1", &["/r1"], "u", "")
-        .route("r2", &["/r2"], "u", "")
+    let (_a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("r1", "")
+        .route_u("r2", "")
         .top("plugins:\n  - name: rate-limiting\n    config: { minute: 2, limit_by: route }\n")
         .start();
     for path in ["/r1", "/r2"] {
@@ -295,11 +262,10 @@ async fn limit_by_route_on_a_global_plugin_counts_each_route() {
 
 #[tokio::test]
 async fn counters_survive_a_reload_that_keeps_the_limit() {
-    let a = Backend::start("a");
-    let cfg = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/r"], "u", &plugin("{ minute: 4, limit_by: ip }"))
-        .route("other", &["/other"], "u", "");
+    let (_a, base) = upstream_u();
+    let cfg = base
+        .route_u("r", &plugin("{ minute: 4, limit_by: ip }"))
+        .route_u("other", "");
     let before = cfg.yaml();
     let gw = cfg.start();
     for _ in 0..3 {
@@ -314,14 +280,7 @@ async fn counters_survive_a_reload_that_keeps_the_limit() {
         .replace("paths: [\"/other\"]", "paths: [\"/other\", \"/other2\"]");
     assert_ne!(before, after);
     std::fs::write(gw.dir().join("gatehouse.yaml"), &after).unwrap();
-    let r = gw
-        .client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("POST /reload");
-    let status = r.status().as_u16();
-    let body = r.text().await.unwrap_or_default();
+    let (status, body) = gw.admin_reload().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         call(&gw, "/added", &[]).await.status,
@@ -341,13 +300,8 @@ async fn counters_survive_a_reload_that_keeps_the_limit() {
     // Changing the limit itself starts afresh.
     let changed = after.replace("{ minute: 4, limit_by: ip }", "{ minute: 2, limit_by: ip }");
     std::fs::write(gw.dir().join("gatehouse.yaml"), &changed).unwrap();
-    let r = gw
-        .client
-        .post(gw.admin_url("/reload"))
-        .send()
-        .await
-        .expect("POST /reload");
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, body) = gw.admin_reload().await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(call(&gw, "/r", &[]).await.status, 200);
     assert_eq!(call(&gw, "/r", &[]).await.status, 200);
     assert_eq!(call(&gw, "/r", &[]).await.status, 429);

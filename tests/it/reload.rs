@@ -164,11 +164,8 @@ async fn sighup_and_post_reload_change_routes_and_upstreams() {
 
 #[tokio::test]
 async fn invalid_file_is_rejected_and_old_config_keeps_serving() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r1", &["/x"], "u", "")
-        .start();
+    let (a, cfg) = upstream_u();
+    let gw = cfg.route("r1", &["/x"], "u", "").start();
     let hash = gw.status_json().await["hash"].as_str().unwrap().to_string();
 
     let mut bad = Cfg::new()
@@ -330,10 +327,7 @@ async fn target_health_survives_an_unrelated_reload() {
     let b = Backend::start("b");
     // slow checks: a state reset by the reload would show as healthy for about 2 s
     let hc = "health_check: { path: /health, interval: 1s, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 1 }";
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], hc)
-        .route("r", &["/x"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], hc, "/x", "");
     a.set_health(500);
     assert!(gw.wait_target_health("u", &a.addr(), false, WAIT).await);
 

@@ -126,6 +126,12 @@ fn chunk(data: &[u8]) -> Vec<u8> {
     c
 }
 
+/// `request_transform_bodies_total` of route `r` with `result`, from the metrics text `m`.
+fn bodies(m: &str, result: &str) -> Option<f64> {
+    let labels = [("route", "r"), ("result", result)];
+    metric(m, "request_transform_bodies_total", &labels)
+}
+
 #[tokio::test]
 async fn post_json_gets_meta_and_field_rules() {
     let b = Backend::start("b");
@@ -290,15 +296,8 @@ async fn large_body_past_the_replay_buffer_keeps_an_exact_length() {
     let sent = json!({"password": "p", "items": items});
     let text = sent.to_string();
     assert!(text.len() > 100 * 1024 && text.len() < 256 * 1024);
-    let resp = gw
-        .client
-        .post(gw.url("/api/bulk"))
-        .header("content-type", "application/json")
-        .body(text)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, body) = gw.post_typed("/api/bulk", "application/json", text).await;
+    assert_eq!(status, 200, "{body}");
     let (v, r) = received(&b);
     assert_exact_length(&r);
     assert_eq!(v["items"], sent["items"]);
@@ -319,14 +318,7 @@ async fn bodies_that_pass_untouched() {
         ("application/x-www-form-urlencoded", b"password=x&user=a"),
         ("application/jsonp", br#"{"password":"x"}"#),
     ] {
-        let (s, _) = gw
-            .send(
-                gw.client
-                    .post(gw.url("/api/p"))
-                    .header("content-type", ct)
-                    .body(body.to_vec()),
-            )
-            .await;
+        let (s, _) = gw.post_typed("/api/p", ct, body.to_vec()).await;
         assert_eq!(s, 200, "{ct}");
         let r = b.last_request().unwrap();
         assert_eq!(r.body, body, "{ct} passes byte for byte");
@@ -342,14 +334,7 @@ async fn bodies_that_pass_untouched() {
     assert_eq!(s, 200);
     assert_eq!(b.last_request().unwrap().body, br#"{"password":"x"}"#);
     // An empty JSON body: nothing to annotate, nothing invented.
-    let (s, _) = gw
-        .send(
-            gw.client
-                .post(gw.url("/api/p"))
-                .header("content-type", "application/json")
-                .body(""),
-        )
-        .await;
+    let (s, _) = gw.post_typed("/api/p", "application/json", "").await;
     assert_eq!(s, 200);
     let r = b.last_request().unwrap();
     assert!(r.body.is_empty(), "{:?}", String::from_utf8_lossy(&r.body));
@@ -362,11 +347,10 @@ async fn bodies_that_pass_untouched() {
     assert!(b.last_request().unwrap().body.is_empty());
     // JSON that is not an object: valid, no path applies, sent as it came (with a length).
     let (s, _) = gw
-        .send(
-            gw.client
-                .post(gw.url("/api/p"))
-                .header("content-type", "application/vnd.api+json")
-                .body("[ {\"password\": 1} ]"),
+        .post_typed(
+            "/api/p",
+            "application/vnd.api+json",
+            "[ {\"password\": 1} ]",
         )
         .await;
     assert_eq!(s, 200);
@@ -374,13 +358,7 @@ async fn bodies_that_pass_untouched() {
     assert_eq!(r.body, b"[ {\"password\": 1} ]");
     assert_exact_length(&r);
     let m = gw.metrics_text().await;
-    let count = |result| {
-        metric(
-            &m,
-            "request_transform_bodies_total",
-            &[("route", "r"), ("result", result)],
-        )
-    };
+    let count = |result| bodies(&m, result);
     assert_eq!(count("unchanged"), Some(1.0), "{m}");
     assert_eq!(count("rewritten"), Some(0.0));
 }
@@ -392,23 +370,13 @@ async fn refusals_over_the_cap_invalid_and_compressed() {
     // Over max_body_bytes (256kb) by Content-Length: refused before reading.
     let big = format!("{{\"a\":\"{}\"}}", "x".repeat(300 * 1024));
     let (s, body) = gw
-        .send(
-            gw.client
-                .post(gw.url("/api/big"))
-                .header("content-type", "application/json")
-                .body(big.clone()),
-        )
+        .post_typed("/api/big", "application/json", big.clone())
         .await;
     assert_eq!(s, 413, "{body}");
     assert_error_body(&body, "payload_too_large");
     // Invalid JSON: 400 with the contract's error.
     let (s, body) = gw
-        .send(
-            gw.client
-                .post(gw.url("/api/bad"))
-                .header("content-type", "application/json")
-                .body(r#"{"a": 1,"#),
-        )
+        .post_typed("/api/bad", "application/json", r#"{"a": 1,"#)
         .await;
     assert_eq!(s, 400, "{body}");
     let e = assert_error_body(&body, "bad_request");
@@ -446,13 +414,7 @@ async fn refusals_over_the_cap_invalid_and_compressed() {
     assert_eq!(b.hits(), 1);
 
     let m = gw.metrics_text().await;
-    let count = |result| {
-        metric(
-            &m,
-            "request_transform_bodies_total",
-            &[("route", "r"), ("result", result)],
-        )
-    };
+    let count = |result| bodies(&m, result);
     assert_eq!(count("too_large"), Some(2.0), "{m}");
     assert_eq!(count("invalid_json"), Some(1.0));
     assert_eq!(count("compressed"), Some(1.0));
@@ -545,15 +507,9 @@ async fn retried_put_sends_identical_bytes_to_both_targets() {
 
 #[test]
 fn config_errors_name_the_json_entry() {
-    let yaml = r#"upstreams:
-  - name: u
-    targets: [{ addr: "127.0.0.1:1" }]
-routes:
-  - name: r
-    paths: ["/"]
-    upstream: u
-    plugins:
-      - name: request-transformer
+    let yaml = [
+        ROUTE_R_PLUGINS,
+        r#"      - name: request-transformer
         config:
           add:
             json: ["_meta.at:$(now)", "broken", "n:abc"]
@@ -563,17 +519,18 @@ routes:
       - name: response-transformer
         config:
           add: { headers: ["X-T:$(latency)", "X-U:$(nope)"] }
-"#;
-    let (code, err) = Gateway::validate(yaml);
-    assert_eq!(code, 1, "{err}");
-    for want in [
-        "routes[0].plugins[0].config.add.json[1]: expected \"path:value\", got \"broken\" (line 12)",
-        "routes[0].plugins[0].config.add.json[2]: \"abc\" is not a JSON number (line 12)",
-        "routes[0].plugins[0].config.rename.json[0]: cannot rename \"a\" into itself",
-        "routes[0].plugins[1].config.add.headers[1]: unknown variable \"$(nope)\" (known: $(client_ip), $(request_id), $(consumer), $(now), $(latency))",
-    ] {
-        assert!(err.contains(want), "missing {want:?} in:\n{err}");
-    }
+"#,
+    ]
+    .concat();
+    let err = assert_refused(
+        &yaml,
+        &[
+            "routes[0].plugins[0].config.add.json[1]: expected \"path:value\", got \"broken\" (line 12)",
+            "routes[0].plugins[0].config.add.json[2]: \"abc\" is not a JSON number (line 12)",
+            "routes[0].plugins[0].config.rename.json[0]: cannot rename \"a\" into itself",
+            "routes[0].plugins[1].config.add.headers[1]: unknown variable \"$(nope)\" (known: $(client_ip), $(request_id), $(consumer), $(now), $(latency))",
+        ],
+    );
     assert!(
         !err.contains("add.headers[0]"),
         "$(latency) is fine on responses: {err}"

@@ -80,7 +80,7 @@ async fn total_timeout_shorter_than_one_attempt_and_fast_requests_unaffected() {
     let gw = Cfg::new()
         .upstream("u", &[target(&a), target(&b)], "retries: 3")
         .route("r", &["/t"], "u", "timeout: 400ms")
-        .route("plain", &["/plain"], "u", "")
+        .route_u("plain", "")
         .start();
 
     let t0 = Instant::now();
@@ -178,14 +178,12 @@ async fn total_timeout_cuts_a_body_still_streaming() {
 async fn backoff_spaces_retries() {
     let a = Backend::start("a");
     a.set_status(503);
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a)],
-            "retries: 1\nretry_backoff: { base: 200ms, max: 200ms }",
-        )
-        .route("r", &["/b"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target(&a)],
+        "retries: 1\nretry_backoff: { base: 200ms, max: 200ms }",
+        "/b",
+        "",
+    );
 
     let mut total = Duration::ZERO;
     for _ in 0..10 {
@@ -242,14 +240,12 @@ async fn backoff_spaces_retries() {
 async fn backoff_never_runs_past_the_route_timeout() {
     let a = Backend::start("a");
     a.set_status(503);
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a)],
-            "retries: 2\nretry_backoff: { base: 60s, max: 60s }",
-        )
-        .route("r", &["/b"], "u", "timeout: 200ms")
-        .start();
+    let gw = one_upstream(
+        &[target(&a)],
+        "retries: 2\nretry_backoff: { base: 60s, max: 60s }",
+        "/b",
+        "timeout: 200ms",
+    );
 
     // A wait drawn from [0, 60 s] fits in the 200 ms left with a chance of 1 in 300: as a
     // rule there is no retry at all, and the client gets the upstream's 503 at once.
@@ -283,14 +279,12 @@ async fn budget_caps_retries_during_an_outage() {
     a.set_status(503);
     b.set_status(503);
     // 20% of requests plus 1 a second over 10 s: 0.2 x 50 + 10 = 20 retries for 50 requests.
-    let gw = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a), target(&b)],
-            "retries: 3\nretry_budget: { ratio: 0.2, min_retries_per_second: 1, window: 10s }",
-        )
-        .route("r", &["/o"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target(&a), target(&b)],
+        "retries: 3\nretry_budget: { ratio: 0.2, min_retries_per_second: 1, window: 10s }",
+        "/o",
+        "",
+    );
 
     let n = 50;
     for i in 0..n {
@@ -326,14 +320,12 @@ async fn budget_caps_retries_during_an_outage() {
     let (a2, b2) = (Backend::start("a2"), Backend::start("b2"));
     a2.set_status(503);
     b2.set_status(503);
-    let gw2 = Cfg::new()
-        .upstream(
-            "u",
-            &[target(&a2), target(&b2)],
-            "retries: 3\nretry_budget: { enabled: false }",
-        )
-        .route("r", &["/o"], "u", "")
-        .start();
+    let gw2 = one_upstream(
+        &[target(&a2), target(&b2)],
+        "retries: 3\nretry_budget: { enabled: false }",
+        "/o",
+        "",
+    );
     for _ in 0..10 {
         let (status, _) = gw2.send(gw2.client.get(gw2.url("/o"))).await;
         assert_eq!(status, 503);
@@ -347,10 +339,7 @@ async fn budget_is_kept_across_reloads() {
     a.set_status(502);
     let upstream_extra =
         "retries: 1\nretry_budget: { ratio: 0, min_retries_per_second: 1, window: 10s }";
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], upstream_extra)
-        .route("r", &["/k"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a)], upstream_extra, "/k", "");
     // A reserve of 10 retries a window, no ratio: 15 requests make 25 attempts.
     for _ in 0..15 {
         let (status, _) = gw.send(gw.client.get(gw.url("/k"))).await;

@@ -29,10 +29,7 @@ async fn get_retried_on_upstream_502() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     a.set_status(502);
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "", "/rt", "");
 
     let (ok, bad, other) = run(&gw, Method::GET, 20).await;
     assert_eq!((ok, bad, other), (20, 0, vec![]), "default retries: 1");
@@ -49,10 +46,7 @@ async fn put_and_delete_retried_on_upstream_503() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     a.set_status(503);
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "retries: 1")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "retries: 1", "/rt", "");
 
     let (ok, _, other) = run(&gw, Method::PUT, 10).await;
     assert_eq!((ok, other), (10, vec![]));
@@ -65,10 +59,7 @@ async fn put_and_delete_retried_on_upstream_503() {
 #[tokio::test]
 async fn get_retried_on_connect_refused() {
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target_addr(&dead_addr()), target(&b)], "")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target_addr(&dead_addr()), target(&b)], "", "/rt", "");
 
     let (ok, bad, other) = run(&gw, Method::GET, 20).await;
     assert_eq!((ok, bad, other), (20, 0, vec![]));
@@ -78,10 +69,7 @@ async fn get_retried_on_connect_refused() {
 #[tokio::test]
 async fn post_retried_on_connect_refused() {
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target_addr(&dead_addr()), target(&b)], "")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target_addr(&dead_addr()), target(&b)], "", "/rt", "");
 
     let (ok, bad, other) = run(&gw, Method::POST, 20).await;
     assert_eq!(
@@ -98,10 +86,7 @@ async fn post_not_retried_on_upstream_502() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     a.set_status(502);
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "retries: 2")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "retries: 2", "/rt", "");
 
     let (ok, bad, other) = run(&gw, Method::POST, 20).await;
     assert!(other.is_empty(), "{other:?}");
@@ -121,10 +106,7 @@ async fn retries_zero_means_no_retry() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     a.set_status(502);
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "retries: 0")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "retries: 0", "/rt", "");
 
     let (ok, bad, other) = run(&gw, Method::GET, 20).await;
     assert!(other.is_empty(), "{other:?}");
@@ -138,10 +120,12 @@ async fn retries_zero_means_no_retry() {
 #[tokio::test]
 async fn retries_zero_connect_refused_is_502() {
     let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("u", &[target_addr(&dead_addr()), target(&b)], "retries: 0")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(
+        &[target_addr(&dead_addr()), target(&b)],
+        "retries: 0",
+        "/rt",
+        "",
+    );
 
     let mut saw_502 = false;
     for _ in 0..6 {
@@ -164,10 +148,7 @@ async fn last_upstream_502_passed_through_when_all_fail() {
         x.set_status(502);
         x.set_body(Some("{\"upstream_says\":\"own 502 body\"}"));
     }
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "retries: 1")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "retries: 1", "/rt", "");
 
     for _ in 0..5 {
         let (s, body) = gw.send(gw.client.get(gw.url("/rt/x"))).await;
@@ -194,10 +175,7 @@ async fn last_upstream_504_passed_through_when_all_fail() {
         x.set_status(504);
         x.set_body(Some("{\"upstream_says\":\"own 504 body\"}"));
     }
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a), target(&b)], "retries: 1")
-        .route("r", &["/rt"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a), target(&b)], "retries: 1", "/rt", "");
 
     let (s, body) = gw.send(gw.client.get(gw.url("/rt/x"))).await;
     assert_eq!(s, 504, "{body}");

@@ -4,6 +4,30 @@ use crate::common;
 use common::*;
 use serde_json::Value;
 
+/// Asserts that each GET `path` is answered 200 by backend `want`.
+async fn assert_routed(gw: &Gateway, cases: &[(&str, &str)]) {
+    for (path, want) in cases {
+        let (s, v) = gw.get_json(path).await;
+        assert_eq!(
+            (s, v["backend"].as_str()),
+            (200, Some(*want)),
+            "GET {path}: {v}"
+        );
+    }
+}
+
+/// Backend `a` behind upstream `ua` and route `api` on `/api`; `server` lines go under
+/// `server:`.
+fn api_route(server: &str) -> (Backend, Gateway) {
+    let a = Backend::start("a");
+    let gw = Cfg::new()
+        .server(server)
+        .upstream("ua", &[target(&a)], "")
+        .route("api", &["/api"], "ua", "")
+        .start();
+    (a, gw)
+}
+
 /// GET `path` with optional Host; returns (status, body JSON).
 async fn get_host(gw: &Gateway, path: &str, host: Option<&str>) -> (u16, Value) {
     let mut req = gw.client.get(gw.url(path));
@@ -16,23 +40,22 @@ async fn get_host(gw: &Gateway, path: &str, host: Option<&str>) -> (u16, Value) 
 
 #[tokio::test]
 async fn longest_prefix_wins() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .upstream("ub", &[target(&b)], "")
+    let (a, b, cfg) = two_upstreams();
+    let gw = cfg
         .route("api", &["/api"], "ua", "")
         .route("users", &["/api/users"], "ub", "")
         .start();
 
-    let (s, v) = gw.get_json("/api/users/1").await;
-    assert_eq!((s, v["backend"].as_str()), (200, Some("b")), "{v}");
-    let (s, v) = gw.get_json("/api/users").await;
-    assert_eq!((s, v["backend"].as_str()), (200, Some("b")), "{v}");
-    let (s, v) = gw.get_json("/api/orders/9").await;
-    assert_eq!((s, v["backend"].as_str()), (200, Some("a")), "{v}");
-    let (s, v) = gw.get_json("/api").await;
-    assert_eq!((s, v["backend"].as_str()), (200, Some("a")), "{v}");
+    assert_routed(
+        &gw,
+        &[
+            ("/api/users/1", "b"),
+            ("/api/users", "b"),
+            ("/api/orders/9", "a"),
+            ("/api", "a"),
+        ],
+    )
+    .await;
     // path is forwarded unchanged without strip_path
     assert_eq!(b.requests()[0].path, "/api/users/1");
     assert_eq!(a.hits(), 2);
@@ -41,30 +64,28 @@ async fn longest_prefix_wins() {
 
 #[tokio::test]
 async fn prefix_matches_whole_segments_only() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .upstream("ub", &[target(&b)], "")
+    let (a, b, cfg) = two_upstreams();
+    let gw = cfg
         .route("api", &["/api"], "ua", "")
         .route("users", &["/api/users"], "ub", "")
         .route("only", &["/only/here"], "ub", "")
         .start();
 
     // /api/usersx is not under /api/users, but is under /api
-    let (s, v) = gw.get_json("/api/usersx").await;
-    assert_eq!((s, v["backend"].as_str()), (200, Some("a")), "{v}");
-    let (s, v) = gw.get_json("/api/users/x").await;
-    assert_eq!((s, v["backend"].as_str()), (200, Some("b")), "{v}");
-    // /apix is not under /api
-    let (s, v) = gw.get_json("/apix").await;
-    assert_eq!(s, 404, "{v}");
-    let (s, _) = gw.get_json("/only/hereafter").await;
-    assert_eq!(s, 404);
-    let (s, _) = gw.get_json("/only").await;
-    assert_eq!(s, 404);
-    let (s, v) = gw.get_json("/only/here/and/more").await;
-    assert_eq!((s, v["backend"].as_str()), (200, Some("b")), "{v}");
+    assert_routed(
+        &gw,
+        &[
+            ("/api/usersx", "a"),
+            ("/api/users/x", "b"),
+            ("/only/here/and/more", "b"),
+        ],
+    )
+    .await;
+    // /apix is not under /api, /only/hereafter not under /only/here
+    for path in ["/apix", "/only/hereafter", "/only"] {
+        let (s, v) = gw.get_json(path).await;
+        assert_eq!(s, 404, "GET {path}: {v}");
+    }
     assert_eq!(a.hits(), 1);
     assert_eq!(b.hits(), 2);
 }
@@ -101,11 +122,8 @@ async fn host_exact_and_wildcard() {
 
 #[tokio::test]
 async fn header_route() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .upstream("ub", &[target(&b)], "")
+    let (a, b, cfg) = two_upstreams();
+    let gw = cfg
         .route("plain", &["/v"], "ua", "")
         .route("v2", &["/v"], "ub", "headers: { X-API-Version: \"v2\" }")
         .start();
@@ -121,11 +139,8 @@ async fn header_route() {
 
 #[tokio::test]
 async fn method_route() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .upstream("ub", &[target(&b)], "")
+    let (a, b, cfg) = two_upstreams();
+    let gw = cfg
         .route("reads", &["/m"], "ua", "methods: [GET, HEAD]")
         .route("writes", &["/m"], "ub", "methods: [POST]")
         .start();
@@ -144,11 +159,8 @@ async fn method_route() {
 
 #[tokio::test]
 async fn specificity_order() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .upstream("ub", &[target(&b)], "")
+    let (_a, _b, cfg) = two_upstreams();
+    let gw = cfg
         // hosts beat headers (hosts route listed last on purpose)
         .route("s1-headers", &["/s1"], "ub", "headers: { X-K: \"1\" }")
         .route("s1-hosts", &["/s1"], "ua", "hosts: [\"h.example.com\"]")
@@ -191,11 +203,8 @@ async fn specificity_order() {
 
 #[tokio::test]
 async fn strip_path_and_query() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .upstream("ub", &[target(&b)], "")
+    let (a, b, cfg) = two_upstreams();
+    let gw = cfg
         .route("strip", &["/api/users"], "ua", "strip_path: true")
         .route("keep", &["/keep"], "ub", "strip_path: false")
         .start();
@@ -221,11 +230,8 @@ async fn strip_path_and_query() {
 
 #[tokio::test]
 async fn preserve_host_true_and_false() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .upstream("ub", &[target(&b)], "")
+    let (a, b, cfg) = two_upstreams();
+    let gw = cfg
         .route("default", &["/p"], "ua", "")
         .route("off", &["/q"], "ub", "preserve_host: false")
         .start();
@@ -248,11 +254,7 @@ async fn preserve_host_true_and_false() {
 
 #[tokio::test]
 async fn not_found_is_json_with_request_id() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .route("api", &["/api"], "ua", "")
-        .start();
+    let (a, gw) = api_route("");
 
     let r = gw.get("/nothing/here").await;
     assert_eq!(r.status().as_u16(), 404);
@@ -284,11 +286,7 @@ async fn id_for(gw: &Gateway, id: String) -> String {
 
 #[tokio::test]
 async fn request_id_kept_when_valid_replaced_when_invalid() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .route("api", &["/api"], "ua", "")
-        .start();
+    let (_a, gw) = api_route("");
 
     let valid_charset = |s: &str| {
         !s.is_empty()
@@ -314,11 +312,7 @@ async fn request_id_kept_when_valid_replaced_when_invalid() {
 
 #[tokio::test]
 async fn forwarding_headers_untrusted_peer() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("ua", &[target(&a)], "")
-        .route("api", &["/api"], "ua", "")
-        .start();
+    let (a, gw) = api_route("");
 
     let (s, _) = gw.get_json("/api/x").await;
     assert_eq!(s, 200);
@@ -351,12 +345,7 @@ async fn forwarding_headers_untrusted_peer() {
 
 #[tokio::test]
 async fn forwarding_headers_trusted_proxy() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .server("trusted_proxies: [\"127.0.0.1/32\"]")
-        .upstream("ua", &[target(&a)], "")
-        .route("api", &["/api"], "ua", "")
-        .start();
+    let (a, gw) = api_route("trusted_proxies: [\"127.0.0.1/32\"]");
 
     let (s, _) = gw
         .get_with("/api/x", &[("X-Forwarded-For", "203.0.113.9")])
@@ -386,12 +375,7 @@ async fn forwarding_headers_trusted_proxy() {
 
 #[tokio::test]
 async fn trusted_proxies_other_cidr_does_not_trust_localhost() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .server("trusted_proxies: [\"10.0.0.0/8\"]")
-        .upstream("ua", &[target(&a)], "")
-        .route("api", &["/api"], "ua", "")
-        .start();
+    let (a, gw) = api_route("trusted_proxies: [\"10.0.0.0/8\"]");
 
     let (s, _) = gw
         .get_with("/api/x", &[("X-Forwarded-For", "203.0.113.9")])

@@ -79,7 +79,7 @@ fn masking_gateway(port: u16) -> Gateway {
     let mask = "plugins:\n  - name: response-transformer\n    config: { remove: { json: [email, ssn] } }\n";
     Cfg::new()
         .upstream("u", &[target], "")
-        .route("users", &["/users"], "u", mask)
+        .route_u("users", mask)
         .route(
             "users-gz",
             &["/gz/users"],
@@ -222,15 +222,9 @@ fn tenant_requests(port: u16, n: usize, key: impl Fn(usize) -> String) -> Vec<u1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_large_rate_limit_keys_keep_memory_bounded() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "t",
-            &["/t"],
-            "u",
-            "plugins:\n  - name: rate-limiting\n    config: { day: 3, limit_by: header, header_name: X-Tenant }\n",
-        )
+    let (_a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("t", "plugins:\n  - name: rate-limiting\n    config: { day: 3, limit_by: header, header_name: X-Tenant }\n")
         .start();
     let port = gw.port;
     // Warm up (connections, buffers, the limiter's tables) before the baseline.
@@ -291,12 +285,7 @@ async fn redis_rate_limit_keys_hold_a_fixed_length_digest() {
     let url = redis.url();
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
-        .route(
-            "t",
-            &["/t"],
-            "u",
-            &format!("plugins:\n  - name: rate-limiting\n    config: {{ minute: 2, limit_by: header, header_name: X-Tenant, policy: redis, redis: {{ url: \"{url}\", timeout: 500ms }}, fault_tolerant: false }}\n"),
-        )
+        .route_u("t", &format!("plugins:\n  - name: rate-limiting\n    config: {{ minute: 2, limit_by: header, header_name: X-Tenant, policy: redis, redis: {{ url: \"{url}\", timeout: 500ms }}, fault_tolerant: false }}\n"))
         .start();
     let big = format!("big-{}", "v".repeat(31_000));
     assert_eq!(

@@ -195,18 +195,8 @@ async fn connection_cannot_drop_forward_auth_identity() {
     let (auth_port, _auth) = auth_service();
     let gw = Cfg::new()
         .upstream("u", &[target(&up)], "")
-        .route(
-            "fa",
-            &["/fa"],
-            "u",
-            &format!("plugins:\n{}", forward_auth(auth_port, "")),
-        )
-        .route(
-            "keyed",
-            &["/keyed"],
-            "u",
-            "plugins:\n  - name: key-auth\n    config: {}",
-        )
+        .route_u("fa", &format!("plugins:\n{}", forward_auth(auth_port, "")))
+        .route_u("keyed", "plugins:\n  - name: key-auth\n    config: {}")
         .top(CONSUMERS)
         .start();
 
@@ -252,19 +242,15 @@ async fn two_forwarded_for_lines_are_one_list() {
     let gw = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&up)], "")
-        .route(
+        .route_u(
             "ip",
-            &["/ip"],
-            "u",
             "plugins:\n  - name: ip-restriction\n    config: { allow: [\"198.51.100.0/24\"] }",
         )
-        .route(
+        .route_u(
             "rl",
-            &["/rl"],
-            "u",
             "plugins:\n  - name: rate-limiting\n    config: { minute: 1, limit_by: ip }",
         )
-        .route("echo", &["/echo"], "u", "")
+        .route_u("echo", "")
         .start();
     let two = |first: &'static str, second: &'static str| {
         [
@@ -313,7 +299,7 @@ async fn forwarded_proto_lines_follow_one_rule() {
     let gw = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&up)], "")
-        .route("secure", &["/secure"], "u", "protocols: [https]")
+        .route_u("secure", "protocols: [https]")
         .start();
 
     // The right-most value over both lines is what the trusted proxy wrote: https.
@@ -351,10 +337,8 @@ async fn forward_auth_and_proxy_cache_keep_users_apart() {
     let (auth_port, _auth) = auth_service();
     let gw = Cfg::new()
         .upstream("u", &[target(&up)], "")
-        .route(
+        .route_u(
             "fc",
-            &["/fc"],
-            "u",
             &format!(
                 "plugins:\n{}  - name: proxy-cache\n    config: {{ ttl: 60s }}\n",
                 forward_auth(auth_port, ", request_headers: [Cookie]")
@@ -405,10 +389,8 @@ async fn forwarding_headers_from_clients_never_poison_the_cache() {
     let up = Backend::start("up");
     let gw = Cfg::new()
         .upstream("u", &[target(&up)], "")
-        .route(
+        .route_u(
             "c",
-            &["/c"],
-            "u",
             "plugins:\n  - name: proxy-cache\n    config: { ttl: 60s }",
         )
         .start();
@@ -440,18 +422,8 @@ async fn trusted_proxy_forwarding_headers_bypass_the_cache_unless_keyed() {
     let gw = Cfg::new()
         .server("trusted_proxies: [\"127.0.0.1/32\"]")
         .upstream("u", &[target(&up)], "")
-        .route(
-            "c",
-            &["/c"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n    config: { ttl: 60s }",
-        )
-        .route(
-            "v",
-            &["/v"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n    config: { ttl: 60s, vary_headers: [X-Forwarded-Host] }",
-        )
+        .route_u("c", "plugins:\n  - name: proxy-cache\n    config: { ttl: 60s }")
+        .route_u("v", "plugins:\n  - name: proxy-cache\n    config: { ttl: 60s, vary_headers: [X-Forwarded-Host] }")
         .start();
     let host = |path: &str, h: &str| raw_get(&gw, path, &[&format!("X-Forwarded-Host: {h}")]);
 
@@ -488,13 +460,8 @@ async fn forwarded_host_is_the_gateways_own_where_configured() {
     let up = Backend::start("up");
     let gw = Cfg::new()
         .upstream("u", &[target(&up)], "")
-        .route(
-            "fh",
-            &["/fh"],
-            "u",
-            "preserve_host: false\nforwarded_host: true",
-        )
-        .route("plain", &["/plain"], "u", "preserve_host: false")
+        .route_u("fh", "preserve_host: false\nforwarded_host: true")
+        .route_u("plain", "preserve_host: false")
         .start();
 
     let r = raw_get(&gw, "/fh/x", &["X-Forwarded-Host: evil.example"]);

@@ -170,9 +170,8 @@ async fn encoded_separators_never_reach_the_admin_file_through_the_public_route(
 
 #[tokio::test]
 async fn encoded_slashes_pass_only_on_routes_that_allow_them_and_never_hide_dot_segments() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
         .route(
             "projects",
             &["/api/projects"],
@@ -302,15 +301,9 @@ async fn a_method_the_longest_prefix_does_not_take_is_405_not_a_shorter_route() 
 
 #[tokio::test]
 async fn a_second_content_type_is_refused_before_the_json_rules_could_be_skipped() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route(
-            "login",
-            &["/login"],
-            "u",
-            "plugins:\n  - name: request-transformer\n    config:\n      remove: { json: [password] }\n",
-        )
+    let (a, cfg) = upstream_u();
+    let gw = cfg
+        .route_u("login", "plugins:\n  - name: request-transformer\n    config:\n      remove: { json: [password] }\n")
         .start();
     let body = r#"{"user":"ada","password":"s3cret"}"#;
     let post = |types: &[&str]| {
@@ -485,10 +478,8 @@ async fn admin_api_without_token_refuses_browsers_and_foreign_host_names() {
 
 #[tokio::test]
 async fn admin_api_with_token_accepts_origin_and_configured_names() {
-    let a = Backend::start("a");
-    let cfg = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/"], "u", "");
+    let (_a, cfg) = upstream_u();
+    let cfg = cfg.route_root("");
     let admin = format!("admin:\n  listen: \"127.0.0.1:{}\"\n", cfg.admin_port);
     let yaml = cfg.yaml().replace(
         &admin,
@@ -525,11 +516,10 @@ async fn admin_api_with_token_accepts_origin_and_configured_names() {
 
 #[tokio::test]
 async fn raw_utf8_next_to_an_escape_reaches_the_upstream_once_encoded() {
-    let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "")
+    let (a, cfg) = upstream_u();
+    let gw = cfg
         .route("cafe", &["/café"], "u", "plugins:\n  - name: key-auth\n")
-        .route("public", &["/public"], "u", "")
+        .route_u("public", "")
         .top(CONSUMERS)
         .start();
 

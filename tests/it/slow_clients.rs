@@ -35,12 +35,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 
 #[tokio::test]
 async fn header_timeout_is_a_deadline_for_the_whole_head() {
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .server("header_timeout: 1s")
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let (b, gw) = catch_all("header_timeout: 1s");
     let port = gw.port;
     let started = Instant::now();
     let closed = tokio::task::spawn_blocking(move || {
@@ -78,12 +73,7 @@ async fn header_timeout_is_a_deadline_for_the_whole_head() {
 
 #[tokio::test]
 async fn slowloris_does_not_delay_other_clients() {
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .server("header_timeout: 30s")
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let (_b, gw) = catch_all("header_timeout: 30s");
     let rss_before = rss_kb(gw.pid);
     let mut slow = Vec::new();
     for _ in 0..300 {
@@ -112,12 +102,7 @@ async fn slowloris_does_not_delay_other_clients() {
 
 #[tokio::test]
 async fn max_connections_closes_the_excess() {
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .server("max_connections: 5")
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let (_b, gw) = catch_all("max_connections: 5");
     // Give the harness's readiness probes time to close.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut held = Vec::new();
@@ -156,12 +141,7 @@ async fn max_connections_closes_the_excess() {
 
 #[tokio::test]
 async fn max_requests_per_connection() {
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .server("max_requests_per_connection: 3")
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let (_b, gw) = catch_all("max_requests_per_connection: 3");
     let port = gw.port;
     let (raw, closed) = tokio::task::spawn_blocking(move || {
         let mut s = connect(port);
@@ -216,12 +196,7 @@ async fn client_that_never_reads_or_stops_sending() {
 
 #[tokio::test]
 async fn body_that_stops_midway_times_out() {
-    let b = Backend::start("b");
-    let gw = Cfg::new()
-        .server("body_timeout: 500ms")
-        .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
-        .start();
+    let (_b, gw) = catch_all("body_timeout: 500ms");
     let port = gw.port;
     let started = Instant::now();
     let (raw, closed) = tokio::task::spawn_blocking(move || {
@@ -284,7 +259,7 @@ async fn upgraded_connection_outlives_header_timeout() {
     let gw = Cfg::new()
         .server("header_timeout: 500ms")
         .upstream("u", &[target_addr(&format!("127.0.0.1:{up}"))], "")
-        .route("ws", &["/ws"], "u", "")
+        .route_u("ws", "")
         .start();
     let port = gw.port;
     let echoed = tokio::task::spawn_blocking(move || {
@@ -336,7 +311,7 @@ async fn body_after_100_continue_is_not_a_new_head() {
         .server("header_timeout: 1s")
         .server("body_timeout: 10s")
         .upstream("u", &[target(&b)], "")
-        .route("r", &["/"], "u", "")
+        .route_root("")
         .start();
     let port = gw.port;
     let text = tokio::task::spawn_blocking(move || {

@@ -205,11 +205,7 @@ async fn wait_metric_at_least(gw: &Gateway, name: &str, labels: &[(&str, &str)],
 async fn incoming_trace_continues_and_span_is_exported() {
     let up = Backend::start("up");
     let c = Collector::start();
-    let gw = Cfg::new()
-        .upstream("svc", &[target(&up)], "")
-        .route("api", &["/api"], "svc", "")
-        .top(&global_otel(&export_cfg(&c, "")))
-        .start();
+    let gw = api_gateway(&up, &global_otel(&export_cfg(&c, "")));
 
     let r = gw
         .client
@@ -541,11 +537,7 @@ async fn gateway_refusals_are_traced() {
 async fn sampling_ratio_zero_propagates_but_exports_nothing() {
     let up = Backend::start("up");
     let c = Collector::start();
-    let gw = Cfg::new()
-        .upstream("svc", &[target(&up)], "")
-        .route("api", &["/api"], "svc", "")
-        .top(&global_otel(&export_cfg(&c, ", sampling_ratio: 0")))
-        .start();
+    let gw = api_gateway(&up, &global_otel(&export_cfg(&c, ", sampling_ratio: 0")));
 
     for i in 0..5 {
         let (s, _) = gw.send(gw.client.get(gw.url(&format!("/api/{i}")))).await;
@@ -578,33 +570,44 @@ async fn sampling_ratio_zero_propagates_but_exports_nothing() {
     );
 }
 
+/// Upstream `svc` (backend `up`) behind route `api` on `/api`, with `top` (the global
+/// opentelemetry plugin).
+fn api_gateway(up: &Backend, top: &str) -> Gateway {
+    Cfg::new()
+        .upstream("svc", &[target(up)], "")
+        .route("api", &["/api"], "svc", "")
+        .top(top)
+        .start()
+}
+
+/// GET `/api/0` .. `/api/{n-1}`, each answered 200, by a client that gives up after 5 s: long
+/// before an export timeout could matter to it. `when` names the collector's state.
+async fn quick_requests(gw: &Gateway, n: usize, when: &str) {
+    let quick = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for i in 0..n {
+        let r = quick
+            .get(gw.url(&format!("/api/{i}")))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} {when}: {e}"));
+        assert_eq!(r.status().as_u16(), 200, "request {i} {when}");
+    }
+}
+
 /// Collector down: every request is answered at once, export failures and dropped spans are
 /// counted, the collector's credentials never reach the log.
 #[tokio::test]
 async fn collector_down_costs_requests_nothing() {
     let up = Backend::start("up");
     let dead = dead_addr();
-    let gw = Cfg::new()
-        .upstream("svc", &[target(&up)], "")
-        .route("api", &["/api"], "svc", "")
-        .top(&global_otel(&format!(
+    let gw = api_gateway(&up, &global_otel(&format!(
             "endpoint: \"http://{dead}/v1/traces\", headers: {{ Authorization: \"{COLLECTOR_TOKEN}\" }}, batch_flush_delay: 20ms, batch_span_count: 5, timeout: 1s"
-        )))
-        .start();
-    // A client that gives up long before an export timeout could matter to it.
-    let quick = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    for i in 0..20 {
-        let r = quick
-            .get(gw.url(&format!("/api/{i}")))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {i} while the collector is down: {e}"));
-        assert_eq!(r.status().as_u16(), 200);
-    }
+        )));
+    quick_requests(&gw, 20, "while the collector is down").await;
     assert_eq!(up.hits(), 20);
     let dropped = wait_metric_at_least(
         &gw,
@@ -628,34 +631,17 @@ async fn hanging_collector_bounded_queue() {
     let up = Backend::start("up");
     let c = Collector::start();
     c.set_mode(HANG);
-    let gw = Cfg::new()
-        .upstream("svc", &[target(&up)], "")
-        .route("api", &["/api"], "svc", "")
-        .top(&global_otel(&format!(
+    let gw = api_gateway(&up, &global_otel(&format!(
             "endpoint: \"{}\", batch_flush_delay: 10ms, batch_span_count: 2, queue_size: 4, timeout: 30s",
             c.endpoint()
-        )))
-        .start();
-    let quick = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+        )));
     // The first span goes out and its export hangs.
-    let r = quick.get(gw.url("/api/first")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    quick_requests(&gw, 1, "before the collector hangs").await;
     assert!(
         wait_until(Duration::from_secs(5), || c.posts() >= 1).await,
         "first export reached the collector"
     );
-    for i in 0..30 {
-        let r = quick
-            .get(gw.url(&format!("/api/{i}")))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {i} while the collector hangs: {e}"));
-        assert_eq!(r.status().as_u16(), 200);
-    }
+    quick_requests(&gw, 30, "while the collector hangs").await;
     assert_eq!(up.hits(), 31);
     // 30 spans while the exporter is stuck: at most queue_size (4) wait, 26 or more dropped.
     let dropped = wait_metric_at_least(

@@ -44,22 +44,34 @@ async fn backends(gw: &Gateway, path: &str, n: usize) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-async fn weighted_split_holds_and_matching_rules_win() {
+/// Backends `v1` and `v2` behind upstreams `api-v1` and `api-v2`.
+fn two_versions() -> (Backend, Backend, Cfg) {
     let v1 = Backend::start("v1");
     let v2 = Backend::start("v2");
-    let gw = start_with_access_log(
+    let cfg =
         Cfg::new()
             .upstream("api-v1", &[target(&v1)], "")
-            .upstream("api-v2", &[target(&v2)], "")
-            .route(
-                "api",
-                &["/api"],
-                "api-v1",
-                &plugin(
-                    "rules:\n  - match: { headers: { X-Canary: \"1\" } }\n    upstreams: [{ name: api-v2 }]\n  - match: { cookies: { beta: \"yes\" } }\n    upstreams: [{ name: api-v2 }]\n  - match: { query: { v: \"2\" } }\n    upstreams: [{ name: api-v2 }]\n  - upstreams: [{ name: api-v2, weight: 20 }, { name: api-v1, weight: 80 }]",
-                ),
-            )
+            .upstream("api-v2", &[target(&v2)], "");
+    (v1, v2, cfg)
+}
+
+trait SplitRoutes {
+    /// Route `api` on `/api`, to `api-v1` unless traffic-split `config` picks another.
+    fn split_api(self, config: &str) -> Cfg;
+}
+
+impl SplitRoutes for Cfg {
+    fn split_api(self, config: &str) -> Cfg {
+        self.route("api", &["/api"], "api-v1", &plugin(config))
+    }
+}
+
+#[tokio::test]
+async fn weighted_split_holds_and_matching_rules_win() {
+    let (v1, v2, cfg) = two_versions();
+    let gw = start_with_access_log(
+        cfg
+            .split_api("rules:\n  - match: { headers: { X-Canary: \"1\" } }\n    upstreams: [{ name: api-v2 }]\n  - match: { cookies: { beta: \"yes\" } }\n    upstreams: [{ name: api-v2 }]\n  - match: { query: { v: \"2\" } }\n    upstreams: [{ name: api-v2 }]\n  - upstreams: [{ name: api-v2, weight: 20 }, { name: api-v1, weight: 80 }]")
             .route(
                 "other",
                 &["/other"],
@@ -258,17 +270,9 @@ async fn cached_answers_stay_on_their_side() {
 
 #[tokio::test]
 async fn sticky_clients_never_flip() {
-    let v1 = Backend::start("v1");
-    let v2 = Backend::start("v2");
-    let gw = Cfg::new()
-        .upstream("api-v1", &[target(&v1)], "")
-        .upstream("api-v2", &[target(&v2)], "")
-        .route(
-            "api",
-            &["/api"],
-            "api-v1",
-            &plugin("rules:\n  - upstreams: [{ name: api-v2, weight: 50 }, { name: api-v1, weight: 50 }]\nsticky: { cookie: gh_canary, ttl: 1h }"),
-        )
+    let (_v1, _v2, cfg) = two_versions();
+    let gw = cfg
+        .split_api("rules:\n  - upstreams: [{ name: api-v2, weight: 50 }, { name: api-v1, weight: 50 }]\nsticky: { cookie: gh_canary, ttl: 1h }")
         .start();
 
     let mut sides = std::collections::HashMap::new();
@@ -330,12 +334,7 @@ async fn retries_stay_within_the_chosen_upstream() {
     let gw = Cfg::new()
         .upstream("api-v1", &[target(&v1)], "")
         .upstream("api-v2", &[target(&bad), target(&good)], "retries: 1")
-        .route(
-            "api",
-            &["/api"],
-            "api-v1",
-            &plugin("rules:\n  - upstreams: [{ name: api-v2 }]"),
-        )
+        .split_api("rules:\n  - upstreams: [{ name: api-v2 }]")
         .start();
     for _ in 0..10 {
         let (s, body) = gw.send(gw.client.get(gw.url("/api"))).await;

@@ -178,14 +178,19 @@ fn raw_get(gw: &Gateway, path: &str, extra: &str) -> RawResponse {
 fn gateway_for(up: &RawUpstream, plugin_config: &str) -> Gateway {
     Cfg::new()
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            &format!("plugins:\n  - name: response-transformer\n    config:\n{plugin_config}"),
-        )
+        .route_root(&format!(
+            "plugins:\n  - name: response-transformer\n    config:\n{plugin_config}"
+        ))
         .top("plugins:\n  - name: correlation-id\n")
         .start()
+}
+
+/// A plugin list with just the `kind` transformer (request- or response-) and its `config`.
+fn transformer(kind: &str, config: &str) -> String {
+    format!(
+        "plugins:\n  - name: {kind}\n    config:\n{}",
+        indent6(config)
+    )
 }
 
 fn indent6(s: &str) -> String {
@@ -208,16 +213,8 @@ add:
 "#;
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
-        .route(
-            "r",
-            &["/r"],
-            "u",
-            &format!(
-                "plugins:\n  - name: request-transformer\n    config:\n{}",
-                indent6(cfg)
-            ),
-        )
-        .route("plain", &["/plain"], "u", "")
+        .route_u("r", &transformer("request-transformer", cfg))
+        .route_u("plain", "")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
 
@@ -324,23 +321,12 @@ add: { headers: ["X-Added-Resp:1", "X-Backend:not-used", "X-Trace:$(request_id)"
     let gw = Cfg::new()
         .upstream("u", &[target(&a)], "")
         .upstream("dead", &[target_addr(&dead_addr())], "retries: 0")
-        .route(
-            "r",
-            &["/r"],
-            "u",
-            &format!(
-                "plugins:\n  - name: response-transformer\n    config:\n{}",
-                indent6(cfg)
-            ),
-        )
+        .route_u("r", &transformer("response-transformer", cfg))
         .route(
             "d",
             &["/d"],
             "dead",
-            &format!(
-                "plugins:\n  - name: response-transformer\n    config:\n{}",
-                indent6(cfg)
-            ),
+            &transformer("response-transformer", cfg),
         )
         .top("plugins:\n  - name: correlation-id\n")
         .start();
@@ -640,14 +626,7 @@ fn not_modified(etag: &str) -> Script {
 /// (response, raw bytes).
 fn closed_get(gw: &Gateway, path: &str) -> (RawResponse, Vec<u8>) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let (raw, closed) = raw_request(gw.port, req.as_bytes(), Duration::from_secs(5));
-    let r = parse_response(&raw).unwrap_or_else(|| {
-        panic!(
-            "no response for {path}: {:?}\n{}",
-            String::from_utf8_lossy(&raw),
-            gw.diagnostics()
-        )
-    });
+    let (r, raw, closed) = gw.raw_exchange(req.as_bytes(), Duration::from_secs(5));
     assert!(closed, "{path}: connection not closed after the answer");
     (r, raw)
 }
@@ -707,12 +686,7 @@ async fn rewritten_json_on_miss_hit_and_after_revalidation() {
             "u",
             "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      rename: { json: [\"user_name:name\"] }\n",
         )
-        .route(
-            "env",
-            &["/env"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      envelope: { enabled: true }\n",
-        )
+        .route_u("env", "plugins:\n  - name: proxy-cache\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n      envelope: { enabled: true }\n")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
 
@@ -783,15 +757,7 @@ async fn rewritten_json_served_stale_on_an_upstream_5xx() {
             doc,
         ),
     );
-    let gw = Cfg::new()
-        .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n    config: { stale_if_error: 1m }\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n",
-        )
-        .start();
+    let gw = one_upstream(&[target_addr(&up.addr())], "retries: 0", "/", "plugins:\n  - name: proxy-cache\n    config: { stale_if_error: 1m }\n  - name: response-transformer\n    config:\n      remove: { json: [password] }\n");
     let (r, _) = closed_get(&gw, "/doc");
     assert_eq!(r.header("x-cache-status"), Some("MISS"));
     assert_eq!(r.body, br#"{"id":7}"#);
@@ -825,12 +791,7 @@ async fn error_responses_replacement_on_miss_hit_and_after_revalidation() {
     up.on_match("/gone", etag, not_modified(etag));
     let gw = Cfg::new()
         .upstream("u", &[target_addr(&up.addr())], "retries: 0")
-        .route(
-            "r",
-            &["/"],
-            "u",
-            "plugins:\n  - name: proxy-cache\n  - name: error-responses\n    config:\n      upstream: true\n      responses:\n        404: { body: '{\"error\":\"gone\",\"request_id\":\"$(request_id)\"}' }\n",
-        )
+        .route_root("plugins:\n  - name: proxy-cache\n  - name: error-responses\n    config:\n      upstream: true\n      responses:\n        404: { body: '{\"error\":\"gone\",\"request_id\":\"$(request_id)\"}' }\n")
         .top("plugins:\n  - name: correlation-id\n")
         .start();
 
@@ -862,15 +823,9 @@ async fn error_responses_replacement_on_miss_hit_and_after_revalidation() {
 
 #[test]
 fn invalid_entries_are_config_errors_with_path_and_line() {
-    let yaml = r#"upstreams:
-  - name: u
-    targets: [{ addr: "127.0.0.1:1" }]
-routes:
-  - name: r
-    paths: ["/"]
-    upstream: u
-    plugins:
-      - name: request-transformer
+    let yaml = [
+        ROUTE_R_PLUGINS,
+        r#"      - name: request-transformer
         config:
           add:
             headers: ["X-Ok:1", "no-colon", "X-Var:$(nope)"]
@@ -882,18 +837,19 @@ routes:
         config:
           rename:
             json: ["a:b", "c:b"]
-"#;
-    let (code, err) = Gateway::validate(yaml);
-    assert_eq!(code, 1, "{err}");
-    for want in [
-        "routes[0].plugins[0].config.add.headers[1]: expected \"Name:value\", got \"no-colon\" (line 12)",
-        "routes[0].plugins[0].config.add.headers[2]: unknown variable \"$(nope)\"",
-        "routes[0].plugins[0].config.remove.headers[0]: header \"Content-Length\" cannot be transformed",
-        "routes[0].plugins[0].config.rename.querystring[0]: expected \"from:to\", got \"onlyone\" (line 16)",
-        "routes[0].plugins[1].config.rename.json[1]: two renames into \"b\"",
-    ] {
-        assert!(err.contains(want), "missing {want:?} in:\n{err}");
-    }
+"#,
+    ]
+    .concat();
+    let err = assert_refused(
+        &yaml,
+        &[
+            "routes[0].plugins[0].config.add.headers[1]: expected \"Name:value\", got \"no-colon\" (line 12)",
+            "routes[0].plugins[0].config.add.headers[2]: unknown variable \"$(nope)\"",
+            "routes[0].plugins[0].config.remove.headers[0]: header \"Content-Length\" cannot be transformed",
+            "routes[0].plugins[0].config.rename.querystring[0]: expected \"from:to\", got \"onlyone\" (line 16)",
+            "routes[0].plugins[1].config.rename.json[1]: two renames into \"b\"",
+        ],
+    );
     assert!(err.contains("(line 14)"), "{err}");
     assert!(err.contains("(line 20)"), "{err}");
 }

@@ -77,6 +77,41 @@ struct Tally {
     failed: Mutex<Vec<String>>,
 }
 
+/// Four keep-alive clients GETting `/x/item` in a loop until stopped: some requests meet a
+/// connection the old process closes.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(port: u16) -> Clients {
+        let url = format!("http://127.0.0.1:{port}/x/item");
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let tasks = (0..4)
+            .map(|_| {
+                let (stop, tally, url) = (stop.clone(), tally.clone(), url.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        get_with_one_retry(&c, &url, &tally).await;
+                    }
+                })
+            })
+            .collect();
+        Clients { stop, tally, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
 /// GET once; on a connection-level error (or an incomplete answer) retry once.
 async fn get_with_one_retry(c: &reqwest::Client, url: &str, t: &Tally) {
     for attempt in 0..2 {
@@ -117,10 +152,8 @@ async fn get_with_one_retry(c: &reqwest::Client, url: &str, t: &Tally) {
 
 #[tokio::test]
 async fn upgrade_hands_sockets_over_without_failed_requests() {
-    let a = Backend::start("a");
-    let cfg = Cfg::new()
-        .upstream("u", &[target(&a)], "")
-        .route("r", &["/x"], "u", "");
+    let (_a, cfg) = upstream_u();
+    let cfg = cfg.route("r", &["/x"], "u", "");
     let (port, admin_port) = (cfg.port, cfg.admin_port);
     let dir = cfg.dir.path().to_path_buf();
     std::fs::write(dir.join("gatehouse.yaml"), cfg.yaml()).unwrap();
@@ -143,20 +176,8 @@ async fn upgrade_hands_sockets_over_without_failed_requests() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let url = format!("http://127.0.0.1:{port}/x/item");
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, tally, url) = (stop.clone(), tally.clone(), url.clone());
-        clients.push(tokio::spawn(async move {
-            // keep-alive clients: some requests will meet a connection the old process closes
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                get_with_one_retry(&c, &url, &tally).await;
-            }
-        }));
-    }
+    let clients = Clients::start(port);
+    let tally = clients.tally.clone();
     // Traffic must be flowing before the handover (a fixed sleep was too short on a loaded
     // machine: CI saw 9 requests in 300 ms).
     let flowing = {
@@ -203,10 +224,7 @@ async fn upgrade_hands_sockets_over_without_failed_requests() {
 
     // only the new process is left: it serves the public and the admin port
     tokio::time::sleep(Duration::from_millis(700)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
+    clients.stop().await;
     let ok = tally.ok.load(Ordering::Relaxed);
     let retried = tally.retried.load(Ordering::Relaxed);
     let failed = tally.failed.lock().unwrap().clone();
@@ -233,7 +251,7 @@ async fn upgrade_hands_sockets_over_without_failed_requests() {
     assert!(admin_health(admin_port), "admin socket not taken over");
     let c = client();
     let r = c
-        .get(&url)
+        .get(format!("http://127.0.0.1:{port}/x/item"))
         .send()
         .await
         .expect("request to the new process");
@@ -280,19 +298,8 @@ async fn sigusr2_daemon_upgrades_itself() {
         "-d parent must exit 0"
     );
 
-    let url = format!("http://127.0.0.1:{port}/x/item");
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, tally, url) = (stop.clone(), tally.clone(), url.clone());
-        clients.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                get_with_one_retry(&c, &url, &tally).await;
-            }
-        }));
-    }
+    let clients = Clients::start(port);
+    let tally = clients.tally.clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     send_signal(old_pid, "USR2");
@@ -315,10 +322,7 @@ async fn sigusr2_daemon_upgrades_itself() {
     };
     let at_exit = tally.ok.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
+    clients.stop().await;
     let ok = tally.ok.load(Ordering::Relaxed);
     let failed = tally.failed.lock().unwrap().clone();
     eprintln!(

@@ -149,66 +149,79 @@ fn listener() -> (tokio::net::TcpListener, u16) {
     (tokio::net::TcpListener::from_std(l).unwrap(), port)
 }
 
-/// An HTTPS/1.1 server answering `{"backend":"tls","path":..}`.
-fn https_backend(cfg: Arc<ServerConfig>) -> (u16, Arc<Seen>) {
+/// The request's `Host` header ("" without one).
+fn host_of(req: &Request<Incoming>) -> String {
+    let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+    host.unwrap_or("").to_string()
+}
+
+/// A server on a free port handing every connection, with a clone of `state`, to
+/// `serve` on a task of its own; returns the port and `state`.
+fn accept_loop<S, F, Fut>(state: Arc<S>, serve: F) -> (u16, Arc<S>)
+where
+    S: Send + Sync + 'static,
+    F: Fn(tokio::net::TcpStream, Arc<S>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (l, port) = listener();
-    let seen = Arc::new(Seen::default());
-    let st = seen.clone();
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let st = state.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = l.accept().await else {
                 continue;
             };
-            let (acceptor, st) = (acceptor.clone(), st.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                {
-                    let conn = tls.get_ref().1;
-                    st.sni
-                        .lock()
-                        .unwrap()
-                        .push(conn.server_name().map(str::to_string));
-                    st.client_certs
-                        .lock()
-                        .unwrap()
-                        .push(conn.peer_certificates().is_some_and(|c| !c.is_empty()));
-                }
-                st.handshakes.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let st = st.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        if path == "/health" {
-                            st.health_hits.fetch_add(1, Ordering::SeqCst);
-                        } else {
-                            st.hits.fetch_add(1, Ordering::SeqCst);
-                        }
-                        let host = req
-                            .headers()
-                            .get("host")
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        st.hosts.lock().unwrap().push(host);
-                        let body = serde_json::json!({"backend": "tls", "path": path}).to_string();
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
+            tokio::spawn(serve(tcp, st.clone()));
         }
     });
-    (port, seen)
+    (port, state)
+}
+
+/// An HTTPS/1.1 server answering `{"backend":"tls","path":..}`.
+fn https_backend(cfg: Arc<ServerConfig>) -> (u16, Arc<Seen>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    accept_loop(Arc::new(Seen::default()), move |tcp, st| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            {
+                let conn = tls.get_ref().1;
+                st.sni
+                    .lock()
+                    .unwrap()
+                    .push(conn.server_name().map(str::to_string));
+                st.client_certs
+                    .lock()
+                    .unwrap()
+                    .push(conn.peer_certificates().is_some_and(|c| !c.is_empty()));
+            }
+            st.handshakes.fetch_add(1, Ordering::SeqCst);
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let st = st.clone();
+                async move {
+                    let path = req.uri().path().to_string();
+                    if path == "/health" {
+                        st.health_hits.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        st.hits.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let host = host_of(&req);
+                    st.hosts.lock().unwrap().push(host);
+                    let body = serde_json::json!({"backend": "tls", "path": path}).to_string();
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap(),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        }
+    })
 }
 
 /// The gateway config of one HTTPS upstream `u` at `127.0.0.1:port` behind route `/t`.
@@ -515,41 +528,27 @@ async fn health_check_host_is_the_host_and_server_name_of_the_checks() {
 /// A plain HTTP/1.1 server whose `/health` answers 200 to `Host: <name>` (any port) and 421
 /// to any other Host; records every Host it sees.
 fn host_checking_backend(name: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let (l, port) = listener();
-    let hosts: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = hosts.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                continue;
-            };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    seen.lock().unwrap().push(host.clone());
-                    let ok = host.split(':').next() == Some(name);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .status(if ok { 200 } else { 421 })
-                                .body(Full::new(Bytes::new()))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+    accept_loop(
+        Arc::default(),
+        move |tcp, seen: Arc<Mutex<Vec<String>>>| async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let host = host_of(&req);
+                seen.lock().unwrap().push(host.clone());
+                let ok = host.split(':').next() == Some(name);
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .status(if ok { 200 } else { 421 })
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                }
             });
-        }
-    });
-    (port, hosts)
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        },
+    )
 }
 
 #[test]
@@ -718,30 +717,21 @@ struct GrpcSeen {
 /// - `Fail`: trailers-only NOT_FOUND (5);
 /// - `Slow`: answers after 1.5 s.
 fn grpc_server(tls: Option<Arc<ServerConfig>>) -> (u16, Arc<GrpcSeen>) {
-    let (l, port) = listener();
-    let seen = Arc::new(GrpcSeen::default());
-    let st = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                continue;
-            };
-            let (tls, st) = (tls.clone(), st.clone());
-            tokio::spawn(async move {
-                match tls {
-                    Some(cfg) => {
-                        let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
-                            return;
-                        };
-                        st.tls.fetch_add(1, Ordering::SeqCst);
-                        serve_h2(s, st).await
-                    }
-                    None => serve_h2(tcp, st).await,
+    accept_loop(Arc::new(GrpcSeen::default()), move |tcp, st| {
+        let tls = tls.clone();
+        async move {
+            match tls {
+                Some(cfg) => {
+                    let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await else {
+                        return;
+                    };
+                    st.tls.fetch_add(1, Ordering::SeqCst);
+                    serve_h2(s, st).await
                 }
-            });
+                None => serve_h2(tcp, st).await,
+            }
         }
-    });
-    (port, seen)
+    })
 }
 
 async fn serve_h2<S>(io: S, st: Arc<GrpcSeen>)
@@ -1138,10 +1128,7 @@ async fn gateway_refusals_of_grpc_requests_are_grpc_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upstream_that_speaks_http1_is_a_502_not_a_hang() {
     let a = Backend::start("a");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&a)], "protocol: h2c\nretries: 0")
-        .route("r", &["/t"], "u", "")
-        .start();
+    let gw = one_upstream(&[target(&a)], "protocol: h2c\nretries: 0", "/t", "");
     let r = tokio::time::timeout(Duration::from_secs(10), gw.client.get(gw.url("/t")).send())
         .await
         .expect("hung")
@@ -1168,71 +1155,59 @@ fn ws_backend() -> (u16, Arc<WsSeen>) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
     use tokio_tungstenite::tungstenite::protocol::Role;
-    let (l, port) = listener();
-    let seen = Arc::new(WsSeen::default());
-    let st = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                continue;
-            };
+    accept_loop(Arc::new(WsSeen::default()), |tcp, st| async move {
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let st = st.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                    let st = st.clone();
-                    async move {
-                        let key = req
-                            .headers()
-                            .get("sec-websocket-key")
-                            .map(|k| derive_accept_key(k.as_bytes()));
-                        let Some(accept) = key else {
-                            let ms: u64 = req
-                                .uri()
-                                .query()
-                                .and_then(|q| q.strip_prefix("ms="))
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(0);
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                            return Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from_static(b"{\"plain\":true}"),
-                            )));
-                        };
-                        let on_upgrade = hyper::upgrade::on(&mut req);
-                        tokio::spawn(async move {
-                            let Ok(up) = on_upgrade.await else {
-                                return;
-                            };
-                            st.opened.fetch_add(1, Ordering::SeqCst);
-                            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                                TokioIo::new(up),
-                                Role::Server,
-                                None,
-                            )
-                            .await;
-                            while let Some(Ok(m)) = ws.next().await {
-                                if (m.is_text() || m.is_binary()) && ws.send(m).await.is_ok() {
-                                    st.echoed.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
-                            st.closed.fetch_add(1, Ordering::SeqCst);
-                        });
-                        Ok(Response::builder()
-                            .status(101)
-                            .header("upgrade", "websocket")
-                            .header("connection", "upgrade")
-                            .header("sec-websocket-accept", accept)
-                            .body(Full::new(Bytes::new()))
-                            .unwrap())
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .with_upgrades()
+            async move {
+                let key = req
+                    .headers()
+                    .get("sec-websocket-key")
+                    .map(|k| derive_accept_key(k.as_bytes()));
+                let Some(accept) = key else {
+                    let ms: u64 = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.strip_prefix("ms="))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    return Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                        Bytes::from_static(b"{\"plain\":true}"),
+                    )));
+                };
+                let on_upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(up) = on_upgrade.await else {
+                        return;
+                    };
+                    st.opened.fetch_add(1, Ordering::SeqCst);
+                    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(up),
+                        Role::Server,
+                        None,
+                    )
                     .await;
-            });
-        }
-    });
-    (port, seen)
+                    while let Some(Ok(m)) = ws.next().await {
+                        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_ok() {
+                            st.echoed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    st.closed.fetch_add(1, Ordering::SeqCst);
+                });
+                Ok(Response::builder()
+                    .status(101)
+                    .header("upgrade", "websocket")
+                    .header("connection", "upgrade")
+                    .header("sec-websocket-accept", accept)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap())
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), svc)
+            .with_upgrades()
+            .await;
+    })
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -1472,31 +1447,18 @@ impl tonic::server::UnaryService<Bytes> for SlowService {
 
 /// A tonic gRPC server over h2c (hyper's HTTP/2 server) serving [`SlowService`].
 fn tonic_slow_server() -> (u16, Arc<SlowSeen>) {
-    let (l, port) = listener();
-    let seen = Arc::new(SlowSeen::default());
-    let st = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                continue;
-            };
+    accept_loop(Arc::new(SlowSeen::default()), |tcp, st| async move {
+        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let st = st.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let st = st.clone();
-                    async move {
-                        let mut grpc = tonic::server::Grpc::new(RawCodec);
-                        Ok::<_, std::convert::Infallible>(grpc.unary(SlowService(st), req).await)
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-            });
-        }
-    });
-    (port, seen)
+            async move {
+                let mut grpc = tonic::server::Grpc::new(RawCodec);
+                Ok::<_, std::convert::Infallible>(grpc.unary(SlowService(st), req).await)
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    })
 }
 
 /// hyper's HTTP/2 client connection as the service tonic's generic client calls through.

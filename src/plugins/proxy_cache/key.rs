@@ -174,6 +174,24 @@ fn write_normalized_query(buf: &mut Vec<u8>, q: &str) {
 mod tests {
     use super::*;
 
+    /// Route `r`, host `h`, path `/p`, no query, consumer or roles.
+    const PLAIN: KeyParts<'static> = KeyParts {
+        route: "r",
+        host: "h",
+        path: "/p",
+        query: None,
+        consumer: None,
+        roles: None,
+        upstream: None,
+    };
+
+    /// Request headers holding just `name: value`.
+    fn one_header(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, value.parse().unwrap());
+        h
+    }
+
     fn key(route: &str, host: &str, path: &str, query: Option<&str>) -> HashBinary {
         primary_hash(
             &KeyParts {
@@ -227,13 +245,9 @@ mod tests {
         let k = |consumer, roles| {
             primary_hash(
                 &KeyParts {
-                    route: "r",
-                    host: "h",
-                    path: "/p",
-                    query: None,
                     consumer,
                     roles,
-                    upstream: None,
+                    ..PLAIN
                 },
                 &HeaderMap::new(),
                 &[],
@@ -253,15 +267,7 @@ mod tests {
     fn a_chosen_upstream_splits_objects() {
         let k = |upstream| {
             primary_hash(
-                &KeyParts {
-                    route: "r",
-                    host: "h",
-                    path: "/p",
-                    query: None,
-                    consumer: None,
-                    roles: None,
-                    upstream,
-                },
+                &KeyParts { upstream, ..PLAIN },
                 &HeaderMap::new(),
                 &[],
             )
@@ -274,20 +280,10 @@ mod tests {
 
     #[test]
     fn identity_headers_split_objects() {
-        let parts = KeyParts {
-            route: "r",
-            host: "h",
-            path: "/p",
-            query: None,
-            consumer: None,
-            roles: None,
-            upstream: None,
-        };
+        let parts = PLAIN;
         let id = [HeaderName::from_static("x-user-id")];
-        let mut alice = HeaderMap::new();
-        alice.insert("x-user-id", "u-alice".parse().unwrap());
-        let mut bob = HeaderMap::new();
-        bob.insert("x-user-id", "u-bob".parse().unwrap());
+        let alice = one_header("x-user-id", "u-alice");
+        let bob = one_header("x-user-id", "u-bob");
         let k = |h: &HeaderMap| primary_hash_with(&parts, h, &[], &id);
         assert_ne!(k(&alice), k(&bob));
         assert_ne!(k(&alice), k(&HeaderMap::new()));
@@ -298,22 +294,11 @@ mod tests {
 
     #[test]
     fn vary_headers_split_objects() {
-        let parts = KeyParts {
-            route: "r",
-            host: "h",
-            path: "/p",
-            query: None,
-            consumer: None,
-            roles: None,
-            upstream: None,
-        };
+        let parts = PLAIN;
         let vary = [HeaderName::from_static("x-tenant")];
-        let mut a = HeaderMap::new();
-        a.insert("x-tenant", "a".parse().unwrap());
-        let mut b = HeaderMap::new();
-        b.insert("x-tenant", "b".parse().unwrap());
-        let mut empty = HeaderMap::new();
-        empty.insert("x-tenant", "".parse().unwrap());
+        let a = one_header("x-tenant", "a");
+        let b = one_header("x-tenant", "b");
+        let empty = one_header("x-tenant", "");
         let none = HeaderMap::new();
         let k = |h: &HeaderMap| primary_hash(&parts, h, &vary);
         assert_ne!(k(&a), k(&b));

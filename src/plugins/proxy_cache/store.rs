@@ -595,24 +595,25 @@ impl Store {
         }
     }
 
+    /// Removes object `k` of a purge from `shard`, counted in `purged`.
+    fn purge_one(&self, shard: &mut Shard, k: u128, purged: &mut Purged) {
+        if let Some(obj) = shard.remove(k) {
+            self.account_removed(&obj);
+            purged.objects += 1;
+            purged.bytes += obj.size;
+        }
+    }
+
     /// Removes every object `pred` selects from every shard.
     fn remove_where(&self, pred: impl Fn(&Object) -> bool) -> usize {
-        let mut n = 0;
-        let mut bytes = 0usize;
+        let mut purged = Purged::default();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             for k in shard.select(&pred) {
-                if let Some(obj) = shard.remove(k) {
-                    self.account_removed(&obj);
-                    bytes += obj.size;
-                    n += 1;
-                }
+                self.purge_one(&mut shard, k, &mut purged);
             }
         }
-        if n > 0 {
-            note_usage(-(bytes as isize), 0);
-        }
-        n
+        purged.done()
     }
 
     /// Every variant of `path` on `route`: all hosts, `Vary` variants and query strings, or
@@ -624,8 +625,7 @@ impl Store {
             query.map(str::to_string),
         ));
         let ph = self.path_hash(route, path);
-        let mut n = 0;
-        let mut bytes = 0usize;
+        let mut purged = Purged::default();
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let Some(keys) = shard.paths.get(&ph) else {
@@ -643,18 +643,11 @@ impl Store {
                             && query.is_none_or(|q| *o.tag.query == *q)
                     });
                 if matches {
-                    if let Some(obj) = shard.remove(k) {
-                        self.account_removed(&obj);
-                        bytes += obj.size;
-                        n += 1;
-                    }
+                    self.purge_one(&mut shard, k, &mut purged);
                 }
             }
         }
-        if n > 0 {
-            note_usage(-(bytes as isize), 0);
-        }
-        n
+        purged.done()
     }
 
     /// Every object of `route`.
@@ -673,6 +666,23 @@ impl Store {
     pub fn clear(&self) -> usize {
         self.begin_purge(Scope::All);
         self.remove_where(|_| true)
+    }
+}
+
+/// What one purge removed so far.
+#[derive(Default)]
+struct Purged {
+    objects: usize,
+    bytes: usize,
+}
+
+impl Purged {
+    /// Reports the freed bytes to the usage gauge; the number of objects removed.
+    fn done(self) -> usize {
+        if self.objects > 0 {
+            note_usage(-(self.bytes as isize), 0);
+        }
+        self.objects
     }
 }
 

@@ -399,35 +399,26 @@ pub trait Headers {
     fn remove(&mut self, name: &HeaderName);
 }
 
-impl Headers for RequestHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn insert(&mut self, name: &Name, v: HeaderValue) -> Result<()> {
-        self.insert_header(name.case.clone(), v)
-    }
-    fn append(&mut self, name: &Name, v: HeaderValue) -> Result<()> {
-        self.append_header(name.case.clone(), v).map(|_| ())
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+// Pingora's request and response heads have the same inherent methods but no common trait.
+macro_rules! impl_headers {
+    ($($head:ty),+) => {$(
+        impl Headers for $head {
+            fn map(&self) -> &http::HeaderMap {
+                &self.headers
+            }
+            fn insert(&mut self, name: &Name, v: HeaderValue) -> Result<()> {
+                self.insert_header(name.case.clone(), v)
+            }
+            fn append(&mut self, name: &Name, v: HeaderValue) -> Result<()> {
+                self.append_header(name.case.clone(), v).map(|_| ())
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    )+};
 }
-
-impl Headers for pingora::http::ResponseHeader {
-    fn map(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn insert(&mut self, name: &Name, v: HeaderValue) -> Result<()> {
-        self.insert_header(name.case.clone(), v)
-    }
-    fn append(&mut self, name: &Name, v: HeaderValue) -> Result<()> {
-        self.append_header(name.case.clone(), v).map(|_| ())
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+impl_headers!(RequestHeader, pingora::http::ResponseHeader);
 
 /// Compiled header rules.
 #[derive(Debug, Default)]

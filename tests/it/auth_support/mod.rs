@@ -2,7 +2,7 @@
 //! real tokens signed with `jsonwebtoken`, hand-made malicious tokens.
 #![allow(dead_code)]
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::Value;
@@ -16,14 +16,8 @@ pub fn now() -> i64 {
 }
 
 pub fn pem(label: &str, der: &[u8]) -> String {
-    let b = STANDARD.encode(der);
-    let mut s = format!("-----BEGIN {label}-----\n");
-    for line in b.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(line).unwrap());
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {label}-----\n"));
-    s
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), lf)
 }
 
 /// A key pair as PEM: private (PKCS#8) for signing, public (SPKI) for the gateway.

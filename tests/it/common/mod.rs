@@ -621,6 +621,18 @@ impl Gateway {
         (status, r.text().await.unwrap_or_default())
     }
 
+    /// POST `body` as `content_type` to `path`; (status, body).
+    pub async fn post_typed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
+        let req = self.client.post(self.url(path));
+        self.send(req.header("content-type", content_type).body(body))
+            .await
+    }
+
     /// `GET path` with `headers`: (status, body).
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut req = self.client.get(self.url(path));
@@ -932,6 +944,22 @@ pub fn assert_error_body(body: &str, code: &str) -> Value {
     v
 }
 
+/// The start of a config whose route `r` (on `/`, to upstream `u` at an address nothing
+/// answers on) has plugins: append the plugin entries (`      - name: ...`). Config-error
+/// tests count their line numbers from it.
+pub const ROUTE_R_PLUGINS: &str = "upstreams:\n  - name: u\n    targets: [{ addr: \"127.0.0.1:1\" }]\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n    plugins:\n";
+
+/// Asserts that `gatehouse -t` refuses `yaml` with each of `wants` in its errors; returns the
+/// errors.
+pub fn assert_refused(yaml: &str, wants: &[&str]) -> String {
+    let (code, err) = Gateway::validate(yaml);
+    assert_eq!(code, 1, "{err}");
+    for want in wants {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    err
+}
+
 /// `backend` field of a default backend JSON body.
 pub fn backend_of(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
@@ -962,6 +990,51 @@ pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, mut cond: F) -> boo
 pub fn one_route(b: &Backend, path: &str, route_extra: &str) -> Gateway {
     Cfg::new()
         .upstream("u", &[target(b)], "")
+        .route("r", &[path], "u", route_extra)
+        .start()
+}
+
+/// Backend `b` behind upstream `u` and a catch-all route `r` on `/`; `server` lines go under
+/// `server:` (limits, timeouts): for tests of the listener rather than of routing.
+pub fn catch_all(server: &str) -> (Backend, Gateway) {
+    let b = Backend::start("b");
+    let gw = Cfg::new()
+        .server(server)
+        .upstream("u", &[target(&b)], "")
+        .route("r", &["/"], "u", "")
+        .start();
+    (b, gw)
+}
+
+/// Backend `a` behind upstream `u`: a config for [`Cfg::route_u`] routes (add them, then
+/// `start`).
+pub fn upstream_u() -> (Backend, Cfg) {
+    let a = Backend::start("a");
+    let cfg = Cfg::new().upstream("u", &[target(&a)], "");
+    (a, cfg)
+}
+
+/// Backends `a` and `b` behind upstreams `ua` and `ub`: a config for routes to choose
+/// between (add the routes, then `start`).
+pub fn two_upstreams() -> (Backend, Backend, Cfg) {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let cfg = Cfg::new()
+        .upstream("ua", &[target(&a)], "")
+        .upstream("ub", &[target(&b)], "");
+    (a, b, cfg)
+}
+
+/// A gateway with upstream `u` over `targets` (`upstream_extra` lines at its level:
+/// retries, balance, health checks) and route `r` on `path` (`route_extra` at its level).
+pub fn one_upstream(
+    targets: &[String],
+    upstream_extra: &str,
+    path: &str,
+    route_extra: &str,
+) -> Gateway {
+    Cfg::new()
+        .upstream("u", targets, upstream_extra)
         .route("r", &[path], "u", route_extra)
         .start()
 }
@@ -1075,6 +1148,16 @@ impl Cfg {
         s.push_str(&indent(extra, 4));
         self.routes.push(s);
         self
+    }
+
+    /// Route `name` on `/name` to upstream `u`, `extra` at its level: a test's usual route.
+    pub fn route_u(self, name: &str, extra: &str) -> Cfg {
+        self.route(name, &[&format!("/{name}")], "u", extra)
+    }
+
+    /// Route `r` on `/` to upstream `u`, `extra` at its level: every path of the listener.
+    pub fn route_root(self, extra: &str) -> Cfg {
+        self.route("r", &["/"], "u", extra)
     }
 
     /// Raw top-level YAML appended at the end.
@@ -1352,6 +1435,22 @@ impl Gateway {
     }
 
     /// Admin `POST /reload`: (status, JSON body).
+    /// `req` over a fresh raw TCP connection (at most `limit`): the response, its raw bytes
+    /// and whether the gateway closed the connection. Panics, with the gateway's
+    /// diagnostics, when no complete response came.
+    pub fn raw_exchange(&self, req: &[u8], limit: Duration) -> (RawResponse, Vec<u8>, bool) {
+        let (raw, closed) = raw_request(self.port, req, limit);
+        let resp = parse_response(&raw).unwrap_or_else(|| {
+            panic!(
+                "no response to {:?}: {:?}\n{}",
+                String::from_utf8_lossy(req.split(|b| *b == b'\r').next().unwrap_or(req)),
+                String::from_utf8_lossy(&raw),
+                self.diagnostics()
+            )
+        });
+        (resp, raw, closed)
+    }
+
     pub async fn admin_reload(&self) -> (u16, Value) {
         let r = self
             .client
