@@ -40,7 +40,8 @@
 # gatehouse/peer for each peer and for the best peer (lowest CPU per request), and a matrix of
 # CPU per request with those ratios. The machine is shared and noisy: compare ratios from one
 # run, not absolute numbers across runs. Any answer that is not 2xx, or a socket error, stops
-# the run. Traffic goes to 127.0.0.1 only; the ports below must be free.
+# the run. Traffic goes to 127.0.0.1 only (the TLS 1.3 scenarios name it localhost, so that wrk
+# sends a host name as SNI, not an IP address); the ports below must be free.
 #
 # Scenarios (same paths on every proxy):
 #   plain      GET /api/v1/users/42                   plain reverse proxy, keep-alive both legs
@@ -59,12 +60,16 @@
 #                                                     certificate verified against the run's
 #                                                     CA; pooled connections (an idle pool of
 #                                                     256 on every proxy)
-#   tls13      GET https://.../api/v1/users/42        the client leg over TLS 1.3 (the proxies
+#   tls13      GET https://localhost:.../api/v1/users/42
+#                                                     the client leg over TLS 1.3 (the proxies
 #                                                     accept nothing older), keep-alive: one
-#                                                     handshake per connection, then requests
+#                                                     handshake per connection, then requests;
+#                                                     plain HTTP/1.1 to the origin
 #   tls13-new  the same with Connection: close        a new TCP connection and a full TLS 1.3
 #                                                     handshake per request (ECDSA P-256
-#                                                     certificate, X25519 from wrk's OpenSSL);
+#                                                     certificate, X25519 from wrk's OpenSSL,
+#                                                     each proxy's default session tickets
+#                                                     issued and not used);
 #                                                     wrk would resume the previous session, so
 #                                                     loadtest/no_resume.c is built and
 #                                                     preloaded into it (checked against the
@@ -435,7 +440,9 @@ proxy_pids() {
 TCK=$(getconf CLK_TCK)
 url_for() {  # proxy scenario
   case "$2" in
-    tls13*) echo "https://127.0.0.1:$(port_for "$1" "$2")" ;;
+    # localhost (127.0.0.1 in /etc/hosts): wrk sends the URL's host as SNI, and an IP address
+    # there is not a valid server name (rustls logs a warning for each such handshake).
+    tls13*) echo "https://localhost:$(port_for "$1" "$2")" ;;
     *) echo "http://127.0.0.1:$(port_for "$1" "$2")" ;;
   esac
 }
@@ -470,10 +477,9 @@ preflight() {  # proxy scenario
         || { tail -20 "$WORK/nghttp.out" >&2; bad "$p" "$sc" "no gRPC answer with its trailer"; }
       ;;
     tls13*)
-      curl -sSf -o /dev/null --tlsv1.3 --cacert "$WORK/pki/ca.pem" \
-        --resolve "proxy.bench.internal:$port:127.0.0.1" "https://proxy.bench.internal:$port/api/v1/users/42" \
-        || bad "$p" "$sc" "no 2xx over TLS 1.3 with the P-256 certificate of proxy.bench.internal"
-      if curl -s -o /dev/null -k --tlsv1.2 --tls-max 1.2 "https://127.0.0.1:$port/api/v1/users/42"; then
+      curl -sSf -o /dev/null --tlsv1.3 --cacert "$WORK/pki/ca.pem" "$(url_for "$p" "$sc")/api/v1/users/42" \
+        || bad "$p" "$sc" "no 2xx over TLS 1.3 with the run's P-256 certificate for localhost"
+      if curl -s -o /dev/null -k --tlsv1.2 --tls-max 1.2 "$(url_for "$p" "$sc")/api/v1/users/42"; then
         bad "$p" "$sc" "accepts TLS 1.2 (TLS 1.3 only expected)"
       fi
       ;;
@@ -509,11 +515,11 @@ done
 if has tls13-new; then
   cc -shared -fPIC -O2 -o "$WORK/no_resume.so" loadtest/no_resume.c -ldl
   resumed() { wc -l < "$WORK/origin-resumed.log" 2>/dev/null || echo 0; }
-  wrk -t1 -c4 -d1s -s loadtest/handshake.lua "https://127.0.0.1:$ORIGIN_CHECK_PORT" > "$WORK/wrk.out" 2>&1 \
+  wrk -t1 -c4 -d1s -s loadtest/handshake.lua "https://localhost:$ORIGIN_CHECK_PORT" > "$WORK/wrk.out" 2>&1 \
     || { tail -3 "$WORK/wrk.out" >&2; exit 1; }
   [ "$(resumed)" -gt 0 ] || { echo "the resumption check sees no resumed handshake from plain wrk" >&2; exit 1; }
   : > "$WORK/origin-resumed.log"
-  LD_PRELOAD="$WORK/no_resume.so" wrk -t1 -c4 -d1s -s loadtest/handshake.lua "https://127.0.0.1:$ORIGIN_CHECK_PORT" > "$WORK/wrk.out" 2>&1 \
+  LD_PRELOAD="$WORK/no_resume.so" wrk -t1 -c4 -d1s -s loadtest/handshake.lua "https://localhost:$ORIGIN_CHECK_PORT" > "$WORK/wrk.out" 2>&1 \
     || { tail -3 "$WORK/wrk.out" >&2; exit 1; }
   [ "$(resumed)" -eq 0 ] || { echo "wrk resumed $(resumed) TLS sessions with no_resume.so preloaded" >&2; exit 1; }
 fi

@@ -68,21 +68,24 @@ NGX
 }
 
 # write_bench_pki WORK: a CA and, signed by it, certificates for origin.bench.internal
-# (origin.pem/.key, the HTTPS origin) and proxy.bench.internal (proxy.pem/.key, the proxies'
-# HTTPS listeners; proxy.bundle.pem holds both for HAProxy's `crt`) under WORK/pki: all ECDSA
-# P-256, valid 2 days, made with openssl for this run only.
+# (origin.pem/.key, the HTTPS origin) and for proxy.bench.internal and localhost
+# (proxy.pem/.key, the proxies' HTTPS listeners; proxy.bundle.pem holds both for HAProxy's
+# `crt`) under WORK/pki: all ECDSA P-256, valid 30 days (gatehouse warns at load about a
+# certificate that expires within 14), made with openssl for this run only.
 write_bench_pki() {
-  local D=$1/pki name
+  local D=$1/pki name san
   mkdir -p "$D"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -keyout "$D/ca.key" -out "$D/ca.pem" -subj "/CN=gatehouse bench CA" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
   for name in origin proxy; do
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
       -keyout "$D/$name.key" -out "$D/$name.csr" -subj "/CN=$name.bench.internal" 2>/dev/null
-    printf 'subjectAltName=DNS:%s.bench.internal\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' "$name" > "$D/$name.ext"
+    san="DNS:$name.bench.internal"
+    [ "$name" = proxy ] && san="$san,DNS:localhost"
+    printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' "$san" > "$D/$name.ext"
     openssl x509 -req -in "$D/$name.csr" -CA "$D/ca.pem" -CAkey "$D/ca.key" -CAcreateserial \
-      -days 2 -out "$D/$name.pem" -extfile "$D/$name.ext" 2>/dev/null
+      -days 30 -out "$D/$name.pem" -extfile "$D/$name.ext" 2>/dev/null
   done
   cat "$D/proxy.pem" "$D/proxy.key" > "$D/proxy.bundle.pem"
   chmod 644 "$D"/*
