@@ -1395,6 +1395,26 @@ impl Gateway {
         send_signal(self.pid, sig);
     }
 
+    /// The value of one series once it reaches `want` (polled for up to 2 s: requests are
+    /// counted in the logging phase, which may run just after the client got its answer),
+    /// else its last value.
+    pub async fn metric_reaching(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+    ) -> Option<f64> {
+        let mut last = None;
+        for _ in 0..100 {
+            last = metric(&self.metrics_text().await, name, labels);
+            if last >= Some(want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        last
+    }
+
     /// Admin `GET /metrics` as text (asserts 200 and the Prometheus content type).
     pub async fn metrics_text(&self) -> String {
         let r = self
