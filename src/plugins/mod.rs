@@ -27,6 +27,7 @@ pub mod json_rewrite;
 pub(crate) mod json_scan;
 pub mod jwt;
 pub mod key_auth;
+pub mod oauth2_introspection;
 pub mod opentelemetry;
 pub(crate) mod outbound;
 pub mod proxy_cache;
@@ -311,6 +312,7 @@ plugin_table! {
     "basic-auth"            => BasicAuth(basic_auth::BasicAuth),
     "hmac-auth"             => HmacAuth(hmac_auth::HmacAuth),
     "jwt"                   => Jwt(jwt::Jwt),
+    "oauth2-introspection"  => Oauth2Introspection(oauth2_introspection::Oauth2Introspection),
     "forward-auth"          => ForwardAuth(forward_auth::ForwardAuth),
     "acl"                   => Acl(acl::Acl),
     "rate-limiting"         => RateLimiting(rate_limit::RateLimit),
