@@ -46,6 +46,7 @@ mod jwks;
 mod kong_import;
 mod layering;
 mod metrics;
+mod oauth2_introspection;
 mod observability_assets;
 mod pipelining;
 mod plugins_edge;
