@@ -93,6 +93,9 @@ impl Handles {
     }
 }
 
+/// A request that needs a call: its token, the token's digest and a stale decision, if any.
+type Pending<'a> = (&'a str, [u8; 32], Option<Arc<Decision>>);
+
 /// The token of a request.
 enum Token<'a> {
     Missing,
@@ -403,7 +406,7 @@ impl Oauth2Introspection {
         req: &'a RequestHeader,
         now: u64,
         ctx: &mut RequestCtx,
-    ) -> Result<Outcome, (&'a str, [u8; 32], Option<Arc<Decision>>)> {
+    ) -> Result<Outcome, Pending<'a>> {
         let token = match find_token(req) {
             Token::Bearer(t) => t,
             Token::Missing => {
