@@ -146,11 +146,12 @@ fn now_ms() -> u64 {
     crate::util::clock::now_us() / 1000
 }
 
-fn challenge_invalid() -> (http::HeaderName, HeaderValue) {
-    (
+/// 401 `invalid_token` with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 3.1).
+fn invalid_token(message: &'static str) -> Outcome {
+    Outcome::Respond(Reply::error_with(401, "invalid_token", message).header(
         WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer error=\"invalid_token\""),
-    )
+    ))
 }
 
 /// The introspection answer (RFC 7662 2.2): `active` is required; the rest is read when
@@ -365,17 +366,11 @@ impl Oauth2Introspection {
     fn apply(&self, d: Arc<Decision>, now: u64, source: Source, ctx: &mut RequestCtx) -> Outcome {
         if !d.active {
             self.count(ctx, Verdict::Inactive, Some(source));
-            return Outcome::Respond(
-                Reply::error_with(401, "invalid_token", "The token is not active")
-                    .header(challenge_invalid().0, challenge_invalid().1),
-            );
+            return invalid_token("The token is not active");
         }
         if d.nbf_ms.is_some_and(|nbf| now < nbf) {
             self.count(ctx, Verdict::Inactive, Some(source));
-            return Outcome::Respond(
-                Reply::error_with(401, "invalid_token", "The token is not valid yet")
-                    .header(challenge_invalid().0, challenge_invalid().1),
-            );
+            return invalid_token("The token is not valid yet");
         }
         if !d.scope_ok {
             self.count(ctx, Verdict::InsufficientScope, Some(source));
@@ -420,10 +415,7 @@ impl Oauth2Introspection {
             }
             Token::Malformed => {
                 self.count(ctx, Verdict::NoToken, None);
-                return Ok(Outcome::Respond(
-                    Reply::error_with(401, "invalid_token", "The token is malformed")
-                        .header(challenge_invalid().0, challenge_invalid().1),
-                ));
+                return Ok(invalid_token("The token is malformed"));
             }
         };
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
