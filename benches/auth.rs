@@ -3,7 +3,8 @@
 //! HS256, RS256 and ES256 tokens, cold (`cache_entries: 0`: split, decode, signature, claims)
 //! and cached (SHA-256 of the token + LRU hit); basic-auth with Argon2id and bcrypt hashes,
 //! uncached and cached; hmac-auth verification of a signed request head; mtls-auth's lookup
-//! of a verified certificate's subject and SANs among 10,000 consumers.
+//! of a verified certificate's subject and SANs among 10,000 consumers; oauth2-introspection's
+//! cache hit (SHA-256 of the bearer token, sharded LRU lookup, scope and consumer decision).
 //!
 //! Run: `cargo bench --bench auth` (release profile). Compare runs on the same machine only.
 
@@ -18,7 +19,7 @@ use gatehouse::plugins::basic_auth::BasicAuth;
 use gatehouse::plugins::hmac_auth;
 use gatehouse::plugins::jwt::{self, Jwt};
 use gatehouse::plugins::key_auth::KeyAuth;
-use gatehouse::plugins::Plugin;
+use gatehouse::plugins::{Outcome, Plugin};
 use gatehouse::upstream::StateRegistry;
 use gatehouse::util::registry::Registry;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -317,6 +318,93 @@ fn mtls_identify(c: &mut Criterion) {
                 black_box(&sans[..1]),
             )
         })
+/// A one-answer introspection endpoint on 127.0.0.1 (a thread; every call: active, scope
+/// `read write`, client_id `c0`), to fill the cache once through the real call.
+fn canned_endpoint() -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then as many body bytes as Content-Length says.
+            while let Ok(n) = s.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let body = r#"{"active":true,"client_id":"c0","scope":"read write","exp":4102444800}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// oauth2-introspection, a cached active token: bearer parse, SHA-256 of the token, LRU
+/// lookup, the nbf/scope checks and the consumer, as `request_filter` runs them on a hit.
+fn introspection_cache_hit(c: &mut Criterion) {
+    // The bench is its own process: its environment is its own to set.
+    std::env::set_var("BENCH_INTROSPECTION_SECRET", "bench-client-secret");
+    let port = canned_endpoint();
+    let y = format!(
+        "server: {{ listen: [\"127.0.0.1:1\"] }}
+upstreams: [{{ name: u, targets: [{{ addr: \"127.0.0.1:2\" }}] }}]
+consumers: [{{ username: c0 }}]
+routes:
+  - name: r
+    paths: [\"/\"]
+    upstream: u
+    plugins:
+      - name: oauth2-introspection
+        config:
+          endpoint: http://127.0.0.1:{port}/introspect
+          client_id: gw
+          client_secret: ${{BENCH_INTROSPECTION_SECRET}}
+          required_scopes: [read]
+"
+    );
+    let rt = std::sync::Arc::new(load(&y, Path::new(".")));
+    let Plugin::Oauth2Introspection(p) = &*rt.routes[0].plugins.plugins[0] else {
+        panic!("not oauth2-introspection")
+    };
+    let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+    req.insert_header(
+        "authorization",
+        "Bearer 2YotnFZFEjr1zCsicMWpAA.bench-opaque-access-token-0123456789",
+    )
+    .unwrap();
+    let mut ctx = gatehouse::ctx::RequestCtx::new(rt.clone());
+    ctx.route = Some(0);
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = tokio_rt.block_on(p.authorize(&req, &mut ctx));
+    assert!(matches!(first, Outcome::Continue), "{first:?}");
+    assert!(matches!(
+        p.decide_cached(&req, &mut ctx),
+        Some(Outcome::Continue)
+    ));
+    assert_eq!(ctx.consumer, Some(0));
+    c.bench_function("oauth2-introspection cache hit", |b| {
+        b.iter(|| p.decide_cached(black_box(&req), &mut ctx).is_some())
     });
 }
 
@@ -326,6 +414,7 @@ criterion_group!(
     jwt_verify,
     basic_verify,
     hmac_verify,
-    mtls_identify
+    mtls_identify,
+    introspection_cache_hit
 );
 criterion_main!(benches);

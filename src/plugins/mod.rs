@@ -29,6 +29,7 @@ pub(crate) mod json_scan;
 pub mod jwt;
 pub mod key_auth;
 pub mod mtls_auth;
+pub mod oauth2_introspection;
 pub mod opentelemetry;
 pub(crate) mod outbound;
 pub mod proxy_cache;
@@ -388,6 +389,7 @@ plugin_table! {
     "hmac-auth"             => HmacAuth(hmac_auth::HmacAuth),
     "mtls-auth"             => MtlsAuth(mtls_auth::MtlsAuth),
     "jwt"                   => Jwt(jwt::Jwt),
+    "oauth2-introspection"  => Oauth2Introspection(oauth2_introspection::Oauth2Introspection),
     "forward-auth"          => ForwardAuth(forward_auth::ForwardAuth),
     "acl"                   => Acl(acl::Acl),
     "rate-limiting"         => RateLimiting(rate_limit::RateLimit),

@@ -31,6 +31,10 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("ADMIN_TOKEN", "docs-example-admin-token"),
     ("OTEL_TOKEN", "docs-example-otel-token"),
     ("REDIS_PASSWORD", "docs-example-redis-password"),
+    (
+        "INTROSPECTION_CLIENT_SECRET",
+        "docs-example-introspection-secret",
+    ),
 ];
 
 #[derive(Debug)]

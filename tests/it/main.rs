@@ -47,6 +47,7 @@ mod kong_import;
 mod layering;
 mod metrics;
 mod mtls_auth;
+mod oauth2_introspection;
 mod observability_assets;
 mod pipelining;
 mod plugins_edge;

@@ -488,6 +488,12 @@ impl Gateway {
 
     /// Like `start`, keeping `dir` (which may hold pid_file/upgrade_sock) alive with the process.
     pub fn start_in(yaml: &str, dir: TempDir) -> Gateway {
+        Gateway::start_in_env(yaml, dir, &[])
+    }
+
+    /// Like `start_in`, with `env` added to the gateway's environment (for `${NAME}` in the
+    /// config; tests share one process, so they never set their own environment).
+    pub fn start_in_env(yaml: &str, dir: TempDir, env: &[(&str, &str)]) -> Gateway {
         let doc: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test YAML must parse");
         let doc: Value = serde_json::to_value(doc).expect("yaml to json");
         let port = port_of(&doc["server"]["listen"][0]).expect("server.listen[0] with a port");
@@ -501,6 +507,7 @@ impl Gateway {
             .arg("-c")
             .arg(&cfg)
             .current_dir(dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -1204,6 +1211,12 @@ impl Cfg {
     pub fn start(self) -> Gateway {
         let yaml = self.yaml();
         Gateway::start_in(&yaml, self.dir)
+    }
+
+    /// Start a gateway on this config with `env` added to its environment.
+    pub fn start_env(self, env: &[(&str, &str)]) -> Gateway {
+        let yaml = self.yaml();
+        Gateway::start_in_env(&yaml, self.dir, env)
     }
 }
 
