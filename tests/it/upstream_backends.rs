@@ -913,10 +913,14 @@ impl GrpcClient {
     async fn call(&mut self, path: &str, messages: &[&str], extra: &[(&str, &str)]) -> GrpcReply {
         let mut send = self.send.clone().ready().await.unwrap();
         let (resp, mut stream) = send.send_request(self.request(path, extra), false).unwrap();
+        // A refusal may answer (and close the stream) before the request stream ends: the
+        // answer is what the caller checks, so a send after it is not an error here.
         for m in messages {
-            stream.send_data(frame(m.as_bytes()), false).unwrap();
+            if stream.send_data(frame(m.as_bytes()), false).is_err() {
+                break;
+            }
         }
-        stream.send_data(Bytes::new(), true).unwrap();
+        let _ = stream.send_data(Bytes::new(), true);
         read_reply(resp).await
     }
 }
