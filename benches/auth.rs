@@ -318,6 +318,9 @@ fn mtls_identify(c: &mut Criterion) {
                 black_box(&sans[..1]),
             )
         })
+    });
+}
+
 /// A one-answer introspection endpoint on 127.0.0.1 (a thread; every call: active, scope
 /// `read write`, client_id `c0`), to fill the cache once through the real call.
 fn canned_endpoint() -> u16 {

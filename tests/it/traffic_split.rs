@@ -195,14 +195,14 @@ async fn a_dropped_upstream_leaves_no_served_by_series() {
         let (s, body) = gw.get_with("/api/x", &[]).await;
         assert_eq!((s, backend_of(&body).as_str()), (200, "v2"));
     }
-    let labels = |svc| {
+    fn labels(svc: &str) -> [(&str, &str); 4] {
         [
             ("route", "api"),
             ("service", svc),
             ("method", "GET"),
             ("status_code", "200"),
         ]
-    };
+    }
     let served = |m: &str, svc: &str| metric(m, "http_requests_total", &labels(svc));
     assert_eq!(
         gw.metric_reaching("http_requests_total", &labels("api-v2"), 5.0)
