@@ -1592,7 +1592,11 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // PATCH (gatehouse): the proxy state machine of the request gets its own allocation,
+        // made once the request head has been read. Inline, it made this (boxed) future as
+        // large as the whole proxy path, so every connection waiting for a request head, a
+        // silent new one or an idle keep-alive one, held and had touched that much memory.
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {
