@@ -149,8 +149,11 @@ where
         }
         // After max_connections (a refused connection costs no handshake), before the head
         // deadline (which reads the decrypted bytes; the handshake has its own limit).
+        // Boxed: the handshake's state is large and only lives during the handshake; inline,
+        // it would size this future (held for the connection's whole life) on plain
+        // listeners too.
         let stream = match &self.tls {
-            Some(t) => t.accept(stream, header_timeout).await?,
+            Some(t) => Box::pin(t.accept(stream, header_timeout)).await?,
             None => stream,
         };
         // HTTP/2 (ALPN h2) frames are binary and multiplexed: there is no HTTP/1 head to
@@ -591,6 +594,22 @@ impl HeadDeadline {
         self.armed = true;
     }
 
+    /// Ready with the error once a head is owed and `server.header_timeout` has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        if self.armed && self.framing.phase == Phase::Head {
+            if let Some(sleep) = self.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    HEADER_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request head not received within server.header_timeout",
+                    ));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
     /// Bookkeeping after a write: a head that began while the previous response was being
     /// produced (a pipelined request) was waiting on the gateway, not on the client, so its
     /// deadline restarts when that response goes out.
@@ -609,16 +628,8 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.armed && this.framing.phase == Phase::Head {
-            if let Some(sleep) = this.sleep.as_mut() {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    HEADER_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "request head not received within server.header_timeout",
-                    )));
-                }
-            }
+        if let Poll::Ready(e) = this.poll_deadline(cx) {
+            return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -748,6 +759,15 @@ impl GetSocketDigest for HeadDeadline {
 impl Peek for HeadDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+
+    /// A connection waiting for its first request without a buffer (Pingora's accept path)
+    /// still owes its head within `server.header_timeout`.
+    fn poll_wait_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if let Poll::Ready(e) = self.poll_deadline(cx) {
+            return Poll::Ready(Err(e));
+        }
+        self.inner.poll_wait_readable(cx)
     }
 }
 

@@ -194,9 +194,23 @@ fn run_import_kong(file: &std::path::Path, output: Option<&std::path::Path>) -> 
     ExitCode::SUCCESS
 }
 
+/// The log filter: `GATEHOUSE_LOG` (default `info`), with rustls at `error` unless it names
+/// rustls itself. rustls warns on every handshake about client behaviour it already handles
+/// (an IP address sent as SNI, as wrk and some monitoring probes do): any client could
+/// fill the log with them.
+fn log_filter(spec: Option<String>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.unwrap_or_else(|| "info".to_string());
+    let spec = if spec.contains("rustls") {
+        spec
+    } else {
+        format!("{spec},rustls=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"))
+}
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("GATEHOUSE_LOG").ok());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

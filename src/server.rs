@@ -134,13 +134,16 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
             crate::edge::EdgeGuard::new(app, shared.clone()).with_tls(tls),
         ),
     );
-    for addr in &rt.server.listen {
-        proxy.add_tcp(&addr.to_string());
-    }
-    if let Some(tls) = &rt.server.tls {
-        for addr in &tls.listen {
-            proxy.add_tcp(&addr.to_string());
-        }
+    // No L4 read buffer: Pingora's default is a 64 KB buffer per connection, allocated zeroed
+    // at accept, which a connection that sends nothing holds (and, with recycled memory, has
+    // touched) for its whole life. Request heads are read into their own 4 KB buffer and
+    // bodies into Pingora's, so the reads it would save are few (loadtest/RESULTS.md,
+    // "Memory per connection"). The 1460-byte write buffer stays: it coalesces a small
+    // response head and body into one send.
+    let l4 = pingora::listeners::L4BufferSettings::new(0, 1460);
+    let tls_listen = rt.server.tls.iter().flat_map(|t| t.listen.iter());
+    for addr in rt.server.listen.iter().chain(tls_listen) {
+        proxy.add_listener(pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(l4));
     }
     server.add_service(proxy);
 

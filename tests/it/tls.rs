@@ -115,3 +115,43 @@ async fn min_version_13_refuses_tls12_clients() {
     assert_eq!(a.hits(), 1);
     assert!(gw.exited().is_none());
 }
+
+/// A client sending an IP address as SNI (wrk and some probes do; RFC 6066 forbids it) gets
+/// its answer, and the gateway's log does not grow a line per handshake: rustls's warning
+/// about it stays out unless `GATEHOUSE_LOG` names rustls.
+#[tokio::test]
+async fn ip_address_sni_is_served_without_a_log_line_per_handshake() {
+    let a = Backend::start("a");
+    let tls_port = free_port();
+    let (cfg, ca) = tls_cfg(&a, tls_port, "1.2");
+    let gw = cfg.start();
+    let ca_file = gw.dir().join("sni-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    for _ in 0..3 {
+        // openssl sends the -servername value as SNI as given (curl leaves SNI out for an
+        // IP address)
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{tls_port}"))
+            .args(["-servername", "127.0.0.1", "-CAfile"])
+            .arg(&ca_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET /t/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let out = child.wait_with_output().expect("openssl output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    assert_eq!(a.hits(), 3);
+    let log = gw.stderr();
+    assert!(!log.contains("Illegal SNI"), "{log}");
+}

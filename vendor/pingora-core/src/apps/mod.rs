@@ -297,53 +297,69 @@ where
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
+            // PATCH (gatehouse): boxed, so this future, which an HTTP/1 connection holds for
+            // its whole life, is not as large as an HTTP/2 handshake and accept loop.
+            return Box::pin(async move {
+                // create a shared connection digest
+                let digest = Arc::new(Digest {
+                    ssl_digest: stream.get_ssl_digest(),
+                    // TODO: log h2 handshake time
+                    timing_digest: stream.get_timing_digest(),
+                    proxy_digest: stream.get_proxy_digest(),
+                    socket_digest: stream.get_socket_digest(),
+                });
 
-            let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
+                let h2_options = self.h2_options();
+                let h2_conn = match server::handshake(stream, h2_options).await {
+                    Err(e) => {
+                        error!("H2 handshake error {e}");
+                        return None;
+                    }
+                    Ok(c) => c,
+                };
 
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
+                // The accept-loop body — including the graceful-shutdown state
+                // machine — lives in `server::accept_downstream_sessions` so that
+                // the same code path is exercised by tests in `protocols::http::v2`.
+                let app = self.clone();
+                let shutdown_for_session = shutdown.clone();
+                let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
+                server::accept_downstream_sessions(
+                    h2_conn,
+                    digest,
+                    shutdown.clone(),
+                    h2_idle_timeout,
+                    |h2_stream, guard| {
+                        let app = app.clone();
+                        let shutdown = shutdown_for_session.clone();
+                        pingora_runtime::current_handle().spawn(async move {
+                            // hold `guard` for the session's lifetime so the accept
+                            // loop's idle timeout sees this connection as busy.
+                            let _guard = guard;
+                            // Note, `PersistentSettings` not currently relevant for h2
+                            app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                                .await;
+                        });
+                    },
+                )
+                .await;
+                None
+            })
             .await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            // PATCH (gatehouse): wait for the request's first bytes before making its
+            // session (see `first_bytes`).
+            let first = if *shutdown.borrow() {
+                None
+            } else {
+                match first_bytes(&mut stream, Some(Duration::from_secs(60)), shutdown).await {
+                    Ok(first) => first,
+                    Err(()) => return None,
+                }
+            };
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
@@ -356,12 +372,37 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            if let Some(first) = first {
+                session.set_pipelined_prefix(first);
+            }
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // PATCH (gatehouse): an idle keep-alive connection waits for its next request
+                // here, holding no session, no read buffer and no request future.
+                let mut first = None;
+                if let Some(settings) = &persistent_settings {
+                    let prefix = settings
+                        .pipelined_prefix
+                        .as_ref()
+                        .is_some_and(|p| !p.is_empty());
+                    if !prefix {
+                        if let Some(secs) = settings.keepalive_timeout {
+                            // 0: no limit (`KeepaliveStatus::Infinite`)
+                            let idle = (secs > 0).then(|| Duration::from_secs(secs));
+                            match first_bytes(&mut stream, idle, shutdown).await {
+                                Ok(bytes) => first = bytes,
+                                Err(()) => return None,
+                            }
+                        }
+                    }
+                }
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                if let Some(first) = first {
+                    session.set_pipelined_prefix(first);
                 }
 
                 result = self.process_new_http(session, shutdown).await;
@@ -372,6 +413,74 @@ where
 
     async fn cleanup(&self) {
         self.http_cleanup().await;
+    }
+}
+
+/// PATCH (gatehouse): waits for the first bytes of the next HTTP/1 request on `stream`
+/// and returns them (`Ok(Some)`), so that the request's session, its 4 KB head buffer and
+/// the proxy's per-request future are only made once a request arrives: a connection that
+/// has sent nothing yet, or sits idle in keep-alive, holds none of them (memory per idle
+/// connection). One read is tried at once (the bytes are often there already); on
+/// `WouldBlock` the buffer is freed and the wait uses the stream's readiness
+/// ([`Peek::poll_wait_readable`]) so no syscall is added: a request costs the same reads as
+/// before. A stream without readiness support is read as before (`Ok(None)` is never
+/// returned for it: it gets its bytes the same way).
+///
+/// `Err(())`: the connection is done (closed by the peer, a read error, `idle` elapsed, or
+/// the server is shutting down), as a failed keep-alive read was before.
+async fn first_bytes(
+    stream: &mut Stream,
+    idle: Option<Duration>,
+    shutdown: &ShutdownWatch,
+) -> Result<Option<BytesMut>, ()> {
+    use futures::FutureExt;
+    use tokio::io::AsyncReadExt;
+    // The size Pingora's HTTP/1 session starts its head buffer with.
+    const HEAD_BUF: usize = 4096;
+    let wait = async {
+        loop {
+            let mut buf = BytesMut::with_capacity(HEAD_BUF);
+            match stream.read_buf(&mut buf).now_or_never() {
+                Some(Ok(0)) => return Err(()),
+                Some(Ok(_)) => return Ok(Some(buf)),
+                Some(Err(e)) => {
+                    debug!("Read error while waiting for a request: {e}");
+                    return Err(());
+                }
+                None => {}
+            }
+            drop(buf);
+            match std::future::poll_fn(|cx| stream.poll_wait_readable(cx)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut buf = BytesMut::with_capacity(HEAD_BUF);
+                    return match stream.read_buf(&mut buf).await {
+                        Ok(0) => Err(()),
+                        Ok(_) => Ok(Some(buf)),
+                        Err(e) => {
+                            debug!("Read error while waiting for a request: {e}");
+                            Err(())
+                        }
+                    };
+                }
+                Err(e) => {
+                    debug!("Error while waiting for a request: {e}");
+                    return Err(());
+                }
+            }
+        }
+    };
+    let mut shutdown = shutdown.clone();
+    let bounded = async {
+        match idle {
+            Some(d) => pingora_timeout::timeout(d, wait).await.unwrap_or(Err(())),
+            None => wait.await,
+        }
+    };
+    tokio::select! {
+        r = bounded => r,
+        // stop waiting for the next request once the server is shutting down
+        _ = shutdown.wait_for(|stop| *stop) => Err(()),
     }
 }
 

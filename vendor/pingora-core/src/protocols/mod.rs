@@ -79,6 +79,17 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// PATCH (gatehouse): ready when the stream has bytes to read (or its peer closed it),
+    /// without reading them and without a buffer: an idle connection can wait for its next
+    /// request holding no per-request memory. `Ready(Ok(false))`: not supported (the caller
+    /// reads instead). Like a read, a `Pending` registers the waker of `cx`.
+    fn poll_wait_readable(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<bool>> {
+        std::task::Poll::Ready(Ok(false))
+    }
 }
 
 use std::any::Any;

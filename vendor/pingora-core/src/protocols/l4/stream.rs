@@ -750,6 +750,27 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // PATCH (gatehouse): the socket's readiness, as the runtime's reactor knows it (no
+    // syscall). Readiness may be stale (set by an earlier event whose bytes were all read
+    // without hitting `WouldBlock`): callers read after it and wait again on `WouldBlock`.
+    fn poll_wait_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.rewind_read_buf.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        let stream = self.stream_mut();
+        if let BufferedStream::BufferedRead(reader) = &*stream {
+            if !reader.buffer().is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+        }
+        match &stream.get_ref().stream {
+            RawStream::Tcp(s) => s.poll_read_ready(cx).map_ok(|()| true),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.poll_read_ready(cx).map_ok(|()| true),
+            RawStream::Virtual(_) => Poll::Ready(Ok(false)),
+        }
+    }
 }
 
 #[async_trait]
