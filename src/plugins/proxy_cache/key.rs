@@ -265,13 +265,7 @@ mod tests {
 
     #[test]
     fn a_chosen_upstream_splits_objects() {
-        let k = |upstream| {
-            primary_hash(
-                &KeyParts { upstream, ..PLAIN },
-                &HeaderMap::new(),
-                &[],
-            )
-        };
+        let k = |upstream| primary_hash(&KeyParts { upstream, ..PLAIN }, &HeaderMap::new(), &[]);
         assert_ne!(k(Some("api-v2")), k(None));
         assert_ne!(k(Some("api-v2")), k(Some("api-v3")));
         assert_eq!(k(Some("api-v2")), k(Some("api-v2")));
