@@ -9,7 +9,9 @@
 # same timeouts), opens N client connections with loadtest/conns.py and reads the proxy's
 # RSS: before, with N connections that have sent nothing, and with the same connections idle
 # in keep-alive after one request each. Prints kB per connection for both. Stops each proxy
-# before the next one starts. Traffic goes to 127.0.0.1 only.
+# before the next one starts. gatehouse runs with the environment of its systemd unit
+# (`MIMALLOC_PURGE_DELAY=0`: freed pages go back to the system at once; set the variable to
+# measure otherwise). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -94,7 +96,7 @@ start_proxy() {
   case "$1" in
     nginx) nginx -c "$WORK/proxy.conf" -p "$WORK" ;;
     haproxy) haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 & PID=$! ;;
-    gatehouse) GATEHOUSE_LOG=warn "$BIN" -c "$WORK/gatehouse.yaml" >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" & PID=$! ;;
+    gatehouse) MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-0} GATEHOUSE_LOG=warn "$BIN" -c "$WORK/gatehouse.yaml" >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" & PID=$! ;;
   esac
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PROXY_PORT/api/v1/users" && return; sleep 0.1; done
   echo "$1 did not start" >&2; exit 1
