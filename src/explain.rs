@@ -208,6 +208,7 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
         consumer: None,
         refused: None,
         deferred_identity: None,
+        live,
         notes: Vec::new(),
     };
     let mut refused: Option<Value> = None;

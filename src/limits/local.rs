@@ -96,6 +96,16 @@ impl<V: Default + Idle> Sharded<V> {
         f(&mut slot.get_mut().value)
     }
 
+    /// Runs `f` on the entry of `key` if there is one, creating nothing (read-only
+    /// lookups such as `explain`).
+    pub fn peek<R>(&self, key: &[u8], f: impl FnOnce(Option<&V>) -> R) -> R {
+        let digest = self.hasher.digest(key);
+        let hash = digest.0;
+        let shard = &self.shards[(hash >> 32) as usize & (SHARDS - 1)];
+        let g = shard.inner.lock();
+        f(g.table.find(hash, |e| e.digest == digest).map(|e| &e.value))
+    }
+
     /// Keys currently held.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.inner.lock().table.len()).sum()
@@ -254,6 +264,38 @@ impl LocalStore {
             let (d, tat) = decide_token(tb, e.tat_us, now_us);
             e.tat_us = tat;
             d
+        })
+    }
+
+    /// The sliding-window estimate of requests counted for `key` in each window of
+    /// `limits` at `now_us`, as `(window_ms, counted, limit)`, without counting or creating
+    /// anything (`explain` on the live config).
+    pub fn current_windows(
+        &self,
+        key: &[u8],
+        limits: &Limits,
+        now_us: u64,
+    ) -> Vec<(u64, u64, u64)> {
+        let now_ms = now_us / 1000;
+        self.map.peek(key, |e| {
+            limits
+                .windows
+                .iter()
+                .map(|w| {
+                    let used = e.map_or(0, |e| {
+                        let mut s = e.slots[w.slot];
+                        let b = now_ms / w.window_ms;
+                        s.roll(b as u32);
+                        let c = WindowCounts {
+                            curr: s.curr as u64,
+                            prev: s.prev as u64,
+                            elapsed_ms: now_ms - b * w.window_ms,
+                        };
+                        super::estimate(c, w.window_ms)
+                    });
+                    (w.window_ms, used, w.limit)
+                })
+                .collect()
         })
     }
 

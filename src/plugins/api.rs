@@ -145,6 +145,8 @@ pub struct Explain<'a> {
     /// Set by an authentication plugin whose consumer is known at request time only (a
     /// token, a client certificate): what the identity depends on, for the plugins after it.
     pub deferred_identity: Option<&'static str>,
+    /// Against the running gateway's own config and state (`POST /explain`), not a file.
+    pub live: bool,
     /// Notes for the upstream section (`upstream.notes`).
     pub notes: Vec<Value>,
 }

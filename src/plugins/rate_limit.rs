@@ -322,29 +322,63 @@ impl RateLimit {
 
     /// The key of this request, and the consumer tier's limits when they apply.
     fn key(&self, req: &RequestHeader, ctx: &RequestCtx) -> (KeyBuf, Option<&Limits>) {
+        let route = ctx.route().map_or("", |r| r.name.as_str());
+        self.key_of(req, ctx.consumer, &ctx.rt, ctx.client_ip, route)
+    }
+
+    /// The counter key (and a consumer tier's limits) of a request: [`Self::key`] for the
+    /// proxy, and `explain` for a described request.
+    fn key_of(
+        &self,
+        req: &RequestHeader,
+        consumer: Option<usize>,
+        rt: &crate::ctx::Runtime,
+        client_ip: Option<std::net::IpAddr>,
+        route: &str,
+    ) -> (KeyBuf, Option<&Limits>) {
         match self.limit_by {
             LimitBy::Consumer => {
-                if let Some(i) = ctx.consumer {
-                    if let Some(c) = ctx.rt.consumers.get(i) {
+                if let Some(i) = consumer {
+                    if let Some(c) = rt.consumers.get(i) {
                         let tier = self.tiers.get(i).and_then(|t| t.as_deref());
                         return (KeyBuf::new(b'c', &[c.username.as_bytes()]), tier);
                     }
                 }
-                (KeyBuf::ip(ctx.client_ip), None)
+                (KeyBuf::ip(client_ip), None)
             }
-            LimitBy::Ip => (KeyBuf::ip(ctx.client_ip), None),
+            LimitBy::Ip => (KeyBuf::ip(client_ip), None),
             LimitBy::Header => {
                 let v = self.header_name.as_ref().and_then(|h| req.headers.get(h));
                 match v {
                     Some(v) => (KeyBuf::new(b'h', &[v.as_bytes()]), None),
-                    None => (KeyBuf::ip(ctx.client_ip), None),
+                    None => (KeyBuf::ip(client_ip), None),
                 }
             }
-            LimitBy::Route => {
-                let name = ctx.route().map_or("", |r| r.name.as_str());
-                (KeyBuf::new(b'r', &[name.as_bytes()]), None)
-            }
+            LimitBy::Route => (KeyBuf::new(b'r', &[route.as_bytes()]), None),
             LimitBy::Global => (KeyBuf::new(b'g', &[]), None),
+        }
+    }
+
+    /// `explain` on the live config: what the key's counters hold now, per window (local
+    /// counters only; nothing is counted or created).
+    fn current_counts(&self, key: &KeyBuf, tier: Option<&Limits>) -> serde_json::Value {
+        use serde_json::json;
+        match (&self.store, tier, &self.algo) {
+            (Store::Local(s), Some(l), _) | (Store::Local(s), None, Algo::Windows(l)) => {
+                let now = crate::util::clock::now_us();
+                let w: Vec<_> = s
+                    .current_windows(key.as_bytes(), l, now)
+                    .into_iter()
+                    .map(|(ms, used, limit)| {
+                        json!({"window_s": ms / 1000, "counted": used, "limit": limit})
+                    })
+                    .collect();
+                json!(w)
+            }
+            (Store::Local(_), None, Algo::Token(_)) => {
+                json!("a token bucket: no count to show")
+            }
+            (Store::Redis { .. }, _, _) => json!("kept in Redis (not read by explain)"),
         }
     }
 
@@ -659,7 +693,13 @@ impl Hooks for RateLimit {
             LimitBy::Route => format!("route {}", x.route.name),
             LimitBy::Global => "one global budget".to_string(),
         };
-        serde_json::json!({"result": "counted (the counter is not consumed by explain)", "key": key, "limits": algo})
+        let mut out = serde_json::json!({"result": "counted (the counter is not consumed by explain)", "key": key, "limits": algo});
+        if x.live {
+            let (k, tier) =
+                self.key_of(x.req, x.consumer, x.rt, x.client_ip, x.route.name.as_str());
+            out["current"] = self.current_counts(&k, tier);
+        }
+        out
     }
 }
 

@@ -72,6 +72,8 @@ fn cli_explains_match_consumer_upstream_and_masks_keys() {
     assert_eq!(v["plugins"][0]["decision"]["consumer"], "alice");
     assert_eq!(v["plugins"][1]["decision"]["result"], "allowed");
     assert_eq!(v["plugins"][2]["decision"]["key"], "consumer alice");
+    // Offline there is no traffic to count: no current counts.
+    assert_eq!(v["plugins"][2]["decision"].get("current"), None);
     assert_eq!(v["upstream"]["name"], "orders");
     assert_eq!(v["upstream"]["target"], "127.0.0.1:9001");
     assert_eq!(v["upstream"]["path"], "/7?page=2");
@@ -161,6 +163,34 @@ async fn admin_explain_uses_the_live_config_and_keeps_admin_checks() {
     assert_eq!(v["upstream"]["headers"]["x-forwarded-for"], "192.0.2.9");
     // Nothing was proxied.
     assert_eq!(backend.hits(), 0);
+    // Live: the key's counters as they are now, nothing counted by explain itself.
+    let current = |v: &Value| v["plugins"][2]["decision"]["current"].clone();
+    assert_eq!(
+        current(&v),
+        json!([{"window_s": 60, "counted": 0, "limit": 10}])
+    );
+    for _ in 0..3 {
+        let r = gw
+            .client
+            .get(gw.url("/v1/orders/7"))
+            .header("host", "api.example.com")
+            .header("x-api-key", "alice-secret-key-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(backend.hits(), 3);
+    let explain_now = || async {
+        let r = gw.client.post(gw.admin_url("/explain")).json(&body).send();
+        r.await.unwrap().json::<Value>().await.unwrap()
+    };
+    assert_eq!(
+        current(&explain_now().await),
+        json!([{"window_s": 60, "counted": 3, "limit": 10}])
+    );
+    // Asking again counts nothing.
+    assert_eq!(current(&explain_now().await)[0]["counted"], 3);
 
     // Same admin checks as the other endpoints.
     let explain = || gw.client.post(gw.admin_url("/explain"));
