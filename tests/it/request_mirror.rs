@@ -161,9 +161,11 @@ async fn every_request_reaches_the_shadow_as_it_went_upstream() {
         ));
     }
     assert!(
-        wait_until(Duration::from_secs(5), || shadow.hits() == 10).await,
-        "shadow hits {}",
-        shadow.hits()
+        // Recorded once the body is read (a hit counts at the head): wait for the records.
+        wait_until(Duration::from_secs(5), || shadow.requests().len() == 10).await,
+        "shadow hits {}, recorded {}",
+        shadow.hits(),
+        shadow.requests().len()
     );
     let got = shadow.requests();
     for (method, uri, body) in &sent {
