@@ -256,7 +256,10 @@ impl TrafficSplit {
 
     /// The first rule whose `match` fits the request.
     fn rule_for(&self, req: &RequestHeader) -> Option<(usize, &Rule)> {
-        self.rules.iter().enumerate().find(|(_, r)| r.matches.fits(req))
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches.fits(req))
     }
 
     /// The side of a weighted rule the request's sticky cookie names (a side it may still

@@ -326,7 +326,10 @@ fn cli_shows_the_upstream_traffic_split_picks_and_the_transformed_headers() {
     assert!(notes.contains("api-v1 90%, api-v2 10%"), "{notes}");
     assert!(notes.contains("cookie side"), "{notes}");
     assert_eq!(v["upstream"]["headers"]["x-who"], "alice");
-    assert!(v["upstream"]["headers"].get("x-env").is_some());
+    assert_eq!(
+        v["upstream"]["headers"]["x-env"], "not-added",
+        "absent: add sets it"
+    );
 
     // Text form names the chosen upstream.
     let (code, out, _) = explain_cli(
@@ -342,6 +345,7 @@ fn cli_shows_the_upstream_traffic_split_picks_and_the_transformed_headers() {
     assert_eq!(code, 0);
     assert!(out.contains("upstream: api-v2 -> 127.0.0.1:9102"), "{out}");
     assert!(out.contains("header:  x-via: gatehouse"), "{out}");
+    assert!(!out.contains("  note:"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,8 +430,10 @@ async fn admin_explain_matches_what_the_upstream_really_gets() {
     let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     let cookie = set_cookie.split(';').next().unwrap().to_string();
     let side = if v1.hits() == 1 { "api-v1" } else { "api-v2" };
-    let v = explain(json!({"method": "GET", "url": "http://gw.example/api/items",
-        "headers": {"X-API-Key": "alice-secret-key-1", "Cookie": cookie}}))
+    let v = explain(
+        json!({"method": "GET", "url": "http://gw.example/api/items",
+        "headers": {"X-API-Key": "alice-secret-key-1", "Cookie": cookie}}),
+    )
     .await;
     assert_eq!(v["upstream"]["name"], side, "{v}");
     assert!(v["plugins"][1]["decision"]["result"]
@@ -436,11 +442,51 @@ async fn admin_explain_matches_what_the_upstream_really_gets() {
         .contains("sticky cookie"));
     assert_eq!(v["request"]["headers"]["cookie"], "[masked]");
     // Without it: the weighted note, the route's upstream.
-    let v = explain(json!({"method": "GET", "url": "http://gw.example/api/items",
-        "headers": {"X-API-Key": "alice-secret-key-1"}}))
+    let v = explain(
+        json!({"method": "GET", "url": "http://gw.example/api/items",
+        "headers": {"X-API-Key": "alice-secret-key-1"}}),
+    )
     .await;
     assert_eq!(v["upstream"]["name"], "api-v1");
     assert!(v["upstream"]["notes"]
         .to_string()
         .contains("api-v1 90%, api-v2 10%"));
+}
+
+#[test]
+fn cli_leaves_a_basic_auth_consumer_to_request_time() {
+    let yaml = r#"upstreams:
+  - name: orders
+    targets: [{ addr: "127.0.0.1:9001" }]
+consumers:
+  - username: ann
+    roles: [reader]
+    basicauth_credentials: [{ username: ann, password: "$2b$12$XE7hawzjcEDraEvjJVLfZ.O8CVKcB4qCPA4ArmIoyFljc5pI6kRgy" }]
+routes:
+  - name: orders
+    paths: ["/v1/orders"]
+    upstream: orders
+    plugins:
+      - name: basic-auth
+      - name: acl
+        config: { allow_roles: [reader] }
+      - name: request-transformer
+        config: { add: { headers: ["X-Who:$(consumer)"] } }
+"#;
+    let (code, out, err) = explain_cli(
+        yaml,
+        &[
+            "GET http://gw.example/v1/orders",
+            "-H",
+            "Authorization: Basic YW5uOmFubi1wYXNzd29yZC0x",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("YW5uOmFubi1wYXNzd29yZC0x"), "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result"]["status"], "proxied", "{v}");
+    let acl = v["plugins"][1]["decision"]["result"].as_str().unwrap();
+    assert!(acl.starts_with("depends on"), "{v}");
+    assert_eq!(v["upstream"]["headers"]["x-who"], "$(consumer)");
 }
