@@ -6,7 +6,9 @@
 //! Each plugin describes its own decision through the plugin interface's `explain` hook
 //! (key-auth checks the key, acl the roles, rate-limiting names its key, ...), and names its
 //! credentials (`credential_headers`, `credential_query_param`), so nothing here names a
-//! plugin. Nothing here consumes a rate-limit counter or moves a balancer cursor. Credential
+//! plugin. A plugin may also name the upstream the request goes to (`Explain::upstream`),
+//! edit the headers and query the upstream receives (`Explain::header_edits`,
+//! `Explain::query`): they are applied here, generically, to the upstream section. Nothing here consumes a rate-limit counter or moves a balancer cursor. Credential
 //! values are never echoed: they are masked.
 
 use crate::ctx::Runtime;
@@ -237,7 +239,7 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
     let added = x.notes;
     let header_edits = x.header_edits;
     let query = x.query;
-    // A plugin that sends the request elsewhere (traffic-split) names the upstream.
+    // A plugin that sends the request to another upstream names it.
     let up = x.upstream.unwrap_or_else(|| route.upstream.clone());
     out.insert("plugins".into(), Value::Array(steps));
     if let Some(r) = refused {
