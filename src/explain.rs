@@ -6,7 +6,9 @@
 //! Each plugin describes its own decision through the plugin interface's `explain` hook
 //! (key-auth checks the key, acl the roles, rate-limiting names its key, ...), and names its
 //! credentials (`credential_headers`, `credential_query_param`), so nothing here names a
-//! plugin. Nothing here consumes a rate-limit counter or moves a balancer cursor. Credential
+//! plugin. A plugin may also name the upstream the request goes to (`Explain::upstream`),
+//! edit the headers and query the upstream receives (`Explain::header_edits`,
+//! `Explain::query`): they are applied here, generically, to the upstream section. Nothing here consumes a rate-limit counter or moves a balancer cursor. Credential
 //! values are never echoed: they are masked.
 
 use crate::ctx::Runtime;
@@ -210,6 +212,9 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
         deferred_identity: None,
         live,
         notes: Vec::new(),
+        upstream: None,
+        header_edits: Vec::new(),
+        query: query.clone(),
     };
     let mut refused: Option<Value> = None;
     let mut steps = Vec::new();
@@ -232,6 +237,10 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
     }
     let consumer = x.consumer;
     let added = x.notes;
+    let header_edits = x.header_edits;
+    let query = x.query;
+    // A plugin that sends the request to another upstream names it.
+    let up = x.upstream.unwrap_or_else(|| route.upstream.clone());
     out.insert("plugins".into(), Value::Array(steps));
     if let Some(r) = refused {
         out.insert("result".into(), r);
@@ -239,7 +248,6 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
     }
 
     // Upstream, target and what it would receive.
-    let up = &route.upstream;
     let set = up.targets();
     let now = crate::util::clock::now_ms();
     let targets: Vec<Value> = set
@@ -255,19 +263,15 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
         .iter()
         .find(|t| t.state.available(now))
         .or_else(|| set.targets.first());
+    // The query as the plugins left it, credentials masked.
+    let with_query = match &query {
+        Some(q) => format!("{norm}?{}", mask_query(rt, q)),
+        None => norm.clone(),
+    };
     let upstream_path = if route.strip_path {
-        router::strip_prefix(
-            &match &query {
-                Some(q) => format!("{norm}?{q}"),
-                None => norm.clone(),
-            },
-            found.prefix_len,
-        )
+        router::strip_prefix(&with_query, found.prefix_len)
     } else {
-        match &query {
-            Some(q) => format!("{norm}?{q}"),
-            None => norm.clone(),
-        }
+        with_query
     };
     let host_up = if route.preserve_host {
         host_full.clone()
@@ -293,6 +297,7 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
                 json!(rt.consumers.get(i).map(|c| c.username.clone())),
             );
         }
+        apply_header_edits(rt, m, &header_edits);
     }
     out.insert(
         "upstream".into(),
@@ -313,6 +318,50 @@ fn explain_inner(rt: &Runtime, ask: &Ask, live: bool) -> Result<Value, Value> {
     );
     out.insert("result".into(), json!({"status": "proxied"}));
     Ok(Value::Object(out))
+}
+
+/// The plugins' header edits, in order, on the headers shown for the upstream (one value
+/// per name); a value set under a credential's name is masked.
+fn apply_header_edits(
+    rt: &Runtime,
+    m: &mut serde_json::Map<String, Value>,
+    edits: &[crate::plugins::HeaderEdit],
+) {
+    use crate::plugins::HeaderEdit;
+    let secret_names = secret_header_names(rt);
+    let shown = |n: &HeaderName, v: &str| {
+        if always_secret(n.as_str()) || secret_names.contains(n) {
+            json!(MASK)
+        } else {
+            json!(v)
+        }
+    };
+    for e in edits {
+        match e {
+            HeaderEdit::Remove(n) => {
+                m.remove(n.as_str());
+            }
+            HeaderEdit::Rename(from, to) => {
+                if let Some(v) = m.remove(from.as_str()) {
+                    let v = match v.as_str() {
+                        Some(s) => shown(to, s),
+                        None => v,
+                    };
+                    m.insert(to.as_str().to_string(), v);
+                }
+            }
+            HeaderEdit::Replace(n, v) => {
+                if m.contains_key(n.as_str()) {
+                    m.insert(n.as_str().to_string(), shown(n, v));
+                }
+            }
+            HeaderEdit::Add(n, v) => {
+                if !m.contains_key(n.as_str()) {
+                    m.insert(n.as_str().to_string(), shown(n, v));
+                }
+            }
+        }
+    }
 }
 
 fn chain_names(plugins: &[std::sync::Arc<Plugin>]) -> Value {
@@ -446,6 +495,11 @@ pub fn render_text(v: &Value) -> String {
         if let Some(h) = u["headers"].as_object() {
             for (k, val) in h {
                 o.push_str(&format!("  header:  {k}: {}\n", val.as_str().unwrap_or("")));
+            }
+        }
+        if let Some(ns) = u["notes"].as_array() {
+            for n in ns {
+                o.push_str(&format!("  note:    {}\n", n.as_str().unwrap_or("")));
             }
         }
     }

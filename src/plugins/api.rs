@@ -149,6 +149,28 @@ pub struct Explain<'a> {
     pub live: bool,
     /// Notes for the upstream section (`upstream.notes`).
     pub notes: Vec<Value>,
+    /// Set by a plugin that sends the request to another upstream than the route's (when
+    /// exactly one can be chosen): the upstream section shows it instead.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// Edits of the headers the upstream receives, in order; applied by `explain` after the
+    /// gateway's own `Host` and `X-Forwarded-*`, as `upstream_request_filter` does.
+    pub header_edits: Vec<HeaderEdit>,
+    /// The query string the upstream receives (raw, percent-encoded; `None`: no query). A
+    /// plugin that edits it rewrites it here.
+    pub query: Option<String>,
+}
+
+/// One edit of the upstream request's headers as `explain` shows it. Values are the text
+/// shown: a literal, or a template with the variables `explain` cannot know left as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Remove(HeaderName),
+    /// Every value of the first moves to the second (an existing second is replaced).
+    Rename(HeaderName, HeaderName),
+    /// Sets the header when the request has it.
+    Replace(HeaderName, String),
+    /// Sets the header when the request does not have it.
+    Add(HeaderName, String),
 }
 
 impl Explain<'_> {

@@ -328,6 +328,13 @@ impl Hooks for BasicAuth {
         })
     }
 
+    /// `explain`: the credentials are verified at request time (never offline), so what
+    /// depends on the consumer (`acl`, `$(consumer)`) is described, not decided.
+    fn explain(&self, x: &mut super::Explain) -> serde_json::Value {
+        x.deferred_identity = Some("the Basic credentials' consumer");
+        serde_json::json!({"result": "decided at request time (the password is verified then)"})
+    }
+
     async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;

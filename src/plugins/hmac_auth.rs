@@ -531,6 +531,13 @@ impl Hooks for HmacAuth {
         })
     }
 
+    /// `explain`: the credentials are verified at request time (never offline), so what
+    /// depends on the consumer (`acl`, `$(consumer)`) is described, not decided.
+    fn explain(&self, x: &mut super::Explain) -> serde_json::Value {
+        x.deferred_identity = Some("the HMAC signature's consumer");
+        serde_json::json!({"result": "decided at request time (the signature is verified then)"})
+    }
+
     async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
         if !self.run_on_preflight && super::cors::is_cors_preflight(session.req_header()) {
             return Outcome::Continue;

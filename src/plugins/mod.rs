@@ -48,7 +48,9 @@ mod chain;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use api::{phase, AdminRequest, BodyOutcome, BuildEnv, Explain, Hooks, Outcome, Reply};
+pub use api::{
+    phase, AdminRequest, BodyOutcome, BuildEnv, Explain, HeaderEdit, Hooks, Outcome, Reply,
+};
 pub use chain::Chain;
 
 use crate::config::diag::Compiler;

@@ -20,7 +20,7 @@ use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::upstream::Upstream;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -198,10 +198,8 @@ fn valid_cookie_name(s: &str) -> bool {
 }
 
 /// Every `name=value` pair of the request's `Cookie` headers.
-fn cookies(session: &Session) -> impl Iterator<Item = (&str, &str)> {
-    session
-        .req_header()
-        .headers
+fn cookies(req: &RequestHeader) -> impl Iterator<Item = (&str, &str)> {
+    req.headers
         .get_all(http::header::COOKIE)
         .into_iter()
         .filter_map(|v| v.to_str().ok())
@@ -209,15 +207,13 @@ fn cookies(session: &Session) -> impl Iterator<Item = (&str, &str)> {
         .filter_map(|kv| kv.trim().split_once('='))
 }
 
-fn cookie<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    cookies(session).find(|(k, _)| *k == name).map(|(_, v)| v)
+fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    cookies(req).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 /// The raw (still percent-encoded) value of query parameter `name`.
-fn query_param<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    session
-        .req_header()
-        .uri
+fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.uri
         .query()?
         .split('&')
         .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
@@ -226,17 +222,17 @@ fn query_param<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 }
 
 impl Match {
-    fn fits(&self, session: &Session) -> bool {
-        let h = &session.req_header().headers;
+    fn fits(&self, req: &RequestHeader) -> bool {
+        let h = &req.headers;
         self.headers.iter().all(|(n, v)| h.get(n) == Some(v))
             && self
                 .cookies
                 .iter()
-                .all(|(n, v)| cookie(session, n) == Some(v.as_str()))
+                .all(|(n, v)| cookie(req, n) == Some(v.as_str()))
             && self
                 .query
                 .iter()
-                .all(|(n, v)| query_param(session, n) == Some(v.as_str()))
+                .all(|(n, v)| query_param(req, n) == Some(v.as_str()))
     }
 }
 
@@ -251,21 +247,29 @@ impl Rule {
 impl TrafficSplit {
     /// The (rule, side) for this request and whether the side came from the sticky cookie.
     fn pick(&self, session: &Session) -> Option<(usize, usize, bool)> {
-        let (ri, rule) = self
-            .rules
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.matches.fits(session))?;
-        if rule.sides.len() > 1 {
-            if let Some(name) = &self.sticky {
-                if let Some(v) = cookie(session, name) {
-                    if let Some(si) = rule.sides.iter().position(|s| s.weight > 0 && s.token == v) {
-                        return Some((ri, si, true));
-                    }
-                }
-            }
+        let (ri, rule) = self.rule_for(session.req_header())?;
+        if let Some(si) = self.sticky_side(rule, session.req_header()) {
+            return Some((ri, si, true));
         }
         Some((ri, rule.next(), false))
+    }
+
+    /// The first rule whose `match` fits the request.
+    fn rule_for(&self, req: &RequestHeader) -> Option<(usize, &Rule)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches.fits(req))
+    }
+
+    /// The side of a weighted rule the request's sticky cookie names (a side it may still
+    /// get: weight above 0).
+    fn sticky_side(&self, rule: &Rule, req: &RequestHeader) -> Option<usize> {
+        if rule.sides.len() < 2 {
+            return None;
+        }
+        let v = cookie(req, self.sticky.as_deref()?)?;
+        rule.sides.iter().position(|s| s.weight > 0 && s.token == v)
     }
 }
 
@@ -415,6 +419,61 @@ impl Hooks for TrafficSplit {
             }
         }
         Ok(())
+    }
+
+    /// The rule the explained request matches and its upstreams (weights as shares). When
+    /// only one can be chosen (one upstream with weight above 0, or a sticky cookie naming
+    /// one), the upstream section shows it; a weighted choice is a note (no cursor moves).
+    fn explain(&self, x: &mut super::Explain) -> serde_json::Value {
+        use serde_json::json;
+        let Some((ri, rule)) = self.rule_for(x.req) else {
+            return json!({"result": "no rule matches: the route's upstream",
+                          "upstream": x.route.upstream.name});
+        };
+        let total: u64 = rule.sides.iter().map(|s| u64::from(s.weight)).sum();
+        let share = |w: u32| {
+            let pct = u64::from(w) as f64 * 100.0 / total.max(1) as f64;
+            // At most 2 decimals, without trailing zeros ("12.5%", "33.33%", "90%").
+            let t = format!("{pct:.2}");
+            format!("{}%", t.trim_end_matches('0').trim_end_matches('.'))
+        };
+        let candidates: Vec<serde_json::Value> = rule
+            .sides
+            .iter()
+            .map(|s| json!({"upstream": s.upstream.name, "weight": s.weight, "share": share(s.weight)}))
+            .collect();
+        let live: Vec<&Side> = rule.sides.iter().filter(|s| s.weight > 0).collect();
+        let (chosen, why) = if let Some(si) = self.sticky_side(rule, x.req) {
+            (Some(&rule.sides[si]), "the sticky cookie names it")
+        } else if let [only] = live.as_slice() {
+            (Some(*only), "the rule's only upstream with weight above 0")
+        } else {
+            (None, "")
+        };
+        let mut d = json!({"rule": ri, "upstreams": candidates});
+        match chosen {
+            Some(side) => {
+                x.upstream = Some(side.upstream.clone());
+                d["result"] = json!(format!("upstream {}: {why}", side.upstream.name));
+            }
+            None => {
+                let split: Vec<String> = live
+                    .iter()
+                    .map(|s| format!("{} {}", s.upstream.name, share(s.weight)))
+                    .collect();
+                let sticky = match &self.sticky {
+                    Some(c) => format!("; the cookie {c} then keeps the client on its side"),
+                    None => String::new(),
+                };
+                x.notes.push(json!(format!(
+                    "traffic-split rule {ri} chooses by weight: {}; the section shows the route's upstream {}{sticky}",
+                    split.join(", "),
+                    x.route.upstream.name
+                )));
+                d["result"] = json!("weighted choice per request");
+            }
+        }
+        d
     }
 }
 

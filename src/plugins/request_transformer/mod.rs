@@ -239,6 +239,31 @@ impl Template {
         }
         HeaderValue::from_maybe_shared(Bytes::from(s.into_bytes())).ok()
     }
+
+    /// The value as `explain` shows it: the variables it knows (the client IP, the
+    /// consumer) filled in, the others (`$(request_id)`, `$(now)`, a consumer only a token
+    /// names) left as written; `None` when the entry would be skipped (no consumer).
+    fn explain_text(&self, x: &crate::plugins::Explain) -> Option<String> {
+        let mut out = String::new();
+        for s in &self.segs {
+            match s {
+                Seg::Lit(l) => out.push_str(l),
+                Seg::ClientIp => match x.client_ip {
+                    Some(ip) => out.push_str(&ip.to_string()),
+                    None => out.push_str("$(client_ip)"),
+                },
+                Seg::Consumer => match (x.consumer_name(), x.deferred_identity) {
+                    (Some(c), _) => out.push_str(c),
+                    (None, Some(_)) => out.push_str("$(consumer)"),
+                    (None, None) => return None,
+                },
+                Seg::RequestId => out.push_str("$(request_id)"),
+                Seg::Now => out.push_str("$(now)"),
+                Seg::Latency => out.push_str("$(latency)"),
+            }
+        }
+        Some(out)
+    }
 }
 
 /// A header value: ready when it has no variable.
@@ -249,6 +274,14 @@ pub enum HeaderVal {
 }
 
 impl HeaderVal {
+    /// The value as `explain` shows it ([`Template::explain_text`]).
+    fn explain_text(&self, x: &crate::plugins::Explain) -> Option<String> {
+        match self {
+            HeaderVal::Static(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            HeaderVal::Dynamic(t) => t.explain_text(x),
+        }
+    }
+
     #[inline]
     pub fn get(&self, ctx: &RequestCtx) -> Option<HeaderValue> {
         match self {
@@ -605,6 +638,24 @@ impl QueryOps {
 
     /// The new query (None: unchanged).
     pub fn apply(&self, query: &str, ctx: &RequestCtx) -> Option<String> {
+        self.apply_with(query, |v| Self::value(v, ctx))
+    }
+
+    /// The new query as `explain` shows it: template values as [`Template::explain_text`]
+    /// (percent-encoded except for the `$(...)` of a variable left as written).
+    fn explain(&self, query: &str, x: &crate::plugins::Explain) -> Option<String> {
+        self.apply_with(query, |v| match v {
+            QueryVal::Static(s) => Some(std::borrow::Cow::Borrowed(&**s)),
+            QueryVal::Dynamic(t) => t.explain_text(x).map(std::borrow::Cow::Owned),
+        })
+    }
+
+    /// [`Self::apply`] with the values `value` gives (`None`: the entry is skipped).
+    fn apply_with<'v>(
+        &'v self,
+        query: &str,
+        value: impl Fn(&'v QueryVal) -> Option<std::borrow::Cow<'v, str>>,
+    ) -> Option<String> {
         let mut pairs: Vec<Pair> = query
             .split('&')
             .filter(|p| !p.is_empty())
@@ -639,7 +690,7 @@ impl QueryOps {
             if !pairs.iter().any(|p| query_key_eq(p.key, &k.name)) {
                 continue;
             }
-            let Some(v) = Self::value(v, ctx) else {
+            let Some(v) = value(v) else {
                 continue;
             };
             for p in pairs.iter_mut().filter(|p| query_key_eq(p.key, &k.name)) {
@@ -651,7 +702,7 @@ impl QueryOps {
             if pairs.iter().any(|p| query_key_eq(p.key, &k.name)) {
                 continue;
             }
-            let Some(v) = Self::value(v, ctx) else {
+            let Some(v) = value(v) else {
                 continue;
             };
             pairs.push(Pair {
@@ -891,11 +942,42 @@ impl Hooks for RequestTransformer {
         body::route_series(route, create);
     }
 
+    /// Its header edits go to the upstream section (in its order: remove, rename, replace,
+    /// add), and its query edits to the upstream path; JSON body edits are described.
     fn explain(&self, x: &mut crate::plugins::Explain) -> serde_json::Value {
-        x.notes.push(serde_json::json!(
-            "request-transformer header edits apply (see the route's config)"
-        ));
-        serde_json::json!({"result": "edits the request"})
+        use crate::plugins::HeaderEdit;
+        let h = &self.headers;
+        let mut edits: Vec<HeaderEdit> = Vec::new();
+        edits.extend(h.remove.iter().map(|n| HeaderEdit::Remove(n.name.clone())));
+        edits.extend(
+            h.rename
+                .iter()
+                .map(|(f, t)| HeaderEdit::Rename(f.name.clone(), t.name.clone())),
+        );
+        // An entry whose variable has no value (`$(consumer)` without one) is skipped, as
+        // at request time.
+        for (n, v) in &h.replace {
+            if let Some(v) = v.explain_text(x) {
+                edits.push(HeaderEdit::Replace(n.name.clone(), v));
+            }
+        }
+        for (n, v) in &h.add {
+            if let Some(v) = v.explain_text(x) {
+                edits.push(HeaderEdit::Add(n.name.clone(), v));
+            }
+        }
+        x.header_edits.extend(edits);
+        if !self.query.is_empty() {
+            if let Some(q) = self.query.explain(x.query.as_deref().unwrap_or(""), x) {
+                x.query = (!q.is_empty()).then_some(q);
+            }
+        }
+        if self.body.is_some() {
+            x.notes.push(serde_json::json!(
+                "request-transformer edits JSON request bodies (json rules; not shown)"
+            ));
+        }
+        serde_json::json!({"result": "edits the request (headers and query shown in the upstream section)"})
     }
 }
 
