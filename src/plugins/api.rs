@@ -40,6 +40,7 @@ use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::services::ServiceWithDependents;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -120,6 +121,18 @@ impl BuildEnv<'_> {
     }
 }
 
+/// What [`Hooks::build`] works with besides the typed config.
+pub struct Build<'x, 'a> {
+    /// Takes the errors, each with its YAML path.
+    pub c: &'x mut Compiler<'a>,
+    /// The entry's YAML path, such as `routes[2].plugins[0]`.
+    pub path: &'x str,
+    pub env: &'x BuildEnv<'x>,
+    /// The entry's `config` as written: for a plugin whose state survives reloads only while
+    /// its entry says exactly the same (the registry identity).
+    pub raw: Option<&'x serde_yaml::Value>,
+}
+
 /// A request to an admin endpoint a plugin declared ([`Hooks::ADMIN_ENDPOINTS`]), after the
 /// admin API's own checks (Host, `Origin`, `admin.token`); the body is read and bounded.
 #[derive(Debug)]
@@ -172,14 +185,13 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// The hooks this plugin implements ([`phase`] bits).
     const PHASES: u32;
 
-    /// Builds the plugin from its YAML entry (`path`: the entry's YAML path, such as
-    /// `routes[2].plugins[0]`); errors go to `c` with their path.
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self>;
+    /// The plugin's typed `config` (serde, `deny_unknown_fields`; an absent or null `config`
+    /// is the `Default`). The table deserializes it, with the YAML path of a bad key, before
+    /// [`Hooks::build`] runs.
+    type Config: DeserializeOwned + Default;
+
+    /// Builds the plugin from its typed config; errors go to `b.c` under `b.path`.
+    fn build(b: Build<'_, '_>, cfg: Self::Config) -> Option<Self>;
 
     /// Headers this plugin writes into the upstream request that identify the caller
     /// (forward-auth's `upstream_headers`): a client may not send them, and the cache keys on

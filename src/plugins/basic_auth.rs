@@ -18,8 +18,7 @@
 //! before proxying.
 
 use super::ttl_cache::TtlCache;
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::model::PasswordSpec;
@@ -43,7 +42,7 @@ const MAX_DECODED: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// Shown in `WWW-Authenticate: Basic realm="…"`.
     realm: String,
     hide_credentials: bool,
@@ -277,13 +276,9 @@ impl Hooks for BasicAuth {
     type State = ();
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let realm_ok = !cfg.realm.is_empty()
             && cfg
                 .realm

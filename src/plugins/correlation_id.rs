@@ -3,8 +3,7 @@
 //! Every request has an id with or without this plugin (see `request::begin`); the plugin
 //! only decides where it travels.
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
 use crate::request::valid_request_id;
 use http::HeaderName;
@@ -15,7 +14,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     header_name: String,
     echo_downstream: bool,
 }
@@ -39,13 +38,9 @@ impl Hooks for CorrelationId {
     type State = ();
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST | phase::RESPONSE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let Ok(header) = HeaderName::from_bytes(cfg.header_name.as_bytes()) else {
             c.error(&format!("{path}.config.header_name"), "invalid header name");
             return None;

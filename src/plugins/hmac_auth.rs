@@ -22,8 +22,7 @@
 //! the filter holds back: `None` would end the upstream body.)
 
 use super::body_buf::Chunks;
-use super::{phase, BodyOutcome, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, BodyOutcome, Build, Hooks, Outcome, Reply};
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use aws_lc_rs::hmac;
@@ -52,7 +51,7 @@ const MAX_SIG: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// Seconds a request's date may differ from the gateway's clock.
     clock_skew: u64,
     algorithms: Vec<String>,
@@ -447,13 +446,9 @@ impl Hooks for HmacAuth {
     type State = State;
     const PHASES: u32 = phase::REQUEST | phase::REQUEST_BODY | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let mut allowed = [false; 4];
         let mut ok = true;
         for (i, a) in cfg.algorithms.iter().enumerate() {

@@ -32,8 +32,7 @@
 //! is never recorded against any target's health, never counted in the `upstream_*` or
 //! request metrics, and takes nothing from a retry budget.
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome};
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::observe::Finished;
@@ -67,7 +66,7 @@ const MAX_INFORMATIONAL: usize = 4;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     upstream: String,
     sample: f64,
     timeout: Dur,
@@ -414,13 +413,9 @@ impl Hooks for RequestMirror {
     const PHASES: u32 =
         phase::REQUEST | phase::UPSTREAM_REQUEST | phase::REQUEST_BODY | phase::LOGGING;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let p = format!("{path}.config");
         let errors = c.error_count();
         if !(0.0..=1.0).contains(&cfg.sample) {

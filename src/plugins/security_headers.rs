@@ -2,8 +2,7 @@
 //! headers to every response and, with `hide_server`, removes the upstream's `Server` and
 //! `X-Powered-By`.
 
-use super::{phase, BuildEnv, Hooks};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks};
 use crate::ctx::RequestCtx;
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
@@ -13,7 +12,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     headers: BTreeMap<String, String>,
     hide_server: bool,
 }
@@ -40,13 +39,9 @@ impl Hooks for SecurityHeaders {
     type State = ();
     const PHASES: u32 = phase::RESPONSE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
             match (

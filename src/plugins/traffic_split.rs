@@ -14,7 +14,7 @@
 //! names no upstream of the rule (forged, stale after a config change, or a side whose
 //! weight became 0) is ignored and replaced.
 
-use super::{phase, BuildEnv, Hooks, Outcome};
+use super::{phase, Build, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
@@ -36,7 +36,7 @@ const MAX_UPSTREAMS: usize = 255;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     rules: Vec<RuleConfig>,
     sticky: Option<StickyConfig>,
 }
@@ -273,13 +273,9 @@ impl Hooks for TrafficSplit {
     type State = Pending;
     const PHASES: u32 = phase::REQUEST | phase::RESPONSE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let p = format!("{path}.config");
         let errors = c.error_count();
         if cfg.rules.is_empty() {

@@ -40,8 +40,7 @@ mod cache;
 mod call;
 mod config;
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
 use cache::{DecisionCache, Flights};
 use call::Handles;
@@ -74,8 +73,6 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Distinct tokens being introspected at once per plugin entry; past this a new token is
 /// treated as an outage (a flood of random tokens cannot open unbounded outbound calls).
 const MAX_IN_FLIGHT: usize = 1024;
-/// Idle pooled connections to the endpoint are kept this long.
-const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// At most one outage warning per plugin entry in this interval.
 const WARN_EVERY_MS: u64 = 1000;
 /// The 503 message: names no address, no URL, no upstream text.
@@ -321,13 +318,10 @@ impl Hooks for Oauth2Introspection {
     type State = Option<Arc<Decision>>;
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        config::build(c, path, config, env)
+    type Config = config::Config;
+
+    fn build(b: Build<'_, '_>, cfg: config::Config) -> Option<Self> {
+        config::build(b, cfg)
     }
 
     /// `request_filter`.

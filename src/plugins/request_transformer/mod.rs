@@ -27,7 +27,7 @@ pub mod body;
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
-use crate::plugins::{phase, BodyOutcome, BuildEnv, Hooks, Outcome};
+use crate::plugins::{phase, BodyOutcome, Build, Hooks, Outcome};
 use body::{BodyRules, JsonConfig};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -731,7 +731,7 @@ struct Entries {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     add: Entries,
     remove: Entries,
     rename: Entries,
@@ -772,13 +772,9 @@ impl Hooks for RequestTransformer {
     type State = Option<body::Prepared>;
     const PHASES: u32 = phase::REQUEST | phase::REQUEST_BODY | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let body = BodyRules::build(
             c,
             path,
