@@ -121,6 +121,27 @@ impl BuildEnv<'_> {
     }
 }
 
+/// The response head a [`Hooks::response`] hook edits (it derefs to it), and who made it.
+pub struct Answer<'r> {
+    pub head: &'r mut ResponseHeader,
+    /// The gateway answered itself (an error, a preflight, a cache hit's stand-in): there
+    /// is no upstream response behind this head.
+    pub gateway_made: bool,
+}
+
+impl std::ops::Deref for Answer<'_> {
+    type Target = ResponseHeader;
+    fn deref(&self) -> &ResponseHeader {
+        self.head
+    }
+}
+
+impl std::ops::DerefMut for Answer<'_> {
+    fn deref_mut(&mut self) -> &mut ResponseHeader {
+        self.head
+    }
+}
+
 /// What [`Hooks::build`] works with besides the typed config.
 pub struct Build<'x, 'a> {
     /// Takes the errors, each with its YAML path.
@@ -220,14 +241,9 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// `response_filter` (`gateway_made: false`) and every answer the gateway makes itself
-    /// (`true`).
-    fn response(
-        &self,
-        _resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    /// `response_filter` and every answer the gateway makes itself
+    /// ([`Answer::gateway_made`]).
+    fn response(&self, _resp: &mut Answer<'_>, _ctx: &mut RequestCtx) -> Result<()> {
         Ok(())
     }
 

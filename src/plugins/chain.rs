@@ -2,7 +2,7 @@
 //! per-phase loops the gateway hooks call. Each loop first checks the chain's union of
 //! [`phase`] bits, so a phase no plugin of the chain serves costs one branch.
 
-use super::api::{phase, BodyOutcome, Outcome, Reply};
+use super::api::{phase, Answer, BodyOutcome, Outcome, Reply};
 use super::Plugin;
 use crate::ctx::RequestCtx;
 use crate::observe::Finished;
@@ -124,14 +124,18 @@ impl Chain {
         if !self.has(phase::RESPONSE) {
             return Ok(());
         }
+        let mut answer = Answer {
+            head: resp,
+            gateway_made,
+        };
         for p in self.with(phase::RESPONSE) {
             if p.phases() & phase::RESPONSE_LAST == 0 {
-                p.response(resp, ctx, gateway_made)?;
+                p.response(&mut answer, ctx)?;
             }
         }
         if self.has(phase::RESPONSE_LAST) {
             for p in self.with(phase::RESPONSE_LAST) {
-                p.response(resp, ctx, gateway_made)?;
+                p.response(&mut answer, ctx)?;
             }
         }
         Ok(())

@@ -3,11 +3,11 @@
 //! Every request has an id with or without this plugin (see `request::begin`); the plugin
 //! only decides where it travels.
 
-use super::{phase, Build, Hooks, Outcome};
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
 use crate::request::valid_request_id;
 use http::HeaderName;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -68,12 +68,7 @@ impl Hooks for CorrelationId {
         Ok(())
     }
 
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         if self.echo {
             resp.insert_header(self.header.clone(), ctx.request_id.as_str())?;
         }

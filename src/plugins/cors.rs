@@ -23,7 +23,7 @@
 //! A route restricted with `methods` must list `OPTIONS` for its preflights to reach this
 //! plugin (otherwise the preflight gets the router's 405), as in Kong (which answers 404).
 
-use super::{phase, Build, Hooks, Outcome, Reply};
+use super::{phase, Answer, Build, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use http::header::{
@@ -260,13 +260,8 @@ impl Hooks for Cors {
         Outcome::Respond(reply)
     }
     /// `response_filter` and gateway-made answers: the headers of an actual response.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if !gateway_made {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if !resp.gateway_made {
             resp.remove_header(&ACCESS_CONTROL_ALLOW_ORIGIN);
             resp.remove_header(&ACCESS_CONTROL_ALLOW_CREDENTIALS);
             resp.remove_header(&ACCESS_CONTROL_EXPOSE_HEADERS);

@@ -20,7 +20,7 @@
 //! hold scripts). A body is at most [`MAX_BODY`] bytes.
 
 use super::held_body::HeldBody;
-use super::{phase, Build, Hooks, Outcome};
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use bytes::{Bytes, BytesMut};
@@ -306,13 +306,11 @@ impl Hooks for ErrorResponses {
     /// `response_filter` for upstream (and cached) answers with `upstream: true`. Only an
     /// answer that has a body is replaced (Content-Length above 0, or chunked): Pingora sends
     /// a body-less head as complete, with no body phase to put one in.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if gateway_made || !self.upstream || !matches!(ctx.plugins.error_responses, Pending::None) {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.gateway_made
+            || !self.upstream
+            || !matches!(ctx.plugins.error_responses, Pending::None)
+        {
             return Ok(());
         }
         let status = resp.status.as_u16();

@@ -48,7 +48,9 @@ mod chain;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use api::{phase, AdminRequest, BodyOutcome, Build, BuildEnv, Explain, Hooks, Outcome, Reply};
+pub use api::{
+    phase, AdminRequest, Answer, BodyOutcome, Build, BuildEnv, Explain, Hooks, Outcome, Reply,
+};
 pub use chain::Chain;
 
 use crate::config::diag::Compiler;
@@ -245,14 +247,9 @@ macro_rules! plugin_table {
                 }
             }
 
-            fn response(
-                &self,
-                resp: &mut ResponseHeader,
-                ctx: &mut RequestCtx,
-                gateway_made: bool,
-            ) -> Result<()> {
+            fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
                 match self {
-                    $( Plugin::$variant(p) => Hooks::response(p, resp, ctx, gateway_made), )*
+                    $( Plugin::$variant(p) => Hooks::response(p, resp, ctx), )*
                 }
             }
 

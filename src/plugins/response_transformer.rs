@@ -47,7 +47,7 @@ use super::request_transformer::{
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use crate::ctx::Runtime;
-use crate::plugins::{phase, Build, Hooks, Outcome};
+use crate::plugins::{phase, Answer, Build, Hooks, Outcome};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use once_cell::sync::Lazy;
@@ -444,16 +444,11 @@ impl Hooks for ResponseTransformer {
         Ok(())
     }
     /// `response_filter`: header rules, and the decision to rewrite the body.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if gateway_made {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.gateway_made {
             return Ok(());
         }
-        self.headers.apply(resp, ctx)?;
+        self.headers.apply(resp.head, ctx)?;
         if !self.body || matches!(ctx.plugins.response_transformer, BodyState::Head) {
             return Ok(());
         }

@@ -2,10 +2,9 @@
 //! headers to every response and, with `hide_server`, removes the upstream's `Server` and
 //! `X-Powered-By`.
 
-use super::{phase, Build, Hooks};
+use super::{phase, Answer, Build, Hooks};
 use crate::ctx::RequestCtx;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -60,12 +59,7 @@ impl Hooks for SecurityHeaders {
             hide_server: cfg.hide_server,
         })
     }
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, _ctx: &mut RequestCtx) -> Result<()> {
         if self.hide_server {
             resp.remove_header(&http::header::SERVER);
             resp.remove_header("x-powered-by");

@@ -14,13 +14,12 @@
 //! names no upstream of the rule (forged, stale after a config change, or a side whose
 //! weight became 0) is ignored and replaced.
 
-use super::{phase, Build, Hooks, Outcome};
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::upstream::Upstream;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -395,12 +394,7 @@ impl Hooks for TrafficSplit {
 
     /// The side a weighted rule picked goes back in the sticky cookie (also on an error
     /// answer: the client stays where it is).
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         if let Some((ri, si)) = ctx.plugins.traffic_split.take() {
             if let Some(side) = self
                 .rules

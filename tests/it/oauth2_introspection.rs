@@ -244,6 +244,17 @@ fn plugin(endpoint: &str, extra: &str) -> String {
     )
 }
 
+/// A gateway config with upstream `u` (`up`) and route `api` (`/api`) guarded by
+/// oauth2-introspection on `endpoint` with `extra` config lines.
+fn api_on(up: &Backend, endpoint: &str, extra: &str) -> Cfg {
+    Cfg::new().upstream("u", &[target(up)], "").route(
+        "api",
+        &["/api"],
+        "u",
+        &plugin(endpoint, extra),
+    )
+}
+
 const CONSUMERS: &str = "consumers:\n  - username: alice\n    roles: [reader]\n";
 
 async fn get(gw: &Gateway, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -287,14 +298,7 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
     ep.answer("tok-alice", active("alice", "u-1", "read write", 300));
     ep.answer("tok-bob", active("bob", "u-2", "read", 300));
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep.url(), "required_scopes: [read]"),
-        )
+    let gw = api_on(&up, &ep.url(), "required_scopes: [read]")
         .top(CONSUMERS)
         .start_env(&env());
 
@@ -398,19 +402,13 @@ async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
             .to_string(),
     );
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(
-                &ep.url(),
-                "required_scopes: [read, write]\ncache: { negative_ttl: 1s }",
-            ),
-        )
-        .top(CONSUMERS)
-        .start_env(&env());
+    let gw = api_on(
+        &up,
+        &ep.url(),
+        "required_scopes: [read, write]\ncache: { negative_ttl: 1s }",
+    )
+    .top(CONSUMERS)
+    .start_env(&env());
 
     // No token, or another scheme: 401 missing_token with the bare challenge.
     let (s, www, body) = answer(get(&gw, "/api", None).await).await;
@@ -511,19 +509,13 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
     let ep = Endpoint::start(ClientAuth::Post);
     ep.answer("tok-1", active("alice", "u-1", "read", 300));
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(
-                &ep.url(),
-                "auth_method: client_secret_post\nconsumer_claim: sub\nhide_credentials: false",
-            ),
-        )
-        .top("consumers:\n  - username: u-1\n")
-        .start_env(&env());
+    let gw = api_on(
+        &up,
+        &ep.url(),
+        "auth_method: client_secret_post\nconsumer_claim: sub\nhide_credentials: false",
+    )
+    .top("consumers:\n  - username: u-1\n")
+    .start_env(&env());
     assert_eq!(get(&gw, "/api", Some("tok-1")).await.status(), 200);
     assert_eq!((ep.calls(), ep.bad_client()), (1, 0));
     let seen = up.last_request().unwrap();
@@ -538,15 +530,7 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
     // on the token.
     let ep_basic = Endpoint::start(ClientAuth::Basic);
     ep_basic.answer("tok-1", active("alice", "u-1", "read", 300));
-    let gw2 = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep_basic.url(), "auth_method: client_secret_post"),
-        )
-        .start_env(&env());
+    let gw2 = api_on(&up, &ep_basic.url(), "auth_method: client_secret_post").start_env(&env());
     let (s, _, body) = answer(get(&gw2, "/api", Some("tok-1")).await).await;
     assert_eq!(
         (s, body["error"].as_str()),
@@ -560,15 +544,7 @@ async fn decision_expires_with_the_token() {
     let ep = Endpoint::start(ClientAuth::Basic);
     ep.answer("tok-short", active("alice", "u-1", "read", 2));
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep.url(), "cache: { max_ttl: 10m }"),
-        )
-        .start_env(&env());
+    let gw = api_on(&up, &ep.url(), "cache: { max_ttl: 10m }").start_env(&env());
     assert_eq!(get(&gw, "/api", Some("tok-short")).await.status(), 200);
     assert_eq!(get(&gw, "/api", Some("tok-short")).await.status(), 200);
     assert_eq!(ep.calls(), 1);
@@ -586,13 +562,7 @@ async fn fifty_concurrent_requests_for_a_new_token_make_one_call() {
     ep.answer("tok-burst", active("alice", "u-1", "read", 300));
     ep.set_delay(Duration::from_millis(400));
     let up = Backend::start("up");
-    let gw = Arc::new(
-        Cfg::new()
-            .upstream("u", &[target(&up)], "")
-            .route("api", &["/api"], "u", &plugin(&ep.url(), ""))
-            .top(CONSUMERS)
-            .start_env(&env()),
-    );
+    let gw = Arc::new(api_on(&up, &ep.url(), "").top(CONSUMERS).start_env(&env()));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..50 {
         let gw = gw.clone();
@@ -746,15 +716,7 @@ async fn reload_with_an_unchanged_entry_keeps_the_cache() {
     ep.answer("tok-keep", active("alice", "u-1", "read", 3600));
     let up = Backend::start("up");
     let cfg = |timeout: &str, extra_route: bool| {
-        let mut c = Cfg::new()
-            .upstream("u", &[target(&up)], "")
-            .route(
-                "api",
-                &["/api"],
-                "u",
-                &plugin(&ep.url(), &format!("timeout: {timeout}")),
-            )
-            .top(CONSUMERS);
+        let mut c = api_on(&up, &ep.url(), &format!("timeout: {timeout}")).top(CONSUMERS);
         if extra_route {
             c = c.route("other", &["/other"], "u", "");
         }
@@ -798,14 +760,7 @@ async fn secrets_stay_out_of_logs_status_metrics_and_answers() {
     ep.answer("TOKENSECRET-active", active("alice", "u-1", "read", 300));
     let up = Backend::start("up");
     let dead = dead_addr();
-    let cfg = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep.url(), "required_scopes: [read]"),
-        )
+    let cfg = api_on(&up, &ep.url(), "required_scopes: [read]")
         .route(
             "scoped",
             &["/scoped"],

@@ -45,7 +45,7 @@
 //! With the plugin absent nothing here runs: `RequestCtx::trace_id` stays `None`, a
 //! client's `traceparent` passes through untouched and the access log has no `trace_id`.
 
-use super::{phase, Build, Hooks, Outcome};
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 mod export;
@@ -55,7 +55,7 @@ use crate::observe::Finished;
 use crate::util::hex_id::HexId;
 use export::{ExportSettings, Exporter};
 use http::{HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -512,12 +512,7 @@ impl Hooks for OpenTelemetry {
         Ok(())
     }
     /// `response_filter` and gateway-made answers: the trace id for the client, if asked.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         if let (Some(name), Some(t)) = (&self.response_header, &ctx.plugins.opentelemetry) {
             let v = t.trace_hex().with_str(HeaderValue::from_str);
             if let Ok(v) = v {

@@ -27,7 +27,7 @@ pub mod stores;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::ctx::Runtime;
-use crate::plugins::{phase, Build, Hooks};
+use crate::plugins::{phase, Answer, Build, Hooks};
 use crate::util::registry::Registry;
 use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE, VARY};
 use http::{HeaderName, Method};
@@ -324,12 +324,7 @@ impl Hooks for ProxyCache {
 
     /// `response_filter` (and gateway-made answers): `X-Cache-Status` and
     /// `cache_requests_total{route,status}`.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         let Some(status) = ctx.cache_status else {
             return Ok(());
         };

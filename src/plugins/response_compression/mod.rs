@@ -38,7 +38,7 @@
 
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
-use crate::plugins::{phase, Build, Hooks, Outcome};
+use crate::plugins::{phase, Answer, Build, Hooks, Outcome};
 use http::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
     VARY,
@@ -456,13 +456,8 @@ impl Hooks for ResponseCompression {
     /// compressible answer gets `Vary: Accept-Encoding` whether or not this client gets a
     /// coding (a shared cache must not hand the compressed form to another client); the
     /// head itself is rewritten by the module, which knows whether a body follows.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if gateway_made {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.gateway_made {
             return Ok(());
         }
         let Step::Negotiated(choice) = ctx.plugins.response_compression.step else {
