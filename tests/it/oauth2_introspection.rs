@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Request, Response};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -120,12 +120,7 @@ async fn introspect(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
+    let body = body_bytes(req).await;
     let form = parse_form(&body);
     *st.last_form.lock().unwrap() = form.clone();
     let json = |status: u16, body: String| {
@@ -814,15 +809,7 @@ async fn secrets_stay_out_of_logs_status_metrics_and_answers() {
         .iter()
         .all(|r| r.header("authorization").is_none()));
 
-    let status = gw
-        .client
-        .get(gw.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = gw.status_json().await.to_string();
     let metrics = gw.metrics_text().await;
     // The access log is written by a thread behind a queue.
     let log = gw.dir().join("access.log");

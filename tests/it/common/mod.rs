@@ -388,10 +388,7 @@ async fn handle(
             )
         })
         .collect();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => Vec::new(),
-    };
+    let body = body_bytes(req).await;
     let mut hmap = serde_json::Map::new();
     for (k, v) in &headers {
         match hmap.get_mut(k) {
@@ -791,6 +788,14 @@ pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a 
         .iter()
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// The whole body of a request a test server received (empty when reading it failed).
+pub async fn body_bytes(req: hyper::Request<hyper::body::Incoming>) -> Vec<u8> {
+    match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// `headers` as (lowercase name, value) pairs in order, repeated names kept.
