@@ -10,7 +10,8 @@
 
 use crate::config::diag::ErrorSink;
 use sha2::{Digest, Sha256};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// A client builder with the policy above (callers add timeouts, redirects, pools, their
 /// user agent).
@@ -44,6 +45,42 @@ pub(crate) fn service_client(
     }
     b.build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// A service's URL (`v`, at YAML path `p`), or why not: http(s), a host, no credentials
+/// (`instead` says where they go) and no fragment. The value itself never goes into an error
+/// (its userinfo or query may hold a secret); `whose` names the service in "is required".
+pub(crate) fn service_url(
+    s: &mut ErrorSink,
+    p: &str,
+    v: Option<&str>,
+    whose: &str,
+    instead: &str,
+) -> Option<reqwest::Url> {
+    let Some(v) = v else {
+        s.error(p, format!("is required ({whose} http:// or https:// URL)"));
+        return None;
+    };
+    let u = match reqwest::Url::parse(v) {
+        Ok(u) => u,
+        Err(e) => {
+            s.error(p, format!("is not a valid URL: {e}"));
+            return None;
+        }
+    };
+    let why = if !matches!(u.scheme(), "http" | "https") {
+        "must be an http:// or https:// URL".to_string()
+    } else if u.host_str().is_none_or(str::is_empty) {
+        "needs a host".to_string()
+    } else if !u.username().is_empty() || u.password().is_some() {
+        format!("must not carry credentials (user:password@); {instead}")
+    } else if u.fragment().is_some() {
+        "must not have a #fragment".to_string()
+    } else {
+        return Some(u);
+    };
+    s.error(p, why);
+    None
 }
 
 /// A service's `ca_file`: the certificates trusted besides the system roots, and a digest of
@@ -93,6 +130,36 @@ pub(crate) fn entry_identity(
         .map(|v| serde_yaml::to_string(v).unwrap_or_default())
         .unwrap_or_default();
     crate::util::digest::identity(&[plugin, route.unwrap_or(""), &text, &ca.digest])
+}
+
+/// Lets a failing service's warning through at most once a second per plugin entry (a
+/// down service must not flood the log at request rate).
+pub(crate) struct WarnGate {
+    /// Last warning, in ms since `born` (shifted by a second so the first one passes).
+    last_ms: AtomicU64,
+    born: Instant,
+}
+
+impl WarnGate {
+    const EVERY_MS: u64 = 1000;
+
+    pub(crate) fn new() -> WarnGate {
+        WarnGate {
+            last_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    /// True at most once per second.
+    pub(crate) fn may_warn(&self) -> bool {
+        let now = self.born.elapsed().as_millis() as u64 + Self::EVERY_MS;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= Self::EVERY_MS
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// `scheme://host[:port]/path` of `url`: what logs, errors and `Debug` may show (never the

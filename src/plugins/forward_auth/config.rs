@@ -16,8 +16,6 @@ use http::{HeaderName, Method};
 use once_cell::sync::OnceCell;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -149,40 +147,13 @@ pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<ForwardAuth> {
     let cp = format!("{path}.config");
     let mut s = ErrorSink { c, failed: false };
 
-    // url: parsed once; the value itself never goes into an error (it may hold a secret).
-    let url = match cfg.url.as_deref().map(reqwest::Url::parse) {
-        None => {
-            s.error(
-                &format!("{cp}.url"),
-                "is required (the auth service's http:// or https:// URL)",
-            );
-            None
-        }
-        Some(Err(e)) => {
-            s.error(&format!("{cp}.url"), format!("is not a valid URL: {e}"));
-            None
-        }
-        Some(Ok(u)) => {
-            let why = if !matches!(u.scheme(), "http" | "https") {
-                Some("must be an http:// or https:// URL")
-            } else if u.host_str().is_none_or(str::is_empty) {
-                Some("needs a host")
-            } else if !u.username().is_empty() || u.password().is_some() {
-                Some("must not carry credentials (user:password@); the client's request_headers are sent instead")
-            } else if u.fragment().is_some() {
-                Some("must not have a #fragment")
-            } else {
-                None
-            };
-            match why {
-                Some(w) => {
-                    s.error(&format!("{cp}.url"), w);
-                    None
-                }
-                None => Some(u),
-            }
-        }
-    };
+    let url = outbound::service_url(
+        &mut s,
+        &format!("{cp}.url"),
+        cfg.url.as_deref(),
+        "the auth service's",
+        "the client's request_headers are sent instead",
+    );
 
     let method = if cfg.method.eq_ignore_ascii_case("original") {
         AuthMethod::Original
@@ -334,8 +305,7 @@ pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<ForwardAuth> {
             Ok(State {
                 client,
                 cache: DecisionCache::new(cache_cfg.ttl.0, cache_cfg.max_entries),
-                last_warn_ms: AtomicU64::new(0),
-                born: Instant::now(),
+                warn: outbound::WarnGate::new(),
             })
         });
     let state = match state {

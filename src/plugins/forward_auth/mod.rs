@@ -58,9 +58,7 @@ use pingora::proxy::Session;
 use prometheus::{HistogramVec, IntCounterVec};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -75,9 +73,6 @@ const MAX_COPIED_HEADER_BYTES: usize = 16 * 1024;
 /// Body bytes of an auth response read (and thrown away) so its connection can be reused;
 /// beyond this the connection is dropped instead.
 const MAX_DRAIN_BYTES: usize = 64 * 1024;
-/// At most one failure warning per plugin entry in this interval (a down auth service must
-/// not flood the log).
-const WARN_EVERY_MS: u64 = 1000;
 /// The 503 message: names no address, no URL, no upstream text.
 const UNAVAILABLE: &str = "The authorization service is unavailable";
 
@@ -184,22 +179,7 @@ impl fmt::Display for CallError {
 struct State {
     client: reqwest::Client,
     cache: Option<DecisionCache>,
-    /// Last failure warning, in ms since `born`.
-    last_warn_ms: AtomicU64,
-    born: Instant,
-}
-
-impl State {
-    /// True at most once per [`WARN_EVERY_MS`].
-    fn may_warn(&self) -> bool {
-        let now = self.born.elapsed().as_millis() as u64 + WARN_EVERY_MS;
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
+    warn: super::outbound::WarnGate,
 }
 
 pub struct ForwardAuth {

@@ -13,8 +13,6 @@ use base64::Engine;
 use http::HeaderValue;
 use once_cell::sync::OnceCell;
 use serde::Deserialize;
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -85,49 +83,18 @@ fn scope_token(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
-/// The endpoint URL, or why not (the value itself never goes into an error: its query may
-/// hold a secret).
-fn endpoint_url(s: &mut ErrorSink, p: &str, v: Option<&str>) -> Option<reqwest::Url> {
-    let Some(v) = v else {
-        s.error(
-            p,
-            "is required (the introspection endpoint's http:// or https:// URL)",
-        );
-        return None;
-    };
-    let u = match reqwest::Url::parse(v) {
-        Ok(u) => u,
-        Err(e) => {
-            s.error(p, format!("is not a valid URL: {e}"));
-            return None;
-        }
-    };
-    let why = if !matches!(u.scheme(), "http" | "https") {
-        Some("must be an http:// or https:// URL")
-    } else if u.host_str().is_none_or(str::is_empty) {
-        Some("needs a host")
-    } else if !u.username().is_empty() || u.password().is_some() {
-        Some("must not carry credentials (user:password@); set client_id and client_secret")
-    } else if u.fragment().is_some() {
-        Some("must not have a #fragment")
-    } else {
-        None
-    };
-    match why {
-        Some(w) => {
-            s.error(p, w);
-            None
-        }
-        None => Some(u),
-    }
-}
-
 pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<Oauth2Introspection> {
     let Build { c, path, env, raw } = b;
     let cp = format!("{path}.config");
     let mut s = ErrorSink { c, failed: false };
 
-    let url = endpoint_url(&mut s, &format!("{cp}.endpoint"), cfg.endpoint.as_deref());
+    let url = outbound::service_url(
+        &mut s,
+        &format!("{cp}.endpoint"),
+        cfg.endpoint.as_deref(),
+        "the introspection endpoint's",
+        "set client_id and client_secret",
+    );
 
     let client_id = match cfg.client_id.as_deref() {
         Some(id) if !id.is_empty() => Some(id),
@@ -245,8 +212,7 @@ pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<Oauth2Introspection
                 cache: DecisionCache::new(cache_cfg.max_entries)
                     .ok_or_else(|| "cache.max_entries must be at least 1".to_string())?,
                 flights: Flights::default(),
-                last_warn_ms: AtomicU64::new(0),
-                born: Instant::now(),
+                warn: outbound::WarnGate::new(),
             })
         });
     let state = match state {

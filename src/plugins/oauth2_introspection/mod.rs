@@ -52,9 +52,7 @@ use pingora::proxy::Session;
 use prometheus::{HistogramVec, IntCounterVec};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Upstream header: the token's `client_id`.
 pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("x-credential-client-id");
@@ -73,8 +71,6 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Distinct tokens being introspected at once per plugin entry; past this a new token is
 /// treated as an outage (a flood of random tokens cannot open unbounded outbound calls).
 const MAX_IN_FLIGHT: usize = 1024;
-/// At most one outage warning per plugin entry in this interval.
-const WARN_EVERY_MS: u64 = 1000;
 /// The 503 message: names no address, no URL, no upstream text.
 const UNAVAILABLE: &str = "The authorization service is unavailable";
 
@@ -256,22 +252,7 @@ pub(crate) struct State {
     endpoint: Endpoint,
     cache: DecisionCache,
     flights: Flights,
-    /// Last outage warning, in ms since `born`.
-    last_warn_ms: AtomicU64,
-    born: Instant,
-}
-
-impl State {
-    /// True at most once per [`WARN_EVERY_MS`].
-    fn may_warn(&self) -> bool {
-        let now = self.born.elapsed().as_millis() as u64 + WARN_EVERY_MS;
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
+    warn: super::outbound::WarnGate,
 }
 
 pub struct Oauth2Introspection {
