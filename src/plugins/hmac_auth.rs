@@ -472,17 +472,8 @@ impl Hooks for HmacAuth {
             ok = false;
             c.error(&format!("{path}.config.algorithms"), "must not be empty");
         }
-        let realm_ok = !cfg.realm.is_empty()
-            && cfg
-                .realm
-                .bytes()
-                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-        if !realm_ok {
+        if !super::basic_auth::realm_ok(c, path, &cfg.realm) {
             ok = false;
-            c.error(
-                &format!("{path}.config.realm"),
-                "must be non-empty printable ASCII without '\"' or '\\'",
-            );
         }
         let mut enforce_headers = Vec::new();
         for (i, h) in cfg.enforce_headers.iter().enumerate() {
