@@ -239,6 +239,14 @@ fn plugin(endpoint: &str, extra: &str) -> String {
     )
 }
 
+/// A client_secret_basic endpoint that answers `token` as active for alice (sub `u-1`,
+/// scope `read`), expiring in `exp_in` seconds.
+fn alice_endpoint(token: &str, exp_in: u64) -> Endpoint {
+    let ep = Endpoint::start(ClientAuth::Basic);
+    ep.answer(token, active("alice", "u-1", "read", exp_in));
+    ep
+}
+
 /// A gateway config with upstream `u` (`up`) and route `api` (`/api`) guarded by
 /// oauth2-introspection on `endpoint` with `extra` config lines.
 fn api_on(up: &Backend, endpoint: &str, extra: &str) -> Cfg {
@@ -380,8 +388,7 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
 
 #[tokio::test]
 async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-reader", active("alice", "u-1", "read", 300));
+    let ep = alice_endpoint("tok-reader", 300);
     ep.answer(
         "tok-revoked",
         "{\"active\":false,\"client_id\":\"alice\"}".into(),
@@ -536,8 +543,7 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
 
 #[tokio::test]
 async fn decision_expires_with_the_token() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-short", active("alice", "u-1", "read", 2));
+    let ep = alice_endpoint("tok-short", 2);
     let up = Backend::start("up");
     let gw = api_on(&up, &ep.url(), "cache: { max_ttl: 10m }").start_env(&env());
     assert_eq!(get(&gw, "/api", Some("tok-short")).await.status(), 200);
@@ -553,8 +559,7 @@ async fn decision_expires_with_the_token() {
 
 #[tokio::test]
 async fn fifty_concurrent_requests_for_a_new_token_make_one_call() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-burst", active("alice", "u-1", "read", 300));
+    let ep = alice_endpoint("tok-burst", 300);
     ep.set_delay(Duration::from_millis(400));
     let up = Backend::start("up");
     let gw = Arc::new(api_on(&up, &ep.url(), "").top(CONSUMERS).start_env(&env()));
@@ -584,8 +589,7 @@ async fn fifty_concurrent_requests_for_a_new_token_make_one_call() {
 
 #[tokio::test]
 async fn outage_rejects_fast_and_serve_cached_keeps_known_tokens() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-known", active("alice", "u-1", "read", 3600));
+    let ep = alice_endpoint("tok-known", 3600);
     ep.answer("tok-new", active("alice", "u-1", "read", 3600));
     let up = Backend::start("up");
     let dead = dead_addr();
@@ -672,8 +676,7 @@ async fn outage_rejects_fast_and_serve_cached_keeps_known_tokens() {
 
 #[tokio::test]
 async fn reload_with_an_unchanged_entry_keeps_the_cache() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-keep", active("alice", "u-1", "read", 3600));
+    let ep = alice_endpoint("tok-keep", 3600);
     let up = Backend::start("up");
     let cfg = |timeout: &str, extra_route: bool| {
         let mut c = api_on(&up, &ep.url(), &format!("timeout: {timeout}")).top(CONSUMERS);
@@ -716,8 +719,7 @@ async fn reload_with_an_unchanged_entry_keeps_the_cache() {
 
 #[tokio::test]
 async fn secrets_stay_out_of_logs_status_metrics_and_answers() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("TOKENSECRET-active", active("alice", "u-1", "read", 300));
+    let ep = alice_endpoint("TOKENSECRET-active", 300);
     let up = Backend::start("up");
     let dead = dead_addr();
     let cfg = api_on(&up, &ep.url(), "required_scopes: [read]")
