@@ -221,14 +221,7 @@ async fn certificates_identify_consumers_on_an_optional_listener() {
     let (s, body) = gw.get_with("/p/x", &[]).await;
     assert_eq!(s, 401, "{body}");
     assert_error_body(&body, "missing_client_certificate");
-    let r = gw
-        .client
-        .post(gw.url("/p/x"))
-        .header("content-type", "application/grpc")
-        .body(vec![0u8, 0, 0, 0, 0])
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post_grpc("/p/x", &[]).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["grpc-status"].to_str().unwrap(), "16");
     assert_eq!(a.hits(), 3, "refused requests never reach the upstream");

@@ -637,6 +637,21 @@ impl Gateway {
             .await
     }
 
+    /// POSTs one empty gRPC message (`application/grpc`) to `path` with `headers`.
+    pub async fn post_grpc(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/grpc");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(vec![0u8, 0, 0, 0, 0])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e:?}\n{}", self.diagnostics()))
+    }
+
     /// `GET path` with `headers`: (status, body).
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut req = self.client.get(self.url(path));
