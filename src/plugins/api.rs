@@ -121,6 +121,26 @@ impl BuildEnv<'_> {
     }
 }
 
+/// A request body chunk a [`Hooks::request_body`] hook sees (it derefs to the chunk).
+pub struct Chunk<'b> {
+    pub data: &'b mut Option<Bytes>,
+    /// The body ends with this chunk.
+    pub end_of_stream: bool,
+}
+
+impl std::ops::Deref for Chunk<'_> {
+    type Target = Option<Bytes>;
+    fn deref(&self) -> &Option<Bytes> {
+        self.data
+    }
+}
+
+impl std::ops::DerefMut for Chunk<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Bytes> {
+        self.data
+    }
+}
+
 /// The response head a [`Hooks::response`] hook edits (it derefs to it), and who made it.
 pub struct Answer<'r> {
     pub head: &'r mut ResponseHeader,
@@ -227,12 +247,7 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// `request_body_filter`, per chunk.
-    fn request_body(
-        &self,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        _ctx: &mut RequestCtx,
-    ) -> Result<BodyOutcome> {
+    fn request_body(&self, _body: &mut Chunk<'_>, _ctx: &mut RequestCtx) -> Result<BodyOutcome> {
         Ok(BodyOutcome::Continue)
     }
 

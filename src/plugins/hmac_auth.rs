@@ -22,7 +22,7 @@
 //! the filter holds back: `None` would end the upstream body.)
 
 use super::body_buf::Chunks;
-use super::{phase, BodyOutcome, Build, Hooks, Outcome, Reply};
+use super::{phase, BodyOutcome, Build, Chunk, Hooks, Outcome, Reply};
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use aws_lc_rs::hmac;
@@ -542,12 +542,7 @@ impl Hooks for HmacAuth {
         }
     }
 
-    fn request_body(
-        &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<BodyOutcome> {
+    fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome> {
         let Some(check) = ctx.plugins.hmac_auth.body.as_mut() else {
             return Ok(BodyOutcome::Continue);
         };
@@ -566,9 +561,9 @@ impl Hooks for HmacAuth {
             }
             check.held.push(b, 16 * 1024);
         }
-        if !end_of_stream {
+        if !body.end_of_stream {
             // Empty, not None: None would end the upstream body here.
-            *body = Some(Bytes::new());
+            *body.data = Some(Bytes::new());
             return Ok(BodyOutcome::Continue);
         }
         check.done = true;
@@ -580,7 +575,7 @@ impl Hooks for HmacAuth {
                 "hmac-auth: the request body does not match its digest",
             ));
         }
-        *body = Some(std::mem::take(&mut check.held).into_bytes());
+        *body.data = Some(std::mem::take(&mut check.held).into_bytes());
         Ok(BodyOutcome::Continue)
     }
 

@@ -49,7 +49,8 @@ mod chain;
 pub(crate) mod testing;
 
 pub use api::{
-    phase, AdminRequest, Answer, BodyOutcome, Build, BuildEnv, Explain, Hooks, Outcome, Reply,
+    phase, AdminRequest, Answer, BodyOutcome, Build, BuildEnv, Chunk, Explain, Hooks, Outcome,
+    Reply,
 };
 pub use chain::Chain;
 
@@ -230,14 +231,9 @@ macro_rules! plugin_table {
                 }
             }
 
-            fn request_body(
-                &self,
-                body: &mut Option<Bytes>,
-                end_of_stream: bool,
-                ctx: &mut RequestCtx,
-            ) -> Result<BodyOutcome> {
+            fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome> {
                 match self {
-                    $( Plugin::$variant(p) => p.request_body(body, end_of_stream, ctx), )*
+                    $( Plugin::$variant(p) => p.request_body(body, ctx), )*
                 }
             }
 

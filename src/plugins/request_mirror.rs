@@ -32,7 +32,7 @@
 //! is never recorded against any target's health, never counted in the `upstream_*` or
 //! request metrics, and takes nothing from a retry budget.
 
-use super::{phase, Build, Hooks, Outcome};
+use super::{phase, Build, Chunk, Hooks, Outcome};
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::observe::Finished;
@@ -511,8 +511,7 @@ impl Hooks for RequestMirror {
 
     fn request_body(
         &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        body: &mut Chunk<'_>,
         ctx: &mut RequestCtx,
     ) -> Result<super::BodyOutcome> {
         if ctx.plugins.request_mirror.is_none() {
@@ -551,7 +550,7 @@ impl Hooks for RequestMirror {
             }
             cap.chunks.push(b.clone());
         }
-        if end_of_stream {
+        if body.end_of_stream {
             if cap.len as u64 > limit {
                 // The gateway refuses this body (413): nothing went upstream whole.
                 cap.finished = true;
@@ -633,7 +632,14 @@ mod tests {
     fn chunk(p: &RequestMirror, c: &mut RequestCtx, b: &'static [u8], end: bool) {
         let mut body = Some(Bytes::from_static(b));
         assert_eq!(
-            p.request_body(&mut body, end, c).unwrap(),
+            p.request_body(
+                &mut Chunk {
+                    data: &mut body,
+                    end_of_stream: end
+                },
+                c
+            )
+            .unwrap(),
             BodyOutcome::Continue
         );
         assert_eq!(body.as_deref(), Some(b), "the body goes upstream untouched");

@@ -27,7 +27,7 @@ pub mod body;
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
-use crate::plugins::{phase, BodyOutcome, Build, Hooks, Outcome};
+use crate::plugins::{phase, BodyOutcome, Build, Chunk, Hooks, Outcome};
 use body::{BodyRules, JsonConfig};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -835,12 +835,7 @@ impl Hooks for RequestTransformer {
     }
     /// `request_body_filter`: a body read and rewritten in `request_filter` goes to every
     /// upstream attempt as rewritten ([`body::replay`]).
-    fn request_body(
-        &self,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<BodyOutcome> {
+    fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome> {
         Ok(if body::replay(body, ctx) {
             BodyOutcome::Supplied
         } else {
