@@ -18,7 +18,7 @@ use gatehouse::ctx::RequestCtx;
 use gatehouse::ctx::Runtime;
 use gatehouse::plugins::request_transformer::RequestTransformer;
 use gatehouse::plugins::response_transformer::ResponseTransformer;
-use gatehouse::plugins::{Hooks, Plugin};
+use gatehouse::plugins::{Answer, Hooks, Plugin};
 use gatehouse::upstream::StateRegistry;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::fmt::Write;
@@ -196,7 +196,14 @@ fn headers(c: &mut Criterion) {
         b.iter_batched(
             response,
             |mut r| {
-                p.response(&mut r, &mut ctx, false).unwrap();
+                p.response(
+                    &mut Answer {
+                        head: &mut r,
+                        gateway_made: false,
+                    },
+                    &mut ctx,
+                )
+                .unwrap();
                 r
             },
             BatchSize::SmallInput,

@@ -220,6 +220,19 @@ impl<'a> Cfg<'a> {
     fn sub(&mut self, k: &str) -> Cfg<'a> {
         Cfg::new(self.get(k))
     }
+    /// [`Cfg::finish`] for an auth plugin whose `realm` gatehouse does not take, after
+    /// reporting `anonymous`: there is no anonymous consumer, a request without a valid
+    /// `credential` gets 401.
+    fn finish_auth(&mut self, credential: &str, path: &str, n: &mut Notes, cm: &mut Vec<String>) {
+        if self.get("anonymous").is_some() {
+            cm.push(n.add(
+                &format!("{path}.anonymous"),
+                format!("anonymous consumers are not supported: a request without a valid {credential} gets 401"),
+            ));
+        }
+        self.finish(&[("realm", "null")], path, n, cm);
+    }
+
     /// Reports keys not read whose value is not Kong's default.
     fn finish(&self, defaults: &[(&str, &str)], path: &str, n: &mut Notes, cm: &mut Vec<String>) {
         let Some(m) = self.m else { return };
@@ -1447,13 +1460,7 @@ fn map_plugin(
             if c.bool("run_on_preflight") == Some(false) {
                 o.put("run_on_preflight", Y::Bool(false));
             }
-            if c.get("anonymous").is_some() {
-                cm.push(n.add(
-                    &format!("{cp}.anonymous"),
-                    "anonymous consumers are not supported: a request without a valid key gets 401",
-                ));
-            }
-            c.finish(&[("realm", "null")], &cp, n, cm);
+            c.finish_auth("key", &cp, n, cm);
             Some("key-auth")
         }
         "jwt" => {
@@ -1503,13 +1510,7 @@ fn map_plugin(
                     "a cap on token lifetime is not supported",
                 ));
             }
-            if c.get("anonymous").is_some() {
-                cm.push(n.add(
-                    &format!("{cp}.anonymous"),
-                    "anonymous consumers are not supported: a request without a valid token gets 401",
-                ));
-            }
-            c.finish(&[("realm", "null")], &cp, n, cm);
+            c.finish_auth("token", &cp, n, cm);
             Some("jwt")
         }
         "acl" => {

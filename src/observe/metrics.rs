@@ -493,26 +493,34 @@ impl RouteMetrics {
         h.observe(secs);
     }
 
+    /// The label values (method, route, status, service) of the series `key` names.
+    fn with_labels<R>(&self, key: u32, f: impl FnOnce(&[&str; 4]) -> R) -> R {
+        let method = METHODS
+            .get((key >> 16) as usize)
+            .copied()
+            .unwrap_or("OTHER");
+        let status = (key & 0xffff).to_string();
+        f(&[
+            method,
+            self.route.as_str(),
+            status.as_str(),
+            self.service.as_str(),
+        ])
+    }
+
     fn child(&self, key: u32) -> (IntCounter, Histogram) {
         let _g = self.grow.lock();
         let cur = self.cache.load_full();
         if let Ok(i) = cur.binary_search_by_key(&key, |e| e.0) {
             return (cur[i].1.requests.clone(), cur[i].1.duration.clone());
         }
-        let method = METHODS
-            .get((key >> 16) as usize)
-            .copied()
-            .unwrap_or("OTHER");
-        let status = (key & 0xffff).to_string();
-        let labels = [
-            method,
-            self.route.as_str(),
-            status.as_str(),
-            self.service.as_str(),
-        ];
         let m = metrics();
-        let requests = m.requests.with_label_values(&labels);
-        let duration = m.request_duration.with_label_values(&labels);
+        let (requests, duration) = self.with_labels(key, |labels| {
+            (
+                m.requests.with_label_values(labels),
+                m.request_duration.with_label_values(labels),
+            )
+        });
         let mut next: Vec<(u32, RequestHandles)> = cur
             .iter()
             .map(|(k, h)| {
@@ -540,19 +548,10 @@ impl RouteMetrics {
     fn remove_series(&self) {
         let m = metrics();
         for (key, _) in self.cache.load().iter() {
-            let method = METHODS
-                .get((key >> 16) as usize)
-                .copied()
-                .unwrap_or("OTHER");
-            let status = (key & 0xffff).to_string();
-            let labels = [
-                method,
-                self.route.as_str(),
-                status.as_str(),
-                self.service.as_str(),
-            ];
-            let _ = m.requests.remove_label_values(&labels);
-            let _ = m.request_duration.remove_label_values(&labels);
+            self.with_labels(*key, |labels| {
+                let _ = m.requests.remove_label_values(labels);
+                let _ = m.request_duration.remove_label_values(labels);
+            });
         }
         for o in self.others.load().iter() {
             o.remove_series();

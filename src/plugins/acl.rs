@@ -4,15 +4,14 @@
 //! by spaces or commas), otherwise from the consumer's `roles` (key-auth). No role matching:
 //! 403 `forbidden`; no authenticated consumer at all: 401 `unauthorized`.
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::ctx::RequestCtx;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     allow_roles: Option<Vec<String>>,
     roles_claim: String,
 }
@@ -73,13 +72,9 @@ impl Hooks for Acl {
     type State = ();
     const PHASES: u32 = phase::REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let Some(allow) = cfg.allow_roles else {
             c.error(
                 &format!("{path}.config.allow_roles"),

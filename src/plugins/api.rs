@@ -40,6 +40,7 @@ use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::services::ServiceWithDependents;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -120,6 +121,59 @@ impl BuildEnv<'_> {
     }
 }
 
+/// A request body chunk a [`Hooks::request_body`] hook sees (it derefs to the chunk).
+pub struct Chunk<'b> {
+    pub data: &'b mut Option<Bytes>,
+    /// The body ends with this chunk.
+    pub end_of_stream: bool,
+}
+
+impl std::ops::Deref for Chunk<'_> {
+    type Target = Option<Bytes>;
+    fn deref(&self) -> &Option<Bytes> {
+        self.data
+    }
+}
+
+impl std::ops::DerefMut for Chunk<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Bytes> {
+        self.data
+    }
+}
+
+/// The response head a [`Hooks::response`] hook edits (it derefs to it), and who made it.
+pub struct Answer<'r> {
+    pub head: &'r mut ResponseHeader,
+    /// The gateway answered itself (an error, a preflight, a cache hit's stand-in): there
+    /// is no upstream response behind this head.
+    pub gateway_made: bool,
+}
+
+impl std::ops::Deref for Answer<'_> {
+    type Target = ResponseHeader;
+    fn deref(&self) -> &ResponseHeader {
+        self.head
+    }
+}
+
+impl std::ops::DerefMut for Answer<'_> {
+    fn deref_mut(&mut self) -> &mut ResponseHeader {
+        self.head
+    }
+}
+
+/// What [`Hooks::build`] works with besides the typed config.
+pub struct Build<'x, 'a> {
+    /// Takes the errors, each with its YAML path.
+    pub c: &'x mut Compiler<'a>,
+    /// The entry's YAML path, such as `routes[2].plugins[0]`.
+    pub path: &'x str,
+    pub env: &'x BuildEnv<'x>,
+    /// The entry's `config` as written: for a plugin whose state survives reloads only while
+    /// its entry says exactly the same (the registry identity).
+    pub raw: Option<&'x serde_yaml::Value>,
+}
+
 /// A request to an admin endpoint a plugin declared ([`Hooks::ADMIN_ENDPOINTS`]), after the
 /// admin API's own checks (Host, `Origin`, `admin.token`); the body is read and bounded.
 #[derive(Debug)]
@@ -194,14 +248,13 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
     /// The hooks this plugin implements ([`phase`] bits).
     const PHASES: u32;
 
-    /// Builds the plugin from its YAML entry (`path`: the entry's YAML path, such as
-    /// `routes[2].plugins[0]`); errors go to `c` with their path.
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self>;
+    /// The plugin's typed `config` (serde, `deny_unknown_fields`; an absent or null `config`
+    /// is the `Default`). The table deserializes it, with the YAML path of a bad key, before
+    /// [`Hooks::build`] runs.
+    type Config: DeserializeOwned + Default;
+
+    /// Builds the plugin from its typed config; errors go to `b.c` under `b.path`.
+    fn build(b: Build<'_, '_>, cfg: Self::Config) -> Option<Self>;
 
     /// Headers this plugin writes into the upstream request that identify the caller
     /// (forward-auth's `upstream_headers`): a client may not send them, and the cache keys on
@@ -216,12 +269,7 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// `request_body_filter`, per chunk.
-    fn request_body(
-        &self,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        _ctx: &mut RequestCtx,
-    ) -> Result<BodyOutcome> {
+    fn request_body(&self, _body: &mut Chunk<'_>, _ctx: &mut RequestCtx) -> Result<BodyOutcome> {
         Ok(BodyOutcome::Continue)
     }
 
@@ -230,14 +278,9 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
         Ok(())
     }
 
-    /// `response_filter` (`gateway_made: false`) and every answer the gateway makes itself
-    /// (`true`).
-    fn response(
-        &self,
-        _resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    /// `response_filter` and every answer the gateway makes itself
+    /// ([`Answer::gateway_made`]).
+    fn response(&self, _resp: &mut Answer<'_>, _ctx: &mut RequestCtx) -> Result<()> {
         Ok(())
     }
 

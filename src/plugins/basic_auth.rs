@@ -18,7 +18,7 @@
 //! before proxying.
 
 use super::ttl_cache::TtlCache;
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
@@ -43,7 +43,7 @@ const MAX_DECODED: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// Shown in `WWW-Authenticate: Basic realm="…"`.
     realm: String,
     hide_credentials: bool,
@@ -273,27 +273,30 @@ impl BasicAuth {
     }
 }
 
+/// Checks a `realm` (of basic-auth, hmac-auth): it goes into `WWW-Authenticate` as a quoted
+/// string, so non-empty printable ASCII without '"' or '\'; an error at `{path}.config.realm`.
+pub(crate) fn realm_ok(c: &mut Compiler, path: &str, realm: &str) -> bool {
+    let ok = !realm.is_empty()
+        && realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if !ok {
+        c.error(
+            &format!("{path}.config.realm"),
+            "must be non-empty printable ASCII without '\"' or '\\'",
+        );
+    }
+    ok
+}
+
 impl Hooks for BasicAuth {
     type State = ();
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
-        let realm_ok = !cfg.realm.is_empty()
-            && cfg
-                .realm
-                .bytes()
-                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-        if !realm_ok {
-            c.error(
-                &format!("{path}.config.realm"),
-                "must be non-empty printable ASCII without '\"' or '\\'",
-            );
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
+        if !realm_ok(c, path, &cfg.realm) {
             return None;
         }
         let realm_header = HeaderValue::from_str(&format!("Basic realm=\"{}\"", cfg.realm)).ok()?;

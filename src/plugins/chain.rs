@@ -2,7 +2,7 @@
 //! per-phase loops the gateway hooks call. Each loop first checks the chain's union of
 //! [`phase`] bits, so a phase no plugin of the chain serves costs one branch.
 
-use super::api::{phase, BodyOutcome, Outcome, Reply};
+use super::api::{phase, Answer, BodyOutcome, Chunk, Outcome, Reply};
 use super::Plugin;
 use crate::ctx::RequestCtx;
 use crate::observe::Finished;
@@ -94,8 +94,12 @@ impl Chain {
     ) -> Result<BodyOutcome> {
         let mut outcome = BodyOutcome::Continue;
         if self.has(phase::REQUEST_BODY) {
+            let mut chunk = Chunk {
+                data: body,
+                end_of_stream,
+            };
             for p in self.with(phase::REQUEST_BODY) {
-                if p.request_body(body, end_of_stream, ctx)? == BodyOutcome::Supplied {
+                if p.request_body(&mut chunk, ctx)? == BodyOutcome::Supplied {
                     outcome = BodyOutcome::Supplied;
                 }
             }
@@ -124,14 +128,18 @@ impl Chain {
         if !self.has(phase::RESPONSE) {
             return Ok(());
         }
+        let mut answer = Answer {
+            head: resp,
+            gateway_made,
+        };
         for p in self.with(phase::RESPONSE) {
             if p.phases() & phase::RESPONSE_LAST == 0 {
-                p.response(resp, ctx, gateway_made)?;
+                p.response(&mut answer, ctx)?;
             }
         }
         if self.has(phase::RESPONSE_LAST) {
             for p in self.with(phase::RESPONSE_LAST) {
-                p.response(resp, ctx, gateway_made)?;
+                p.response(&mut answer, ctx)?;
             }
         }
         Ok(())

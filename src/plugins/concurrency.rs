@@ -4,8 +4,7 @@
 //! the request context (`RequestCtx::plugins.concurrency`): released when the request ends,
 //! whether it was answered, failed or abandoned by the client.
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::ctx::RequestCtx;
 use crate::limits::{self, ConcurrencyGuard, ConcurrencyStore, KeyBuf};
 use crate::observe::Finished;
@@ -24,7 +23,7 @@ enum LimitBy {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     max: u32,
     limit_by: LimitBy,
 }
@@ -58,13 +57,9 @@ impl Hooks for Concurrency {
     type State = Option<ConcurrencyGuard>;
     const PHASES: u32 = phase::REQUEST | phase::LOGGING;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         if cfg.max == 0 {
             c.error(&format!("{path}.config.max"), "must be at least 1");
             return None;

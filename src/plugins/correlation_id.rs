@@ -3,19 +3,18 @@
 //! Every request has an id with or without this plugin (see `request::begin`); the plugin
 //! only decides where it travels.
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
 use crate::request::valid_request_id;
 use http::HeaderName;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     header_name: String,
     echo_downstream: bool,
 }
@@ -39,13 +38,9 @@ impl Hooks for CorrelationId {
     type State = ();
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST | phase::RESPONSE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let Ok(header) = HeaderName::from_bytes(cfg.header_name.as_bytes()) else {
             c.error(&format!("{path}.config.header_name"), "invalid header name");
             return None;
@@ -73,12 +68,7 @@ impl Hooks for CorrelationId {
         Ok(())
     }
 
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         if self.echo {
             resp.insert_header(self.header.clone(), ctx.request_id.as_str())?;
         }

@@ -23,7 +23,7 @@
 //! A route restricted with `methods` must list `OPTIONS` for its preflights to reach this
 //! plugin (otherwise the preflight gets the router's 405), as in Kong (which answers 404).
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
+use super::{phase, Answer, Build, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use http::header::{
@@ -39,7 +39,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     origins: Option<Vec<String>>,
     methods: Vec<String>,
     headers: Vec<String>,
@@ -130,13 +130,9 @@ impl Hooks for Cors {
     type State = ();
     const PHASES: u32 = phase::REQUEST | phase::RESPONSE | phase::RESPONSE_LAST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let op = format!("{path}.config.origins");
         let Some(list) = cfg.origins else {
             c.error(
@@ -264,13 +260,8 @@ impl Hooks for Cors {
         Outcome::Respond(reply)
     }
     /// `response_filter` and gateway-made answers: the headers of an actual response.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if !gateway_made {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if !resp.gateway_made {
             resp.remove_header(&ACCESS_CONTROL_ALLOW_ORIGIN);
             resp.remove_header(&ACCESS_CONTROL_ALLOW_CREDENTIALS);
             resp.remove_header(&ACCESS_CONTROL_EXPOSE_HEADERS);

@@ -20,7 +20,7 @@
 //! hold scripts). A body is at most [`MAX_BODY`] bytes.
 
 use super::held_body::HeldBody;
-use super::{phase, BuildEnv, Hooks, Outcome};
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use bytes::{Bytes, BytesMut};
@@ -66,7 +66,7 @@ impl<'de> Deserialize<'de> for Key {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     responses: BTreeMap<Key, RawResponse>,
     upstream: bool,
 }
@@ -218,13 +218,9 @@ impl Hooks for ErrorResponses {
     type State = Pending;
     const PHASES: u32 = phase::REQUEST | phase::RESPONSE | phase::HAND_OFF | phase::GATEWAY_BODY;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let cp = format!("{path}.config");
         if cfg.responses.is_empty() {
             c.error(
@@ -310,13 +306,11 @@ impl Hooks for ErrorResponses {
     /// `response_filter` for upstream (and cached) answers with `upstream: true`. Only an
     /// answer that has a body is replaced (Content-Length above 0, or chunked): Pingora sends
     /// a body-less head as complete, with no body phase to put one in.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if gateway_made || !self.upstream || !matches!(ctx.plugins.error_responses, Pending::None) {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.gateway_made
+            || !self.upstream
+            || !matches!(ctx.plugins.error_responses, Pending::None)
+        {
             return Ok(());
         }
         let status = resp.status.as_u16();

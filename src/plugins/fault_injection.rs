@@ -5,7 +5,7 @@
 //! clients) through the ordinary refusal path, without contacting the upstream. Each
 //! injected fault is counted in `fault_injections_total{route,kind}`.
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
@@ -23,7 +23,7 @@ const MESSAGE: &str = "Fault injected by the gateway";
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     abort: Option<AbortConfig>,
     delay: Option<DelayConfig>,
     #[serde(rename = "match")]
@@ -124,13 +124,9 @@ impl Hooks for FaultInjection {
     type State = ();
     const PHASES: u32 = phase::REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let p = format!("{path}.config");
         if cfg.abort.is_none() && cfg.delay.is_none() {
             c.error(&p, "needs an abort or a delay");

@@ -22,8 +22,7 @@
 //! the filter holds back: `None` would end the upstream body.)
 
 use super::body_buf::Chunks;
-use super::{phase, BodyOutcome, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, BodyOutcome, Build, Chunk, Hooks, Outcome, Reply};
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use aws_lc_rs::hmac;
@@ -52,7 +51,7 @@ const MAX_SIG: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// Seconds a request's date may differ from the gateway's clock.
     clock_skew: u64,
     algorithms: Vec<String>,
@@ -447,13 +446,9 @@ impl Hooks for HmacAuth {
     type State = State;
     const PHASES: u32 = phase::REQUEST | phase::REQUEST_BODY | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let mut allowed = [false; 4];
         let mut ok = true;
         for (i, a) in cfg.algorithms.iter().enumerate() {
@@ -477,17 +472,8 @@ impl Hooks for HmacAuth {
             ok = false;
             c.error(&format!("{path}.config.algorithms"), "must not be empty");
         }
-        let realm_ok = !cfg.realm.is_empty()
-            && cfg
-                .realm
-                .bytes()
-                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-        if !realm_ok {
+        if !super::basic_auth::realm_ok(c, path, &cfg.realm) {
             ok = false;
-            c.error(
-                &format!("{path}.config.realm"),
-                "must be non-empty printable ASCII without '\"' or '\\'",
-            );
         }
         let mut enforce_headers = Vec::new();
         for (i, h) in cfg.enforce_headers.iter().enumerate() {
@@ -563,12 +549,7 @@ impl Hooks for HmacAuth {
         }
     }
 
-    fn request_body(
-        &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<BodyOutcome> {
+    fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome> {
         let Some(check) = ctx.plugins.hmac_auth.body.as_mut() else {
             return Ok(BodyOutcome::Continue);
         };
@@ -587,9 +568,9 @@ impl Hooks for HmacAuth {
             }
             check.held.push(b, 16 * 1024);
         }
-        if !end_of_stream {
+        if !body.end_of_stream {
             // Empty, not None: None would end the upstream body here.
-            *body = Some(Bytes::new());
+            *body.data = Some(Bytes::new());
             return Ok(BodyOutcome::Continue);
         }
         check.done = true;
@@ -601,7 +582,7 @@ impl Hooks for HmacAuth {
                 "hmac-auth: the request body does not match its digest",
             ));
         }
-        *body = Some(std::mem::take(&mut check.held).into_bytes());
+        *body.data = Some(std::mem::take(&mut check.held).into_bytes());
         Ok(BodyOutcome::Continue)
     }
 

@@ -2,7 +2,7 @@
 //! the X-Forwarded-For client behind `server.trusted_proxies`). Deny wins; with an allow list,
 //! everything else is refused. 403 `ip_forbidden`.
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::ctx::RequestCtx;
 use ipnet::IpNet;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     allow: Vec<String>,
     deny: Vec<String>,
 }
@@ -53,13 +53,9 @@ impl Hooks for IpRestriction {
     type State = ();
     const PHASES: u32 = phase::REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         if cfg.allow.is_empty() && cfg.deny.is_empty() {
             c.error(&format!("{path}.config"), "needs an allow or a deny list");
             return None;

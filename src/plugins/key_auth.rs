@@ -9,8 +9,7 @@
 //! removed for every route in `forward::rewrite_request`); with `hide_credentials` the key
 //! header and query parameter are stripped before proxying.
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::ctx::RequestCtx;
 use crate::util::form;
 use http::{HeaderName, HeaderValue};
@@ -25,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     key_names: Vec<String>,
     /// `null` or `""` switches the query parameter off.
     query_param: Option<String>,
@@ -171,13 +170,9 @@ impl Hooks for KeyAuth {
     type State = ();
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let mut key_names = Vec::new();
         for (i, n) in cfg.key_names.iter().enumerate() {
             match HeaderName::from_bytes(n.as_bytes()) {

@@ -2,9 +2,9 @@
 //! whatever their order in the file. A route entry replaces a global entry of the same name;
 //! `enabled: false` on a route switches a global one off.
 //!
-//! A plugin is a module (a folder when it is large) with a typed config (deserialized from the
-//! YAML `config` value by [`Compiler::plugin_config`], with path-aware errors) and an impl of
-//! [`Hooks`], the plugin interface ([`api`]: one hook per Pingora phase, no-op defaults), plus
+//! A plugin is a module (a folder when it is large) with a typed config ([`Hooks::Config`],
+//! deserialized from the YAML `config` value by [`Compiler::plugin_config`] with path-aware
+//! errors before [`Hooks::build`] runs) and an impl of [`Hooks`], the plugin interface ([`api`]: one hook per Pingora phase, no-op defaults), plus
 //! one line in the table below. The table generates the [`Plugin`] enum, [`ORDER`], `name()`,
 //! [`build`], every hook's dispatch (a `match`: no boxed futures, no dynamic lookup on the
 //! hot path), the per-request state struct [`PluginStates`] (`RequestCtx::plugins`) and the
@@ -49,7 +49,8 @@ mod chain;
 pub(crate) mod testing;
 
 pub use api::{
-    phase, AdminRequest, BodyOutcome, BuildEnv, Explain, HeaderEdit, Hooks, Outcome, Reply,
+    phase, AdminRequest, Answer, BodyOutcome, Build, BuildEnv, Chunk, Explain, HeaderEdit, Hooks,
+    Outcome, Reply,
 };
 pub use chain::Chain;
 
@@ -99,7 +100,7 @@ macro_rules! plugin_table {
             env: &BuildEnv,
         ) -> Option<Plugin> {
             match name {
-                $( $name => <$module::$ty as Hooks>::build(c, path, config, env).map(Plugin::$variant), )*
+                $( $name => build_one(c, path, config, env).map(Plugin::$variant), )*
                 _ => {
                     c.error(
                         &format!("{path}.name"),
@@ -230,14 +231,9 @@ macro_rules! plugin_table {
                 }
             }
 
-            fn request_body(
-                &self,
-                body: &mut Option<Bytes>,
-                end_of_stream: bool,
-                ctx: &mut RequestCtx,
-            ) -> Result<BodyOutcome> {
+            fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome> {
                 match self {
-                    $( Plugin::$variant(p) => p.request_body(body, end_of_stream, ctx), )*
+                    $( Plugin::$variant(p) => p.request_body(body, ctx), )*
                 }
             }
 
@@ -247,14 +243,9 @@ macro_rules! plugin_table {
                 }
             }
 
-            fn response(
-                &self,
-                resp: &mut ResponseHeader,
-                ctx: &mut RequestCtx,
-                gateway_made: bool,
-            ) -> Result<()> {
+            fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
                 match self {
-                    $( Plugin::$variant(p) => Hooks::response(p, resp, ctx, gateway_made), )*
+                    $( Plugin::$variant(p) => Hooks::response(p, resp, ctx), )*
                 }
             }
 
@@ -377,6 +368,18 @@ macro_rules! plugin_table {
             }
         }
     };
+}
+
+/// One plugin of type `P` from its entry: the typed config first (its errors at the bad
+/// key's path), then `P`'s own checks.
+fn build_one<P: Hooks>(
+    c: &mut Compiler,
+    path: &str,
+    raw: Option<&serde_yaml::Value>,
+    env: &BuildEnv,
+) -> Option<P> {
+    let cfg = c.plugin_config(path, raw)?;
+    P::build(Build { c, path, env, raw }, cfg)
 }
 
 // The one table: name => enum variant (module::type), in execution order.

@@ -15,8 +15,7 @@
 //! dropped). Outcomes are counted in `mtls_auth_requests_total{route,outcome}` through
 //! handles resolved when the config is installed.
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::ctx::{RequestCtx, Runtime};
 use crate::model::MtlsCredential;
 use crate::util::dn;
@@ -35,7 +34,7 @@ use std::sync::OnceLock;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// Sends the verified certificate's subject (RFC 4514) upstream in this header.
     upstream_header: Option<String>,
     /// Kong's key (as key-auth's): `false` lets CORS preflights through unauthenticated.
@@ -211,13 +210,9 @@ impl Hooks for MtlsAuth {
     type State = ();
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         if !env.client_auth {
             c.error(
                 &format!("{path}.name"),

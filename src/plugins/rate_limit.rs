@@ -14,7 +14,7 @@
 //! window. Redis down or slower than `redis.timeout`: `fault_tolerant: true` lets the
 //! request through (counted in `rate_limit_backend_errors_total`), `false` answers 503.
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
+use super::{phase, Answer, Build, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
@@ -22,7 +22,7 @@ use crate::limits::{
     self, BackendError, Decision, KeyBuf, Limits, LocalStore, RedisBackend, TokenBucket,
 };
 use http::{HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -232,7 +232,7 @@ impl RedisConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     second: Option<u64>,
     minute: Option<u64>,
     hour: Option<u64>,
@@ -444,13 +444,9 @@ impl Hooks for RateLimit {
     type State = Option<limits::RateLimitStatus>;
     const PHASES: u32 = phase::REQUEST | phase::RESPONSE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let cp = format!("{path}.config");
         let mut ok = true;
         let windows = [cfg.second, cfg.minute, cfg.hour, cfg.day];
@@ -639,12 +635,7 @@ impl Hooks for RateLimit {
         self.check_request(session.req_header(), ctx).await
     }
     /// `X-RateLimit-*` and `RateLimit-Policy` on every response, gateway-made ones too.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         if self.hide_client_headers {
             return Ok(());
         }

@@ -32,8 +32,7 @@
 //! is never recorded against any target's health, never counted in the `upstream_*` or
 //! request metrics, and takes nothing from a retry budget.
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Chunk, Hooks, Outcome};
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::observe::Finished;
@@ -67,7 +66,7 @@ const MAX_INFORMATIONAL: usize = 4;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     upstream: String,
     sample: f64,
     timeout: Dur,
@@ -414,13 +413,9 @@ impl Hooks for RequestMirror {
     const PHASES: u32 =
         phase::REQUEST | phase::UPSTREAM_REQUEST | phase::REQUEST_BODY | phase::LOGGING;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let p = format!("{path}.config");
         let errors = c.error_count();
         if !(0.0..=1.0).contains(&cfg.sample) {
@@ -516,8 +511,7 @@ impl Hooks for RequestMirror {
 
     fn request_body(
         &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        body: &mut Chunk<'_>,
         ctx: &mut RequestCtx,
     ) -> Result<super::BodyOutcome> {
         if ctx.plugins.request_mirror.is_none() {
@@ -556,7 +550,7 @@ impl Hooks for RequestMirror {
             }
             cap.chunks.push(b.clone());
         }
-        if end_of_stream {
+        if body.end_of_stream {
             if cap.len as u64 > limit {
                 // The gateway refuses this body (413): nothing went upstream whole.
                 cap.finished = true;
@@ -638,7 +632,14 @@ mod tests {
     fn chunk(p: &RequestMirror, c: &mut RequestCtx, b: &'static [u8], end: bool) {
         let mut body = Some(Bytes::from_static(b));
         assert_eq!(
-            p.request_body(&mut body, end, c).unwrap(),
+            p.request_body(
+                &mut Chunk {
+                    data: &mut body,
+                    end_of_stream: end
+                },
+                c
+            )
+            .unwrap(),
             BodyOutcome::Continue
         );
         assert_eq!(body.as_deref(), Some(b), "the body goes upstream untouched");

@@ -2,8 +2,7 @@
 //! before connecting upstream when Content-Length says so; a chunked body is cut off as it
 //! crosses the limit (the gateway's body filter enforces `ctx.body_limit`).
 
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use pingora::proxy::Session;
@@ -11,7 +10,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     allowed_payload_size: ByteSize,
 }
 
@@ -32,13 +31,9 @@ impl Hooks for RequestSizeLimiting {
     type State = ();
     const PHASES: u32 = phase::REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(_: Build<'_, '_>, cfg: Config) -> Option<Self> {
         Some(RequestSizeLimiting {
             limit: cfg.allowed_payload_size.0,
         })

@@ -44,11 +44,10 @@ use super::json_rewrite::{self, Envelope, JsonRules};
 use super::request_transformer::{
     header_names, header_pairs_in, header_renames, split_entry, HeaderOps, Scope,
 };
-use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
 use crate::ctx::Runtime;
-use crate::plugins::{phase, BuildEnv, Hooks, Outcome};
+use crate::plugins::{phase, Answer, Build, Hooks, Outcome};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use once_cell::sync::Lazy;
@@ -272,7 +271,7 @@ impl Default for EnvelopeCfg {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     add: HeadersOnly,
     remove: HeadersAndJson,
     rename: HeadersAndJson,
@@ -362,13 +361,9 @@ impl Hooks for ResponseTransformer {
     const PHASES: u32 =
         phase::REQUEST | phase::UPSTREAM_REQUEST | phase::RESPONSE | phase::HAND_OFF;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let p = |op: &str, kind: &str| format!("{path}.config.{op}.{kind}");
         let headers = HeaderOps {
             remove: header_names(c, &p("remove", "headers"), &cfg.remove.headers),
@@ -449,16 +444,11 @@ impl Hooks for ResponseTransformer {
         Ok(())
     }
     /// `response_filter`: header rules, and the decision to rewrite the body.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if gateway_made {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.gateway_made {
             return Ok(());
         }
-        self.headers.apply(resp, ctx)?;
+        self.headers.apply(resp.head, ctx)?;
         if !self.body || matches!(ctx.plugins.response_transformer, BodyState::Head) {
             return Ok(());
         }

@@ -2,18 +2,16 @@
 //! headers to every response and, with `hide_server`, removes the upstream's `Server` and
 //! `X-Powered-By`.
 
-use super::{phase, BuildEnv, Hooks};
-use crate::config::diag::Compiler;
+use super::{phase, Answer, Build, Hooks};
 use crate::ctx::RequestCtx;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     headers: BTreeMap<String, String>,
     hide_server: bool,
 }
@@ -40,13 +38,9 @@ impl Hooks for SecurityHeaders {
     type State = ();
     const PHASES: u32 = phase::RESPONSE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
             match (
@@ -65,12 +59,7 @@ impl Hooks for SecurityHeaders {
             hide_server: cfg.hide_server,
         })
     }
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, _ctx: &mut RequestCtx) -> Result<()> {
         if self.hide_server {
             resp.remove_header(&http::header::SERVER);
             resp.remove_header("x-powered-by");

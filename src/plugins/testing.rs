@@ -55,7 +55,7 @@ pub(crate) fn ctx(rt: &Arc<Runtime>) -> RequestCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::{phase, Hooks, Outcome, Plugin};
+    use crate::plugins::{phase, Answer, Hooks, Outcome, Plugin};
     use pingora::http::{RequestHeader, ResponseHeader};
 
     fn plugin(rt: &Runtime, i: usize) -> &Plugin {
@@ -81,7 +81,14 @@ mod tests {
         p.upstream_request(&mut up, &ctx).unwrap();
         assert_eq!(up.headers["x-correlation-id"], "abc-123");
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        p.response(&mut resp, &mut ctx, false).unwrap();
+        p.response(
+            &mut Answer {
+                head: &mut resp,
+                gateway_made: false,
+            },
+            &mut ctx,
+        )
+        .unwrap();
         assert_eq!(resp.headers["x-correlation-id"], "abc-123");
         // An invalid incoming id is not taken.
         let mut s = session("GET /a HTTP/1.1\nHost: x\nX-Correlation-ID: a b").await;

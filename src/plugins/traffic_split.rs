@@ -14,13 +14,13 @@
 //! names no upstream of the rule (forged, stale after a config change, or a side whose
 //! weight became 0) is ignored and replaced.
 
-use super::{phase, BuildEnv, Hooks, Outcome};
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::config::diag::Compiler;
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 use crate::upstream::Upstream;
 use http::{HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -36,7 +36,7 @@ const MAX_UPSTREAMS: usize = 255;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     rules: Vec<RuleConfig>,
     sticky: Option<StickyConfig>,
 }
@@ -277,13 +277,9 @@ impl Hooks for TrafficSplit {
     type State = Pending;
     const PHASES: u32 = phase::REQUEST | phase::RESPONSE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let p = format!("{path}.config");
         let errors = c.error_count();
         if cfg.rules.is_empty() {
@@ -403,12 +399,7 @@ impl Hooks for TrafficSplit {
 
     /// The side a weighted rule picked goes back in the sticky cookie (also on an error
     /// answer: the client stays where it is).
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         if let Some((ri, si)) = ctx.plugins.traffic_split.take() {
             if let Some(side) = self
                 .rules

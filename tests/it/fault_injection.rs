@@ -84,33 +84,22 @@ async fn abort_answers_json_error_only_for_matching_requests_without_upstream() 
     assert_eq!(a.hits(), 2, "an aborted request never reaches the upstream");
 
     // A gRPC client gets a gRPC status (UNAVAILABLE for 503), HTTP 200, no body.
-    let r = gw
-        .client
-        .post(gw.url("/c"))
-        .header("x-chaos", "on")
-        .header("content-type", "application/grpc")
-        .body(vec![0u8, 0, 0, 0, 0])
-        .send()
-        .await
-        .unwrap();
+    let r = gw.post_grpc("/c", &[("x-chaos", "on")]).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["grpc-status"].to_str().unwrap(), "14");
     assert!(r.bytes().await.unwrap().is_empty());
     assert_eq!(a.hits(), 2);
 
+    // Both kinds' series exist from the start.
     let m = gw.metrics_text().await;
-    let aborts = metric(
-        &m,
-        "fault_injections_total",
-        &[("route", "chaos"), ("kind", "abort")],
-    );
-    assert_eq!(aborts, Some(2.0), "{m}");
-    let delays = metric(
-        &m,
-        "fault_injections_total",
-        &[("route", "chaos"), ("kind", "delay")],
-    );
-    assert_eq!(delays, Some(0.0), "series exist from the start");
+    for (kind, n) in [("abort", 2.0), ("delay", 0.0)] {
+        let labels = [("route", "chaos"), ("kind", kind)];
+        assert_eq!(
+            metric(&m, "fault_injections_total", &labels),
+            Some(n),
+            "{kind}\n{m}"
+        );
+    }
 }
 
 #[tokio::test]

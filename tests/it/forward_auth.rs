@@ -5,7 +5,7 @@ use crate::common;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Request, Response};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,12 +61,7 @@ async fn decide(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
+    let body = body_bytes(req).await;
     st.seen.lock().unwrap().push(Recorded {
         method,
         path: uri.clone(),

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Request, Response};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -120,12 +120,7 @@ async fn introspect(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
+    let body = body_bytes(req).await;
     let form = parse_form(&body);
     *st.last_form.lock().unwrap() = form.clone();
     let json = |status: u16, body: String| {
@@ -244,6 +239,25 @@ fn plugin(endpoint: &str, extra: &str) -> String {
     )
 }
 
+/// A client_secret_basic endpoint that answers `token` as active for alice (sub `u-1`,
+/// scope `read`), expiring in `exp_in` seconds.
+fn alice_endpoint(token: &str, exp_in: u64) -> Endpoint {
+    let ep = Endpoint::start(ClientAuth::Basic);
+    ep.answer(token, active("alice", "u-1", "read", exp_in));
+    ep
+}
+
+/// A gateway config with upstream `u` (`up`) and route `api` (`/api`) guarded by
+/// oauth2-introspection on `endpoint` with `extra` config lines.
+fn api_on(up: &Backend, endpoint: &str, extra: &str) -> Cfg {
+    Cfg::new().upstream("u", &[target(up)], "").route(
+        "api",
+        &["/api"],
+        "u",
+        &plugin(endpoint, extra),
+    )
+}
+
 const CONSUMERS: &str = "consumers:\n  - username: alice\n    roles: [reader]\n";
 
 async fn get(gw: &Gateway, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -287,14 +301,7 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
     ep.answer("tok-alice", active("alice", "u-1", "read write", 300));
     ep.answer("tok-bob", active("bob", "u-2", "read", 300));
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep.url(), "required_scopes: [read]"),
-        )
+    let gw = api_on(&up, &ep.url(), "required_scopes: [read]")
         .top(CONSUMERS)
         .start_env(&env());
 
@@ -381,8 +388,7 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
 
 #[tokio::test]
 async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-reader", active("alice", "u-1", "read", 300));
+    let ep = alice_endpoint("tok-reader", 300);
     ep.answer(
         "tok-revoked",
         "{\"active\":false,\"client_id\":\"alice\"}".into(),
@@ -398,19 +404,13 @@ async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
             .to_string(),
     );
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(
-                &ep.url(),
-                "required_scopes: [read, write]\ncache: { negative_ttl: 1s }",
-            ),
-        )
-        .top(CONSUMERS)
-        .start_env(&env());
+    let gw = api_on(
+        &up,
+        &ep.url(),
+        "required_scopes: [read, write]\ncache: { negative_ttl: 1s }",
+    )
+    .top(CONSUMERS)
+    .start_env(&env());
 
     // No token, or another scheme: 401 missing_token with the bare challenge.
     let (s, www, body) = answer(get(&gw, "/api", None).await).await;
@@ -511,19 +511,13 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
     let ep = Endpoint::start(ClientAuth::Post);
     ep.answer("tok-1", active("alice", "u-1", "read", 300));
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(
-                &ep.url(),
-                "auth_method: client_secret_post\nconsumer_claim: sub\nhide_credentials: false",
-            ),
-        )
-        .top("consumers:\n  - username: u-1\n")
-        .start_env(&env());
+    let gw = api_on(
+        &up,
+        &ep.url(),
+        "auth_method: client_secret_post\nconsumer_claim: sub\nhide_credentials: false",
+    )
+    .top("consumers:\n  - username: u-1\n")
+    .start_env(&env());
     assert_eq!(get(&gw, "/api", Some("tok-1")).await.status(), 200);
     assert_eq!((ep.calls(), ep.bad_client()), (1, 0));
     let seen = up.last_request().unwrap();
@@ -538,15 +532,7 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
     // on the token.
     let ep_basic = Endpoint::start(ClientAuth::Basic);
     ep_basic.answer("tok-1", active("alice", "u-1", "read", 300));
-    let gw2 = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep_basic.url(), "auth_method: client_secret_post"),
-        )
-        .start_env(&env());
+    let gw2 = api_on(&up, &ep_basic.url(), "auth_method: client_secret_post").start_env(&env());
     let (s, _, body) = answer(get(&gw2, "/api", Some("tok-1")).await).await;
     assert_eq!(
         (s, body["error"].as_str()),
@@ -557,18 +543,9 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
 
 #[tokio::test]
 async fn decision_expires_with_the_token() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-short", active("alice", "u-1", "read", 2));
+    let ep = alice_endpoint("tok-short", 2);
     let up = Backend::start("up");
-    let gw = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep.url(), "cache: { max_ttl: 10m }"),
-        )
-        .start_env(&env());
+    let gw = api_on(&up, &ep.url(), "cache: { max_ttl: 10m }").start_env(&env());
     assert_eq!(get(&gw, "/api", Some("tok-short")).await.status(), 200);
     assert_eq!(get(&gw, "/api", Some("tok-short")).await.status(), 200);
     assert_eq!(ep.calls(), 1);
@@ -582,17 +559,10 @@ async fn decision_expires_with_the_token() {
 
 #[tokio::test]
 async fn fifty_concurrent_requests_for_a_new_token_make_one_call() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-burst", active("alice", "u-1", "read", 300));
+    let ep = alice_endpoint("tok-burst", 300);
     ep.set_delay(Duration::from_millis(400));
     let up = Backend::start("up");
-    let gw = Arc::new(
-        Cfg::new()
-            .upstream("u", &[target(&up)], "")
-            .route("api", &["/api"], "u", &plugin(&ep.url(), ""))
-            .top(CONSUMERS)
-            .start_env(&env()),
-    );
+    let gw = Arc::new(api_on(&up, &ep.url(), "").top(CONSUMERS).start_env(&env()));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..50 {
         let gw = gw.clone();
@@ -619,8 +589,7 @@ async fn fifty_concurrent_requests_for_a_new_token_make_one_call() {
 
 #[tokio::test]
 async fn outage_rejects_fast_and_serve_cached_keeps_known_tokens() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-known", active("alice", "u-1", "read", 3600));
+    let ep = alice_endpoint("tok-known", 3600);
     ep.answer("tok-new", active("alice", "u-1", "read", 3600));
     let up = Backend::start("up");
     let dead = dead_addr();
@@ -684,57 +653,22 @@ async fn outage_rejects_fast_and_serve_cached_keeps_known_tokens() {
     let (s, _, _) = answer(get(&gw, "/cached", Some("tok-new")).await).await;
     assert_eq!(s, 503, "serve_cached: an unknown token cannot pass");
 
+    // One of each on its route: the outage, the failed call, the stale answer.
     let m = gw.metrics_text().await;
-    assert_eq!(
-        series(
-            &m,
-            "oauth2_introspection_decisions_total",
-            "down",
-            "outcome",
-            "outage"
-        ),
-        1.0
-    );
-    assert_eq!(
-        series(
-            &m,
-            "oauth2_introspection_calls_total",
-            "down",
-            "result",
-            "error"
-        ),
-        1.0
-    );
-    assert_eq!(
-        series(
-            &m,
-            "oauth2_introspection_lookups_total",
-            "cached",
-            "source",
-            "stale"
-        ),
-        1.0
-    );
-    assert_eq!(
-        series(
-            &m,
-            "oauth2_introspection_decisions_total",
-            "cached",
-            "outcome",
-            "outage"
-        ),
-        1.0
-    );
-    assert_eq!(
-        series(
-            &m,
-            "oauth2_introspection_calls_total",
-            "reject",
-            "result",
-            "error"
-        ),
-        1.0
-    );
+    for (family, route, label, value) in [
+        ("decisions_total", "down", "outcome", "outage"),
+        ("calls_total", "down", "result", "error"),
+        ("lookups_total", "cached", "source", "stale"),
+        ("decisions_total", "cached", "outcome", "outage"),
+        ("calls_total", "reject", "result", "error"),
+    ] {
+        let name = format!("oauth2_introspection_{family}");
+        assert_eq!(
+            series(&m, &name, route, label, value),
+            1.0,
+            "{name} {route} {value}"
+        );
+    }
     assert!(gw
         .stderr()
         .contains("oauth2-introspection: the introspection endpoint"));
@@ -742,19 +676,10 @@ async fn outage_rejects_fast_and_serve_cached_keeps_known_tokens() {
 
 #[tokio::test]
 async fn reload_with_an_unchanged_entry_keeps_the_cache() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("tok-keep", active("alice", "u-1", "read", 3600));
+    let ep = alice_endpoint("tok-keep", 3600);
     let up = Backend::start("up");
     let cfg = |timeout: &str, extra_route: bool| {
-        let mut c = Cfg::new()
-            .upstream("u", &[target(&up)], "")
-            .route(
-                "api",
-                &["/api"],
-                "u",
-                &plugin(&ep.url(), &format!("timeout: {timeout}")),
-            )
-            .top(CONSUMERS);
+        let mut c = api_on(&up, &ep.url(), &format!("timeout: {timeout}")).top(CONSUMERS);
         if extra_route {
             c = c.route("other", &["/other"], "u", "");
         }
@@ -794,18 +719,10 @@ async fn reload_with_an_unchanged_entry_keeps_the_cache() {
 
 #[tokio::test]
 async fn secrets_stay_out_of_logs_status_metrics_and_answers() {
-    let ep = Endpoint::start(ClientAuth::Basic);
-    ep.answer("TOKENSECRET-active", active("alice", "u-1", "read", 300));
+    let ep = alice_endpoint("TOKENSECRET-active", 300);
     let up = Backend::start("up");
     let dead = dead_addr();
-    let cfg = Cfg::new()
-        .upstream("u", &[target(&up)], "")
-        .route(
-            "api",
-            &["/api"],
-            "u",
-            &plugin(&ep.url(), "required_scopes: [read]"),
-        )
+    let cfg = api_on(&up, &ep.url(), "required_scopes: [read]")
         .route(
             "scoped",
             &["/scoped"],
@@ -859,15 +776,7 @@ async fn secrets_stay_out_of_logs_status_metrics_and_answers() {
         .iter()
         .all(|r| r.header("authorization").is_none()));
 
-    let status = gw
-        .client
-        .get(gw.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = gw.status_json().await.to_string();
     let metrics = gw.metrics_text().await;
     // The access log is written by a thread behind a queue.
     let log = gw.dir().join("access.log");

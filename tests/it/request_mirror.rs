@@ -17,6 +17,15 @@ fn mirror(config: &str) -> String {
     format!("plugins:\n  - name: request-mirror\n    config: {{ {config} }}")
 }
 
+/// Upstreams `primary` and `shadow` and route `/m` to `primary` with `route` (the route's
+/// YAML lines: its plugins and options).
+fn with_shadow(primary: &Backend, shadow: &Backend, route: &str) -> Cfg {
+    Cfg::new()
+        .upstream("primary", &[target(primary)], "")
+        .upstream("shadow", &[target(shadow)], "")
+        .route("m", &["/m"], "primary", route)
+}
+
 /// A gateway with routes `/base` (no mirror) and `/m` (mirror with `config`) to `primary`;
 /// the shadow upstream `shadow` has `shadow_target`.
 fn gateway(primary: &Backend, shadow_target: &str, config: &str) -> Gateway {
@@ -123,19 +132,15 @@ async fn every_request_reaches_the_shadow_as_it_went_upstream() {
     let primary = Backend::start("primary");
     let shadow = Backend::start("shadow");
     shadow.set_body(Some("{\"backend\":\"shadow\"}"));
-    let gw = Cfg::new()
-        .upstream("primary", &[target(&primary)], "")
-        .upstream("shadow", &[target(&shadow)], "")
-        .route(
-            "m",
-            &["/m"],
-            "primary",
-            &format!(
-                "strip_path: true\npreserve_host: false\n{}",
-                mirror("upstream: shadow, headers: { X-Mirror: \"1\" }")
-            ),
-        )
-        .start();
+    let gw = with_shadow(
+        &primary,
+        &shadow,
+        &format!(
+            "strip_path: true\npreserve_host: false\n{}",
+            mirror("upstream: shadow, headers: { X-Mirror: \"1\" }")
+        ),
+    )
+    .start();
 
     let mut sent = Vec::new();
     for i in 0..5 {
@@ -234,15 +239,7 @@ async fn a_retried_request_is_mirrored_once() {
 async fn a_rewritten_body_is_mirrored_as_rewritten() {
     let primary = Backend::start("primary");
     let shadow = Backend::start("shadow");
-    let gw = Cfg::new()
-        .upstream("primary", &[target(&primary)], "")
-        .upstream("shadow", &[target(&shadow)], "")
-        .route(
-            "m",
-            &["/m"],
-            "primary",
-            "plugins:\n  - name: request-transformer\n    config:\n      remove: { json: [password] }\n      add: { headers: [\"X-Added:yes\"] }\n  - name: request-mirror\n    config: { upstream: shadow }",
-        )
+    let gw = with_shadow(&primary, &shadow, "plugins:\n  - name: request-transformer\n    config:\n      remove: { json: [password] }\n      add: { headers: [\"X-Added:yes\"] }\n  - name: request-mirror\n    config: { upstream: shadow }")
         .start();
     let (s, _) = gw
         .send(
@@ -451,15 +448,7 @@ async fn bodies_over_max_body_are_not_mirrored() {
 async fn refused_requests_are_not_mirrored() {
     let primary = Backend::start("primary");
     let shadow = Backend::start("shadow");
-    let gw = Cfg::new()
-        .upstream("primary", &[target(&primary)], "")
-        .upstream("shadow", &[target(&shadow)], "")
-        .route(
-            "m",
-            &["/m"],
-            "primary",
-            "plugins:\n  - name: key-auth\n  - name: request-mirror\n    config: { upstream: shadow }",
-        )
+    let gw = with_shadow(&primary, &shadow, "plugins:\n  - name: key-auth\n  - name: request-mirror\n    config: { upstream: shadow }")
         .top("consumers:\n  - username: alice\n    keyauth_credentials: [{ key: \"alice-key-7f3a9c0e5b2d41\" }]\n")
         .start();
     for _ in 0..5 {

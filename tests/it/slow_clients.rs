@@ -118,15 +118,7 @@ async fn max_connections_closes_the_excess() {
         closed_within(&mut extra, Duration::from_secs(2)),
         "6th connection must be closed"
     );
-    let metrics = gw
-        .client
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     let refused: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("downstream_connections_refused_total "))

@@ -152,7 +152,7 @@ impl ForwardAuth {
                     }
                     Err(e) => {
                         self.count(ctx, Count::Call(2, took));
-                        if self.state.may_warn() {
+                        if self.state.warn.may_warn() {
                             tracing::warn!(
                                 route = ctx.route().map_or("", |r| r.name.as_str()),
                                 request_id = %ctx.request_id,

@@ -3,22 +3,19 @@
 
 use super::cache::DecisionCache;
 use super::{
-    ForwardAuth, State, POOL_IDLE, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD,
-    X_FORWARDED_PROTO, X_FORWARDED_URI, X_REQUEST_ID,
+    ForwardAuth, State, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD, X_FORWARDED_PROTO,
+    X_FORWARDED_URI, X_REQUEST_ID,
 };
-use crate::config::diag::{Compiler, ErrorSink};
+use crate::config::diag::ErrorSink;
 use crate::config::units::Dur;
-use crate::plugins::{outbound, BuildEnv};
+use crate::plugins::{outbound, Build};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderName, Method};
 use once_cell::sync::OnceCell;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -45,7 +42,7 @@ impl Default for CacheConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     url: Option<String>,
     method: String,
     timeout: Dur,
@@ -145,50 +142,18 @@ fn header_list(
     out
 }
 
-pub(super) fn build(
-    c: &mut Compiler,
-    path: &str,
-    config: Option<&serde_yaml::Value>,
-    env: &BuildEnv,
-) -> Option<ForwardAuth> {
-    let cfg: Config = c.plugin_config(path, config)?;
+pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<ForwardAuth> {
+    let Build { c, path, env, raw } = b;
     let cp = format!("{path}.config");
     let mut s = ErrorSink { c, failed: false };
 
-    // url: parsed once; the value itself never goes into an error (it may hold a secret).
-    let url = match cfg.url.as_deref().map(reqwest::Url::parse) {
-        None => {
-            s.error(
-                &format!("{cp}.url"),
-                "is required (the auth service's http:// or https:// URL)",
-            );
-            None
-        }
-        Some(Err(e)) => {
-            s.error(&format!("{cp}.url"), format!("is not a valid URL: {e}"));
-            None
-        }
-        Some(Ok(u)) => {
-            let why = if !matches!(u.scheme(), "http" | "https") {
-                Some("must be an http:// or https:// URL")
-            } else if u.host_str().is_none_or(str::is_empty) {
-                Some("needs a host")
-            } else if !u.username().is_empty() || u.password().is_some() {
-                Some("must not carry credentials (user:password@); the client's request_headers are sent instead")
-            } else if u.fragment().is_some() {
-                Some("must not have a #fragment")
-            } else {
-                None
-            };
-            match why {
-                Some(w) => {
-                    s.error(&format!("{cp}.url"), w);
-                    None
-                }
-                None => Some(u),
-            }
-        }
-    };
+    let url = outbound::service_url(
+        &mut s,
+        &format!("{cp}.url"),
+        cfg.url.as_deref(),
+        "the auth service's",
+        "the client's request_headers are sent instead",
+    );
 
     let method = if cfg.method.eq_ignore_ascii_case("original") {
         AuthMethod::Original
@@ -323,76 +288,24 @@ pub(super) fn build(
         }
     }
 
-    let ca = cfg.ca_file.as_ref().and_then(|f| {
-        let p = s.c.file(f);
-        let certs = std::fs::read(&p)
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))
-            .and_then(|pem| {
-                let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|_| format!("{} holds no valid PEM certificate", p.display()))?;
-                if certs.is_empty() {
-                    return Err(format!("{} holds no PEM certificate", p.display()));
-                }
-                // The file's content is part of the entry's identity (a renewed CA gets
-                // a new client on reload).
-                Ok((certs, hex::encode(Sha256::digest(&pem))))
-            });
-        match certs {
-            Ok(v) => Some(v),
-            Err(e) => {
-                s.error(&format!("{cp}.ca_file"), e);
-                None
-            }
-        }
-    });
+    let ca = outbound::Ca::load(&mut s, &format!("{cp}.ca_file"), cfg.ca_file.as_deref());
 
     if s.failed {
         return None;
     }
     let url = url?;
 
-    // Identity: where the entry is and exactly what it says. Only a digest is kept.
-    let text = config
-        .map(|v| serde_yaml::to_string(v).unwrap_or_default())
-        .unwrap_or_default();
-    let (ca, ca_digest) = match ca {
-        Some((certs, digest)) => (Some(certs), digest),
-        None => (None, String::new()),
-    };
-    let id = crate::util::digest::identity(&[
-        "forward-auth",
-        env.route.unwrap_or(""),
-        &text,
-        &ca_digest,
-    ]);
+    let id = outbound::entry_identity("forward-auth", env.route, raw, &ca);
     // Kept by identity in the app's registry: weak, so a state dies with the last runtime
     // using it.
     let state = env
         .registry
         .try_get_or_insert_with(&id, || -> Result<State, String> {
-            // The auth service is reached directly (no environment proxy: see `outbound`).
-            let mut b = outbound::client()
-                .timeout(timeout)
-                .connect_timeout(connect_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .tcp_nodelay(true)
-                .pool_idle_timeout(POOL_IDLE)
-                .user_agent(concat!(
-                    "gatehouse/",
-                    env!("CARGO_PKG_VERSION"),
-                    " forward-auth"
-                ));
-            for cert in ca.into_iter().flatten() {
-                b = b.add_root_certificate(cert);
-            }
-            let client = b
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            let client = outbound::service_client("forward-auth", timeout, connect_timeout, ca)?;
             Ok(State {
                 client,
                 cache: DecisionCache::new(cache_cfg.ttl.0, cache_cfg.max_entries),
-                last_warn_ms: AtomicU64::new(0),
-                born: Instant::now(),
+                warn: outbound::WarnGate::new(),
             })
         });
     let state = match state {

@@ -45,8 +45,7 @@ mod cache;
 mod call;
 mod config;
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
 use cache::DecisionCache;
 use call::Handles;
@@ -59,9 +58,7 @@ use pingora::proxy::Session;
 use prometheus::{HistogramVec, IntCounterVec};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -76,11 +73,6 @@ const MAX_COPIED_HEADER_BYTES: usize = 16 * 1024;
 /// Body bytes of an auth response read (and thrown away) so its connection can be reused;
 /// beyond this the connection is dropped instead.
 const MAX_DRAIN_BYTES: usize = 64 * 1024;
-/// Idle pooled connections to the auth service are kept this long.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-/// At most one failure warning per plugin entry in this interval (a down auth service must
-/// not flood the log).
-const WARN_EVERY_MS: u64 = 1000;
 /// The 503 message: names no address, no URL, no upstream text.
 const UNAVAILABLE: &str = "The authorization service is unavailable";
 
@@ -187,22 +179,7 @@ impl fmt::Display for CallError {
 struct State {
     client: reqwest::Client,
     cache: Option<DecisionCache>,
-    /// Last failure warning, in ms since `born`.
-    last_warn_ms: AtomicU64,
-    born: Instant,
-}
-
-impl State {
-    /// True at most once per [`WARN_EVERY_MS`].
-    fn may_warn(&self) -> bool {
-        let now = self.born.elapsed().as_millis() as u64 + WARN_EVERY_MS;
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
+    warn: super::outbound::WarnGate,
 }
 
 pub struct ForwardAuth {
@@ -249,13 +226,10 @@ impl Hooks for ForwardAuth {
     /// The allow decision (its `upstream_headers` values), set again upstream.
     type State = Option<Arc<Decision>>;
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        config::build(c, path, config, env)
+    type Config = config::Config;
+
+    fn build(b: Build<'_, '_>, cfg: config::Config) -> Option<Self> {
+        config::build(b, cfg)
     }
 
     /// `request_filter`.
@@ -475,7 +449,7 @@ mod tests {
         assert!(p.run_on_preflight);
         assert_eq!(p.target, "http://auth.local:9000/check");
         let cache = p.state.cache.as_ref().expect("cache on by default");
-        assert_eq!(cache.ttl(), Duration::from_secs(300));
+        assert_eq!(cache.ttl(), std::time::Duration::from_secs(300));
         let dbg = format!("{:?}", rt);
         assert!(!dbg.contains("q-secret"), "{dbg}");
 

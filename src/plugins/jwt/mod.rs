@@ -25,7 +25,7 @@
 //! (`WWW-Authenticate: Bearer error="invalid_token"`).
 
 use super::ttl_cache::TtlCache;
-use super::{phase, BuildEnv, Hooks, Outcome, Reply};
+use super::{phase, Build, Hooks, Outcome, Reply};
 use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
@@ -74,7 +74,7 @@ impl OneOrMany {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     header_names: Vec<String>,
     claims_to_verify: Vec<String>,
     key_claim_name: String,
@@ -643,14 +643,10 @@ impl Hooks for Jwt {
     type State = Option<Arc<TokenInfo>>;
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         ensure_provider();
-        let cfg: Config = c.plugin_config(path, config)?;
         let cp = format!("{path}.config");
         let mut header_names = Vec::new();
         for (i, n) in cfg.header_names.iter().enumerate() {

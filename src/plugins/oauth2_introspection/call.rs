@@ -481,7 +481,7 @@ impl Oauth2Introspection {
             Ok(d) => self.apply(d, now, source, ctx),
             Err(e) => {
                 let e_target = &self.state.endpoint.target;
-                if self.state.may_warn() {
+                if self.state.warn.may_warn() {
                     tracing::warn!(
                         route = ctx.route().map_or("", |r| r.name.as_str()),
                         request_id = %ctx.request_id,

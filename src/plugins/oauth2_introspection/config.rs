@@ -4,18 +4,15 @@
 
 use super::cache::{DecisionCache, Flights};
 use super::call::form_encode;
-use super::{ClientAuth, ConsumerClaim, Endpoint, Oauth2Introspection, OnOutage, State, POOL_IDLE};
-use crate::config::diag::{Compiler, ErrorSink};
+use super::{ClientAuth, ConsumerClaim, Endpoint, Oauth2Introspection, OnOutage, State};
+use crate::config::diag::ErrorSink;
 use crate::config::units::Dur;
-use crate::plugins::{outbound, BuildEnv};
+use crate::plugins::{outbound, Build};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::HeaderValue;
 use once_cell::sync::OnceCell;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -45,7 +42,7 @@ enum AuthMethod {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     endpoint: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
@@ -86,54 +83,18 @@ fn scope_token(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
-/// The endpoint URL, or why not (the value itself never goes into an error: its query may
-/// hold a secret).
-fn endpoint_url(s: &mut ErrorSink, p: &str, v: Option<&str>) -> Option<reqwest::Url> {
-    let Some(v) = v else {
-        s.error(
-            p,
-            "is required (the introspection endpoint's http:// or https:// URL)",
-        );
-        return None;
-    };
-    let u = match reqwest::Url::parse(v) {
-        Ok(u) => u,
-        Err(e) => {
-            s.error(p, format!("is not a valid URL: {e}"));
-            return None;
-        }
-    };
-    let why = if !matches!(u.scheme(), "http" | "https") {
-        Some("must be an http:// or https:// URL")
-    } else if u.host_str().is_none_or(str::is_empty) {
-        Some("needs a host")
-    } else if !u.username().is_empty() || u.password().is_some() {
-        Some("must not carry credentials (user:password@); set client_id and client_secret")
-    } else if u.fragment().is_some() {
-        Some("must not have a #fragment")
-    } else {
-        None
-    };
-    match why {
-        Some(w) => {
-            s.error(p, w);
-            None
-        }
-        None => Some(u),
-    }
-}
-
-pub(super) fn build(
-    c: &mut Compiler,
-    path: &str,
-    config: Option<&serde_yaml::Value>,
-    env: &BuildEnv,
-) -> Option<Oauth2Introspection> {
-    let cfg: Config = c.plugin_config(path, config)?;
+pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<Oauth2Introspection> {
+    let Build { c, path, env, raw } = b;
     let cp = format!("{path}.config");
     let mut s = ErrorSink { c, failed: false };
 
-    let url = endpoint_url(&mut s, &format!("{cp}.endpoint"), cfg.endpoint.as_deref());
+    let url = outbound::service_url(
+        &mut s,
+        &format!("{cp}.endpoint"),
+        cfg.endpoint.as_deref(),
+        "the introspection endpoint's",
+        "set client_id and client_secret",
+    );
 
     let client_id = match cfg.client_id.as_deref() {
         Some(id) if !id.is_empty() => Some(id),
@@ -192,28 +153,7 @@ pub(super) fn build(
         s.error(&format!("{cp}.cache.max_entries"), "must be at least 1");
     }
 
-    let ca = cfg.ca_file.as_ref().and_then(|f| {
-        let p = s.c.file(f);
-        let certs = std::fs::read(&p)
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))
-            .and_then(|pem| {
-                let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .map_err(|_| format!("{} holds no valid PEM certificate", p.display()))?;
-                if certs.is_empty() {
-                    return Err(format!("{} holds no PEM certificate", p.display()));
-                }
-                // The file's content is part of the entry's identity (a renewed CA gets a
-                // new client on reload).
-                Ok((certs, hex::encode(Sha256::digest(&pem))))
-            });
-        match certs {
-            Ok(v) => Some(v),
-            Err(e) => {
-                s.error(&format!("{cp}.ca_file"), e);
-                None
-            }
-        }
-    });
+    let ca = outbound::Ca::load(&mut s, &format!("{cp}.ca_file"), cfg.ca_file.as_deref());
 
     if s.failed {
         return None;
@@ -251,43 +191,12 @@ pub(super) fn build(
     // Scope tokens are visible ASCII without '"' or '\': always a valid value.
     let scope_challenge = HeaderValue::from_str(&challenge).ok()?;
 
-    // Identity: where the entry is and exactly what it says (the secret included: a rotated
-    // secret gets a new client). Only a digest is kept.
-    let text = config
-        .map(|v| serde_yaml::to_string(v).unwrap_or_default())
-        .unwrap_or_default();
-    let (ca, ca_digest) = match ca {
-        Some((certs, digest)) => (Some(certs), digest),
-        None => (None, String::new()),
-    };
-    let id = crate::util::digest::identity(&[
-        "oauth2-introspection",
-        env.route.unwrap_or(""),
-        &text,
-        &ca_digest,
-    ]);
+    let id = outbound::entry_identity("oauth2-introspection", env.route, raw, &ca);
     let endpoint_target = outbound::redacted(&url);
     let state = env
         .registry
         .try_get_or_insert_with(&id, || -> Result<State, String> {
-            // Straight to the endpoint (no environment proxy: see `outbound`).
-            let mut b = outbound::client()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .tcp_nodelay(true)
-                .pool_idle_timeout(POOL_IDLE)
-                .user_agent(concat!(
-                    "gatehouse/",
-                    env!("CARGO_PKG_VERSION"),
-                    " oauth2-introspection"
-                ));
-            for cert in ca.into_iter().flatten() {
-                b = b.add_root_certificate(cert);
-            }
-            let client = b
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            let client = outbound::service_client("oauth2-introspection", timeout, timeout, ca)?;
             Ok(State {
                 endpoint: Endpoint {
                     client,
@@ -303,8 +212,7 @@ pub(super) fn build(
                 cache: DecisionCache::new(cache_cfg.max_entries)
                     .ok_or_else(|| "cache.max_entries must be at least 1".to_string())?,
                 flights: Flights::default(),
-                last_warn_ms: AtomicU64::new(0),
-                born: Instant::now(),
+                warn: outbound::WarnGate::new(),
             })
         });
     let state = match state {

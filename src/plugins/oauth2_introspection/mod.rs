@@ -40,8 +40,7 @@ mod cache;
 mod call;
 mod config;
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
 use cache::{DecisionCache, Flights};
 use call::Handles;
@@ -53,9 +52,7 @@ use pingora::proxy::Session;
 use prometheus::{HistogramVec, IntCounterVec};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Upstream header: the token's `client_id`.
 pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("x-credential-client-id");
@@ -74,10 +71,6 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Distinct tokens being introspected at once per plugin entry; past this a new token is
 /// treated as an outage (a flood of random tokens cannot open unbounded outbound calls).
 const MAX_IN_FLIGHT: usize = 1024;
-/// Idle pooled connections to the endpoint are kept this long.
-const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
-/// At most one outage warning per plugin entry in this interval.
-const WARN_EVERY_MS: u64 = 1000;
 /// The 503 message: names no address, no URL, no upstream text.
 const UNAVAILABLE: &str = "The authorization service is unavailable";
 
@@ -259,22 +252,7 @@ pub(crate) struct State {
     endpoint: Endpoint,
     cache: DecisionCache,
     flights: Flights,
-    /// Last outage warning, in ms since `born`.
-    last_warn_ms: AtomicU64,
-    born: Instant,
-}
-
-impl State {
-    /// True at most once per [`WARN_EVERY_MS`].
-    fn may_warn(&self) -> bool {
-        let now = self.born.elapsed().as_millis() as u64 + WARN_EVERY_MS;
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= WARN_EVERY_MS
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
+    warn: super::outbound::WarnGate,
 }
 
 pub struct Oauth2Introspection {
@@ -321,13 +299,10 @@ impl Hooks for Oauth2Introspection {
     type State = Option<Arc<Decision>>;
     const PHASES: u32 = phase::REQUEST | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        config::build(c, path, config, env)
+    type Config = config::Config;
+
+    fn build(b: Build<'_, '_>, cfg: config::Config) -> Option<Self> {
+        config::build(b, cfg)
     }
 
     /// `request_filter`.

@@ -45,8 +45,7 @@
 //! With the plugin absent nothing here runs: `RequestCtx::trace_id` stays `None`, a
 //! client's `traceparent` passes through untouched and the access log has no `trace_id`.
 
-use super::{phase, BuildEnv, Hooks, Outcome};
-use crate::config::diag::Compiler;
+use super::{phase, Answer, Build, Hooks, Outcome};
 use crate::config::units::Dur;
 use crate::ctx::RequestCtx;
 mod export;
@@ -56,7 +55,7 @@ use crate::observe::Finished;
 use crate::util::hex_id::HexId;
 use export::{ExportSettings, Exporter};
 use http::{HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -76,7 +75,7 @@ const TRACESTATE_LONG_MEMBER: usize = 128;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// OTLP/HTTP traces endpoint; absent: propagation only.
     endpoint: Option<String>,
     headers: BTreeMap<String, String>,
@@ -359,13 +358,9 @@ impl Hooks for OpenTelemetry {
         | phase::BEFORE_ANSWER
         | phase::LOGGING;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let p = |k: &str| format!("{path}.config.{k}");
         let mut ok = true;
         if !(0.0..=1.0).contains(&cfg.sampling_ratio) {
@@ -517,12 +512,7 @@ impl Hooks for OpenTelemetry {
         Ok(())
     }
     /// `response_filter` and gateway-made answers: the trace id for the client, if asked.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         if let (Some(name), Some(t)) = (&self.response_header, &ctx.plugins.opentelemetry) {
             let v = t.trace_hex().with_str(HeaderValue::from_str);
             if let Ok(v) = v {

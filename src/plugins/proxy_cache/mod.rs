@@ -24,11 +24,10 @@ pub mod key;
 pub mod store;
 pub mod stores;
 
-use crate::config::diag::Compiler;
 use crate::config::units::{ByteSize, Dur};
 use crate::ctx::RequestCtx;
 use crate::ctx::Runtime;
-use crate::plugins::{phase, BuildEnv, Hooks};
+use crate::plugins::{phase, Answer, Build, Hooks};
 use crate::util::registry::Registry;
 use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE, VARY};
 use http::{HeaderName, Method};
@@ -72,7 +71,7 @@ static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     ttl: Dur,
     methods: Vec<String>,
     status: Vec<u16>,
@@ -248,13 +247,9 @@ impl Hooks for ProxyCache {
     type State = CacheState;
     const PHASES: u32 = phase::RESPONSE | phase::CACHE;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, env, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let mut ok = true;
         let (mut get, mut head) = (false, false);
         for (i, m) in cfg.methods.iter().enumerate() {
@@ -329,12 +324,7 @@ impl Hooks for ProxyCache {
 
     /// `response_filter` (and gateway-made answers): `X-Cache-Status` and
     /// `cache_requests_total{route,status}`.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        _gateway_made: bool,
-    ) -> Result<()> {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
         let Some(status) = ctx.cache_status else {
             return Ok(());
         };

@@ -27,7 +27,7 @@ pub mod body;
 use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
-use crate::plugins::{phase, BodyOutcome, BuildEnv, Hooks, Outcome};
+use crate::plugins::{phase, BodyOutcome, Build, Chunk, Hooks, Outcome};
 use body::{BodyRules, JsonConfig};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -782,7 +782,7 @@ struct Entries {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     add: Entries,
     remove: Entries,
     rename: Entries,
@@ -823,13 +823,9 @@ impl Hooks for RequestTransformer {
     type State = Option<body::Prepared>;
     const PHASES: u32 = phase::REQUEST | phase::REQUEST_BODY | phase::UPSTREAM_REQUEST;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let body = BodyRules::build(
             c,
             path,
@@ -890,12 +886,7 @@ impl Hooks for RequestTransformer {
     }
     /// `request_body_filter`: a body read and rewritten in `request_filter` goes to every
     /// upstream attempt as rewritten ([`body::replay`]).
-    fn request_body(
-        &self,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<BodyOutcome> {
+    fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome> {
         Ok(if body::replay(body, ctx) {
             BodyOutcome::Supplied
         } else {

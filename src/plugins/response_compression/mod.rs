@@ -36,10 +36,9 @@
 //! `proxy_buffering off`: nothing is held back beyond the encoder's bounded window, and
 //! every byte the upstream sent reaches the client without waiting for more.
 
-use crate::config::diag::Compiler;
 use crate::config::units::ByteSize;
 use crate::ctx::RequestCtx;
-use crate::plugins::{phase, BuildEnv, Hooks, Outcome};
+use crate::plugins::{phase, Answer, Build, Hooks, Outcome};
 use http::header::{
     ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
     VARY,
@@ -185,7 +184,7 @@ impl Default for Levels {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     algorithms: Vec<String>,
     types: Vec<String>,
     min_size: ByteSize,
@@ -348,13 +347,9 @@ impl Hooks for ResponseCompression {
     const PHASES: u32 =
         phase::REQUEST | phase::UPSTREAM_REQUEST | phase::RESPONSE | phase::HAND_OFF;
 
-    fn build(
-        c: &mut Compiler,
-        path: &str,
-        config: Option<&serde_yaml::Value>,
-        _env: &BuildEnv,
-    ) -> Option<Self> {
-        let cfg: Config = c.plugin_config(path, config)?;
+    type Config = Config;
+
+    fn build(Build { c, path, .. }: Build<'_, '_>, cfg: Config) -> Option<Self> {
         let mut ok = true;
         let mut preference = Vec::new();
         for (i, a) in cfg.algorithms.iter().enumerate() {
@@ -461,13 +456,8 @@ impl Hooks for ResponseCompression {
     /// compressible answer gets `Vary: Accept-Encoding` whether or not this client gets a
     /// coding (a shared cache must not hand the compressed form to another client); the
     /// head itself is rewritten by the module, which knows whether a body follows.
-    fn response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        gateway_made: bool,
-    ) -> Result<()> {
-        if gateway_made {
+    fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.gateway_made {
             return Ok(());
         }
         let Step::Negotiated(choice) = ctx.plugins.response_compression.step else {

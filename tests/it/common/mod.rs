@@ -388,10 +388,7 @@ async fn handle(
             )
         })
         .collect();
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => Vec::new(),
-    };
+    let body = body_bytes(req).await;
     let mut hmap = serde_json::Map::new();
     for (k, v) in &headers {
         match hmap.get_mut(k) {
@@ -640,6 +637,21 @@ impl Gateway {
             .await
     }
 
+    /// POSTs one empty gRPC message (`application/grpc`) to `path` with `headers`.
+    pub async fn post_grpc(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/grpc");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(vec![0u8, 0, 0, 0, 0])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e:?}\n{}", self.diagnostics()))
+    }
+
     /// `GET path` with `headers`: (status, body).
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut req = self.client.get(self.url(path));
@@ -791,6 +803,14 @@ pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a 
         .iter()
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// The whole body of a request a test server received (empty when reading it failed).
+pub async fn body_bytes(req: hyper::Request<hyper::body::Incoming>) -> Vec<u8> {
+    match req.into_body().collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// `headers` as (lowercase name, value) pairs in order, repeated names kept.
