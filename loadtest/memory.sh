@@ -34,9 +34,7 @@ case " $PROXIES " in *" gatehouse "*) [ -x "$BIN" ] || cargo build --release ;; 
 WORK=$(mktemp -d /tmp/gatehouse-memory.XXXXXX)
 # Ports of their own, so compare.sh may run at the same time.
 ORIGIN_PORT=19280 PROXY_PORT=18195 ADMIN_PORT=19291
-for port in $ORIGIN_PORT $PROXY_PORT $ADMIN_PORT; do
-  if ss -Htln "sport = :$port" | grep -q .; then echo "port $port is in use: stop what listens there first" >&2; exit 1; fi
-done
+ports_free $ORIGIN_PORT $PROXY_PORT $ADMIN_PORT || exit 1
 PID=""
 stop_proxy() {
   [ -n "$PID" ] && { kill -TERM "$PID" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done; }
@@ -49,17 +47,12 @@ mkdir -p "$WORK/tmp"; chmod 755 "$WORK"; chmod 777 "$WORK/tmp"
 write_origin_conf "$WORK" "$ORIGIN_PORT"
 nginx -c "$WORK/origin.conf" -p "$WORK"
 
-cat > "$WORK/proxy.conf" <<NGX
-worker_processes 1;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy.err warn;
-worker_rlimit_nofile $((CONNS * 3 + 1000));
-events { worker_connections $((CONNS * 3 + 100)); }
-http {
-  access_log off;
-  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp;
-  uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  client_header_timeout 120s; keepalive_timeout 120s; keepalive_requests 1000000;
+# nginx_head's events line is replaced: the connections measured need more than its 4096
+# (a client and an upstream socket each, with room).
+{ nginx_head "$WORK" proxy |
+    sed "s/^events { worker_connections 4096; }/worker_rlimit_nofile $((CONNS * 3 + 1000));\nevents { worker_connections $((CONNS * 3 + 100)); }/"
+  cat <<NGX
+  client_header_timeout 120s; keepalive_timeout 120s;
   upstream origin { server 127.0.0.1:$ORIGIN_PORT; keepalive 32; }
   server {
     listen 127.0.0.1:$PROXY_PORT;
@@ -69,6 +62,7 @@ http {
   }
 }
 NGX
+} > "$WORK/proxy.conf"
 cat > "$WORK/haproxy.cfg" <<HAP
 global
   nbthread 1
