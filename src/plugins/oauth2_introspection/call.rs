@@ -270,22 +270,13 @@ async fn introspect(e: &Endpoint, token: &str) -> Result<Answer, CallError> {
         ClientAuth::Basic(v) => req = req.header(AUTHORIZATION, v.clone()),
         ClientAuth::Post(extra) => body.extend_from_slice(extra),
     }
-    let kind = |err: reqwest::Error| {
-        if err.is_timeout() {
-            CallError::Timeout
-        } else if err.is_connect() {
-            CallError::Connect
-        } else {
-            CallError::Other
-        }
-    };
-    let mut resp = req.body(body).send().await.map_err(kind)?;
+    let mut resp = req.body(body).send().await?;
     let status = resp.status().as_u16();
     if status != 200 {
         return Err(CallError::Status(status));
     }
     let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(kind)? {
+    while let Some(chunk) = resp.chunk().await? {
         if buf.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(CallError::Malformed);
         }
