@@ -52,6 +52,12 @@ impl Chain {
         self.plugins.iter().map(|p| p.name()).collect()
     }
 
+    /// The chain's plugin of type `T`, if it has one (tests, benchmarks and `explain` look
+    /// into a compiled route with it).
+    pub fn find<T: super::Member>(&self) -> Option<&T> {
+        self.plugins.iter().find_map(|p| T::of(p))
+    }
+
     /// Some plugin of the chain serves `phase` (a [`phase`] bit).
     #[inline]
     pub fn has(&self, phase: u32) -> bool {

@@ -94,6 +94,18 @@ macro_rules! plugin_table {
             $( pub $module: <$module::$ty as Hooks>::State, )*
         }
 
+        $(
+            impl Member for $module::$ty {
+                #[allow(unreachable_patterns)]
+                fn of(p: &Plugin) -> Option<&Self> {
+                    match p {
+                        Plugin::$variant(x) => Some(x),
+                        _ => None,
+                    }
+                }
+            }
+        )*
+
         /// Builds one plugin from its YAML entry. `path` is the YAML path of the entry
         /// (`routes[2].plugins[0]`).
         pub fn build(
@@ -276,6 +288,11 @@ macro_rules! plugin_table {
             pub fn credential_query_param(&self) -> Option<&str>;
         }
     };
+}
+
+/// A plugin type of the table: its instance inside a [`Plugin`] ([`Chain::find`]).
+pub trait Member: Sized {
+    fn of(p: &Plugin) -> Option<&Self>;
 }
 
 /// One plugin of type `P` from its entry: the typed config first (its errors at the bad

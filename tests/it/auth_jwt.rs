@@ -582,7 +582,7 @@ routes:
 #[test]
 fn demo_sample_token_matches_the_demo_config() {
     use gatehouse::plugins::acl::Decision;
-    use gatehouse::plugins::Plugin;
+    use gatehouse::plugins::{acl::Acl, jwt::Jwt};
     use std::sync::Arc;
     // The demo's HTTPS upstream reads the CA `gatehouse demo` writes next to its config.
     let dir = tempfile::tempdir().unwrap();
@@ -605,15 +605,8 @@ fn demo_sample_token_matches_the_demo_config() {
     };
     let token = gatehouse::demo::sample_jwt();
     for (name, want) in [("reports", Decision::Allow), ("admin", Decision::Forbidden)] {
-        let plugins = &route(name).plugins.plugins;
-        let jwt = plugins.iter().find_map(|p| match &**p {
-            Plugin::Jwt(j) => Some(j),
-            _ => None,
-        });
-        let acl = plugins.iter().find_map(|p| match &**p {
-            Plugin::Acl(a) => Some(a),
-            _ => None,
-        });
+        let plugins = &route(name).plugins;
+        let (jwt, acl) = (plugins.find::<Jwt>(), plugins.find::<Acl>());
         let (Some(jwt), Some(acl)) = (jwt, acl) else {
             panic!("{name}: jwt and acl expected");
         };

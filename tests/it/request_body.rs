@@ -587,7 +587,7 @@ mod fuzz {
     use gatehouse::ctx::RequestCtx;
     use gatehouse::ctx::Runtime;
     use gatehouse::plugins::request_transformer::body::BodyRules;
-    use gatehouse::plugins::Plugin;
+    use gatehouse::plugins::request_transformer::RequestTransformer;
     use serde_json::{Map, Value};
     use std::sync::{Arc, OnceLock};
 
@@ -656,15 +656,8 @@ mod fuzz {
     }
 
     fn rules(rt: &Runtime) -> &BodyRules {
-        rt.routes[0]
-            .plugins
-            .plugins
-            .iter()
-            .find_map(|p| match &**p {
-                Plugin::RequestTransformer(t) => t.body(),
-                _ => None,
-            })
-            .expect("json rules")
+        let t = rt.routes[0].plugins.find::<RequestTransformer>();
+        t.and_then(RequestTransformer::body).expect("json rules")
     }
 
     fn ctx(rt: &Arc<Runtime>) -> RequestCtx {

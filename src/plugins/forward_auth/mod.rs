@@ -236,7 +236,6 @@ mod tests {
     use crate::config;
     use crate::ctx::Runtime;
     use crate::plugins::cors::is_cors_preflight;
-    use crate::plugins::Plugin;
     use crate::upstream::StateRegistry;
     use crate::util::registry::Registry;
     use http::Method;
@@ -268,12 +267,7 @@ mod tests {
     fn plugin(rt: &Runtime) -> &ForwardAuth {
         rt.routes
             .first()
-            .and_then(|r| {
-                r.plugins.plugins.iter().find_map(|p| match &**p {
-                    Plugin::ForwardAuth(f) => Some(f),
-                    _ => None,
-                })
-            })
+            .and_then(|r| r.plugins.find())
             .expect("forward-auth on the first route")
     }
 
