@@ -291,6 +291,18 @@ fn series(text: &str, name: &str, route: &str, label: &str, value: &str) -> f64 
         .unwrap_or_else(|| panic!("{name}{{route={route},{label}={value}}} missing:\n{text}"))
 }
 
+/// `oauth2_introspection_<family>_total` of route `api` with its label (decisions: outcome,
+/// lookups: source, calls: result) at `value`.
+fn on_api(text: &str, family: &str, value: &str) -> f64 {
+    let label = match family {
+        "decisions" => "outcome",
+        "lookups" => "source",
+        _ => "result",
+    };
+    let name = format!("oauth2_introspection_{family}_total");
+    series(text, &name, "api", label, value)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -353,29 +365,12 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
     assert_eq!(ep.calls(), 2);
 
     let m = gw.metrics_text().await;
-    let d = |o: &str| {
-        series(
-            &m,
-            "oauth2_introspection_decisions_total",
-            "api",
-            "outcome",
-            o,
-        )
-    };
-    let l = |s: &str| series(&m, "oauth2_introspection_lookups_total", "api", "source", s);
+    let d = |o: &str| on_api(&m, "decisions", o);
+    let l = |s: &str| on_api(&m, "lookups", s);
     assert_eq!(d("active"), 5.0);
     assert_eq!(l("cache"), 3.0);
     assert_eq!(l("call"), 2.0);
-    assert_eq!(
-        series(
-            &m,
-            "oauth2_introspection_calls_total",
-            "api",
-            "result",
-            "active"
-        ),
-        2.0
-    );
+    assert_eq!(on_api(&m, "calls", "active"), 2.0);
     assert_eq!(
         metric(
             &m,
@@ -491,15 +486,7 @@ async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
     }
 
     let m = gw.metrics_text().await;
-    let d = |o: &str| {
-        series(
-            &m,
-            "oauth2_introspection_decisions_total",
-            "api",
-            "outcome",
-            o,
-        )
-    };
+    let d = |o: &str| on_api(&m, "decisions", o);
     assert_eq!(d("no_token"), 4.0);
     assert_eq!(d("inactive"), 6.0);
     assert_eq!(d("insufficient_scope"), 2.0);
@@ -582,7 +569,7 @@ async fn fifty_concurrent_requests_for_a_new_token_make_one_call() {
     );
     assert_eq!(up.hits(), 50);
     let m = gw.metrics_text().await;
-    let l = |s: &str| series(&m, "oauth2_introspection_lookups_total", "api", "source", s);
+    let l = |s: &str| on_api(&m, "lookups", s);
     assert_eq!(l("call"), 1.0);
     assert_eq!(l("coalesced") + l("cache"), 49.0);
 }
