@@ -4,9 +4,9 @@
 
 use super::cache::{self, Join, Lookup};
 use super::{
-    CallError, ClientAuth, ConsumerClaim, Decision, Endpoint, Oauth2Introspection, OnOutage, State,
-    CALL_RESULTS, CLIENT_ID_HEADER, FAMILIES, MAX_ANSWER_BYTES, MAX_TOKEN_BYTES, OUTCOMES,
-    SCOPE_HEADER, SOURCES, SUB_HEADER, UNAVAILABLE,
+    CallError, ClientAuth, ConsumerClaim, Decision, Endpoint, Oauth2Introspection, OnOutage,
+    Source, State, Verdict, CALL_RESULTS, CLIENT_ID_HEADER, FAMILIES, MAX_ANSWER_BYTES,
+    MAX_TOKEN_BYTES, OUTCOMES, SCOPE_HEADER, SOURCES, SUB_HEADER, UNAVAILABLE,
 };
 use crate::ctx::RequestCtx;
 use crate::plugins::cors::is_cors_preflight;
@@ -19,25 +19,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Indexes into [`OUTCOMES`].
-#[derive(Clone, Copy)]
-enum Verdict {
-    Active = 0,
-    Inactive = 1,
-    InsufficientScope = 2,
-    NoToken = 3,
-    Outage = 4,
-}
-
-/// Indexes into [`SOURCES`].
-#[derive(Clone, Copy)]
-enum Source {
-    Cache = 0,
-    Call = 1,
-    Coalesced = 2,
-    Stale = 3,
-}
 
 /// The call counters, cloned into a call's task.
 #[derive(Clone)]

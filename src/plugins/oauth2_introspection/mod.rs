@@ -43,6 +43,7 @@ mod config;
 use super::outbound::CallError;
 use super::{phase, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
+use crate::observe::metrics::label_values;
 use cache::{DecisionCache, Flights};
 use call::Handles;
 use http::{HeaderName, HeaderValue};
@@ -75,18 +76,31 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// The 503 message: names no address, no URL, no upstream text.
 const UNAVAILABLE: &str = "The authorization service is unavailable";
 
-/// `oauth2_introspection_decisions_total{outcome}` values.
-pub const OUTCOMES: &[&str] = &[
-    "active",
-    "inactive",
-    "insufficient_scope",
-    "no_token",
-    "outage",
-];
-/// `oauth2_introspection_lookups_total{source}` values: a fresh cache entry, an
-/// introspection call this request started, one it joined, a cached decision served during an
-/// outage.
-pub const SOURCES: &[&str] = &["cache", "call", "coalesced", "stale"];
+label_values! {
+    /// `oauth2_introspection_decisions_total{outcome}` values.
+    pub const OUTCOMES;
+    /// What a request came to (indexes [`OUTCOMES`]).
+    enum Verdict {
+        Active = "active",
+        Inactive = "inactive",
+        InsufficientScope = "insufficient_scope",
+        NoToken = "no_token",
+        Outage = "outage",
+    }
+}
+label_values! {
+    /// `oauth2_introspection_lookups_total{source}` values: a fresh cache entry, an
+    /// introspection call this request started, one it joined, a cached decision served during
+    /// an outage.
+    pub const SOURCES;
+    /// Where a request's decision came from (indexes [`SOURCES`]).
+    enum Source {
+        Cache = "cache",
+        Call = "call",
+        Coalesced = "coalesced",
+        Stale = "stale",
+    }
+}
 /// `oauth2_introspection_calls_total{result}` values.
 pub const CALL_RESULTS: &[&str] = &["active", "inactive", "error"];
 
