@@ -630,12 +630,7 @@ async fn plain_http_to_https_only_routes_is_redirected_or_refused() {
     );
     // Methods other than GET too (308 keeps the method and body).
     let (s, _) = gw
-        .send(
-            gw.client
-                .post(gw.url("/s"))
-                .header("host", "api.example.com")
-                .body("{}"),
-        )
+        .post_with("/s", &[("host", "api.example.com")], "{}")
         .await;
     assert_eq!(s, 308);
 
