@@ -131,14 +131,15 @@ async fn valid_tokens_of_every_family_are_accepted() {
     // Scheme is case-insensitive; spoofed roles are replaced.
     let t = &tokens[0].1;
     let resp = gw
-        .client
-        .get(gw.url("/j"))
-        .header("Authorization", format!("bearer {t}"))
-        .header("X-Authenticated-Roles", "root")
-        .header("X-Consumer-Username", "root")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/j",
+            &[
+                ("Authorization", &format!("bearer {t}")),
+                ("X-Authenticated-Roles", "root"),
+                ("X-Consumer-Username", "root"),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let up = a.last_request().unwrap();
     assert_eq!(
@@ -157,13 +158,14 @@ async fn valid_tokens_of_every_family_are_accepted() {
         &json!({"iss": "hs-issuer", "aud": "api", "exp": now() + 60}),
     );
     let resp = gw
-        .client
-        .get(gw.url("/j"))
-        .header("Authorization", format!("Bearer {no_roles}"))
-        .header("X-Authenticated-Roles", "root")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/j",
+            &[
+                ("Authorization", &format!("Bearer {no_roles}")),
+                ("X-Authenticated-Roles", "root"),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         a.last_request().unwrap().header("x-authenticated-roles"),

@@ -318,15 +318,16 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
         .start_env(&env());
 
     let r = gw
-        .client
-        .get(gw.url("/api/items"))
-        .header("Authorization", "Bearer tok-alice")
-        .header("X-Credential-Sub", "spoofed")
-        .header("X_Credential_Client_Id", "spoofed")
-        .header("X-Consumer-Username", "spoofed")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/api/items",
+            &[
+                ("Authorization", "Bearer tok-alice"),
+                ("X-Credential-Sub", "spoofed"),
+                ("X_Credential_Client_Id", "spoofed"),
+                ("X-Consumer-Username", "spoofed"),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), 200, "{}", gw.diagnostics());
     let seen = up.last_request().unwrap();
     assert_eq!(seen.header("x-consumer-username"), Some("alice"));
@@ -412,21 +413,13 @@ async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
     assert_eq!((s, body["error"].as_str()), (401, Some("missing_token")));
     assert_eq!(www.as_deref(), Some("Bearer realm=\"gatehouse\""));
     let r = gw
-        .client
-        .get(gw.url("/api"))
-        .header("Authorization", "Basic YTpi")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/api", &[("Authorization", "Basic YTpi")])
+        .await;
     assert_eq!(answer(r).await.0, 401);
     // Malformed.
     let r = gw
-        .client
-        .get(gw.url("/api"))
-        .header("Authorization", "Bearer a\"b")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/api", &[("Authorization", "Bearer a\"b")])
+        .await;
     let (s, www, body) = answer(r).await;
     assert_eq!((s, body["error"].as_str()), (401, Some("invalid_token")));
     assert_eq!(www.as_deref(), Some("Bearer error=\"invalid_token\""));
@@ -741,12 +734,8 @@ async fn secrets_stay_out_of_logs_status_metrics_and_answers() {
     ];
     for (path, token, want) in cases {
         let r = gw
-            .client
-            .get(gw.url(path))
-            .header("Authorization", format!("Bearer {token}"))
-            .send()
-            .await
-            .unwrap();
+            .get_response(path, &[("Authorization", &format!("Bearer {token}"))])
+            .await;
         assert_eq!(r.status().as_u16(), want, "{path}");
         let headers = format!("{:?}", r.headers());
         let body = r.text().await.unwrap();
