@@ -266,18 +266,7 @@ routes:
 /// SAN hit (the subject missed first) and a miss.
 fn mtls_identify(c: &mut Criterion) {
     let dir = tempfile::TempDir::new().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = p.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let srv = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.path().join("s.crt"), srv.pem()).unwrap();
-    std::fs::write(dir.path().join("s.key"), key.serialize_pem()).unwrap();
+    gatehouse::demo::write_server_pki(dir.path()).unwrap();
     let mut y = String::from(
         "server:\n  listen: [\"127.0.0.1:1\"]\n  tls: { listen: [\"127.0.0.1:3\"], cert: s.crt, key: s.key, client_auth: { ca: ca.pem } }\nupstreams: [{ name: u, targets: [{ addr: \"127.0.0.1:2\" }] }]\nconsumers:\n",
     );

@@ -79,22 +79,50 @@ struct DemoPki {
 
 static PKI: OnceLock<DemoPki> = OnceLock::new();
 
-fn make_pki() -> Result<DemoPki, rcgen::Error> {
+/// A throwaway certificate authority and one server certificate it signed, made in memory:
+/// the demo's HTTPS service, and tests and benchmarks that need a TLS setup that loads.
+pub struct Pki {
+    /// The CA's certificate (its key is dropped: nothing else is ever signed by it).
+    pub ca: rcgen::Certificate,
+    /// The server certificate and its key.
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+/// A new CA named `ca_name` (its CN; `None`: rcgen's default subject) and a server
+/// certificate it signed for `names`.
+pub fn make_pki(ca_name: Option<&str>, names: &[&str]) -> Result<Pki, rcgen::Error> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate()?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name
-        .push(DnType::CommonName, "gatehouse demo CA");
+    if let Some(cn) = ca_name {
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+    }
     let ca = p.self_signed(&ca_key)?;
     let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![INVENTORY_TLS_NAME.to_string()])?
-        .signed_by(&key, &ca, &ca_key)?;
+    let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let cert = CertificateParams::new(names)?.signed_by(&key, &ca, &ca_key)?;
+    Ok(Pki { ca, cert, key })
+}
+
+/// Writes a new CA (`ca.pem`) and a certificate it signed for `localhost` (`s.crt`, key
+/// `s.key`) into `dir`: what a `server.tls` section with `client_auth: { ca: ca.pem }` needs
+/// to load, for tests and benchmarks of client certificates.
+pub fn write_server_pki(dir: &Path) -> std::io::Result<()> {
+    let pki = make_pki(None, &["localhost"]).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("ca.pem"), pki.ca.pem())?;
+    std::fs::write(dir.join("s.crt"), pki.cert.pem())?;
+    std::fs::write(dir.join("s.key"), pki.key.serialize_pem())
+}
+
+fn demo_pki() -> Result<DemoPki, rcgen::Error> {
+    let pki = make_pki(Some("gatehouse demo CA"), &[INVENTORY_TLS_NAME])?;
     Ok(DemoPki {
-        ca_pem: ca.pem(),
-        cert: leaf.der().to_vec(),
-        key: key.serialize_der(),
+        ca_pem: pki.ca.pem(),
+        cert: pki.cert.der().to_vec(),
+        key: pki.key.serialize_der(),
     })
 }
 
@@ -106,7 +134,7 @@ pub fn write_pki(config_dir: &Path) -> std::io::Result<()> {
         Some(p) => p,
         None => {
             let made =
-                make_pki().map_err(|e| std::io::Error::other(format!("demo certificates: {e}")))?;
+                demo_pki().map_err(|e| std::io::Error::other(format!("demo certificates: {e}")))?;
             PKI.get_or_init(|| made)
         }
     };

@@ -220,8 +220,9 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        let rt = ctx.rt.clone();
-        Ok(ctx.chain_in(&rt).response_cache_filter(session, resp, ctx))
+        Ok(ctx
+            .chain()
+            .response_cache_filter(session.req_header(), resp, ctx))
     }
 
     fn cache_vary_filter(
@@ -230,18 +231,16 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let rt = ctx.rt.clone();
-        ctx.chain_in(&rt).cache_vary_filter(meta, ctx, req)
+        ctx.chain().cache_vary_filter(meta, req, ctx)
     }
 
     fn should_serve_stale(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        let rt = ctx.rt.clone();
-        ctx.chain_in(&rt).should_serve_stale(session, ctx, error)
+        ctx.chain().should_serve_stale(error)
     }
 
     async fn upstream_peer(

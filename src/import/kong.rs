@@ -38,89 +38,87 @@ type Extra = BTreeMap<String, Value>;
 /// A plugin entry and its path in the Kong file.
 type Located = (Value, String);
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Service {
-    name: Option<String>,
-    url: Option<String>,
-    protocol: Option<String>,
-    host: Option<String>,
-    port: Option<u64>,
-    path: Option<String>,
-    retries: Option<u64>,
-    connect_timeout: Option<u64>,
-    read_timeout: Option<u64>,
-    write_timeout: Option<u64>,
-    enabled: Option<bool>,
-    routes: Option<Vec<Value>>,
-    plugins: Option<Vec<Value>>,
-    #[serde(flatten)]
-    extra: Extra,
+/// Kong's entities as read: every field optional (`#[serde(default)]`), the fields gatehouse
+/// does not read kept in `extra` (reported as not carried over).
+macro_rules! kong_entities {
+    ($( struct $name:ident { $( $field:ident: $ty:ty, )* } )*) => {
+        $(
+            #[derive(Deserialize, Default)]
+            #[serde(default)]
+            struct $name {
+                $( $field: $ty, )*
+                #[serde(flatten)]
+                extra: Extra,
+            }
+        )*
+    };
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Route {
-    name: Option<String>,
-    paths: Option<Vec<String>>,
-    hosts: Option<Vec<String>>,
-    methods: Option<Vec<String>>,
-    headers: Option<BTreeMap<String, Value>>,
-    strip_path: Option<bool>,
-    preserve_host: Option<bool>,
-    protocols: Option<Vec<String>>,
-    https_redirect_status_code: Option<u64>,
-    service: Option<Value>,
-    plugins: Option<Vec<Value>>,
-    #[serde(flatten)]
-    extra: Extra,
+kong_entities! {
+    struct Service {
+        name: Option<String>,
+        url: Option<String>,
+        protocol: Option<String>,
+        host: Option<String>,
+        port: Option<u64>,
+        path: Option<String>,
+        retries: Option<u64>,
+        connect_timeout: Option<u64>,
+        read_timeout: Option<u64>,
+        write_timeout: Option<u64>,
+        enabled: Option<bool>,
+        routes: Option<Vec<Value>>,
+        plugins: Option<Vec<Value>>,
+    }
+    struct Route {
+        name: Option<String>,
+        paths: Option<Vec<String>>,
+        hosts: Option<Vec<String>>,
+        methods: Option<Vec<String>>,
+        headers: Option<BTreeMap<String, Value>>,
+        strip_path: Option<bool>,
+        preserve_host: Option<bool>,
+        protocols: Option<Vec<String>>,
+        https_redirect_status_code: Option<u64>,
+        service: Option<Value>,
+        plugins: Option<Vec<Value>>,
+    }
+    struct Upstream {
+        name: Option<String>,
+        algorithm: Option<String>,
+        hash_on: Option<String>,
+        healthchecks: Option<Value>,
+        targets: Option<Vec<Value>>,
+    }
+    struct Target {
+        target: Option<String>,
+        weight: Option<u64>,
+    }
+    struct Consumer {
+        username: Option<String>,
+        custom_id: Option<String>,
+        keyauth_credentials: Option<Vec<Value>>,
+        jwt_secrets: Option<Vec<Value>>,
+        acls: Option<Vec<Value>>,
+        plugins: Option<Vec<Value>>,
+    }
+    struct Plugin {
+        name: Option<String>,
+        config: Option<Value>,
+        enabled: Option<bool>,
+        route: Option<Value>,
+        service: Option<Value>,
+        consumer: Option<Value>,
+    }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Upstream {
-    name: Option<String>,
-    algorithm: Option<String>,
-    hash_on: Option<String>,
-    healthchecks: Option<Value>,
-    targets: Option<Vec<Value>>,
-    #[serde(flatten)]
-    extra: Extra,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Target {
-    target: Option<String>,
-    weight: Option<u64>,
-    #[serde(flatten)]
-    extra: Extra,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Consumer {
-    username: Option<String>,
-    custom_id: Option<String>,
-    keyauth_credentials: Option<Vec<Value>>,
-    jwt_secrets: Option<Vec<Value>>,
-    acls: Option<Vec<Value>>,
-    plugins: Option<Vec<Value>>,
-    #[serde(flatten)]
-    extra: Extra,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Plugin {
-    name: Option<String>,
-    config: Option<Value>,
-    enabled: Option<bool>,
-    route: Option<Value>,
-    service: Option<Value>,
-    consumer: Option<Value>,
-    #[serde(flatten)]
-    extra: Extra,
+/// An entity's `plugins` entries, each with its path in the Kong file (`path` is the
+/// entity's).
+fn located_plugins(plugins: &Option<Vec<Value>>, path: &str) -> Vec<Located> {
+    let list = plugins.as_deref().unwrap_or_default().iter().cloned();
+    list.enumerate()
+        .map(|(j, p)| (p, format!("{path}.plugins[{j}]")))
+        .collect()
 }
 
 /// Reads `v` into `T`, or records why not.
@@ -453,14 +451,7 @@ pub fn convert(text: &str, source_name: &str) -> Result<Converted, String> {
             &kong_ups,
             &mut ups_timeouts_set,
         );
-        let mut plugins: Vec<(Value, String)> = s
-            .plugins
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(j, p)| (p, format!("{path}.plugins[{j}]")))
-            .collect();
+        let mut plugins = located_plugins(&s.plugins, &path);
         plugins.extend(by_service.remove(&sname).unwrap_or_default());
         svc_info.insert(sname.clone(), (up, plugins));
         for (j, r) in s.routes.clone().unwrap_or_default().into_iter().enumerate() {
@@ -508,14 +499,7 @@ pub fn convert(text: &str, source_name: &str) -> Result<Converted, String> {
             name = format!("{base}-{k}");
             k += 1;
         }
-        let mut plugins: Vec<(Value, String)> = r
-            .plugins
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(j, p)| (p, format!("{path}.plugins[{j}]")))
-            .collect();
+        let mut plugins = located_plugins(&r.plugins, &path);
         if let Some(rn) = &r.name {
             plugins.extend(by_route.remove(rn).unwrap_or_default());
         }
@@ -759,20 +743,20 @@ fn upstream_from_kong(
             if on == "ip" {
                 "ip_hash"
             } else {
-                cm.push(n.add(
+                n.fallback(
+                    cm,
                     &format!("{path}.hash_on"),
                     format!("consistent hashing on {on:?} cannot be expressed (gatehouse hashes on the client IP only); weighted round robin is used"),
-                ));
-                "weighted"
+                    "weighted",
+                )
             }
         }
-        other => {
-            cm.push(n.add(
-                &format!("{path}.algorithm"),
-                format!("{other:?} cannot be expressed; weighted round robin is used"),
-            ));
-            "weighted"
-        }
+        other => n.fallback(
+            cm,
+            &format!("{path}.algorithm"),
+            format!("{other:?} cannot be expressed; weighted round robin is used"),
+            "weighted",
+        ),
     };
     b.put("balance", Y::str(balance));
     let tlist = targets
@@ -1576,34 +1560,32 @@ fn map_plugin(
                         o.put("header_name", Y::str(h));
                         "header"
                     } else {
-                        cm.push(n.add(
+                        n.fallback(
+                            cm,
                             &format!("{cp}.header_name"),
                             "missing for limit_by header; limited by ip",
-                        ));
-                        "ip"
+                            "ip",
+                        )
                     }
                 }
-                "credential" => {
-                    cm.push(n.add(
-                        &format!("{cp}.limit_by"),
-                        "credential: counted per consumer (all of a consumer's keys share one budget)",
-                    ));
-                    "consumer"
-                }
-                "service" => {
-                    cm.push(n.add(
-                        &format!("{cp}.limit_by"),
-                        "service: counted per route (each route of the service has its own budget)",
-                    ));
-                    "route"
-                }
-                other => {
-                    cm.push(n.add(
-                        &format!("{cp}.limit_by"),
-                        format!("{other:?} cannot be expressed; counted per route"),
-                    ));
-                    "route"
-                }
+                "credential" => n.fallback(
+                    cm,
+                    &format!("{cp}.limit_by"),
+                    "credential: counted per consumer (all of a consumer's keys share one budget)",
+                    "consumer",
+                ),
+                "service" => n.fallback(
+                    cm,
+                    &format!("{cp}.limit_by"),
+                    "service: counted per route (each route of the service has its own budget)",
+                    "route",
+                ),
+                other => n.fallback(
+                    cm,
+                    &format!("{cp}.limit_by"),
+                    format!("{other:?} cannot be expressed; counted per route"),
+                    "route",
+                ),
             };
             o.put("limit_by", Y::str(gby));
             let policy = c.str("policy").unwrap_or_else(|| "local".into());
@@ -2017,13 +1999,12 @@ fn map_plugin(
             let _ = c.get("deny");
             None
         }
-        other => {
-            cm.push(n.add(
-                path,
-                format!("plugin {other:?} has no gatehouse equivalent; left out"),
-            ));
-            None
-        }
+        other => n.fallback(
+            cm,
+            path,
+            format!("plugin {other:?} has no gatehouse equivalent; left out"),
+            None,
+        ),
     };
     out.map(|g| (g, o))
 }

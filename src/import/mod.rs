@@ -85,6 +85,19 @@ impl Notes {
         }
         line
     }
+
+    /// Records a note that `value` stands in for what could not be converted, attaches it
+    /// to the output through `comments`, and returns `value`.
+    pub fn fallback<T>(
+        &mut self,
+        comments: &mut Vec<String>,
+        path: &str,
+        msg: impl AsRef<str>,
+        value: T,
+    ) -> T {
+        comments.push(self.add(path, msg));
+        value
+    }
 }
 
 fn key_text(k: &str) -> String {

@@ -907,6 +907,25 @@ pub fn scraped_counter(name: &str, help: &str, value: u64, out: &mut Vec<MetricF
     }
 }
 
+/// One metric label's values as a const array (`$all`) and an enum of the same values in the
+/// same order (`Enum as usize` indexes the array), so the index a counter is found by and
+/// the label it was created with cannot drift apart.
+macro_rules! label_values {
+    (
+        $(#[$m:meta])* $vis:vis const $all:ident;
+        $(#[$em:meta])* $evis:vis enum $name:ident { $( $variant:ident = $label:literal, )* }
+    ) => {
+        $(#[$m])*
+        $vis const $all: &[&str] = &[$( $label, )*];
+        $(#[$em])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $evis enum $name {
+            $( $variant, )*
+        }
+    };
+}
+pub(crate) use label_values;
+
 #[cfg(test)]
 mod tests {
     use super::*;

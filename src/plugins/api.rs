@@ -331,12 +331,12 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
-    /// `response_cache_filter`.
+    /// `response_cache_filter`: `req` is the client's request head.
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        _req: &RequestHeader,
         _resp: &ResponseHeader,
-        _ctx: &mut RequestCtx,
+        _ctx: &RequestCtx,
     ) -> RespCacheable {
         RespCacheable::Uncacheable(pingora::cache::NoCacheReason::Custom("no cache plugin"))
     }
@@ -345,19 +345,14 @@ pub trait Hooks: Sized + Send + Sync + std::fmt::Debug + 'static {
     fn cache_vary_filter(
         &self,
         _meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
         _req: &RequestHeader,
+        _ctx: &RequestCtx,
     ) -> Option<HashBinary> {
         None
     }
 
-    /// `should_serve_stale`.
-    fn should_serve_stale(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-        _error: Option<&Error>,
-    ) -> bool {
+    /// `should_serve_stale`: `error` is the upstream's (`None`: stale-while-revalidate).
+    fn should_serve_stale(&self, _error: Option<&Error>) -> bool {
         false
     }
 

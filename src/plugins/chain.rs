@@ -52,6 +52,12 @@ impl Chain {
         self.plugins.iter().map(|p| p.name()).collect()
     }
 
+    /// The chain's plugin of type `T`, if it has one (tests, benchmarks and `explain` look
+    /// into a compiled route with it).
+    pub fn find<T: super::Member>(&self) -> Option<&T> {
+        self.plugins.iter().find_map(|p| T::of(p))
+    }
+
     /// Some plugin of the chain serves `phase` (a [`phase`] bit).
     #[inline]
     pub fn has(&self, phase: u32) -> bool {
@@ -232,12 +238,12 @@ impl Chain {
     /// `response_cache_filter`.
     pub fn response_cache_filter(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         resp: &ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &RequestCtx,
     ) -> RespCacheable {
         match self.cache() {
-            Some(p) => p.response_cache_filter(session, resp, ctx),
+            Some(p) => p.response_cache_filter(req, resp, ctx),
             None => RespCacheable::Uncacheable(NoCacheReason::Custom("no cache plugin")),
         }
     }
@@ -246,22 +252,16 @@ impl Chain {
     pub fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        ctx: &mut RequestCtx,
         req: &RequestHeader,
+        ctx: &RequestCtx,
     ) -> Option<HashBinary> {
         self.cache()
-            .and_then(|p| p.cache_vary_filter(meta, ctx, req))
+            .and_then(|p| p.cache_vary_filter(meta, req, ctx))
     }
 
     /// `should_serve_stale`.
-    pub fn should_serve_stale(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        error: Option<&Error>,
-    ) -> bool {
-        self.cache()
-            .is_some_and(|p| p.should_serve_stale(session, ctx, error))
+    pub fn should_serve_stale(&self, error: Option<&Error>) -> bool {
+        self.cache().is_some_and(|p| p.should_serve_stale(error))
     }
 
     /// Start of `response_filter`.

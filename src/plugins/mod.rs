@@ -74,6 +74,10 @@ use std::sync::Arc;
 /// everything that lists the plugins: see the module doc.
 macro_rules! plugin_table {
     ($( $name:literal => $variant:ident($module:ident :: $ty:ident), )*) => {
+        // `$` for the forwarding macro defined inside.
+        plugin_table!(@with ($) $( $name => $variant($module::$ty), )*);
+    };
+    (@with ($d:tt) $( $name:literal => $variant:ident($module:ident :: $ty:ident), )*) => {
         /// The execution order (and every known name).
         pub const ORDER: &[&str] = &[$( $name, )*];
 
@@ -89,6 +93,18 @@ macro_rules! plugin_table {
         pub struct PluginStates {
             $( pub $module: <$module::$ty as Hooks>::State, )*
         }
+
+        $(
+            impl Member for $module::$ty {
+                #[allow(unreachable_patterns)]
+                fn of(p: &Plugin) -> Option<&Self> {
+                    match p {
+                        Plugin::$variant(x) => Some(x),
+                        _ => None,
+                    }
+                }
+            }
+        )*
 
         /// Builds one plugin from its YAML entry. `path` is the YAML path of the entry
         /// (`routes[2].plugins[0]`).
@@ -219,155 +235,64 @@ macro_rules! plugin_table {
                 }
             }
 
-            fn identity_headers(&self) -> &[HeaderName] {
-                match self {
-                    $( Plugin::$variant(p) => p.identity_headers(), )*
-                }
-            }
-
             async fn request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Outcome {
                 match self {
                     $( Plugin::$variant(p) => Hooks::request(p, session, ctx).await, )*
                 }
             }
+        }
 
-            fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome> {
-                match self {
-                    $( Plugin::$variant(p) => p.request_body(body, ctx), )*
+        /// Writes `Plugin` methods that hand a [`Hooks`] call to the plugin inside, with the
+        /// hook's own signature (a `match`: static dispatch).
+        macro_rules! forward_hooks {
+            ($d( $d(#[$d meta:meta])* $d vis:vis fn $d hook:ident(&self $d(, $d arg:ident: $d ty:ty)*) $d(-> $d ret:ty)?; )*) => {
+                impl Plugin {
+                    $d(
+                        $d(#[$d meta])*
+                        $d vis fn $d hook(&self $d(, $d arg: $d ty)*) $d(-> $d ret)? {
+                            match self {
+                                $( Plugin::$variant(p) => Hooks::$d hook(p $d(, $d arg)*), )*
+                            }
+                        }
+                    )*
                 }
-            }
+            };
+        }
 
-            fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-                match self {
-                    $( Plugin::$variant(p) => Hooks::upstream_request(p, req, ctx), )*
-                }
-            }
-
-            fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()> {
-                match self {
-                    $( Plugin::$variant(p) => Hooks::response(p, resp, ctx), )*
-                }
-            }
-
-            fn hand_off(&self, session: &mut Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
-                match self {
-                    $( Plugin::$variant(p) => p.hand_off(session, resp, ctx), )*
-                }
-            }
-
-            fn gateway_body(
-                &self,
-                ctx: &RequestCtx,
-                status: u16,
-                code: &str,
-            ) -> Option<(Bytes, HeaderValue)> {
-                match self {
-                    $( Plugin::$variant(p) => p.gateway_body(ctx, status, code), )*
-                }
-            }
-
-            fn before_answer(&self, session: &Session, ctx: &mut RequestCtx) {
-                match self {
-                    $( Plugin::$variant(p) => p.before_answer(session, ctx), )*
-                }
-            }
-
-            fn logging(&self, session: &Session, ctx: &mut RequestCtx, done: &Finished) {
-                match self {
-                    $( Plugin::$variant(p) => p.logging(session, ctx, done), )*
-                }
-            }
-
-            fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) {
-                match self {
-                    $( Plugin::$variant(p) => p.request_cache_filter(session, ctx), )*
-                }
-            }
-
-            fn cache_key(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-                match self {
-                    $( Plugin::$variant(p) => p.cache_key(session, ctx), )*
-                }
-            }
-
-            fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
-                match self {
-                    $( Plugin::$variant(p) => p.cache_miss(session, ctx), )*
-                }
-            }
-
-            fn cache_hit_filter(
-                &self,
-                meta: &CacheMeta,
-                is_fresh: bool,
-                ctx: &mut RequestCtx,
-            ) -> Option<ForcedFreshness> {
-                match self {
-                    $( Plugin::$variant(p) => p.cache_hit_filter(meta, is_fresh, ctx), )*
-                }
-            }
-
-            fn response_cache_filter(
-                &self,
-                session: &Session,
-                resp: &ResponseHeader,
-                ctx: &mut RequestCtx,
-            ) -> RespCacheable {
-                match self {
-                    $( Plugin::$variant(p) => p.response_cache_filter(session, resp, ctx), )*
-                }
-            }
-
-            fn cache_vary_filter(
-                &self,
-                meta: &CacheMeta,
-                ctx: &mut RequestCtx,
-                req: &RequestHeader,
-            ) -> Option<HashBinary> {
-                match self {
-                    $( Plugin::$variant(p) => p.cache_vary_filter(meta, ctx, req), )*
-                }
-            }
-
-            fn should_serve_stale(
-                &self,
-                session: &mut Session,
-                ctx: &mut RequestCtx,
-                error: Option<&Error>,
-            ) -> bool {
-                match self {
-                    $( Plugin::$variant(p) => p.should_serve_stale(session, ctx, error), )*
-                }
-            }
-
-            fn settle_cache(&self, session: &mut Session, ctx: &mut RequestCtx) {
-                match self {
-                    $( Plugin::$variant(p) => p.settle_cache(session, ctx), )*
-                }
-            }
-
+        forward_hooks! {
+            fn identity_headers(&self) -> &[HeaderName];
+            fn request_body(&self, body: &mut Chunk<'_>, ctx: &mut RequestCtx) -> Result<BodyOutcome>;
+            fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()>;
+            fn response(&self, resp: &mut Answer<'_>, ctx: &mut RequestCtx) -> Result<()>;
+            fn hand_off(&self, session: &mut Session, resp: &ResponseHeader, ctx: &mut RequestCtx);
+            fn gateway_body(&self, ctx: &RequestCtx, status: u16, code: &str)
+                -> Option<(Bytes, HeaderValue)>;
+            fn before_answer(&self, session: &Session, ctx: &mut RequestCtx);
+            fn logging(&self, session: &Session, ctx: &mut RequestCtx, done: &Finished);
+            fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx);
+            fn cache_key(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey>;
+            fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx);
+            fn cache_hit_filter(&self, meta: &CacheMeta, is_fresh: bool, ctx: &mut RequestCtx)
+                -> Option<ForcedFreshness>;
+            fn response_cache_filter(&self, req: &RequestHeader, resp: &ResponseHeader, ctx: &RequestCtx)
+                -> RespCacheable;
+            fn cache_vary_filter(&self, meta: &CacheMeta, req: &RequestHeader, ctx: &RequestCtx)
+                -> Option<HashBinary>;
+            fn should_serve_stale(&self, error: Option<&Error>) -> bool;
+            fn settle_cache(&self, session: &mut Session, ctx: &mut RequestCtx);
             /// `explain`: the plugin's decision for the request in `x`.
-            pub fn explain(&self, x: &mut Explain) -> serde_json::Value {
-                match self {
-                    $( Plugin::$variant(p) => p.explain(x), )*
-                }
-            }
-
+            pub fn explain(&self, x: &mut Explain) -> serde_json::Value;
             /// Headers whose values are this plugin's credentials.
-            pub fn credential_headers(&self) -> &[HeaderName] {
-                match self {
-                    $( Plugin::$variant(p) => p.credential_headers(), )*
-                }
-            }
-
+            pub fn credential_headers(&self) -> &[HeaderName];
             /// A query parameter whose value is this plugin's credential.
-            pub fn credential_query_param(&self) -> Option<&str> {
-                match self {
-                    $( Plugin::$variant(p) => p.credential_query_param(), )*
-                }
-            }
+            pub fn credential_query_param(&self) -> Option<&str>;
         }
     };
+}
+
+/// A plugin type of the table: its instance inside a [`Plugin`] ([`Chain::find`]).
+pub trait Member: Sized {
+    fn of(p: &Plugin) -> Option<&Self>;
 }
 
 /// One plugin of type `P` from its entry: the typed config first (its errors at the bad

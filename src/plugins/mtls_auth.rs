@@ -355,18 +355,7 @@ mod tests {
             "server:\n  listen: [\"127.0.0.1:8080\"]\n  tls:\n    listen: [\"127.0.0.1:8443\"]\n    cert: {p}/s.crt\n    key: {p}/s.key\n    client_auth: {{ ca: {p}/ca.pem }}\nconsumers:\n{consumers}upstreams:\n  - name: u\n    targets: [{{ addr: \"127.0.0.1:9\" }}]\nroutes:\n  - name: r\n    paths: [\"/\"]\n    upstream: u\n    plugins:\n      - {plugin}\n",
             p = d.path().display()
         );
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = p.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let srv = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        std::fs::write(d.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(d.path().join("s.crt"), srv.pem()).unwrap();
-        std::fs::write(d.path().join("s.key"), key.serialize_pem()).unwrap();
+        crate::demo::write_server_pki(d.path()).unwrap();
         let rt = crate::config::load_str(&y, d.path(), &Default::default(), &Default::default(), 1)
             .unwrap_or_else(|e| panic!("{e}"));
         Arc::new(rt)

@@ -8,9 +8,15 @@
 //! collector) with credentials; an ambient proxy setting meant for something else must not
 //! reroute them. A deployment that needs a proxy for one of them points `url`/`endpoint` at it.
 
+use super::BuildEnv;
 use crate::config::diag::ErrorSink;
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+use prometheus::{HistogramVec, IntCounterVec};
 use sha2::{Digest, Sha256};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A client builder with the policy above (callers add timeouts, redirects, pools, their
@@ -130,6 +136,126 @@ pub(crate) fn entry_identity(
         .map(|v| serde_yaml::to_string(v).unwrap_or_default())
         .unwrap_or_default();
     crate::util::digest::identity(&[plugin, route.unwrap_or(""), &text, &ca.digest])
+}
+
+/// The state a `plugin` entry keeps across reloads (by [`entry_identity`] in the app's
+/// registry: weak, so it dies with the last runtime using it), made once by `make` with the
+/// entry's [`service_client`]; a client that cannot be built is an error at `at`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn entry_state<S: Send + Sync + 'static>(
+    s: &mut ErrorSink,
+    at: &str,
+    plugin: &str,
+    env: &BuildEnv,
+    raw: Option<&serde_yaml::Value>,
+    (timeout, connect_timeout): (Duration, Duration),
+    ca: Ca,
+    make: impl FnOnce(reqwest::Client) -> Result<S, String>,
+) -> Option<Arc<S>> {
+    let id = entry_identity(plugin, env.route, raw, &ca);
+    let state = env.registry.try_get_or_insert_with(&id, || {
+        make(service_client(plugin, timeout, connect_timeout, ca)?)
+    });
+    state.map_err(|e| s.error(at, e)).ok()
+}
+
+/// Why a call to a plugin's service failed (never cached; logged without address or secrets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallError {
+    Timeout,
+    Connect,
+    /// The service answered with a status it must not (forward-auth: neither 2xx nor
+    /// 401/403; oauth2-introspection: not 200).
+    Status(u16),
+    /// forward-auth: more auth-response header bytes to copy than a decision keeps.
+    HeadersTooLarge,
+    /// oauth2-introspection: the answer was not the expected JSON (or too long).
+    Malformed,
+    /// oauth2-introspection: too many other tokens are being introspected.
+    Overloaded,
+    /// oauth2-introspection: the call's task ended without a result (runtime shutdown).
+    Lost,
+    /// The request could not be sent or the answer could not be read.
+    Other,
+}
+
+impl From<reqwest::Error> for CallError {
+    fn from(e: reqwest::Error) -> CallError {
+        if e.is_timeout() {
+            CallError::Timeout
+        } else if e.is_connect() {
+            CallError::Connect
+        } else {
+            CallError::Other
+        }
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Timeout => f.write_str("timed out"),
+            CallError::Connect => f.write_str("connection failed"),
+            CallError::Status(s) => write!(f, "answered status {s}"),
+            CallError::HeadersTooLarge => f.write_str("answered with too many header bytes"),
+            CallError::Malformed => f.write_str("answered something other than the expected JSON"),
+            CallError::Overloaded => f.write_str("has too many calls in flight"),
+            CallError::Lost => f.write_str("call was abandoned"),
+            CallError::Other => f.write_str("request failed"),
+        }
+    }
+}
+
+/// `upstream_request_filter` of a plugin whose service's decision carries identity headers:
+/// the client's copies of `names` removed (Pingora removed what the client's `Connection`
+/// names after `request_filter`, so they are set again here), the decision's `headers` set.
+pub(crate) fn set_identity_headers(
+    req: &mut RequestHeader,
+    names: &[HeaderName],
+    headers: Option<&[(HeaderName, HeaderValue)]>,
+) -> pingora::Result<()> {
+    for name in names {
+        req.remove_header(name);
+    }
+    for (n, v) in headers.unwrap_or_default() {
+        req.append_header(n.clone(), v.clone())?;
+    }
+    Ok(())
+}
+
+/// The call-duration family of a plugin's service calls, by route.
+pub(crate) fn call_duration(name: &str, help: &str) -> HistogramVec {
+    let r = crate::observe::metrics::registry();
+    r.histogram_vec(
+        name,
+        help,
+        &["route"],
+        crate::observe::metrics::UPSTREAM_BUCKETS,
+    )
+}
+
+/// Creates (at 0) or removes `route`'s series of a plugin's families: each counter family
+/// with each of its label values, and the call duration.
+pub(crate) fn route_series(
+    route: &str,
+    create: bool,
+    counters: &[(&IntCounterVec, &[&str])],
+    duration: &HistogramVec,
+) {
+    for (family, values) in counters {
+        for x in *values {
+            if create {
+                family.with_label_values(&[route, x]);
+            } else {
+                let _ = family.remove_label_values(&[route, x]);
+            }
+        }
+    }
+    if create {
+        duration.with_label_values(&[route]);
+    } else {
+        let _ = duration.remove_label_values(&[route]);
+    }
 }
 
 /// Lets a failing service's warning through at most once a second per plugin entry (a

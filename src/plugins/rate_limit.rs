@@ -699,7 +699,6 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::ctx::Runtime;
-    use crate::plugins::Plugin;
     use crate::upstream::StateRegistry;
     use crate::util::registry::Registry;
     use std::path::Path;
@@ -724,15 +723,7 @@ mod tests {
 
     fn plugin(rt: &Runtime) -> &RateLimit {
         let route = rt.routes.iter().find(|r| r.name == "r").expect("route r");
-        route
-            .plugins
-            .plugins
-            .iter()
-            .find_map(|p| match &**p {
-                Plugin::RateLimiting(r) => Some(r),
-                _ => None,
-            })
-            .expect("rate-limiting on route r")
+        route.plugins.find().expect("rate-limiting on route r")
     }
 
     fn ctx(rt: &Arc<Runtime>, consumer: Option<usize>, ip: &str) -> RequestCtx {

@@ -18,8 +18,7 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::{
-    CertificateDer, ClientCertVerified, ClientCertVerifier, DigitallySignedStruct,
-    HandshakeSignatureValid, RootCertStore, RusTlsError, SignatureScheme, UnixTime,
+    CertificateDer, ClientCertVerified, ClientCertVerifier, RootCertStore, RusTlsError, UnixTime,
     WebPkiClientVerifier,
 };
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -175,33 +174,7 @@ impl ClientCertVerifier for ClientVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        let algs = Self::signature_algorithms()
-            .ok_or_else(|| RusTlsError::General("no crypto provider".into()))?;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        let algs = Self::signature_algorithms()
-            .ok_or_else(|| RusTlsError::General("no crypto provider".into()))?;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        Self::signature_algorithms()
-            .map(|a| a.supported_schemes())
-            .unwrap_or_default()
-    }
+    crate::util::handshake::handshake_signatures!(|_: &Self| Self::signature_algorithms());
 }
 
 /// The verified client certificate of a connection: what routes and plugins may identify

@@ -18,9 +18,8 @@ use crate::config::diag::Compiler;
 use crate::config::raw::{RawUpstream, RawUpstreamTls, UpstreamProtocol};
 use pingora::protocols::tls::CaType;
 use pingora::tls::{
-    CertificateDer, ClientConfig, CryptoProvider, DigitallySignedStruct, HandshakeSignatureValid,
-    PrivateKeyDer, RootCertStore, RusTlsError, ServerCertVerified, ServerCertVerifier, ServerName,
-    SignatureScheme, UnixTime,
+    CertificateDer, ClientConfig, CryptoProvider, PrivateKeyDer, RootCertStore, RusTlsError,
+    ServerCertVerified, ServerCertVerifier, ServerName, UnixTime,
 };
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use pingora::utils::tls::{CertKey, WrappedX509};
@@ -447,27 +446,7 @@ impl ServerCertVerifier for AnyServerCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+    crate::util::handshake::handshake_signatures!(|v: &Self| Some(v.0));
 }
 
 /// A short reason for a failed upstream handshake, for the log line (the full error follows

@@ -7,6 +7,7 @@
 //! - [`percent`]: canonical percent-encoding of request paths (router, cache keys, purges);
 //! - [`redact`]: URLs without credentials, for logs and `/status`;
 //! - [`form`]: `application/x-www-form-urlencoded` decoding;
+//! - [`handshake`]: the handshake-signature checks every rustls certificate verifier shares;
 //! - [`hex_id`]: fixed-size lower-case hex ids (trace and span ids);
 //! - [`registry`]: the weak registry of state that survives reloads.
 
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod digest;
 pub mod dn;
 pub mod form;
+pub mod handshake;
 pub mod hex_id;
 pub mod percent;
 pub mod redact;

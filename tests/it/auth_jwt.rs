@@ -131,14 +131,15 @@ async fn valid_tokens_of_every_family_are_accepted() {
     // Scheme is case-insensitive; spoofed roles are replaced.
     let t = &tokens[0].1;
     let resp = gw
-        .client
-        .get(gw.url("/j"))
-        .header("Authorization", format!("bearer {t}"))
-        .header("X-Authenticated-Roles", "root")
-        .header("X-Consumer-Username", "root")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/j",
+            &[
+                ("Authorization", &format!("bearer {t}")),
+                ("X-Authenticated-Roles", "root"),
+                ("X-Consumer-Username", "root"),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let up = a.last_request().unwrap();
     assert_eq!(
@@ -157,13 +158,14 @@ async fn valid_tokens_of_every_family_are_accepted() {
         &json!({"iss": "hs-issuer", "aud": "api", "exp": now() + 60}),
     );
     let resp = gw
-        .client
-        .get(gw.url("/j"))
-        .header("Authorization", format!("Bearer {no_roles}"))
-        .header("X-Authenticated-Roles", "root")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/j",
+            &[
+                ("Authorization", &format!("Bearer {no_roles}")),
+                ("X-Authenticated-Roles", "root"),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         a.last_request().unwrap().header("x-authenticated-roles"),
@@ -582,7 +584,7 @@ routes:
 #[test]
 fn demo_sample_token_matches_the_demo_config() {
     use gatehouse::plugins::acl::Decision;
-    use gatehouse::plugins::Plugin;
+    use gatehouse::plugins::{acl::Acl, jwt::Jwt};
     use std::sync::Arc;
     // The demo's HTTPS upstream reads the CA `gatehouse demo` writes next to its config.
     let dir = tempfile::tempdir().unwrap();
@@ -605,15 +607,8 @@ fn demo_sample_token_matches_the_demo_config() {
     };
     let token = gatehouse::demo::sample_jwt();
     for (name, want) in [("reports", Decision::Allow), ("admin", Decision::Forbidden)] {
-        let plugins = &route(name).plugins.plugins;
-        let jwt = plugins.iter().find_map(|p| match &**p {
-            Plugin::Jwt(j) => Some(j),
-            _ => None,
-        });
-        let acl = plugins.iter().find_map(|p| match &**p {
-            Plugin::Acl(a) => Some(a),
-            _ => None,
-        });
+        let plugins = &route(name).plugins;
+        let (jwt, acl) = (plugins.find::<Jwt>(), plugins.find::<Acl>());
         let (Some(jwt), Some(acl)) = (jwt, acl) else {
             panic!("{name}: jwt and acl expected");
         };

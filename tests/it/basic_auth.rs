@@ -171,13 +171,14 @@ async fn hashes_env_password_refusals_and_consumer() {
     }
     // Two Authorization headers are ambiguous.
     let resp = gw
-        .client
-        .get(gw.url("/b"))
-        .header("Authorization", basic("ann", ANN_PW))
-        .header("Authorization", basic("ann", ANN_PW))
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/b",
+            &[
+                ("Authorization", &basic("ann", ANN_PW)),
+                ("Authorization", &basic("ann", ANN_PW)),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 401);
     assert_eq!(a.hits(), hits, "refused requests never reach the upstream");
 

@@ -146,13 +146,7 @@ async fn allowed_and_disallowed_origins_on_actual_requests() {
 async fn star_without_credentials_and_reflected_request_headers() {
     let a = Backend::start("a");
     let gw = setup(&a, "{ origins: [\"*\"] }");
-    let resp = gw
-        .client
-        .get(gw.url("/r"))
-        .header("origin", EVIL)
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.get_response("/r", &[("origin", EVIL)]).await;
     let h = resp.headers();
     assert_eq!(h["access-control-allow-origin"], "*");
     assert!(h.get("access-control-allow-credentials").is_none());
@@ -177,25 +171,13 @@ async fn cors_headers_on_gateway_errors() {
     let a = Backend::start("a");
     let gw = setup(&a, &format!("{{ origins: [\"{APP}\"] }}"));
     for (path, status, code) in [("/nowhere", 404, "not_found"), ("/d", 502, "bad_gateway")] {
-        let resp = gw
-            .client
-            .get(gw.url(path))
-            .header("origin", APP)
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.get_response(path, &[("origin", APP)]).await;
         assert_eq!(resp.status(), status, "{path}");
         assert_eq!(resp.headers()["access-control-allow-origin"], APP, "{path}");
         assert!(vary_has_origin(resp.headers()), "{path}");
         assert_error_body(&resp.text().await.unwrap(), code);
 
-        let resp = gw
-            .client
-            .get(gw.url(path))
-            .header("origin", EVIL)
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.get_response(path, &[("origin", EVIL)]).await;
         assert_eq!(resp.status(), status, "{path}");
         assert!(acl_headers(resp.headers()).is_empty(), "{path}");
     }
@@ -206,13 +188,7 @@ async fn cors_headers_come_after_response_transformer() {
     // On the way back cors runs last: a response-transformer rule cannot strip its headers.
     let a = Backend::start("a");
     let gw = one_route(&a, "/r", &format!("plugins:\n  - name: response-transformer\n    config: {{ remove: {{ headers: [Access-Control-Allow-Origin, Vary] }} }}\n  - name: cors\n    config: {{ origins: [\"{APP}\"] }}"));
-    let resp = gw
-        .client
-        .get(gw.url("/r"))
-        .header("origin", APP)
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.get_response("/r", &[("origin", APP)]).await;
     assert_eq!(resp.headers()["access-control-allow-origin"], APP);
     assert!(vary_has_origin(resp.headers()));
 }

@@ -630,23 +630,14 @@ async fn plain_http_to_https_only_routes_is_redirected_or_refused() {
     );
     // Methods other than GET too (308 keeps the method and body).
     let (s, _) = gw
-        .send(
-            gw.client
-                .post(gw.url("/s"))
-                .header("host", "api.example.com")
-                .body("{}"),
-        )
+        .post_with("/s", &[("host", "api.example.com")], "{}")
         .await;
     assert_eq!(s, 308);
 
     // The 426 variant (Kong's default).
     let r = gw
-        .client
-        .get(gw.url("/k/x"))
-        .header("host", "api.example.com")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/k/x", &[("host", "api.example.com")])
+        .await;
     assert_eq!(r.status().as_u16(), 426);
     assert_eq!(r.headers()["upgrade"], "TLS/1.2, HTTP/1.1");
     assert!(r.headers().get("location").is_none());
@@ -742,13 +733,11 @@ async fn trusted_proxy_x_forwarded_proto_https_passes() {
     // The proxy says http: redirected, with no port (the proxy's HTTPS port is 443).
     for xfp in ["http", "https, http"] {
         let r = gw
-            .client
-            .get(gw.url("/s/a?q=1"))
-            .header("host", "api.example.com:8080")
-            .header("x-forwarded-proto", xfp)
-            .send()
-            .await
-            .unwrap();
+            .get_response(
+                "/s/a?q=1",
+                &[("host", "api.example.com:8080"), ("x-forwarded-proto", xfp)],
+            )
+            .await;
         assert_eq!(r.status().as_u16(), 308, "{xfp}");
         assert_eq!(r.headers()["location"], "https://api.example.com/s/a?q=1");
     }

@@ -171,13 +171,14 @@ async fn admin_explain_uses_the_live_config_and_keeps_admin_checks() {
     );
     for _ in 0..3 {
         let r = gw
-            .client
-            .get(gw.url("/v1/orders/7"))
-            .header("host", "api.example.com")
-            .header("x-api-key", "alice-secret-key-1")
-            .send()
-            .await
-            .unwrap();
+            .get_response(
+                "/v1/orders/7",
+                &[
+                    ("host", "api.example.com"),
+                    ("x-api-key", "alice-secret-key-1"),
+                ],
+            )
+            .await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(backend.hits(), 3);
@@ -420,12 +421,8 @@ async fn admin_explain_matches_what_the_upstream_really_gets() {
     // The weighted rule: a real request's sticky cookie names its side, and explain with
     // that cookie shows that side's upstream.
     let r = gw
-        .client
-        .get(gw.url("/api/items"))
-        .header("X-API-Key", "alice-secret-key-1")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/api/items", &[("X-API-Key", "alice-secret-key-1")])
+        .await;
     assert_eq!(r.status(), 200);
     let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     let cookie = set_cookie.split(';').next().unwrap().to_string();

@@ -67,13 +67,7 @@ async fn abort_answers_json_error_only_for_matching_requests_without_upstream() 
     assert_eq!(a.hits(), 2);
 
     // Matched: the JSON error, nothing upstream.
-    let r = gw
-        .client
-        .get(gw.url("/c"))
-        .header("x-chaos", "on")
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get_response("/c", &[("x-chaos", "on")]).await;
     assert_eq!(r.status().as_u16(), 503);
     assert_eq!(
         r.headers()["content-type"].to_str().unwrap(),

@@ -198,15 +198,16 @@ async fn allow_copies_identity_headers_and_drops_spoofed_ones() {
         .start();
 
     let r = gw
-        .client
-        .get(gw.url("/app/items?page=2"))
-        .header("Authorization", "Bearer user-alice")
-        .header("X-User-Id", "mallory")
-        .header("X-User-Roles", "admin")
-        .header("X-User-Roles", "root")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/app/items?page=2",
+            &[
+                ("Authorization", "Bearer user-alice"),
+                ("X-User-Id", "mallory"),
+                ("X-User-Roles", "admin"),
+                ("X-User-Roles", "root"),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let seen = up.last_request().unwrap();
     assert_eq!(seen.header_joined("x-user-id").as_deref(), Some("alice"));
@@ -226,12 +227,8 @@ async fn allow_copies_identity_headers_and_drops_spoofed_ones() {
     // An auth answer without X-User-Roles: the client's copy is still gone.
     let up_before = up.hits();
     let r = gw
-        .client
-        .get(gw.url("/app/x"))
-        .header("X-User-Roles", "admin")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/app/x", &[("X-User-Roles", "admin")])
+        .await;
     assert_eq!(r.status(), 401, "no credential: refused");
     assert_eq!(up.hits(), up_before);
 }
@@ -544,13 +541,14 @@ async fn consumer_header_names_a_consumer_for_acl_and_limits() {
     // and a client cannot pick another user's budget by sending X-User-Id itself.
     for _ in 0..2 {
         let r = gw
-            .client
-            .get(gw.url("/limited"))
-            .header("Authorization", "Bearer user-erin")
-            .header("X-User-Id", "somebody-else")
-            .send()
-            .await
-            .unwrap();
+            .get_response(
+                "/limited",
+                &[
+                    ("Authorization", "Bearer user-erin"),
+                    ("X-User-Id", "somebody-else"),
+                ],
+            )
+            .await;
         assert_eq!(r.status(), 200);
     }
     let r = get(&gw, "/limited", Some("Bearer user-erin")).await;

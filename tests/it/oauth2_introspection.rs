@@ -291,6 +291,18 @@ fn series(text: &str, name: &str, route: &str, label: &str, value: &str) -> f64 
         .unwrap_or_else(|| panic!("{name}{{route={route},{label}={value}}} missing:\n{text}"))
 }
 
+/// `oauth2_introspection_<family>_total` of route `api` with its label (decisions: outcome,
+/// lookups: source, calls: result) at `value`.
+fn on_api(text: &str, family: &str, value: &str) -> f64 {
+    let label = match family {
+        "decisions" => "outcome",
+        "lookups" => "source",
+        _ => "result",
+    };
+    let name = format!("oauth2_introspection_{family}_total");
+    series(text, &name, "api", label, value)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -306,15 +318,16 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
         .start_env(&env());
 
     let r = gw
-        .client
-        .get(gw.url("/api/items"))
-        .header("Authorization", "Bearer tok-alice")
-        .header("X-Credential-Sub", "spoofed")
-        .header("X_Credential_Client_Id", "spoofed")
-        .header("X-Consumer-Username", "spoofed")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/api/items",
+            &[
+                ("Authorization", "Bearer tok-alice"),
+                ("X-Credential-Sub", "spoofed"),
+                ("X_Credential_Client_Id", "spoofed"),
+                ("X-Consumer-Username", "spoofed"),
+            ],
+        )
+        .await;
     assert_eq!(r.status(), 200, "{}", gw.diagnostics());
     let seen = up.last_request().unwrap();
     assert_eq!(seen.header("x-consumer-username"), Some("alice"));
@@ -353,29 +366,12 @@ async fn active_token_passes_with_consumer_headers_and_is_cached() {
     assert_eq!(ep.calls(), 2);
 
     let m = gw.metrics_text().await;
-    let d = |o: &str| {
-        series(
-            &m,
-            "oauth2_introspection_decisions_total",
-            "api",
-            "outcome",
-            o,
-        )
-    };
-    let l = |s: &str| series(&m, "oauth2_introspection_lookups_total", "api", "source", s);
+    let d = |o: &str| on_api(&m, "decisions", o);
+    let l = |s: &str| on_api(&m, "lookups", s);
     assert_eq!(d("active"), 5.0);
     assert_eq!(l("cache"), 3.0);
     assert_eq!(l("call"), 2.0);
-    assert_eq!(
-        series(
-            &m,
-            "oauth2_introspection_calls_total",
-            "api",
-            "result",
-            "active"
-        ),
-        2.0
-    );
+    assert_eq!(on_api(&m, "calls", "active"), 2.0);
     assert_eq!(
         metric(
             &m,
@@ -417,21 +413,13 @@ async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
     assert_eq!((s, body["error"].as_str()), (401, Some("missing_token")));
     assert_eq!(www.as_deref(), Some("Bearer realm=\"gatehouse\""));
     let r = gw
-        .client
-        .get(gw.url("/api"))
-        .header("Authorization", "Basic YTpi")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/api", &[("Authorization", "Basic YTpi")])
+        .await;
     assert_eq!(answer(r).await.0, 401);
     // Malformed.
     let r = gw
-        .client
-        .get(gw.url("/api"))
-        .header("Authorization", "Bearer a\"b")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/api", &[("Authorization", "Bearer a\"b")])
+        .await;
     let (s, www, body) = answer(r).await;
     assert_eq!((s, body["error"].as_str()), (401, Some("invalid_token")));
     assert_eq!(www.as_deref(), Some("Bearer error=\"invalid_token\""));
@@ -491,15 +479,7 @@ async fn refusals_inactive_scope_and_missing_token_with_negative_cache() {
     }
 
     let m = gw.metrics_text().await;
-    let d = |o: &str| {
-        series(
-            &m,
-            "oauth2_introspection_decisions_total",
-            "api",
-            "outcome",
-            o,
-        )
-    };
+    let d = |o: &str| on_api(&m, "decisions", o);
     assert_eq!(d("no_token"), 4.0);
     assert_eq!(d("inactive"), 6.0);
     assert_eq!(d("insufficient_scope"), 2.0);
@@ -582,7 +562,7 @@ async fn fifty_concurrent_requests_for_a_new_token_make_one_call() {
     );
     assert_eq!(up.hits(), 50);
     let m = gw.metrics_text().await;
-    let l = |s: &str| series(&m, "oauth2_introspection_lookups_total", "api", "source", s);
+    let l = |s: &str| on_api(&m, "lookups", s);
     assert_eq!(l("call"), 1.0);
     assert_eq!(l("coalesced") + l("cache"), 49.0);
 }
@@ -754,12 +734,8 @@ async fn secrets_stay_out_of_logs_status_metrics_and_answers() {
     ];
     for (path, token, want) in cases {
         let r = gw
-            .client
-            .get(gw.url(path))
-            .header("Authorization", format!("Bearer {token}"))
-            .send()
-            .await
-            .unwrap();
+            .get_response(path, &[("Authorization", &format!("Bearer {token}"))])
+            .await;
         assert_eq!(r.status().as_u16(), want, "{path}");
         let headers = format!("{:?}", r.headers());
         let body = r.text().await.unwrap();

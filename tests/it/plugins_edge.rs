@@ -90,13 +90,7 @@ async fn correlation_id_generated_kept_echoed_and_in_errors() {
     assert_eq!(up.header("x-request-id"), Some(echoed.as_str()));
 
     // Kept when valid.
-    let resp = gw
-        .client
-        .get(gw.url("/r"))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.get_response("/r", &[("x-request-id", "abc-123")]).await;
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
     assert_eq!(
         a.last_request().unwrap().header("x-request-id"),
@@ -105,22 +99,14 @@ async fn correlation_id_generated_kept_echoed_and_in_errors() {
 
     // Replaced when invalid.
     let resp = gw
-        .client
-        .get(gw.url("/r"))
-        .header("x-request-id", "bad id with spaces")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/r", &[("x-request-id", "bad id with spaces")])
+        .await;
     assert_ne!(resp.headers()["x-request-id"], "bad id with spaces");
 
     // In a 404 (no route: global plugins still apply) both header and body carry it.
     let resp = gw
-        .client
-        .get(gw.url("/nowhere"))
-        .header("x-request-id", "trace-404")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/nowhere", &[("x-request-id", "trace-404")])
+        .await;
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["x-request-id"], "trace-404");
     let v = assert_error_body(&resp.text().await.unwrap(), "not_found");
@@ -132,12 +118,8 @@ async fn correlation_id_custom_header() {
     let a = Backend::start("a");
     let gw = one_route(&a, "/r", "plugins:\n  - name: correlation-id\n    config: { header_name: X-Correlation-ID, echo_downstream: false }");
     let resp = gw
-        .client
-        .get(gw.url("/r"))
-        .header("x-correlation-id", "corr-7")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/r", &[("x-correlation-id", "corr-7")])
+        .await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-correlation-id").is_none(), "echo off");
     assert_eq!(

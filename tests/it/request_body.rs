@@ -386,12 +386,13 @@ async fn refusals_over_the_cap_invalid_and_compressed() {
     );
     // Compressed: cannot be rewritten, refused (passing it would skip `remove: password`).
     let (s, body) = gw
-        .send(
-            gw.client
-                .post(gw.url("/api/gz"))
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
-                .body(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0]),
+        .post_with(
+            "/api/gz",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0],
         )
         .await;
     assert_eq!(s, 415, "{body}");
@@ -507,8 +508,7 @@ async fn retried_put_sends_identical_bytes_to_both_targets() {
 
 #[test]
 fn config_errors_name_the_json_entry() {
-    let yaml = [
-        ROUTE_R_PLUGINS,
+    let (yaml, err) = assert_plugins_refused(
         r#"      - name: request-transformer
         config:
           add:
@@ -520,10 +520,6 @@ fn config_errors_name_the_json_entry() {
         config:
           add: { headers: ["X-T:$(latency)", "X-U:$(nope)"] }
 "#,
-    ]
-    .concat();
-    let err = assert_refused(
-        &yaml,
         &[
             "routes[0].plugins[0].config.add.json[1]: expected \"path:value\", got \"broken\" (line 12)",
             "routes[0].plugins[0].config.add.json[2]: \"abc\" is not a JSON number (line 12)",
@@ -587,7 +583,7 @@ mod fuzz {
     use gatehouse::ctx::RequestCtx;
     use gatehouse::ctx::Runtime;
     use gatehouse::plugins::request_transformer::body::BodyRules;
-    use gatehouse::plugins::Plugin;
+    use gatehouse::plugins::request_transformer::RequestTransformer;
     use serde_json::{Map, Value};
     use std::sync::{Arc, OnceLock};
 
@@ -656,15 +652,8 @@ mod fuzz {
     }
 
     fn rules(rt: &Runtime) -> &BodyRules {
-        rt.routes[0]
-            .plugins
-            .plugins
-            .iter()
-            .find_map(|p| match &**p {
-                Plugin::RequestTransformer(t) => t.body(),
-                _ => None,
-            })
-            .expect("json rules")
+        let t = rt.routes[0].plugins.find::<RequestTransformer>();
+        t.and_then(RequestTransformer::body).expect("json rules")
     }
 
     fn ctx(rt: &Arc<Runtime>) -> RequestCtx {

@@ -208,14 +208,15 @@ async fn incoming_trace_continues_and_span_is_exported() {
     let gw = api_gateway(&up, &global_otel(&export_cfg(&c, "")));
 
     let r = gw
-        .client
-        .get(gw.url("/api/items?x=1"))
-        .header("traceparent", INCOMING)
-        .header("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")
-        .header("user-agent", "trace-test/1.0")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/api/items?x=1",
+            &[
+                ("traceparent", INCOMING),
+                ("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+                ("user-agent", "trace-test/1.0"),
+            ],
+        )
+        .await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(
         r.headers().get("x-trace-id").and_then(|v| v.to_str().ok()),
@@ -465,12 +466,8 @@ async fn gateway_refusals_are_traced() {
         .start();
 
     let r = gw
-        .client
-        .get(gw.url("/secure/x"))
-        .header("traceparent", INCOMING)
-        .send()
-        .await
-        .unwrap();
+        .get_response("/secure/x", &[("traceparent", INCOMING)])
+        .await;
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(r.headers()["x-trace-id"], INCOMING_TRACE);
     assert_error_body(&r.text().await.unwrap(), "missing_api_key");

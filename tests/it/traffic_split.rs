@@ -299,12 +299,8 @@ async fn sticky_clients_never_flip() {
         // With its cookie: always the same side, no new cookie.
         for _ in 0..10 {
             let r = gw
-                .client
-                .get(gw.url("/api"))
-                .header("Cookie", format!("x=1; {cookie}"))
-                .send()
-                .await
-                .unwrap();
+                .get_response("/api", &[("Cookie", &format!("x=1; {cookie}"))])
+                .await;
             assert!(r.headers().get("set-cookie").is_none());
             assert_eq!(
                 backend_of(&r.text().await.unwrap()),
@@ -318,12 +314,8 @@ async fn sticky_clients_never_flip() {
 
     // A forged or stale cookie is ignored and replaced.
     let r = gw
-        .client
-        .get(gw.url("/api"))
-        .header("Cookie", "gh_canary=api-v2")
-        .send()
-        .await
-        .unwrap();
+        .get_response("/api", &[("Cookie", "gh_canary=api-v2")])
+        .await;
     assert!(r.headers()["set-cookie"]
         .to_str()
         .unwrap()

@@ -219,17 +219,18 @@ add:
         .start();
 
     let resp = gw
-        .client
-        .get(gw.url("/r/x?drop=1&old=2&rep=3&present=keep&keep=4&drop=5"))
-        .header("x-request-id", "trace-42")
-        .header("x-remove-me", "gone")
-        .header("x-old", "v1")
-        .header("x-new", "overwritten")
-        .header("x-replace", "orig")
-        .header("x-present", "mine")
-        .send()
-        .await
-        .unwrap();
+        .get_response(
+            "/r/x?drop=1&old=2&rep=3&present=keep&keep=4&drop=5",
+            &[
+                ("x-request-id", "trace-42"),
+                ("x-remove-me", "gone"),
+                ("x-old", "v1"),
+                ("x-new", "overwritten"),
+                ("x-replace", "orig"),
+                ("x-present", "mine"),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["x-request-id"],
@@ -330,13 +331,7 @@ add: { headers: ["X-Added-Resp:1", "X-Backend:not-used", "X-Trace:$(request_id)"
         )
         .top("plugins:\n  - name: correlation-id\n")
         .start();
-    let resp = gw
-        .client
-        .get(gw.url("/r"))
-        .header("x-request-id", "rid-7")
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.get_response("/r", &[("x-request-id", "rid-7")]).await;
     assert_eq!(resp.status(), 200);
     let h = resp.headers();
     assert!(h.get("x-internal").is_none());
@@ -823,8 +818,7 @@ async fn error_responses_replacement_on_miss_hit_and_after_revalidation() {
 
 #[test]
 fn invalid_entries_are_config_errors_with_path_and_line() {
-    let yaml = [
-        ROUTE_R_PLUGINS,
+    let (_, err) = assert_plugins_refused(
         r#"      - name: request-transformer
         config:
           add:
@@ -838,10 +832,6 @@ fn invalid_entries_are_config_errors_with_path_and_line() {
           rename:
             json: ["a:b", "c:b"]
 "#,
-    ]
-    .concat();
-    let err = assert_refused(
-        &yaml,
         &[
             "routes[0].plugins[0].config.add.headers[1]: expected \"Name:value\", got \"no-colon\" (line 12)",
             "routes[0].plugins[0].config.add.headers[2]: unknown variable \"$(nope)\"",

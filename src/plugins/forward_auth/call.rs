@@ -258,16 +258,7 @@ impl ForwardAuth {
             .request(method, self.url.clone())
             .headers(headers)
             .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    CallError::Timeout
-                } else if e.is_connect() {
-                    CallError::Connect
-                } else {
-                    CallError::Other
-                }
-            })?;
+            .await?;
         let status = resp.status().as_u16();
         let pick = |names: &[HeaderName]| -> Result<Vec<(HeaderName, HeaderValue)>, CallError> {
             let mut out = Vec::new();

@@ -295,26 +295,15 @@ pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<ForwardAuth> {
     }
     let url = url?;
 
-    let id = outbound::entry_identity("forward-auth", env.route, raw, &ca);
-    // Kept by identity in the app's registry: weak, so a state dies with the last runtime
-    // using it.
-    let state = env
-        .registry
-        .try_get_or_insert_with(&id, || -> Result<State, String> {
-            let client = outbound::service_client("forward-auth", timeout, connect_timeout, ca)?;
+    let times = (timeout, connect_timeout);
+    let state =
+        outbound::entry_state(&mut s, &cp, "forward-auth", env, raw, times, ca, |client| {
             Ok(State {
                 client,
                 cache: DecisionCache::new(cache_cfg.ttl.0, cache_cfg.max_entries),
                 warn: outbound::WarnGate::new(),
             })
-        });
-    let state = match state {
-        Ok(s) => s,
-        Err(e) => {
-            s.error(&cp, e);
-            return None;
-        }
-    };
+        })?;
     let consumers = if consumer_header.is_some() {
         env.consumer_index()
     } else {

@@ -45,6 +45,7 @@ mod cache;
 mod call;
 mod config;
 
+use super::outbound::CallError;
 use super::{phase, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
 use cache::DecisionCache;
@@ -99,38 +100,19 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
             "forward-auth decisions served from its cache without a call, by route and result (allow, deny).",
             &["route", "result"],
         ),
-        duration: r.histogram_vec(
+        duration: super::outbound::call_duration(
             "forward_auth_call_duration_seconds",
             "Time of a call to a forward-auth service, by route, in seconds.",
-            &["route"],
-            crate::observe::metrics::UPSTREAM_BUCKETS,
         ),
     }
 });
 
-/// Creates (at 0) or removes the `forward_auth_*` series of `route`.
+/// Creates (at 0) or removes the `forward_auth_*` series of `route` (no cache hit is an
+/// error).
 fn route_series(route: &str, create: bool) {
     let f = &*FAMILIES;
-    for r in RESULTS {
-        let labels = [route, r];
-        if create {
-            f.calls.with_label_values(&labels);
-        } else {
-            let _ = f.calls.remove_label_values(&labels);
-        }
-        if *r != "error" {
-            if create {
-                f.cache_hits.with_label_values(&labels);
-            } else {
-                let _ = f.cache_hits.remove_label_values(&labels);
-            }
-        }
-    }
-    if create {
-        f.duration.with_label_values(&[route]);
-    } else {
-        let _ = f.duration.remove_label_values(&[route]);
-    }
+    let counters = [(&f.calls, RESULTS), (&f.cache_hits, &RESULTS[..2])];
+    super::outbound::route_series(route, create, &counters, &f.duration);
 }
 
 /// What the auth service decided (what the cache keeps).
@@ -148,31 +130,6 @@ pub enum Decision {
         /// `client_headers` values of the auth response.
         headers: Vec<(HeaderName, HeaderValue)>,
     },
-}
-
-/// Why the auth call failed (never cached; logged without address or secrets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallError {
-    Timeout,
-    Connect,
-    /// The auth service answered with a status that is neither 2xx nor 401/403.
-    Status(u16),
-    /// More than [`MAX_COPIED_HEADER_BYTES`] of headers to copy.
-    HeadersTooLarge,
-    /// The request could not be sent or the response was malformed.
-    Other,
-}
-
-impl fmt::Display for CallError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CallError::Timeout => f.write_str("timed out"),
-            CallError::Connect => f.write_str("connection failed"),
-            CallError::Status(s) => write!(f, "answered status {s}"),
-            CallError::HeadersTooLarge => f.write_str("answered with too many header bytes"),
-            CallError::Other => f.write_str("request failed"),
-        }
-    }
 }
 
 /// What survives a reload that leaves the plugin entry unchanged.
@@ -248,14 +205,11 @@ impl Hooks for ForwardAuth {
     /// because Pingora removes the headers a client's `Connection` names between
     /// `request_filter` and this phase; and the consumer named by `consumer_header`, if any.
     fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-        for name in &self.upstream_headers {
-            req.remove_header(name);
-        }
-        if let Some(Decision::Allow { headers, .. }) = ctx.plugins.forward_auth.as_deref() {
-            for (n, v) in headers {
-                req.append_header(n.clone(), v.clone())?;
-            }
-        }
+        let decided = match ctx.plugins.forward_auth.as_deref() {
+            Some(Decision::Allow { headers, .. }) => Some(&headers[..]),
+            _ => None,
+        };
+        super::outbound::set_identity_headers(req, &self.upstream_headers, decided)?;
         if self.consumer_header.is_some() {
             super::send_consumer(req, ctx)?;
         }
@@ -282,7 +236,6 @@ mod tests {
     use crate::config;
     use crate::ctx::Runtime;
     use crate::plugins::cors::is_cors_preflight;
-    use crate::plugins::Plugin;
     use crate::upstream::StateRegistry;
     use crate::util::registry::Registry;
     use http::Method;
@@ -314,12 +267,7 @@ mod tests {
     fn plugin(rt: &Runtime) -> &ForwardAuth {
         rt.routes
             .first()
-            .and_then(|r| {
-                r.plugins.plugins.iter().find_map(|p| match &**p {
-                    Plugin::ForwardAuth(f) => Some(f),
-                    _ => None,
-                })
-            })
+            .and_then(|r| r.plugins.find())
             .expect("forward-auth on the first route")
     }
 

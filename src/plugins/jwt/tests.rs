@@ -162,6 +162,22 @@ const SECRET: &str = "unit-test-secret-0123456789-abcdefghij";
 /// The top of every config here: a listener and upstream `u`.
 const HEAD: &str = "server: { listen: [\"127.0.0.1:1\"] }\nupstreams:\n  - name: u\n    targets: [{ addr: \"127.0.0.1:2\" }]\n";
 
+/// `routes:` with route `r` (paths `/`, upstream `u`) running jwt with `config`, the YAML
+/// value of its `config:` key, on the line after it (line 7 of this text).
+pub(super) fn jwt_route(config: &str) -> String {
+    format!(
+        "routes:
+  - name: r
+    paths: [\"/\"]
+    upstream: u
+    plugins:
+      - name: jwt
+        config:
+          {config}
+"
+    )
+}
+
 fn pem(label: &str, der: &[u8]) -> String {
     let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(label, der), lf)
@@ -198,14 +214,8 @@ impl Fixture {
     jwt_secrets:
       - {{ key: hs-key, algorithm: HS256, secret: \"{SECRET}\" }}
       - {{ key: rs-key, algorithm: RS256, rsa_public_key_file: rsa.pem }}
-routes:
-  - name: r
-    paths: [\"/\"]
-    upstream: u
-    plugins:
-      - name: jwt
-        config: {plugin_config}
-"
+{}",
+            jwt_route(plugin_config)
         );
         let rt = crate::config::load_str(
             &yaml,

@@ -4,9 +4,9 @@
 
 use super::cache::{self, Join, Lookup};
 use super::{
-    CallError, ClientAuth, ConsumerClaim, Decision, Endpoint, Oauth2Introspection, OnOutage, State,
-    CALL_RESULTS, CLIENT_ID_HEADER, FAMILIES, MAX_ANSWER_BYTES, MAX_TOKEN_BYTES, OUTCOMES,
-    SCOPE_HEADER, SOURCES, SUB_HEADER, UNAVAILABLE,
+    CallError, ClientAuth, ConsumerClaim, Decision, Endpoint, Oauth2Introspection, OnOutage,
+    Source, State, Verdict, CALL_RESULTS, CLIENT_ID_HEADER, FAMILIES, MAX_ANSWER_BYTES,
+    MAX_TOKEN_BYTES, OUTCOMES, SCOPE_HEADER, SOURCES, SUB_HEADER, UNAVAILABLE,
 };
 use crate::ctx::RequestCtx;
 use crate::plugins::cors::is_cors_preflight;
@@ -19,25 +19,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Indexes into [`OUTCOMES`].
-#[derive(Clone, Copy)]
-enum Verdict {
-    Active = 0,
-    Inactive = 1,
-    InsufficientScope = 2,
-    NoToken = 3,
-    Outage = 4,
-}
-
-/// Indexes into [`SOURCES`].
-#[derive(Clone, Copy)]
-enum Source {
-    Cache = 0,
-    Call = 1,
-    Coalesced = 2,
-    Stale = 3,
-}
 
 /// The call counters, cloned into a call's task.
 #[derive(Clone)]
@@ -270,22 +251,13 @@ async fn introspect(e: &Endpoint, token: &str) -> Result<Answer, CallError> {
         ClientAuth::Basic(v) => req = req.header(AUTHORIZATION, v.clone()),
         ClientAuth::Post(extra) => body.extend_from_slice(extra),
     }
-    let kind = |err: reqwest::Error| {
-        if err.is_timeout() {
-            CallError::Timeout
-        } else if err.is_connect() {
-            CallError::Connect
-        } else {
-            CallError::Other
-        }
-    };
-    let mut resp = req.body(body).send().await.map_err(kind)?;
+    let mut resp = req.body(body).send().await?;
     let status = resp.status().as_u16();
     if status != 200 {
         return Err(CallError::Status(status));
     }
     let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(kind)? {
+    while let Some(chunk) = resp.chunk().await? {
         if buf.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(CallError::Malformed);
         }

@@ -191,12 +191,17 @@ pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<Oauth2Introspection
     // Scope tokens are visible ASCII without '"' or '\': always a valid value.
     let scope_challenge = HeaderValue::from_str(&challenge).ok()?;
 
-    let id = outbound::entry_identity("oauth2-introspection", env.route, raw, &ca);
     let endpoint_target = outbound::redacted(&url);
-    let state = env
-        .registry
-        .try_get_or_insert_with(&id, || -> Result<State, String> {
-            let client = outbound::service_client("oauth2-introspection", timeout, timeout, ca)?;
+    let times = (timeout, timeout);
+    let state = outbound::entry_state(
+        &mut s,
+        &cp,
+        "oauth2-introspection",
+        env,
+        raw,
+        times,
+        ca,
+        |client| {
             Ok(State {
                 endpoint: Endpoint {
                     client,
@@ -214,14 +219,8 @@ pub(super) fn build(b: Build<'_, '_>, cfg: Config) -> Option<Oauth2Introspection
                 flights: Flights::default(),
                 warn: outbound::WarnGate::new(),
             })
-        });
-    let state = match state {
-        Ok(st) => st,
-        Err(e) => {
-            s.error(&cp, e);
-            return None;
-        }
-    };
+        },
+    )?;
     Some(Oauth2Introspection {
         state,
         consumers: env.consumer_index(),

@@ -40,8 +40,10 @@ mod cache;
 mod call;
 mod config;
 
+use super::outbound::CallError;
 use super::{phase, Build, Hooks, Outcome};
 use crate::ctx::RequestCtx;
+use crate::observe::metrics::label_values;
 use cache::{DecisionCache, Flights};
 use call::Handles;
 use http::{HeaderName, HeaderValue};
@@ -74,18 +76,31 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// The 503 message: names no address, no URL, no upstream text.
 const UNAVAILABLE: &str = "The authorization service is unavailable";
 
-/// `oauth2_introspection_decisions_total{outcome}` values.
-pub const OUTCOMES: &[&str] = &[
-    "active",
-    "inactive",
-    "insufficient_scope",
-    "no_token",
-    "outage",
-];
-/// `oauth2_introspection_lookups_total{source}` values: a fresh cache entry, an
-/// introspection call this request started, one it joined, a cached decision served during an
-/// outage.
-pub const SOURCES: &[&str] = &["cache", "call", "coalesced", "stale"];
+label_values! {
+    /// `oauth2_introspection_decisions_total{outcome}` values.
+    pub const OUTCOMES;
+    /// What a request came to (indexes [`OUTCOMES`]).
+    enum Verdict {
+        Active = "active",
+        Inactive = "inactive",
+        InsufficientScope = "insufficient_scope",
+        NoToken = "no_token",
+        Outage = "outage",
+    }
+}
+label_values! {
+    /// `oauth2_introspection_lookups_total{source}` values: a fresh cache entry, an
+    /// introspection call this request started, one it joined, a cached decision served during
+    /// an outage.
+    pub const SOURCES;
+    /// Where a request's decision came from (indexes [`SOURCES`]).
+    enum Source {
+        Cache = "cache",
+        Call = "call",
+        Coalesced = "coalesced",
+        Stale = "stale",
+    }
+}
 /// `oauth2_introspection_calls_total{result}` values.
 pub const CALL_RESULTS: &[&str] = &["active", "inactive", "error"];
 
@@ -115,11 +130,9 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
             "Calls to an introspection endpoint by route and result (active, inactive, error: timeout, connection failure, status other than 200 or an answer that is not the expected JSON).",
             &["route", "result"],
         ),
-        duration: r.histogram_vec(
+        duration: super::outbound::call_duration(
             "oauth2_introspection_call_duration_seconds",
             "Time of a call to an introspection endpoint, by route, in seconds.",
-            &["route"],
-            crate::observe::metrics::UPSTREAM_BUCKETS,
         ),
     }
 });
@@ -127,23 +140,12 @@ static FAMILIES: Lazy<Families> = Lazy::new(|| {
 /// Creates (at 0) or removes the `oauth2_introspection_*` series of `route`.
 fn route_series(route: &str, create: bool) {
     let f = &*FAMILIES;
-    let each = |v: &IntCounterVec, values: &[&str]| {
-        for x in values {
-            if create {
-                v.with_label_values(&[route, x]);
-            } else {
-                let _ = v.remove_label_values(&[route, x]);
-            }
-        }
-    };
-    each(&f.decisions, OUTCOMES);
-    each(&f.lookups, SOURCES);
-    each(&f.calls, CALL_RESULTS);
-    if create {
-        f.duration.with_label_values(&[route]);
-    } else {
-        let _ = f.duration.remove_label_values(&[route]);
-    }
+    let counters = [
+        (&f.decisions, OUTCOMES),
+        (&f.lookups, SOURCES),
+        (&f.calls, CALL_RESULTS),
+    ];
+    super::outbound::route_series(route, create, &counters, &f.duration);
 }
 
 /// What the introspection endpoint said about a token, as the cache keeps it.
@@ -174,37 +176,6 @@ impl fmt::Debug for Decision {
             .field("scope_ok", &self.scope_ok)
             .field("consumer", &self.consumer)
             .finish_non_exhaustive()
-    }
-}
-
-/// Why an introspection call failed (never cached; logged without address or secrets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallError {
-    Timeout,
-    Connect,
-    /// The endpoint answered with a status other than 200.
-    Status(u16),
-    /// The answer was not the expected JSON (or longer than [`MAX_ANSWER_BYTES`]).
-    Malformed,
-    /// [`MAX_IN_FLIGHT`] other tokens are being introspected.
-    Overloaded,
-    /// The call's task ended without a result (runtime shutdown).
-    Lost,
-    /// The request could not be sent or the answer could not be read.
-    Other,
-}
-
-impl fmt::Display for CallError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CallError::Timeout => f.write_str("timed out"),
-            CallError::Connect => f.write_str("connection failed"),
-            CallError::Status(s) => write!(f, "answered status {s}"),
-            CallError::Malformed => f.write_str("answered something other than the expected JSON"),
-            CallError::Overloaded => f.write_str("has too many calls in flight"),
-            CallError::Lost => f.write_str("call was abandoned"),
-            CallError::Other => f.write_str("request failed"),
-        }
     }
 }
 
@@ -325,14 +296,9 @@ impl Hooks for Oauth2Introspection {
     /// Pingora removed what the client's `Connection` names), and the token itself removed
     /// with `hide_credentials`.
     fn upstream_request(&self, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
-        for name in &IDENTITY_HEADERS {
-            req.remove_header(name);
-        }
-        if let Some(d) = ctx.plugins.oauth2_introspection.as_deref() {
-            for (n, v) in &d.headers {
-                req.insert_header(n.clone(), v.clone())?;
-            }
-        }
+        let decided = ctx.plugins.oauth2_introspection.as_deref();
+        let headers = decided.map(|d| &d.headers[..]);
+        super::outbound::set_identity_headers(req, &IDENTITY_HEADERS, headers)?;
         super::send_consumer(req, ctx)?;
         if self.hide_credentials {
             req.remove_header(&http::header::AUTHORIZATION);

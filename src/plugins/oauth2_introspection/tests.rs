@@ -6,7 +6,6 @@ use super::call::form_encode;
 use super::*;
 use crate::config::{self, position::Positions};
 use crate::ctx::Runtime;
-use crate::plugins::Plugin;
 use crate::upstream::StateRegistry;
 use crate::util::registry::Registry;
 use base64::Engine;
@@ -60,12 +59,7 @@ fn load(y: &str) -> Result<Arc<Runtime>, config::ConfigErrors> {
 fn plugin(rt: &Runtime) -> &Oauth2Introspection {
     rt.routes
         .first()
-        .and_then(|r| {
-            r.plugins.plugins.iter().find_map(|p| match &**p {
-                Plugin::Oauth2Introspection(f) => Some(f),
-                _ => None,
-            })
-        })
+        .and_then(|r| r.plugins.find())
         .expect("oauth2-introspection on the first route")
 }
 

@@ -431,12 +431,12 @@ impl Hooks for ProxyCache {
     /// `response_cache_filter`.
     fn response_cache_filter(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         resp: &ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &RequestCtx,
     ) -> RespCacheable {
         match ctx.route() {
-            Some(route) => self.cacheable(session.req_header(), resp, &route.name),
+            Some(route) => self.cacheable(req, resp, &route.name),
             None => RespCacheable::Uncacheable(NoCacheReason::Custom("no route")),
         }
     }
@@ -446,8 +446,8 @@ impl Hooks for ProxyCache {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        ctx: &mut RequestCtx,
         req: &RequestHeader,
+        ctx: &RequestCtx,
     ) -> Option<HashBinary> {
         let skip = ctx
             .plugins
@@ -457,12 +457,7 @@ impl Hooks for ProxyCache {
         variance_except(meta, req, skip)
     }
 
-    fn should_serve_stale(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-        error: Option<&Error>,
-    ) -> bool {
+    fn should_serve_stale(&self, error: Option<&Error>) -> bool {
         should_serve_stale(error)
     }
 

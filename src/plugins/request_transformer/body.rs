@@ -974,7 +974,7 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::ctx::Runtime;
-    use crate::plugins::Plugin;
+    use crate::plugins::request_transformer::RequestTransformer;
     use crate::upstream::StateRegistry;
     use serde_json::{json, Value};
     use std::sync::Arc;
@@ -995,15 +995,8 @@ mod tests {
     }
 
     fn rules(rt: &Runtime) -> &BodyRules {
-        rt.routes[0]
-            .plugins
-            .plugins
-            .iter()
-            .find_map(|p| match &**p {
-                Plugin::RequestTransformer(t) => t.body(),
-                _ => None,
-            })
-            .expect("body rules")
+        let t = rt.routes[0].plugins.find::<RequestTransformer>();
+        t.and_then(RequestTransformer::body).expect("body rules")
     }
 
     fn ctx(rt: &Arc<Runtime>) -> RequestCtx {
@@ -1218,11 +1211,8 @@ mod tests {
     #[test]
     fn no_json_rules_no_body_rules() {
         let rt = load(r#"{ add: { headers: ["X-A:1"] } }"#).unwrap();
-        let none = rt.routes[0].plugins.plugins.iter().all(|p| match &**p {
-            Plugin::RequestTransformer(t) => t.body().is_none(),
-            _ => true,
-        });
-        assert!(none);
+        let t = rt.routes[0].plugins.find::<RequestTransformer>();
+        assert!(t.expect("request-transformer").body().is_none());
     }
 
     #[test]

@@ -632,21 +632,15 @@ impl Gateway {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> (u16, String) {
-        let req = self.client.post(self.url(path));
-        self.send(req.header("content-type", content_type).body(body))
+        self.post_with(path, &[("content-type", content_type)], body)
             .await
     }
 
     /// POSTs one empty gRPC message (`application/grpc`) to `path` with `headers`.
     pub async fn post_grpc(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut r = self
-            .client
-            .post(self.url(path))
-            .header("content-type", "application/grpc");
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        r.body(vec![0u8, 0, 0, 0, 0])
+        let r = self.client.post(self.url(path));
+        with_headers(r.header("content-type", "application/grpc"), headers)
+            .body(vec![0u8, 0, 0, 0, 0])
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST {path}: {e:?}\n{}", self.diagnostics()))
@@ -654,11 +648,27 @@ impl Gateway {
 
     /// `GET path` with `headers`: (status, body).
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let mut req = self.client.get(self.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        self.send(req).await
+        self.send(with_headers(self.client.get(self.url(path)), headers))
+            .await
+    }
+
+    /// `GET path` with `headers`: the whole response (its headers too).
+    pub async fn get_response(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        with_headers(self.client.get(self.url(path)), headers)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}\n{}", self.diagnostics()))
+    }
+
+    /// `POST body` to `path` with `headers`: (status, body).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
+        let req = with_headers(self.client.post(self.url(path)), headers);
+        self.send(req.body(body)).await
     }
 
     /// Admin `GET /status` as JSON.
@@ -985,6 +995,25 @@ pub fn assert_refused(yaml: &str, wants: &[&str]) -> String {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     err
+}
+
+/// `req` with each of `headers` added.
+pub fn with_headers(
+    mut req: reqwest::RequestBuilder,
+    headers: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req
+}
+
+/// [`assert_refused`] on [`ROUTE_R_PLUGINS`] followed by `plugins` (its entries); returns the
+/// whole config and the errors.
+pub fn assert_plugins_refused(plugins: &str, wants: &[&str]) -> (String, String) {
+    let yaml = [ROUTE_R_PLUGINS, plugins].concat();
+    let err = assert_refused(&yaml, wants);
+    (yaml, err)
 }
 
 /// `backend` field of a default backend JSON body.

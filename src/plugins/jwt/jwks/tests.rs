@@ -330,15 +330,8 @@ consumers:
   - username: bob
     jwt_secrets:
       - {{ key: hs-issuer, algorithm: HS256, secret: \"unit-test-secret-0123456789-abcdef\" }}
-routes:
-  - name: r
-    paths: [\"/\"]
-    upstream: u
-    plugins:
-      - name: jwt
-        config:
-          {jwt_config}
-"
+{}",
+        crate::plugins::jwt::tests::jwt_route(jwt_config)
     )
 }
 
