@@ -5,6 +5,7 @@
 #   loadtest/compare.sh [--rounds 3] [--duration 10] [--conns "50 200"]
 #                       [--scenarios "plain chain cached tls tls13 tls13-new grpc"]
 #                       [--proxies "haproxy nginx openresty caddy gatehouse"]
+#                       [--gatehouse-b OTHER_BINARY]
 #
 # Which proxy runs which scenario (--proxies and --scenarios restrict it further):
 #
@@ -31,12 +32,17 @@
 # cached: a second GET answered from the cache; tls13*: the P-256 certificate verifies over TLS
 # 1.3 and TLS 1.2 is refused; grpc: the message and its grpc-status trailer.
 #
+# --gatehouse-b adds a second gatehouse build ("gatehouse-b", on its own ports, same config) to
+# every scenario gatehouse runs: an A/B of two builds measured side by side in the same rounds
+# (ratios gatehouse/gatehouse-b are printed; it never counts as the best peer).
+#
 # Then it runs the load (wrk -t1; h2load for grpc) interleaved: for each connection count and
 # scenario, several rounds, each proxy once per round, the proxies' order rotating every round.
 # Each run is a 2 s warm-up (fills caches and pools) and the measured run. Prints, per
 # scenario and connection count, the medians over the rounds of req/s, p50/p99 latency and CPU
 # microseconds per request (utime+stime of the proxy's processes from /proc, over the requests
-# completed: the proxy's side only, not the client's or the origin's), the ratios
+# completed: the proxy's side only, not the client's or the origin's; also split into user and
+# kernel time), the ratios
 # gatehouse/peer for each peer and for the best peer (lowest CPU per request), and a matrix of
 # CPU per request with those ratios. The machine is shared and noisy: compare ratios from one
 # run, not absolute numbers across runs. Any answer that is not 2xx, or a socket error, stops
@@ -83,7 +89,7 @@ cd "$(dirname "$0")/.."
 
 ALL_SCENARIOS="plain chain cached tls tls13 tls13-new grpc"
 ALL_PROXIES="haproxy nginx openresty caddy gatehouse"
-ROUNDS=3 DURATION=10 CONNS="50 200" SCENARIOS=$ALL_SCENARIOS PROXIES=$ALL_PROXIES
+ROUNDS=3 DURATION=10 CONNS="50 200" SCENARIOS=$ALL_SCENARIOS PROXIES=$ALL_PROXIES BIN_B=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -91,6 +97,7 @@ while [ $# -gt 0 ]; do
     --conns) CONNS=$2; shift 2 ;;
     --scenarios) SCENARIOS=$2; shift 2 ;;
     --proxies) PROXIES=$2; shift 2 ;;
+    --gatehouse-b) BIN_B=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -98,14 +105,19 @@ done
 in_list() { case " $2 " in *" $1 "*) return 0 ;; esac; return 1; }  # WORD "LIST"
 for s in $SCENARIOS; do in_list "$s" "$ALL_SCENARIOS" || { echo "unknown scenario $s (known: $ALL_SCENARIOS)" >&2; exit 2; }; done
 for p in $PROXIES; do in_list "$p" "$ALL_PROXIES" || { echo "unknown proxy $p (known: $ALL_PROXIES)" >&2; exit 2; }; done
+if [ -n "$BIN_B" ]; then
+  [ -x "$BIN_B" ] || { echo "--gatehouse-b $BIN_B: not an executable" >&2; exit 2; }
+  ALL_PROXIES="$ALL_PROXIES gatehouse-b"
+  in_list gatehouse "$PROXIES" && PROXIES="$PROXIES gatehouse-b"
+fi
 
 # The proxies of each scenario: the table above, restricted to --proxies.
 proxies_for() {
   local all p
   case "$1" in
-    plain) all="haproxy nginx caddy gatehouse" ;;
-    chain) all="haproxy nginx openresty gatehouse" ;;
-    *) all="haproxy nginx gatehouse" ;;
+    plain) all="haproxy nginx caddy gatehouse gatehouse-b" ;;
+    chain) all="haproxy nginx openresty gatehouse gatehouse-b" ;;
+    *) all="haproxy nginx gatehouse gatehouse-b" ;;
   esac
   for p in $all; do
     if in_list "$p" "$PROXIES"; then echo "$p"; fi
@@ -138,15 +150,18 @@ WORK=$(mktemp -d /tmp/gatehouse-compare.XXXXXX)
 ORIGIN_PORT=19180 ORIGIN_TLS_PORT=19443 ORIGIN_GRPC_PORT=19181 ORIGIN_CHECK_PORT=19444
 NGINX_PORT=18090 NGINX_TLS_PORT=18443 NGINX_GRPC_PORT=18093
 GH_PORT=18091 GH_TLS_PORT=18444 GH_ADMIN=19191  # GH_PORT and GH_ADMIN: loadtest/gatehouse.yaml's
+GHB_PORT=18097 GHB_TLS_PORT=18446 GHB_ADMIN=19192
 HA_PORT=18092 HA_TLS_PORT=18445 HA_GRPC_PORT=18094
 OR_PORT=18095 CADDY_PORT=18096
 ports_free $ORIGIN_PORT $ORIGIN_TLS_PORT $ORIGIN_GRPC_PORT $ORIGIN_CHECK_PORT $NGINX_PORT $NGINX_TLS_PORT \
   $NGINX_GRPC_PORT $GH_PORT $GH_TLS_PORT $GH_ADMIN $HA_PORT $HA_TLS_PORT $HA_GRPC_PORT $OR_PORT $CADDY_PORT
+[ -z "$BIN_B" ] || ports_free $GHB_PORT $GHB_TLS_PORT $GHB_ADMIN
 
-GH_PID="" HA_PID="" CADDY_PID=""
+GH_PID="" GHB_PID="" HA_PID="" CADDY_PID=""
 cleanup() {
   # gatehouse and Caddy stop on SIGINT; HAProxy needs SIGTERM; nginx masters stop on SIGTERM.
   [ -n "$GH_PID" ] && kill -INT "$GH_PID" 2>/dev/null || true
+  [ -n "$GHB_PID" ] && kill -INT "$GHB_PID" 2>/dev/null || true
   [ -n "$CADDY_PID" ] && kill -INT "$CADDY_PID" 2>/dev/null || true
   [ -n "$HA_PID" ] && kill -TERM "$HA_PID" 2>/dev/null || true
   for f in origin proxy openresty grpc-origin; do
@@ -388,6 +403,10 @@ text = text.replace("routes:\n", "routes:\n" + routes, 1)
 text = text.replace("server:\n", "server:\n" + listener + ("  h2c: true\n" if grpc == "true" else ""), 1)
 open(dst, "w").write(text)
 PY
+# gatehouse-b: the same config on its own ports, pid file and upgrade socket.
+sed -e "s/127.0.0.1:$GH_PORT/127.0.0.1:$GHB_PORT/; s/127.0.0.1:$GH_TLS_PORT/127.0.0.1:$GHB_TLS_PORT/" \
+  -e "s/127.0.0.1:$GH_ADMIN/127.0.0.1:$GHB_ADMIN/; s#gatehouse-loadtest\.#gatehouse-loadtest-b.#" \
+  "$GH_CONF" > "$WORK/gatehouse-b.yaml"
 
 nginx -c "$WORK/origin.conf" -p "$WORK"
 has grpc && start_grpc_origin "$WORK" "$ORIGIN_GRPC_PORT"
@@ -399,6 +418,10 @@ fi
 if uses gatehouse; then
   GATEHOUSE_LOG=warn "$BIN" -c "$GH_CONF" >"$WORK/gatehouse.out" 2>"$WORK/gatehouse.err" &
   GH_PID=$!
+fi
+if uses gatehouse-b; then
+  GATEHOUSE_LOG=warn "$BIN_B" -c "$WORK/gatehouse-b.yaml" >"$WORK/gatehouse-b.out" 2>"$WORK/gatehouse-b.err" &
+  GHB_PID=$!
 fi
 if uses haproxy; then
   haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 &
@@ -413,6 +436,8 @@ port_for() {  # proxy scenario
   case "$1:$2" in
     gatehouse:tls13*) echo "$GH_TLS_PORT" ;;
     gatehouse:*) echo "$GH_PORT" ;;
+    gatehouse-b:tls13*) echo "$GHB_TLS_PORT" ;;
+    gatehouse-b:*) echo "$GHB_PORT" ;;
     nginx:grpc) echo "$NGINX_GRPC_PORT" ;;
     nginx:tls13*) echo "$NGINX_TLS_PORT" ;;
     nginx:*) echo "$NGINX_PORT" ;;
@@ -435,6 +460,7 @@ proxy_pids() {
     haproxy) echo "$HA_PID" ;;
     caddy) echo "$CADDY_PID" ;;
     gatehouse) echo "$GH_PID" ;;
+    gatehouse-b) echo "$GHB_PID" ;;
   esac
 }
 TCK=$(getconf CLK_TCK)
@@ -527,20 +553,20 @@ fi
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
 run_one() {  # proxy scenario conns round
-  local proxy=$1 sc=$2 c=$3 r=$4 port pids before after
+  local proxy=$1 sc=$2 c=$3 r=$4 port pids before after before_sys after_sys
   port=$(port_for "$proxy" "$sc")
   pids=$(proxy_pids "$proxy" | tr '\n' ' ')
   if [ "$sc" = grpc ]; then
     h2load_run "$port" "$c" 2 "$WORK/h2load.log" > "$WORK/h2load.out" 2>&1 \
       || { echo "$proxy $sc warm-up failed:" >&2; tail -5 "$WORK/h2load.out" >&2; exit 1; }
-    before=$(cpu_ticks $pids)
+    read -r before before_sys <<< "$(cpu_ticks $pids)"
     h2load_run "$port" "$c" "$DURATION" "$WORK/h2load.log" > "$WORK/h2load.out" 2>&1 \
       || { echo "$proxy $sc failed:" >&2; tail -5 "$WORK/h2load.out" >&2; exit 1; }
-    after=$(cpu_ticks $pids)
-    python3 - "$WORK/h2load.out" "$WORK/h2load.log" "$proxy" "$sc" "$c" "$r" "$((after - before))" "$TCK" >> "$RESULTS" <<'PY'
+    read -r after after_sys <<< "$(cpu_ticks $pids)"
+    python3 - "$WORK/h2load.out" "$WORK/h2load.log" "$proxy" "$sc" "$c" "$r" "$((after - before))" "$TCK" "$((after_sys - before_sys))" >> "$RESULTS" <<'PY'
 import re, sys
 out = open(sys.argv[1]).read()
-log, proxy, sc, c, r, ticks, tck = sys.argv[2:9]
+log, proxy, sc, c, r, ticks, tck, sys_ticks = sys.argv[2:10]
 rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))
 req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
 codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
@@ -549,10 +575,11 @@ bad = sum(int(codes.group(i)) for i in (2, 3, 4)) + int(req.group(5)) + int(req.
 lat = sorted(int(l.split("\t")[2]) / 1000.0 for l in open(log) if l.count("\t") >= 2)
 pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] if lat else 0
 cpu_us = int(ticks) / int(tck) * 1e6 / max(done, 1)
+sys_us = int(sys_ticks) / int(tck) * 1e6 / max(done, 1)
 if bad:
     sys.stderr.write(f"{proxy} {sc}: {bad} answers not 2xx or failed\n" + out[-600:])
     sys.exit(1)
-print("\t".join(map(str, [sc, c, proxy, r, rps, pct(0.5), pct(0.99), cpu_us, bad])))
+print("\t".join(map(str, [sc, c, proxy, r, rps, pct(0.5), pct(0.99), cpu_us, bad, sys_us])))
 PY
     return
   fi
@@ -563,14 +590,14 @@ PY
   # warm-up (fills caches and pools), then the measured run
   LD_PRELOAD=$preload API_KEY=bench-key-0001 wrk -t1 -c"$c" -d2s -s "$script" "$url" > "$WORK/wrk.out" 2>&1 \
     || { echo "$proxy $sc warm-up failed:" >&2; tail -3 "$WORK/wrk.out" >&2; exit 1; }
-  before=$(cpu_ticks $pids)
+  read -r before before_sys <<< "$(cpu_ticks $pids)"
   LD_PRELOAD=$preload API_KEY=bench-key-0001 wrk -t1 -c"$c" -d"${DURATION}s" --latency -s "$script" "$url" > "$WORK/wrk.out" 2>&1 \
     || { echo "$proxy $sc failed:" >&2; tail -3 "$WORK/wrk.out" >&2; exit 1; }
-  after=$(cpu_ticks $pids)
-  python3 - "$WORK/wrk.out" "$proxy" "$sc" "$c" "$r" "$((after - before))" "$TCK" >> "$RESULTS" <<'PY'
+  read -r after after_sys <<< "$(cpu_ticks $pids)"
+  python3 - "$WORK/wrk.out" "$proxy" "$sc" "$c" "$r" "$((after - before))" "$TCK" "$((after_sys - before_sys))" >> "$RESULTS" <<'PY'
 import re, sys
 out = open(sys.argv[1]).read()
-proxy, sc, c, r, ticks, tck = sys.argv[2:8]
+proxy, sc, c, r, ticks, tck, sys_ticks = sys.argv[2:9]
 def ms(v, u):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -578,7 +605,8 @@ total = int(re.search(r"(\d+) requests in", out).group(1))
 lat = dict((p, ms(v, u)) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 cpu_us = int(ticks) / int(tck) * 1e6 / max(total, 1)
-print("\t".join(map(str, [sc, c, proxy, r, rps, lat.get("50", 0), lat.get("99", 0), cpu_us, non2xx.group(1) if non2xx else 0])))
+sys_us = int(sys_ticks) / int(tck) * 1e6 / max(total, 1)
+print("\t".join(map(str, [sc, c, proxy, r, rps, lat.get("50", 0), lat.get("99", 0), cpu_us, non2xx.group(1) if non2xx else 0, sys_us])))
 PY
 }
 
@@ -599,24 +627,28 @@ import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 order, proxies = sys.argv[2].split(), sys.argv[3].split()
 by = {}
-for sc, c, proxy, r, rps, p50, p99, cpu, bad in rows:
-    by.setdefault((sc, int(c), proxy), []).append((float(rps), float(p50), float(p99), float(cpu), int(bad)))
+for sc, c, proxy, r, rps, p50, p99, cpu, bad, sys_us in rows:
+    by.setdefault((sc, int(c), proxy), []).append(
+        (float(rps), float(p50), float(p99), float(cpu), int(bad), float(sys_us)))
 if not by:
     sys.exit("no results")
-med = {k: [statistics.median(x[i] for x in v) for i in range(4)] + [sum(x[4] for x in v)] for k, v in by.items()}
+# [req/s, p50, p99, CPU µs, non-2xx (sum), kernel µs]: medians over the rounds
+med = {k: [statistics.median(x[i] for x in v) for i in range(4)] + [sum(x[4] for x in v)]
+       + [statistics.median(x[5] for x in v)] for k, v in by.items()}
 cells = sorted({(k[0], k[1]) for k in by}, key=lambda k: (k[1], order.index(k[0])))
 G = "gatehouse"
 
+# A second gatehouse build (--gatehouse-b) is compared with, never counted as the best peer.
 def best_peer(sc, c):
-    peers = [p for p in proxies if p != G and (sc, c, p) in med]
+    peers = [p for p in proxies if not p.startswith(G) and (sc, c, p) in med]
     return min(peers, key=lambda p: med[(sc, c, p)][3]) if peers else None
 
-print(f"{'scenario':9} {'conns':>5} {'proxy':16} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'non-2xx':>7}")
+print(f"{'scenario':9} {'conns':>5} {'proxy':16} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'user':>6} {'kernel':>6} {'non-2xx':>7}")
 for sc, c in cells:
     for p in proxies:
         if (sc, c, p) in med:
-            rps, p50, p99, cpu, bad = med[(sc, c, p)]
-            print(f"{sc:9} {c:>5} {p:16} {rps:>9.0f} {p50:>7.2f} {p99:>7.2f} {cpu:>10.1f} {bad:>7}")
+            rps, p50, p99, cpu, bad, ker = med[(sc, c, p)]
+            print(f"{sc:9} {c:>5} {p:16} {rps:>9.0f} {p50:>7.2f} {p99:>7.2f} {cpu:>10.1f} {cpu - ker:>6.1f} {ker:>6.1f} {bad:>7}")
     g, best = med.get((sc, c, G)), best_peer(sc, c)
     if not g:
         continue

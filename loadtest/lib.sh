@@ -155,15 +155,16 @@ nginx_pids() {
   done
 }
 
-# cpu_ticks PID...: user + system CPU time of those processes (all their threads), in clock ticks.
+# cpu_ticks PID...: user + system CPU time of those processes (all their threads), in clock
+# ticks, then the system (kernel) part of it: "TOTAL SYSTEM".
 cpu_ticks() {
-  local t=0 p
+  local t=0 k=0 p
   for p in "$@"; do
     [ -r "/proc/$p/stat" ] || { echo "process $p is gone" >&2; return 1; }
     set -- $(cut -d' ' -f14,15 "/proc/$p/stat")
-    t=$((t + $1 + $2))
+    t=$((t + $1 + $2)) k=$((k + $2))
   done
-  echo $t
+  echo "$t $k"
 }
 
 # wait_answer URL [CURL_OPTION...]: waits up to 5 s until URL answers (any status).

@@ -111,6 +111,10 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Every accepted connection counts as open until it ends, refused ones included (they
+        // end at once). Here rather than in a wrapper app: each `ServerApp` layer boxes one
+        // more future that a connection holds for its whole life.
+        let _conn = crate::observe::metrics::ConnectionGuard::open();
         let (max, header_timeout, admitted) = {
             let rt = self.shared.snapshot();
             let flood = &rt.server.flood;

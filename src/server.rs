@@ -130,16 +130,15 @@ pub fn build(shared: Arc<Shared>, opts: RunOptions) -> Result<Server> {
         .map_err(|e| Error::explain(ErrorType::InternalError, format!("server.tls: {e}")))?;
     let mut proxy = Service::new(
         "gatehouse proxy".to_string(),
-        crate::observe::metrics::CountConnections::new(
-            crate::edge::EdgeGuard::new(app, shared.clone()).with_tls(tls),
-        ),
+        crate::edge::EdgeGuard::new(app, shared.clone()).with_tls(tls),
     );
     // No L4 read buffer: Pingora's default is a 64 KB buffer per connection, allocated zeroed
     // at accept, which a connection that sends nothing holds (and, with recycled memory, has
     // touched) for its whole life. Request heads are read into their own 4 KB buffer and
     // bodies into Pingora's, so the reads it would save are few (loadtest/RESULTS.md,
     // "Memory per connection"). The 1460-byte write buffer stays: it coalesces a small
-    // response head and body into one send.
+    // response head and body into one send. It is allocated on the connection's first write,
+    // so a connection that never gets an answer holds none.
     let l4 = pingora::listeners::L4BufferSettings::new(0, 1460);
     let tls_listen = rt.server.tls.iter().flat_map(|t| t.listen.iter());
     for addr in rt.server.listen.iter().chain(tls_listen) {

@@ -820,8 +820,11 @@ pub fn upgrade_handover_failed() {
 // Connections
 // ---------------------------------------------------------------------------------------------
 
-/// Decrements `http_active_connections` when the connection task ends (also when it is
-/// cancelled).
+/// Counts an open downstream connection in `http_active_connections` for as long as it lives:
+/// [`crate::edge::EdgeGuard`] holds one for each accepted connection (Pingora has no
+/// connection open/close hook in `ProxyHttp`, but `ServerApp::process_new` runs once per
+/// accepted connection for its whole life, keep-alive loop and HTTP/2 streams included).
+/// Decrements when the connection task ends (also when it is cancelled).
 pub struct ConnectionGuard(());
 
 impl ConnectionGuard {
@@ -834,41 +837,6 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         metrics().active_connections.dec();
-    }
-}
-
-/// Wraps a Pingora `ServerApp` (the HTTP proxy) to count open downstream connections: Pingora
-/// has no connection open/close hook in `ProxyHttp`, but `ServerApp::process_new` runs once
-/// per accepted connection (after the TLS handshake) for the connection's whole life,
-/// keep-alive loop and HTTP/2 streams included.
-pub struct CountConnections<A> {
-    inner: Arc<A>,
-}
-
-impl<A> CountConnections<A> {
-    pub fn new(inner: A) -> Self {
-        CountConnections {
-            inner: Arc::new(inner),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl<A> pingora::apps::ServerApp for CountConnections<A>
-where
-    A: pingora::apps::ServerApp + Send + Sync + 'static,
-{
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: pingora::protocols::Stream,
-        shutdown: &pingora::server::ShutdownWatch,
-    ) -> Option<pingora::protocols::Stream> {
-        let _open = ConnectionGuard::open();
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
     }
 }
 

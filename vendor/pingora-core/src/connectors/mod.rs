@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +472,30 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// PATCH (gatehouse): whether a pooled stream leads to `peer`, without a syscall when it can.
+///
+/// `Peer::matches_fd` asks the kernel (`getpeername`) on every reuse, one syscall per proxied
+/// request on a keep-alive upstream. A stream this connector made records the address it
+/// connected to in its socket digest, and the stream owns its descriptor for its whole life,
+/// so that address answers the same question. Streams without a recorded address, and peers
+/// reached through a proxy (whose digest names the peer, not the next hop), are still checked
+/// with `matches_fd`. A connection the other side closed is found by `test_reusable_stream`, as
+/// before.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if peer.get_proxy().is_none() {
+        let digest = stream.get_socket_digest();
+        if let Some(Some(addr)) = digest.as_deref().and_then(|d| d.peer_addr.get()) {
+            if addr == peer.address() {
+                return true;
+            }
+            error!("Crit: pooled stream mismatch: peer {}, stream connected to {addr}", peer.address());
+            return false;
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

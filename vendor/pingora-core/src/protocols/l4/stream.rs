@@ -528,6 +528,9 @@ pub struct Stream {
     // the data put back at the front of the read buffer, in order to replay the read
     rewind_read_buf: Vec<Vec<u8>>,
     buffer_write: bool,
+    // PATCH (gatehouse): the write buffer's capacity, allocated on the first write (see
+    // `set_buffer`). Zero once allocated, or when the buffer is eager or absent.
+    lazy_write_capacity: usize,
     proxy_digest: Option<Arc<ProxyDigest>>,
     socket_digest: Option<Arc<SocketDigest>>,
     /// When this connection is established
@@ -627,17 +630,39 @@ impl Stream {
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
         use std::mem;
+        // PATCH (gatehouse): without a read buffer, the write buffer is allocated on the first
+        // write instead of here. A connection that never gets an answer (a silent client, a
+        // connection waiting for its first request) then holds no write buffer at all: the
+        // 1,460 bytes were a third of what such a connection cost. With a read buffer the write
+        // buffer stays eager, because `BufReader` cannot hand back its buffered bytes to rebuild
+        // the writer under it.
+        let (read, write) = (buffer.read_capacity(), buffer.write_capacity());
+        let (write_now, write_later) = if read == 0 { (0, write) } else { (write, 0) };
+        self.lazy_write_capacity = write_later;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
         let stream = mem::take(&mut self.stream);
-        let stream = stream.map(|s| {
-            BufferedStream::with_capacity(
-                buffer.read_capacity(),
-                buffer.write_capacity(),
-                s.into_inner(),
-            )
-        });
+        let stream = stream.map(|s| BufferedStream::with_capacity(read, write_now, s.into_inner()));
         let _ = mem::replace(&mut self.stream, stream);
+    }
+
+    /// PATCH (gatehouse): allocates the write buffer `set_buffer` deferred, before the first
+    /// buffered write. The zero-capacity writer it replaces holds no bytes (tokio's
+    /// `BufWriter` writes through when a write is not smaller than its capacity), so
+    /// rebuilding it loses nothing; there is no read buffer to lose either.
+    #[inline]
+    fn ensure_write_buffer(&mut self) {
+        if self.lazy_write_capacity == 0 {
+            return;
+        }
+        let capacity = std::mem::take(&mut self.lazy_write_capacity);
+        if let Some(BufferedStream::UnbufferedRead(writer)) = self.stream.take() {
+            debug_assert!(writer.buffer().is_empty());
+            self.stream = Some(BufferedStream::UnbufferedRead(BufWriter::with_capacity(
+                capacity,
+                writer.into_inner(),
+            )));
+        }
     }
 }
 
@@ -651,6 +676,7 @@ impl From<TcpStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            lazy_write_capacity: 0,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -674,6 +700,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            lazy_write_capacity: 0,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -698,6 +725,7 @@ impl From<UnixStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            lazy_write_capacity: 0,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -893,6 +921,7 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = if self.buffer_write {
+            self.ensure_write_buffer();
             Pin::new(&mut self.stream_mut()).poll_write(cx, buf)
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write(cx, buf)
@@ -919,6 +948,7 @@ impl AsyncWrite for Stream {
         let total_size = bufs.iter().fold(0, |acc, s| acc + s.len());
 
         let result = if self.buffer_write {
+            self.ensure_write_buffer();
             Pin::new(&mut self.stream_mut()).poll_write_vectored(cx, bufs)
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write_vectored(cx, bufs)
