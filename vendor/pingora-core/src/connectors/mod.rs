@@ -260,6 +260,7 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // PATCH (gatehouse): `stream_matches_peer`, not `peer.matches_fd`.
                         #[cfg(unix)]
                         if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
