@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use log::{debug, error};
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -360,23 +362,20 @@ where
                     Err(()) => return None,
                 }
             };
-            let mut session = ServerSession::new_http1(stream);
-            if *shutdown.borrow() {
-                // stop downstream from reusing if this service is shutting down soon
-                session.set_keepalive(None);
-            } else {
-                // default 60s
-                session.set_keepalive(Some(60));
-            }
-            session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
-            );
-            if let Some(first) = first {
-                session.set_pipelined_prefix(first);
-            }
-
-            let mut result = self.process_new_http(session, shutdown).await;
+            let mut result = serve_http1(self, stream, first, shutdown, |session| {
+                if *shutdown.borrow() {
+                    // stop downstream from reusing if this service is shutting down soon
+                    session.set_keepalive(None);
+                } else {
+                    // default 60s
+                    session.set_keepalive(Some(60));
+                }
+                session.set_keepalive_reuses_remaining(
+                    self.server_options()
+                        .and_then(|opts| opts.keepalive_request_limit),
+                );
+            })
+            .await;
             while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
                 // PATCH (gatehouse): an idle keep-alive connection waits for its next request
                 // here, holding no session, no read buffer and no request future.
@@ -397,15 +396,12 @@ where
                         }
                     }
                 }
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
-                }
-                if let Some(first) = first {
-                    session.set_pipelined_prefix(first);
-                }
-
-                result = self.process_new_http(session, shutdown).await;
+                result = serve_http1(self, stream, first, shutdown, |session| {
+                    if let Some(persistent_settings) = persistent_settings {
+                        persistent_settings.apply_to_session(session);
+                    }
+                })
+                .await;
             }
         }
         None
@@ -414,6 +410,26 @@ where
     async fn cleanup(&self) {
         self.http_cleanup().await;
     }
+}
+
+/// PATCH (gatehouse): the HTTP/1 session for one request on `stream` (`first`: the bytes
+/// [`first_bytes`] read), handed to the app. Not async: the session (about a kilobyte) is
+/// built here and moved into the app's own boxed future, so the connection's future, which
+/// every connection holds for its whole life (also while it waits for a request), keeps no
+/// room for it.
+fn serve_http1<'a, T: HttpServerApp + Send + Sync + 'static>(
+    app: &'a Arc<T>,
+    stream: Stream,
+    first: Option<BytesMut>,
+    shutdown: &'a ShutdownWatch,
+    configure: impl FnOnce(&mut ServerSession),
+) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+    let mut session = ServerSession::new_http1(stream);
+    configure(&mut session);
+    if let Some(first) = first {
+        session.set_pipelined_prefix(first);
+    }
+    app.process_new_http(session, shutdown)
 }
 
 /// PATCH (gatehouse): waits for the first bytes of the next HTTP/1 request on `stream`
@@ -434,7 +450,7 @@ async fn first_bytes(
     shutdown: &ShutdownWatch,
 ) -> Result<Option<BytesMut>, ()> {
     use futures::FutureExt;
-    use std::future::{poll_fn, Future};
+    use std::future::poll_fn;
     use std::task::Poll;
     use tokio::io::AsyncReadExt;
     // The size Pingora's HTTP/1 session starts its head buffer with.
