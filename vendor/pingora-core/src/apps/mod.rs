@@ -450,72 +450,53 @@ async fn first_bytes(
     shutdown: &ShutdownWatch,
 ) -> Result<Option<BytesMut>, ()> {
     use futures::FutureExt;
-    use std::future::poll_fn;
-    use std::task::Poll;
     use tokio::io::AsyncReadExt;
     // The size Pingora's HTTP/1 session starts its head buffer with.
     const HEAD_BUF: usize = 4096;
-    fn read_error(e: std::io::Error) {
-        debug!("Read error while waiting for a request: {e}");
-    }
-
-    // The bytes are often there already: no timer and no shutdown watch for them.
-    let mut buf = BytesMut::with_capacity(HEAD_BUF);
-    match stream.read_buf(&mut buf).now_or_never() {
-        Some(Ok(0)) => return Err(()),
-        Some(Ok(_)) => return Ok(Some(buf)),
-        Some(Err(e)) => return Err(read_error(e)),
-        None => {}
-    }
-    drop(buf);
-
-    // The wait ends at `idle` or at shutdown. Both are polled by hand beside the stream:
-    // written as a timeout around a `select!` around the wait, the nested futures each kept
-    // their own copy of what they wrapped, and every connection waiting for a request holds
-    // this state.
-    let mut deadline = idle.map(|d| Box::pin(tokio::time::sleep(d)));
-    let mut stop = shutdown.clone();
-    let stopping = stop.wait_for(|stop| *stop);
-    tokio::pin!(stopping);
-    let mut ended = |cx: &mut std::task::Context<'_>| {
-        deadline
-            .as_mut()
-            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-            || stopping.as_mut().poll(cx).is_ready()
-    };
-    loop {
-        let readable = poll_fn(|cx| {
-            if ended(cx) {
-                return Poll::Ready(Err(()));
-            }
-            stream.poll_wait_readable(cx).map(|r| {
-                r.map_err(|e| debug!("Error while waiting for a request: {e}"))
-            })
-        })
-        .await?;
-        let mut buf = BytesMut::with_capacity(HEAD_BUF);
-        if readable {
+    let wait = async {
+        loop {
+            let mut buf = BytesMut::with_capacity(HEAD_BUF);
             match stream.read_buf(&mut buf).now_or_never() {
                 Some(Ok(0)) => return Err(()),
                 Some(Ok(_)) => return Ok(Some(buf)),
-                Some(Err(e)) => return Err(read_error(e)),
-                // readiness was stale: wait again, without the buffer
-                None => continue,
+                Some(Err(e)) => {
+                    debug!("Read error while waiting for a request: {e}");
+                    return Err(());
+                }
+                None => {}
+            }
+            drop(buf);
+            match std::future::poll_fn(|cx| stream.poll_wait_readable(cx)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut buf = BytesMut::with_capacity(HEAD_BUF);
+                    return match stream.read_buf(&mut buf).await {
+                        Ok(0) => Err(()),
+                        Ok(_) => Ok(Some(buf)),
+                        Err(e) => {
+                            debug!("Read error while waiting for a request: {e}");
+                            Err(())
+                        }
+                    };
+                }
+                Err(e) => {
+                    debug!("Error while waiting for a request: {e}");
+                    return Err(());
+                }
             }
         }
-        // No readiness support (TLS): read, within the same bounds.
-        let n = {
-            let read = stream.read_buf(&mut buf);
-            tokio::pin!(read);
-            poll_fn(|cx| {
-                if ended(cx) {
-                    return Poll::Ready(Err(()));
-                }
-                read.as_mut().poll(cx).map_err(read_error)
-            })
-            .await?
-        };
-        return if n == 0 { Err(()) } else { Ok(Some(buf)) };
+    };
+    let mut shutdown = shutdown.clone();
+    let bounded = async {
+        match idle {
+            Some(d) => pingora_timeout::timeout(d, wait).await.unwrap_or(Err(())),
+            None => wait.await,
+        }
+    };
+    tokio::select! {
+        r = bounded => r,
+        // stop waiting for the next request once the server is shutting down
+        _ = shutdown.wait_for(|stop| *stop) => Err(()),
     }
 }
 
