@@ -46,18 +46,27 @@ fn load(yaml: &str, dir: &Path) -> Runtime {
     .unwrap_or_else(|e| panic!("bench config: {e}"))
 }
 
-fn key_lookup(c: &mut Criterion) {
-    let mut y = String::from(
-        "server: { listen: [\"127.0.0.1:1\"] }\nupstreams: [{ name: u, targets: [{ addr: \"127.0.0.1:2\" }] }]\nconsumers:\n",
+/// A config with `server`, [`KEYS`] consumers (`c0`, `c1`, … with the credentials
+/// `credentials(i)` gives) and one route running `plugin`.
+fn many_consumers(server: &str, credentials: impl Fn(usize) -> String, plugin: &str) -> String {
+    let mut y = format!(
+        "server: {server}\nupstreams: [{{ name: u, targets: [{{ addr: \"127.0.0.1:2\" }}] }}]\nconsumers:\n"
     );
     for i in 0..KEYS {
-        let _ = writeln!(
-            y,
-            "  - {{ username: c{i}, keyauth_credentials: [{{ key: \"key-{i:08}-a1b2c3d4e5f6\" }}] }}"
-        );
+        let _ = writeln!(y, "  - {{ username: c{i}, {} }}", credentials(i));
     }
-    y.push_str(
-        "routes: [{ name: r, paths: [\"/\"], upstream: u, plugins: [{ name: key-auth }] }]\n",
+    let _ = writeln!(
+        y,
+        "routes: [{{ name: r, paths: [\"/\"], upstream: u, plugins: [{{ name: {plugin} }}] }}]"
+    );
+    y
+}
+
+fn key_lookup(c: &mut Criterion) {
+    let y = many_consumers(
+        "{ listen: [\"127.0.0.1:1\"] }",
+        |i| format!("keyauth_credentials: [{{ key: \"key-{i:08}-a1b2c3d4e5f6\" }}]"),
+        "key-auth",
     );
     let rt = load(&y, Path::new("."));
     let Plugin::KeyAuth(p) = &*rt.routes[0].plugins.plugins[0] else {
@@ -267,17 +276,10 @@ routes:
 fn mtls_identify(c: &mut Criterion) {
     let dir = tempfile::TempDir::new().unwrap();
     gatehouse::demo::write_server_pki(dir.path()).unwrap();
-    let mut y = String::from(
-        "server:\n  listen: [\"127.0.0.1:1\"]\n  tls: { listen: [\"127.0.0.1:3\"], cert: s.crt, key: s.key, client_auth: { ca: ca.pem } }\nupstreams: [{ name: u, targets: [{ addr: \"127.0.0.1:2\" }] }]\nconsumers:\n",
-    );
-    for i in 0..KEYS {
-        let _ = writeln!(
-            y,
-            "  - {{ username: c{i}, mtls_credentials: [{{ subject: \"CN=partner-{i},OU=Integrations,O=Acme Corp,C=DE\" }}, {{ san: \"spiffe://acme/partner-{i}\" }}] }}"
-        );
-    }
-    y.push_str(
-        "routes: [{ name: r, paths: [\"/\"], upstream: u, plugins: [{ name: mtls-auth }] }]\n",
+    let y = many_consumers(
+        "\n  listen: [\"127.0.0.1:1\"]\n  tls: { listen: [\"127.0.0.1:3\"], cert: s.crt, key: s.key, client_auth: { ca: ca.pem } }",
+        |i| format!("mtls_credentials: [{{ subject: \"CN=partner-{i},OU=Integrations,O=Acme Corp,C=DE\" }}, {{ san: \"spiffe://acme/partner-{i}\" }}]"),
+        "mtls-auth",
     );
     let rt = load(&y, dir.path());
     let Plugin::MtlsAuth(p) = &*rt.routes[0].plugins.plugins[0] else {
