@@ -258,6 +258,14 @@ struct HeadScan {
 }
 
 impl HeadScan {
+    /// Whether every byte up to the next `\n` leaves this state as it is: inside the request
+    /// line, or inside a header line whose name is not one the scanner tracks (or is past a
+    /// tracked name, except a Content-Length value). Such a line already had a byte that is
+    /// not CR or LF, so `newlines` is 0 and stays 0, and nothing else looks at its bytes.
+    fn mid_untracked_line(&self) -> bool {
+        self.started && self.cl_value.is_none() && (!self.in_fields || self.name.is_none())
+    }
+
     /// Advances over one byte; true when it ends the head.
     fn push(&mut self, b: u8) -> bool {
         self.started = true;
@@ -351,6 +359,14 @@ impl Framing {
         while i < bytes.len() {
             match self.phase {
                 Phase::Head => {
+                    // Most of a head is lines the scanner does not track: jump to their end
+                    // (a request costs ~1,000 fewer instructions than a byte at a time).
+                    if self.head.mid_untracked_line() {
+                        match memchr::memchr(b'\n', &bytes[i..]) {
+                            Some(k) => i += k,
+                            None => break,
+                        }
+                    }
                     let b = bytes[i];
                     i += 1;
                     // Blank lines before a request line are ignored (RFC 9112 §2.2), as
@@ -944,6 +960,28 @@ mod tests {
         assert_eq!(f.phase, Phase::Opaque, "repeated");
         let (_, _, f) = frame(b"POST / HTTP/1.1\r\nX-Content-Length: 9\r\n\r\n", 5);
         assert_eq!(f.phase, Phase::Head, "another header's name");
+    }
+
+    #[test]
+    fn long_and_tracked_lines_in_any_split() {
+        // Untracked lines are skipped to their end: the tracked names must still be found
+        // wherever a read ends, also right after a skipped line.
+        let wire = b"POST /a?x=content-length:9 HTTP/1.1\r\nUser-Agent: transfer-encoding: chunked\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nContent-Length: 4\r\n\r\nbodyGET /ws HTTP/1.1\r\nX-Upgrade: no\r\nUpgrade: websocket\r\n\r\n";
+        for step in 1..=wire.len() {
+            let (out, fed, f) = frame(wire, step);
+            assert_eq!(&out[..], &wire[..], "step {step}");
+            assert_eq!(fed.heads, 2, "step {step}: the body is not a head");
+            assert_eq!(f.phase, Phase::Head, "step {step}");
+            assert!(
+                f.upgrade,
+                "step {step}: the second head asks for an upgrade"
+            );
+        }
+        let (_, _, f) = frame(
+            b"POST / HTTP/1.1\r\nX-A: b\r\nTransfer-Encoding: chunked\r\n\r\n",
+            3,
+        );
+        assert!(matches!(f.phase, Phase::Chunked(_)));
     }
 
     #[test]
