@@ -656,13 +656,17 @@ impl Stream {
             return;
         }
         let capacity = std::mem::take(&mut self.lazy_write_capacity);
-        if let Some(BufferedStream::UnbufferedRead(writer)) = self.stream.take() {
-            debug_assert!(writer.buffer().is_empty());
-            self.stream = Some(BufferedStream::UnbufferedRead(BufWriter::with_capacity(
-                capacity,
-                writer.into_inner(),
-            )));
-        }
+        self.stream = match self.stream.take() {
+            Some(BufferedStream::UnbufferedRead(writer)) => {
+                debug_assert!(writer.buffer().is_empty());
+                Some(BufferedStream::UnbufferedRead(BufWriter::with_capacity(
+                    capacity,
+                    writer.into_inner(),
+                )))
+            }
+            // `set_buffer` defers only without a read buffer; anything else stays as it is.
+            other => other,
+        };
     }
 }
 
