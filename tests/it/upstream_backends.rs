@@ -1649,3 +1649,22 @@ async fn a_mirrored_route_keeps_websocket_tunnels_and_does_not_copy_them() {
     assert_eq!(upgrades, 1.0);
     assert_eq!(shadow.hits(), 0);
 }
+
+/// Sequential requests to one upstream ride one pooled connection: the pool hands the idle
+/// connection back for the next request (matched to its peer by the address recorded at
+/// connect, without asking the kernel) instead of opening a new one each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_pooled_upstream_connection() {
+    let b = Backend::start("b");
+    let gw = one_route(&b, "/p", "");
+    for i in 0..20 {
+        let (status, body) = get(&gw, &format!("/p/{i}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(b.hits(), 20);
+    assert_eq!(
+        b.accepted(),
+        1,
+        "one upstream connection for 20 keep-alive requests"
+    );
+}

@@ -130,6 +130,8 @@ struct BackendState {
     health_status: AtomicU16,
     hits: AtomicUsize,
     health_hits: AtomicUsize,
+    /// TCP connections accepted.
+    accepted: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     requests: Mutex<VecDeque<Recorded>>,
@@ -182,6 +184,7 @@ impl Backend {
             health_status: AtomicU16::new(200),
             hits: AtomicUsize::new(0),
             health_hits: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             requests: Mutex::new(VecDeque::new()),
@@ -212,6 +215,7 @@ impl Backend {
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                state.accepted.fetch_add(1, Ordering::SeqCst);
                 let st = state.clone();
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
@@ -278,6 +282,10 @@ impl Backend {
     }
     pub fn in_flight(&self) -> usize {
         self.state.in_flight.load(Ordering::SeqCst)
+    }
+    /// TCP connections this backend has accepted (health checks' included).
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
     }
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
