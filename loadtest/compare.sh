@@ -553,16 +553,18 @@ fi
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
 run_one() {  # proxy scenario conns round
-  local proxy=$1 sc=$2 c=$3 r=$4 port pids before after before_sys after_sys
+  local proxy=$1 sc=$2 c=$3 r=$4 port pids ticks before after before_sys after_sys
   port=$(port_for "$proxy" "$sc")
   pids=$(proxy_pids "$proxy" | tr '\n' ' ')
   if [ "$sc" = grpc ]; then
     h2load_run "$port" "$c" 2 "$WORK/h2load.log" > "$WORK/h2load.out" 2>&1 \
       || { echo "$proxy $sc warm-up failed:" >&2; tail -5 "$WORK/h2load.out" >&2; exit 1; }
-    read -r before before_sys <<< "$(cpu_ticks $pids)"
+    ticks=$(cpu_ticks $pids)  # a separate assignment: a gone process stops the run
+    read -r before before_sys <<< "$ticks"
     h2load_run "$port" "$c" "$DURATION" "$WORK/h2load.log" > "$WORK/h2load.out" 2>&1 \
       || { echo "$proxy $sc failed:" >&2; tail -5 "$WORK/h2load.out" >&2; exit 1; }
-    read -r after after_sys <<< "$(cpu_ticks $pids)"
+    ticks=$(cpu_ticks $pids)
+    read -r after after_sys <<< "$ticks"
     python3 - "$WORK/h2load.out" "$WORK/h2load.log" "$proxy" "$sc" "$c" "$r" "$((after - before))" "$TCK" "$((after_sys - before_sys))" >> "$RESULTS" <<'PY'
 import re, sys
 out = open(sys.argv[1]).read()
@@ -590,10 +592,12 @@ PY
   # warm-up (fills caches and pools), then the measured run
   LD_PRELOAD=$preload API_KEY=bench-key-0001 wrk -t1 -c"$c" -d2s -s "$script" "$url" > "$WORK/wrk.out" 2>&1 \
     || { echo "$proxy $sc warm-up failed:" >&2; tail -3 "$WORK/wrk.out" >&2; exit 1; }
-  read -r before before_sys <<< "$(cpu_ticks $pids)"
+  ticks=$(cpu_ticks $pids)
+  read -r before before_sys <<< "$ticks"
   LD_PRELOAD=$preload API_KEY=bench-key-0001 wrk -t1 -c"$c" -d"${DURATION}s" --latency -s "$script" "$url" > "$WORK/wrk.out" 2>&1 \
     || { echo "$proxy $sc failed:" >&2; tail -3 "$WORK/wrk.out" >&2; exit 1; }
-  read -r after after_sys <<< "$(cpu_ticks $pids)"
+  ticks=$(cpu_ticks $pids)
+  read -r after after_sys <<< "$ticks"
   python3 - "$WORK/wrk.out" "$proxy" "$sc" "$c" "$r" "$((after - before))" "$TCK" "$((after_sys - before_sys))" >> "$RESULTS" <<'PY'
 import re, sys
 out = open(sys.argv[1]).read()

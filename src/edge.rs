@@ -360,7 +360,7 @@ impl Framing {
             match self.phase {
                 Phase::Head => {
                     // Most of a head is lines the scanner does not track: jump to their end
-                    // (a request costs ~1,000 fewer instructions than a byte at a time).
+                    // (~1,700 fewer instructions for a plain GET than a byte at a time, callgrind).
                     if self.head.mid_untracked_line() {
                         match memchr::memchr(b'\n', &bytes[i..]) {
                             Some(k) => i += k,
